@@ -1,0 +1,683 @@
+//! Host side of the guest agent protocol.
+//!
+//! [`AgentClient`] owns one byte stream to a guest agent (a QEMU
+//! virtio-serial socket, a Firecracker vsock connection, or a socket pair in
+//! tests). A reader task splits incoming frames by request id into bounded
+//! per-request channels, so many requests run at once on one stream and a
+//! slow consumer slows its guest rather than growing host memory.
+//!
+//! The guest is untrusted: frames are size-checked before they are buffered,
+//! frames for unknown ids are dropped, anything that breaks the framing ends
+//! the connection with an error, and whole-file reads and collected output
+//! have caps.
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use petty_protocol::{
+    ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, Frame, FrameDecoder, FrameKind,
+    Pong, Request, Response, CHUNK_SIZE, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Frames buffered per request before the reader waits for its consumer.
+const CHANNEL_DEPTH: usize = 32;
+
+/// Largest file [`AgentClient::read_file`] collects in memory.
+pub const MAX_READ_FILE: u64 = 512 * 1024 * 1024;
+
+/// Why a call to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The stream to the agent is gone (VM stopped, or the stream broke).
+    #[error("connection to the guest agent lost: {0}")]
+    Disconnected(String),
+    /// The agent did not answer in time.
+    #[error("guest agent did not answer {op} within {timeout:?}")]
+    Timeout {
+        /// What was asked.
+        op: &'static str,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The agent carried out the request and reports that it failed.
+    #[error("{message}")]
+    Remote {
+        /// Broad class of the failure.
+        kind: ErrorKind,
+        /// The agent's description, naming the path or id.
+        message: String,
+    },
+    /// The agent answered with something the protocol does not allow here.
+    #[error("guest agent broke the protocol: {0}")]
+    Protocol(String),
+    /// The agent speaks another protocol version.
+    #[error("guest agent speaks protocol {agent}, this host speaks {host}; rebuild the guest image with `petty image build`")]
+    Version {
+        /// The agent's version.
+        agent: u32,
+        /// Ours.
+        host: u32,
+    },
+    /// A file read exceeded the in-memory cap.
+    #[error("file {path} is larger than {limit} bytes; stream it instead")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// The cap.
+        limit: u64,
+    },
+    /// Local I/O failed (writing to the stream, or to a local sink).
+    #[error("I/O error talking to the guest agent")]
+    Io(#[from] std::io::Error),
+}
+
+enum Incoming {
+    Raw(FrameKind, Vec<u8>),
+    Response(Response),
+}
+
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+struct Inner {
+    writer: tokio::sync::Mutex<BoxWrite>,
+    pending: Mutex<Pending>,
+    next_id: AtomicU32,
+    rpc_timeout: Duration,
+}
+
+struct Pending {
+    map: HashMap<u32, mpsc::Sender<Incoming>>,
+    /// Why the connection ended, once it has.
+    dead: Option<String>,
+}
+
+/// A connection to one guest agent. Cheap to clone; all clones share the stream.
+#[derive(Clone)]
+pub struct AgentClient {
+    inner: Arc<Inner>,
+    _reader: Arc<ReaderGuard>,
+}
+
+struct ReaderGuard(tokio::task::AbortHandle);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl AgentClient {
+    /// Takes over `stream` and starts the reader task. `rpc_timeout` bounds
+    /// every request except the output of an exec.
+    pub fn new<S>(stream: S, rpc_timeout: Duration) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        let inner = Arc::new(Inner {
+            writer: tokio::sync::Mutex::new(Box::new(wr)),
+            pending: Mutex::new(Pending {
+                map: HashMap::new(),
+                dead: None,
+            }),
+            next_id: AtomicU32::new(1),
+            rpc_timeout,
+        });
+        let task = tokio::spawn(read_loop(rd, Arc::downgrade(&inner)));
+        Self {
+            inner,
+            _reader: Arc::new(ReaderGuard(task.abort_handle())),
+        }
+    }
+
+    /// Why the connection ended, or `None` while it is up.
+    pub fn dead_reason(&self) -> Option<String> {
+        lock(&self.inner.pending).dead.clone()
+    }
+
+    /// Registers a new request id and sends `req` under it.
+    async fn start(&self, req: &Request) -> Result<(u32, mpsc::Receiver<Incoming>), ClientError> {
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let id = loop {
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                break id;
+            }
+        };
+        {
+            let mut p = lock(&self.inner.pending);
+            if let Some(reason) = &p.dead {
+                return Err(ClientError::Disconnected(reason.clone()));
+            }
+            p.map.insert(id, tx);
+        }
+        if let Err(e) = self.send(&Frame::json(FrameKind::Request, id, req)).await {
+            lock(&self.inner.pending).map.remove(&id);
+            return Err(e);
+        }
+        Ok((id, rx))
+    }
+
+    async fn send(&self, frame: &Frame) -> Result<(), ClientError> {
+        let bytes = frame.encode();
+        let mut w = self.inner.writer.lock().await;
+        w.write_all(&bytes).await?;
+        w.flush().await?;
+        Ok(())
+    }
+
+    async fn recv(&self, rx: &mut mpsc::Receiver<Incoming>) -> Result<Incoming, ClientError> {
+        match rx.recv().await {
+            Some(m) => Ok(m),
+            None => Err(ClientError::Disconnected(
+                self.dead_reason()
+                    .unwrap_or_else(|| "request dropped".into()),
+            )),
+        }
+    }
+
+    /// Sends `req` and waits (up to the RPC timeout) for its response.
+    async fn call(&self, op: &'static str, req: &Request) -> Result<Response, ClientError> {
+        let timeout = self.inner.rpc_timeout;
+        let fut = async {
+            let (_, mut rx) = self.start(req).await?;
+            loop {
+                match self.recv(&mut rx).await? {
+                    Incoming::Response(r) => return ok_or_remote(r),
+                    Incoming::Raw(kind, _) => {
+                        return Err(ClientError::Protocol(format!(
+                            "{kind:?} frame in reply to {op}"
+                        )))
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout { op, timeout })?
+    }
+
+    /// Checks the agent is alive and speaks our protocol version.
+    pub async fn ping(&self) -> Result<Pong, ClientError> {
+        match self.call("ping", &Request::Ping).await? {
+            Response::Pong(p) if p.protocol == PROTOCOL_VERSION => Ok(p),
+            Response::Pong(p) => Err(ClientError::Version {
+                agent: p.protocol,
+                host: PROTOCOL_VERSION,
+            }),
+            other => Err(unexpected("ping", other)),
+        }
+    }
+
+    /// Like [`ping`](Self::ping), but waits up to `timeout` for the first
+    /// answer (a booting guest answers once its agent is up).
+    pub async fn handshake(&self, timeout: Duration) -> Result<Pong, ClientError> {
+        let fut = async {
+            let (_, mut rx) = self.start(&Request::Ping).await?;
+            match self.recv(&mut rx).await? {
+                Incoming::Response(Response::Pong(p)) if p.protocol == PROTOCOL_VERSION => Ok(p),
+                Incoming::Response(Response::Pong(p)) => Err(ClientError::Version {
+                    agent: p.protocol,
+                    host: PROTOCOL_VERSION,
+                }),
+                Incoming::Response(r) => Err(unexpected("ping", ok_or_remote(r)?)),
+                Incoming::Raw(kind, _) => {
+                    Err(ClientError::Protocol(format!("{kind:?} frame in reply to ping")))
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                op: "the first ping",
+                timeout,
+            })?
+    }
+
+    /// Starts a command; read its output and status from the returned stream.
+    pub async fn exec(&self, req: ExecRequest) -> Result<ExecStream, ClientError> {
+        let (id, rx) = self.start(&Request::Exec(req)).await?;
+        Ok(ExecStream {
+            client: self.clone(),
+            id,
+            rx,
+            done: false,
+        })
+    }
+
+    /// Runs a command to completion, feeding it `stdin` if given, and
+    /// collects up to `max_output` bytes of each stream (the rest is dropped
+    /// and `truncated` set).
+    pub async fn exec_collect(
+        &self,
+        mut req: ExecRequest,
+        stdin: Option<Vec<u8>>,
+        max_output: usize,
+    ) -> Result<ExecOutput, ClientError> {
+        req.stdin = stdin.is_some();
+        let mut stream = self.exec(req).await?;
+        if let Some(input) = stdin {
+            stream.write_stdin(&input).await?;
+            stream.close_stdin().await?;
+        }
+        let mut out = ExecOutput::default();
+        loop {
+            match stream.next().await? {
+                ExecEvent::Stdout(b) => append_capped(&mut out.stdout, &b, max_output, &mut out.truncated),
+                ExecEvent::Stderr(b) => append_capped(&mut out.stderr, &b, max_output, &mut out.truncated),
+                ExecEvent::Exit(status) => {
+                    out.status = status;
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// Reads a whole file (at most [`MAX_READ_FILE`] bytes).
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let mut buf = Vec::new();
+        self.read_file_into(path, &mut buf, MAX_READ_FILE).await?;
+        Ok(buf)
+    }
+
+    /// Streams a file into `sink`; fails with [`ClientError::TooLarge`] past `limit` bytes.
+    pub async fn read_file_into<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        sink: &mut W,
+        limit: u64,
+    ) -> Result<u64, ClientError> {
+        let (id, mut rx) = self.start(&Request::ReadFile { path: path.into() }).await?;
+        let mut got = 0u64;
+        let result = async {
+            loop {
+                let msg = tokio::time::timeout(self.inner.rpc_timeout, self.recv(&mut rx))
+                    .await
+                    .map_err(|_| ClientError::Timeout {
+                        op: "a file read",
+                        timeout: self.inner.rpc_timeout,
+                    })??;
+                match msg {
+                    Incoming::Raw(FrameKind::Data, bytes) => {
+                        got += bytes.len() as u64;
+                        if got > limit {
+                            return Err(ClientError::TooLarge {
+                                path: path.into(),
+                                limit,
+                            });
+                        }
+                        sink.write_all(&bytes).await?;
+                    }
+                    Incoming::Raw(kind, _) => {
+                        return Err(ClientError::Protocol(format!("{kind:?} frame in a file read")))
+                    }
+                    Incoming::Response(r) => match ok_or_remote(r)? {
+                        Response::Done { size } if size == got => return Ok(got),
+                        Response::Done { size } => {
+                            return Err(ClientError::Protocol(format!(
+                                "file read reported {size} bytes but sent {got}"
+                            )))
+                        }
+                        other => return Err(unexpected("read_file", other)),
+                    },
+                }
+            }
+        }
+        .await;
+        if result.is_err() {
+            // Stop routing the rest of this file to us.
+            lock(&self.inner.pending).map.remove(&id);
+        }
+        sink.flush().await?;
+        result
+    }
+
+    /// Writes `data` to `path` (parents created), with permission bits `mode` (0o644 if `None`).
+    pub async fn write_file(&self, path: &str, data: &[u8], mode: Option<u32>) -> Result<u64, ClientError> {
+        self.write_file_from(path, data, mode).await
+    }
+
+    /// Streams `source` into `path` in the guest.
+    pub async fn write_file_from<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        mut source: R,
+        mode: Option<u32>,
+    ) -> Result<u64, ClientError> {
+        let (id, mut rx) = self
+            .start(&Request::WriteFile {
+                path: path.into(),
+                mode,
+            })
+            .await?;
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        loop {
+            let n = source.read(&mut buf).await?;
+            // An early error from the agent (say, a read-only path) ends the upload.
+            if let Ok(Incoming::Response(r)) = rx.try_recv() {
+                // Finish the data stream so the agent's state for this id is freed.
+                self.send(&Frame::new(FrameKind::Data, id, Vec::new())).await?;
+                return Err(match ok_or_remote(r) {
+                    Err(e) => e,
+                    Ok(other) => unexpected("write_file", other),
+                });
+            }
+            self.send(&Frame::new(FrameKind::Data, id, buf[..n].to_vec())).await?;
+            if n == 0 {
+                break;
+            }
+        }
+        let timeout = self.inner.rpc_timeout;
+        let msg = tokio::time::timeout(timeout, self.recv(&mut rx))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                op: "a file write",
+                timeout,
+            })??;
+        match msg {
+            Incoming::Response(r) => match ok_or_remote(r)? {
+                Response::Done { size } => Ok(size),
+                other => Err(unexpected("write_file", other)),
+            },
+            Incoming::Raw(kind, _) => Err(ClientError::Protocol(format!("{kind:?} frame in a file write"))),
+        }
+    }
+
+    /// Lists a directory.
+    pub async fn list_dir(&self, path: &str) -> Result<Vec<FileEntry>, ClientError> {
+        match self.call("list_dir", &Request::ListDir { path: path.into() }).await? {
+            Response::Entries { entries } => Ok(entries),
+            other => Err(unexpected("list_dir", other)),
+        }
+    }
+
+    /// Describes a path.
+    pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
+        match self.call("stat", &Request::Stat { path: path.into() }).await? {
+            Response::Stat(s) => Ok(s),
+            other => Err(unexpected("stat", other)),
+        }
+    }
+
+    /// Creates a directory and its parents.
+    pub async fn mkdir(&self, path: &str) -> Result<(), ClientError> {
+        self.call_ok("mkdir", Request::Mkdir { path: path.into() }).await
+    }
+
+    /// Removes a file or (with `recursive`, a non-empty) directory.
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), ClientError> {
+        self.call_ok(
+            "remove",
+            Request::Remove {
+                path: path.into(),
+                recursive,
+            },
+        )
+        .await
+    }
+
+    /// Renames a path.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), ClientError> {
+        self.call_ok(
+            "rename",
+            Request::Rename {
+                from: from.into(),
+                to: to.into(),
+            },
+        )
+        .await
+    }
+
+    /// Sets the guest clock to the host's.
+    pub async fn sync_clock(&self) -> Result<(), ClientError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.call_ok(
+            "set_time",
+            Request::SetTime {
+                unix_nanos: now.as_nanos() as u64,
+            },
+        )
+        .await
+    }
+
+    /// Asks the guest to flush its disks and power off.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        self.call_ok("shutdown", Request::Shutdown).await
+    }
+
+    async fn call_ok(&self, op: &'static str, req: Request) -> Result<(), ClientError> {
+        match self.call(op, &req).await? {
+            Response::Ok => Ok(()),
+            other => Err(unexpected(op, other)),
+        }
+    }
+}
+
+fn append_capped(buf: &mut Vec<u8>, bytes: &[u8], max: usize, truncated: &mut bool) {
+    let room = max.saturating_sub(buf.len());
+    if bytes.len() > room {
+        *truncated = true;
+    }
+    buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+fn ok_or_remote(r: Response) -> Result<Response, ClientError> {
+    match r {
+        Response::Error { kind, message } => Err(ClientError::Remote { kind, message }),
+        other => Ok(other),
+    }
+}
+
+fn unexpected(op: &str, r: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer to {op}: {r:?}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, inner: std::sync::Weak<Inner>) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let reason = 'conn: loop {
+        let want = decoder.want().min(buf.len());
+        let n = match rd.read(&mut buf[..want]).await {
+            Ok(0) => match decoder.finish() {
+                Ok(()) => break "the agent closed the stream".to_string(),
+                Err(e) => break e.to_string(),
+            },
+            Ok(n) => n,
+            Err(e) => break format!("read failed: {e}"),
+        };
+        decoder.push(&buf[..n]);
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => break 'conn e.to_string(),
+            };
+            let Some(inner) = inner.upgrade() else { return };
+            if frame.id == 0 {
+                // Connection-level message from the agent: it is closing on us.
+                let msg = match frame.parse::<Response>() {
+                    Ok(Response::Error { message, .. }) => message,
+                    _ => "agent sent a frame for request 0".into(),
+                };
+                break 'conn msg;
+            }
+            let incoming = match frame.kind {
+                FrameKind::Response => match frame.parse::<Response>() {
+                    Ok(r) => Incoming::Response(r),
+                    Err(e) => break 'conn format!("unreadable response: {e}"),
+                },
+                FrameKind::Stdout | FrameKind::Stderr | FrameKind::Data => {
+                    Incoming::Raw(frame.kind, frame.payload)
+                }
+                FrameKind::Request | FrameKind::Stdin => {
+                    break 'conn format!("agent sent a {:?} frame", frame.kind)
+                }
+            };
+            let is_final = matches!(incoming, Incoming::Response(_));
+            let tx = {
+                let mut p = lock(&inner.pending);
+                if is_final {
+                    p.map.remove(&frame.id)
+                } else {
+                    p.map.get(&frame.id).cloned()
+                }
+            };
+            drop(inner);
+            if let Some(tx) = tx {
+                // Waits while the consumer is behind: backpressure, not buffering.
+                let _ = tx.send(incoming).await;
+            }
+        }
+    };
+    if let Some(inner) = inner.upgrade() {
+        tracing::debug!(%reason, "agent connection ended");
+        let mut p = lock(&inner.pending);
+        p.dead = Some(reason);
+        p.map.clear();
+    }
+}
+
+/// One piece of a running command's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// Bytes the command wrote to stdout.
+    Stdout(Vec<u8>),
+    /// Bytes the command wrote to stderr.
+    Stderr(Vec<u8>),
+    /// The command ended; nothing follows.
+    Exit(ExitStatus),
+}
+
+/// What a finished command printed and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// Collected stdout.
+    pub stdout: Vec<u8>,
+    /// Collected stderr.
+    pub stderr: Vec<u8>,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// True when output past the cap was dropped.
+    pub truncated: bool,
+}
+
+/// A running command.
+pub struct ExecStream {
+    client: AgentClient,
+    id: u32,
+    rx: mpsc::Receiver<Incoming>,
+    done: bool,
+}
+
+impl ExecStream {
+    /// The next event; after [`ExecEvent::Exit`] there are no more.
+    pub async fn next(&mut self) -> Result<ExecEvent, ClientError> {
+        if self.done {
+            return Err(ClientError::Protocol("exec already finished".into()));
+        }
+        match self.client.recv(&mut self.rx).await? {
+            Incoming::Raw(FrameKind::Stdout, b) => Ok(ExecEvent::Stdout(b)),
+            Incoming::Raw(FrameKind::Stderr, b) => Ok(ExecEvent::Stderr(b)),
+            Incoming::Raw(kind, _) => Err(ClientError::Protocol(format!("{kind:?} frame in an exec"))),
+            Incoming::Response(r) => match ok_or_remote(r) {
+                Ok(Response::Exited(status)) => {
+                    self.done = true;
+                    Ok(ExecEvent::Exit(status))
+                }
+                Ok(other) => Err(unexpected("exec", other)),
+                Err(e) => {
+                    self.done = true;
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Sends bytes to the command's stdin (the request must have set `stdin`).
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
+        self.stdin().write(data).await
+    }
+
+    /// Closes the command's stdin.
+    pub async fn close_stdin(&self) -> Result<(), ClientError> {
+        self.stdin().close().await
+    }
+
+    /// A handle that feeds stdin from another task while this one reads output.
+    pub fn stdin(&self) -> StdinHandle {
+        StdinHandle {
+            client: self.client.clone(),
+            id: self.id,
+        }
+    }
+
+    /// Sends `signal` to the command's process group.
+    pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
+        self.client
+            .call_ok(
+                "signal",
+                Request::Signal {
+                    exec_id: self.id,
+                    signal,
+                },
+            )
+            .await
+    }
+}
+
+/// Feeds a running command's stdin.
+#[derive(Clone)]
+pub struct StdinHandle {
+    client: AgentClient,
+    id: u32,
+}
+
+impl StdinHandle {
+    /// Sends bytes to the command's stdin.
+    pub async fn write(&self, data: &[u8]) -> Result<(), ClientError> {
+        for chunk in data.chunks(CHUNK_SIZE) {
+            self.client
+                .send(&Frame::new(FrameKind::Stdin, self.id, chunk.to_vec()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the command's stdin: it reads end-of-file.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        self.client
+            .send(&Frame::new(FrameKind::Stdin, self.id, Vec::new()))
+            .await
+    }
+}
+
+impl Drop for ExecStream {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Abandoned before it ended: kill it rather than leave it running.
+        lock(&self.client.inner.pending).map.remove(&self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let exec_id = self.id;
+            rt.spawn(async move {
+                let _ = client
+                    .call_ok("signal", Request::Signal { exec_id, signal: 9 })
+                    .await;
+            });
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Running commands: fork/exec in a new process group, stream stdout and
+//! stderr as they come, feed stdin, enforce the timeout by killing the whole
+//! group, and report a shell-style exit status.
+//!
+//! The agent forks by hand rather than through `std::process::Command`: as
+//! PID 1 it reaps every child itself, and std's own `waitpid` calls on failed
+//! spawns would race that reaper.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use petty_protocol::{
+    Command, ErrorKind, ExecRequest, ExitStatus, Frame, FrameKind, Response, CHUNK_SIZE,
+};
+
+use crate::reaper::reaper;
+use crate::server::{Conn, ExecSlot};
+
+/// Where commands run when the request names no directory.
+pub const DEFAULT_CWD: &str = "/root";
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Starts `req` on a thread of its own; the thread sends the output frames and
+/// the final `Exited` (or `Error`) response for `id`.
+pub fn start(conn: Arc<Conn>, id: u32, req: ExecRequest) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("exec-{id}"))
+        .spawn(move || run(&conn, id, req));
+    if let Err(e) = spawned {
+        eprintln!("petty-agent: cannot start exec thread: {e}");
+    }
+}
+
+fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest) {
+    let w = &conn.writer;
+    let env = build_env(&req.env);
+    let cwd = req.cwd.clone().unwrap_or_else(|| DEFAULT_CWD.to_string());
+    if !Path::new(&cwd).is_dir() {
+        w.error(
+            id,
+            ErrorKind::NotFound,
+            format!("working directory {cwd} does not exist in the sandbox"),
+        );
+        return;
+    }
+    let argv: Vec<String> = match req.command {
+        Command::Argv(argv) if argv.is_empty() => {
+            w.error(id, ErrorKind::InvalidRequest, "empty command");
+            return;
+        }
+        Command::Argv(argv) => argv,
+        Command::Shell(script) => vec!["/bin/sh".into(), "-c".into(), script],
+    };
+    let path_var = env
+        .iter()
+        .find_map(|(k, v)| (k == "PATH").then_some(v.as_str()))
+        .unwrap_or(DEFAULT_PATH);
+    let Some(program) = resolve(&argv[0], path_var, &cwd) else {
+        let msg = format!("petty-agent: {}: command not found\n", argv[0]);
+        w.send(&Frame::new(FrameKind::Stderr, id, msg.into_bytes()));
+        w.respond(id, &Response::Exited(not_run(127)));
+        return;
+    };
+
+    let child = match spawn(&program, &argv, &env, &cwd, req.stdin) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.raw_os_error() {
+                Some(libc::ENOENT) => 127,
+                _ => 126,
+            };
+            let msg = format!("petty-agent: {}: {e}\n", argv[0]);
+            w.send(&Frame::new(FrameKind::Stderr, id, msg.into_bytes()));
+            w.respond(id, &Response::Exited(not_run(code)));
+            return;
+        }
+    };
+    let pid = child.pid;
+
+    let stdin_tx = child.stdin.map(|stdin| {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || feed_stdin(stdin, rx));
+        tx
+    });
+    conn.execs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            id,
+            ExecSlot {
+                pgid: pid,
+                stdin: stdin_tx,
+            },
+        );
+
+    let out = pump(conn.clone(), id, FrameKind::Stdout, child.stdout);
+    let err = pump(conn.clone(), id, FrameKind::Stderr, child.stderr);
+
+    let deadline = req
+        .timeout_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut timed_out = false;
+    let raw = match reaper().wait(pid, deadline) {
+        Some(s) => s,
+        None => {
+            timed_out = true;
+            // SAFETY: kill only sends a signal to the command's own group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            reaper().wait(pid, None).expect("waits without deadline")
+        }
+    };
+    if timed_out {
+        // Stragglers of the group may have been forked after the first kill.
+        // SAFETY: as above.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    // Output written before exit is still in the pipes: drain it before the
+    // status, so the host sees every byte ahead of `Exited`.
+    let _ = out.join();
+    let _ = err.join();
+    conn.execs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+
+    let status = if libc::WIFSIGNALED(raw) {
+        let sig = libc::WTERMSIG(raw);
+        ExitStatus {
+            code: 128 + sig,
+            signal: Some(sig),
+            timed_out,
+        }
+    } else {
+        ExitStatus {
+            code: libc::WEXITSTATUS(raw),
+            signal: None,
+            timed_out,
+        }
+    };
+    w.respond(id, &Response::Exited(status));
+}
+
+fn not_run(code: i32) -> ExitStatus {
+    ExitStatus {
+        code,
+        signal: None,
+        timed_out: false,
+    }
+}
+
+/// The default environment with the request's variables laid over it.
+fn build_env(extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("PATH", DEFAULT_PATH),
+        ("HOME", "/root"),
+        ("USER", "root"),
+        ("LANG", "C.UTF-8"),
+        ("TERM", "xterm"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        match env.iter_mut().find(|(ek, _)| ek == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => env.push((k.clone(), v.clone())),
+        }
+    }
+    env
+}
+
+/// Finds `name` the way a shell would: as given when it holds a slash,
+/// otherwise in the first `PATH` directory with an executable of that name.
+fn resolve(name: &str, path_var: &str, cwd: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = Path::new(cwd).join(name);
+        return p.exists().then_some(p);
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid NUL-terminated path.
+    let ok = unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 };
+    ok && !p.is_dir()
+}
+
+struct Child {
+    pid: libc::pid_t,
+    stdin: Option<File>,
+    stdout: File,
+    stderr: File,
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by us alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn cstring(s: impl AsRef<[u8]>) -> std::io::Result<CString> {
+    CString::new(s.as_ref()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "argument contains a NUL byte")
+    })
+}
+
+/// Forks and execs `program` in a new process group with piped output.
+/// Errors from `chdir` or `execve` in the child come back through a
+/// close-on-exec pipe, so a failed exec is reported here, not as a status.
+fn spawn(
+    program: &Path,
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &str,
+    stdin_piped: bool,
+) -> std::io::Result<Child> {
+    // Everything the child touches is prepared before fork: after it, only
+    // async-signal-safe calls are allowed.
+    let c_prog = cstring(program.as_os_str().as_bytes())?;
+    let c_argv: Vec<CString> = argv.iter().map(cstring).collect::<Result<_, _>>()?;
+    let c_env: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+    let c_cwd = cstring(cwd)?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = c_argv.iter().map(|c| c.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = c_env.iter().map(|c| c.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+
+    let (in_r, in_w) = if stdin_piped {
+        let (r, w) = pipe()?;
+        (r, Some(w))
+    } else {
+        (OwnedFd::from(File::open("/dev/null")?), None)
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+
+    let (pid, ()) = reaper().spawn_watched(|| {
+        // SAFETY: the child below calls only async-signal-safe functions
+        // (dup2, setpgid, chdir, execve, write, _exit) on data prepared above.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: see above; every pointer is into data that outlives the call.
+            unsafe {
+                libc::setpgid(0, 0);
+                libc::dup2(in_r.as_raw_fd(), 0);
+                libc::dup2(out_w.as_raw_fd(), 1);
+                libc::dup2(err_w.as_raw_fd(), 2);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                if libc::chdir(c_cwd.as_ptr()) == 0 {
+                    libc::execve(c_prog.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
+                }
+                let errno = *libc::__errno_location();
+                let bytes = errno.to_ne_bytes();
+                libc::write(status_w.as_raw_fd(), bytes.as_ptr().cast(), 4);
+                libc::_exit(127);
+            }
+        }
+        Ok((pid, ()))
+    })?;
+    drop(status_w);
+    drop(in_r);
+    drop(out_w);
+    drop(err_w);
+
+    let mut status = File::from(status_r);
+    let mut errno = [0u8; 4];
+    let got = read_full(&mut status, &mut errno);
+    if got == 4 {
+        // The child will _exit(127); the reaper collects it. Forget it.
+        reaper().wait(pid, None);
+        return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+    }
+    Ok(Child {
+        pid,
+        stdin: in_w.map(File::from),
+        stdout: File::from(out_r),
+        stderr: File::from(err_r),
+    })
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// Streams one output pipe to the host as `kind` frames until EOF.
+fn pump(
+    conn: Arc<Conn>,
+    id: u32,
+    kind: FrameKind,
+    mut pipe: File,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    // Keep draining even when the host is gone, so the
+                    // command never blocks on a full pipe.
+                    conn.writer
+                        .send(&Frame::new(kind, id, buf[..n].to_vec()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+fn feed_stdin(mut stdin: File, rx: mpsc::Receiver<Vec<u8>>) {
+    for chunk in rx {
+        if stdin.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    // Dropping `stdin` closes the pipe: the command sees EOF.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_defaults_and_appends() {
+        let env = build_env(&[("HOME".into(), "/x".into()), ("A".into(), "1".into())]);
+        assert!(env.contains(&("HOME".into(), "/x".into())));
+        assert!(env.contains(&("A".into(), "1".into())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+    }
+
+    #[test]
+    fn resolve_searches_path() {
+        assert_eq!(resolve("sh", "/nonexistent:/bin", "/"), Some("/bin/sh".into()));
+        assert_eq!(resolve("no-such-program-xyz", "/bin:/usr/bin", "/"), None);
+    }
+}

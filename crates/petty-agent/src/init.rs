@@ -1,0 +1,218 @@
+//! PID 1 duties: mount the pseudo filesystems, find the host channel, serve
+//! it for the life of the VM, and power off cleanly.
+//!
+//! The kernel command line (read from `/proc/cmdline`) may carry
+//! `petty.mode=poweroff`, which powers off right after mounting: the bare-boot
+//! baseline of `petty bench boot` uses it.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::FromRawFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use petty_protocol::{SERIAL_PORT_NAME, VSOCK_PORT};
+
+use crate::reaper::reaper;
+use crate::server::{self, End, Writer};
+
+fn log(msg: &str) {
+    eprintln!("petty-agent: {msg}");
+}
+
+fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    let _ = fs::create_dir_all(target);
+    let (s, t, f, d) = (
+        CString::new(source).unwrap(),
+        CString::new(target).unwrap(),
+        CString::new(fstype).unwrap(),
+        CString::new(data).unwrap(),
+    );
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            log(&format!("mount {fstype} on {target}: {e}"));
+        }
+    }
+}
+
+fn setup_filesystems() {
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount("proc", "/proc", "proc", nosuid, "");
+    mount("sysfs", "/sys", "sysfs", nosuid, "");
+    mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
+    mount("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
+    mount("tmpfs", "/dev/shm", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777");
+    mount("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777");
+    mount("tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755");
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
+    let name = b"petty";
+    // SAFETY: name is valid for its length.
+    unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+    loopback_up();
+}
+
+/// Brings `lo` up so programs can talk to themselves over 127.0.0.1.
+fn loopback_up() {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+        }
+        libc::close(fd);
+    }
+}
+
+fn power_off() -> ! {
+    // SAFETY: sync and reboot take no pointers. The VMM runs with -no-reboot
+    // (QEMU) or exits on the i8042 reset (Firecracker), so a restart ends the
+    // VM; there is no ACPI for a real power-off.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Runs the agent as the VM's init. Never returns normally.
+pub fn run_as_init() -> ExitCode {
+    setup_filesystems();
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == "petty.mode=poweroff") {
+        power_off();
+    }
+    // Start reaping before anything can be orphaned to us.
+    reaper();
+    if let Some(dev) = find_serial_port(Duration::from_secs(2)) {
+        serve_serial(&dev);
+    } else {
+        serve_vsock();
+    }
+    power_off();
+}
+
+/// The `/dev` node of the virtio-serial port named `petty.agent`, if any.
+fn find_serial_port(wait: Duration) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Ok(dir) = fs::read_dir("/sys/class/virtio-ports") {
+            for entry in dir.flatten() {
+                let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if name.trim() == SERIAL_PORT_NAME {
+                    return Some(format!("/dev/{}", entry.file_name().to_string_lossy()));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Serves the virtio-serial port. Reads return end-of-file while no host is
+/// connected; each host connection is served afresh.
+fn serve_serial(dev: &str) {
+    let port = match OpenOptions::new().read(true).write(true).open(dev) {
+        Ok(f) => f,
+        Err(e) => {
+            log(&format!("open {dev}: {e}"));
+            return;
+        }
+    };
+    loop {
+        let (input, output) = match (port.try_clone(), port.try_clone()) {
+            (Ok(i), Ok(o)) => (i, o),
+            _ => return,
+        };
+        let writer = Writer::new(Box::new(output));
+        match server::serve(input, writer) {
+            End::Shutdown => return,
+            End::Eof => std::thread::sleep(Duration::from_millis(10)),
+            End::Protocol(e) => {
+                log(&format!("closing connection: {e}"));
+                drain_until_disconnect(&port);
+            }
+            End::Io(e) => {
+                log(&format!("read {dev}: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// After a protocol error the stream cannot be trusted until the host
+/// reconnects: discard everything up to the disconnect.
+fn drain_until_disconnect(mut port: &File) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut port, &mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Serves vsock port 52 (Firecracker): one thread per host connection.
+fn serve_vsock() {
+    // SAFETY: socket/bind/listen/accept on a sockaddr_vm we build and own.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            log(&format!("no agent channel: no virtio port {SERIAL_PORT_NAME} and vsock failed: {}", std::io::Error::last_os_error()));
+            return;
+        }
+        let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_port = VSOCK_PORT;
+        addr.svm_cid = libc::VMADDR_CID_ANY;
+        let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        if libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), len) != 0
+            || libc::listen(fd, 16) != 0
+        {
+            log(&format!("vsock port {VSOCK_PORT}: {}", std::io::Error::last_os_error()));
+            libc::close(fd);
+            return;
+        }
+        fd
+    };
+    loop {
+        // SAFETY: accept on our listening socket; null address is allowed.
+        let conn = unsafe {
+            libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+        };
+        if conn < 0 {
+            continue;
+        }
+        // SAFETY: accept4 returned a fresh fd that we own.
+        let file = unsafe { File::from_raw_fd(conn) };
+        let Ok(output) = file.try_clone() else { continue };
+        std::thread::spawn(move || {
+            if let End::Shutdown = server::serve(file, Writer::new(Box::new(output))) {
+                power_off();
+            }
+        });
+    }
+}

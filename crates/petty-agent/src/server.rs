@@ -1,0 +1,324 @@
+//! One connection to the host: read frames, dispatch requests, write replies.
+//!
+//! The reading thread handles quick requests inline and hands long ones (exec,
+//! file reads) to threads of their own; every thread writes whole frames
+//! through the connection's [`Writer`]. A frame that cannot be decoded ends
+//! the connection: the stream cannot be resynchronised after it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use petty_protocol::{
+    ErrorKind, Frame, FrameDecoder, FrameError, FrameKind, Pong, Request, Response,
+    PROTOCOL_VERSION,
+};
+
+use crate::{exec, files};
+
+/// Writes whole frames to the host from any thread. Once the connection is
+/// over, writes are dropped, so threads of a finished connection cannot
+/// interleave stale frames into the next one.
+pub struct Writer {
+    out: Mutex<Box<dyn Write + Send>>,
+    closed: AtomicBool,
+}
+
+impl Writer {
+    pub fn new(out: Box<dyn Write + Send>) -> Arc<Self> {
+        Arc::new(Self {
+            out: Mutex::new(out),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Sends one frame; false when the connection is gone.
+    pub fn send(&self, frame: &Frame) -> bool {
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let bytes = frame.encode();
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if out.write_all(&bytes).and_then(|_| out.flush()).is_err() {
+            self.closed.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn respond(&self, id: u32, response: &Response) -> bool {
+        self.send(&Frame::json(FrameKind::Response, id, response))
+    }
+
+    pub fn error(&self, id: u32, kind: ErrorKind, message: impl Into<String>) -> bool {
+        self.respond(
+            id,
+            &Response::Error {
+                kind,
+                message: message.into(),
+            },
+        )
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A running exec, as the reading thread sees it.
+pub struct ExecSlot {
+    pub pgid: libc::pid_t,
+    pub stdin: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+/// State shared by the threads of one connection.
+pub struct Conn {
+    pub writer: Arc<Writer>,
+    pub execs: Mutex<HashMap<u32, ExecSlot>>,
+}
+
+/// A file being written from `Data` frames.
+enum Upload {
+    Open(files::Upload),
+    /// Opening failed and the error was sent; swallow the data that follows.
+    Discard,
+}
+
+/// How a connection ended.
+pub enum End {
+    /// The host closed the stream.
+    Eof,
+    /// The stream broke the framing rules.
+    Protocol(FrameError),
+    /// Reading failed.
+    Io(std::io::Error),
+    /// The host asked for power-off.
+    Shutdown,
+}
+
+/// Serves one connection until it ends.
+pub fn serve(mut input: impl Read, writer: Arc<Writer>) -> End {
+    let conn = Arc::new(Conn {
+        writer,
+        execs: Mutex::new(HashMap::new()),
+    });
+    let mut uploads: HashMap<u32, Upload> = HashMap::new();
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    let end = 'conn: loop {
+        let want = decoder.want().min(buf.len());
+        let n = match input.read(&mut buf[..want]) {
+            Ok(0) => match decoder.finish() {
+                Ok(()) => break End::Eof,
+                Err(e) => break End::Protocol(e),
+            },
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => break End::Io(e),
+        };
+        decoder.push(&buf[..n]);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    if handle_frame(&conn, &mut uploads, frame) {
+                        break 'conn End::Shutdown;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    conn.writer
+                        .error(0, ErrorKind::InvalidRequest, format!("protocol error: {e}"));
+                    break 'conn End::Protocol(e);
+                }
+            }
+        }
+    };
+    // Whatever this connection started is orphaned now: stop it.
+    conn.writer.close();
+    for (_, slot) in conn.execs.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+        // SAFETY: kill only sends a signal; a stale pgid at worst hits nothing.
+        unsafe { libc::kill(-slot.pgid, libc::SIGKILL) };
+    }
+    end
+}
+
+/// Handles one frame; true when the host asked for shutdown.
+fn handle_frame(conn: &Arc<Conn>, uploads: &mut HashMap<u32, Upload>, frame: Frame) -> bool {
+    let w = &conn.writer;
+    match frame.kind {
+        FrameKind::Request => {
+            let req: Request = match frame.parse() {
+                Ok(r) => r,
+                Err(e) => {
+                    w.error(frame.id, ErrorKind::InvalidRequest, format!("bad request: {e}"));
+                    return false;
+                }
+            };
+            return handle_request(conn, uploads, frame.id, req);
+        }
+        FrameKind::Stdin => {
+            let mut execs = conn.execs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = execs.get_mut(&frame.id) {
+                if frame.payload.is_empty() {
+                    slot.stdin = None;
+                } else if let Some(tx) = &slot.stdin {
+                    let _ = tx.send(frame.payload);
+                }
+            }
+            // Stdin for an exec that already ended is dropped, as a pipe would.
+        }
+        FrameKind::Data => match uploads.get_mut(&frame.id) {
+            Some(Upload::Open(up)) => {
+                if frame.payload.is_empty() {
+                    if let Some(Upload::Open(up)) = uploads.remove(&frame.id) {
+                        match up.finish() {
+                            Ok(size) => w.respond(frame.id, &Response::Done { size }),
+                            Err(e) => files::send_io_error(w, frame.id, "write", &e),
+                        };
+                    }
+                } else if let Err(e) = up.write(&frame.payload) {
+                    files::send_io_error(w, frame.id, "write", &e);
+                    uploads.insert(frame.id, Upload::Discard);
+                }
+            }
+            Some(Upload::Discard) => {
+                if frame.payload.is_empty() {
+                    uploads.remove(&frame.id);
+                }
+            }
+            None => {
+                w.error(
+                    frame.id,
+                    ErrorKind::InvalidRequest,
+                    format!("data for request {} which is not a file write", frame.id),
+                );
+            }
+        },
+        FrameKind::Response | FrameKind::Stdout | FrameKind::Stderr => {
+            w.error(
+                frame.id,
+                ErrorKind::InvalidRequest,
+                format!("{:?} frames go from guest to host, not back", frame.kind),
+            );
+        }
+    }
+    false
+}
+
+fn handle_request(
+    conn: &Arc<Conn>,
+    uploads: &mut HashMap<u32, Upload>,
+    id: u32,
+    req: Request,
+) -> bool {
+    let w = &conn.writer;
+    match req {
+        Request::Ping => {
+            w.respond(
+                id,
+                &Response::Pong(Pong {
+                    protocol: PROTOCOL_VERSION,
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    kernel: kernel_release(),
+                }),
+            );
+        }
+        Request::Exec(req) => exec::start(conn.clone(), id, req),
+        Request::Signal { exec_id, signal } => {
+            let pgid = conn
+                .execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&exec_id)
+                .map(|s| s.pgid);
+            match pgid {
+                // SAFETY: kill only sends a signal.
+                Some(pgid) => match unsafe { libc::kill(-pgid, signal) } {
+                    0 => w.respond(id, &Response::Ok),
+                    _ => files::send_io_error(
+                        w,
+                        id,
+                        "signal",
+                        &std::io::Error::last_os_error(),
+                    ),
+                },
+                None => w.error(
+                    id,
+                    ErrorKind::InvalidRequest,
+                    format!("no running exec with id {exec_id}"),
+                ),
+            };
+        }
+        Request::ReadFile { path } => {
+            let conn = conn.clone();
+            std::thread::spawn(move || files::read_file(&conn.writer, id, &path));
+        }
+        Request::WriteFile { path, mode } => match files::Upload::open(&path, mode) {
+            Ok(up) => {
+                uploads.insert(id, Upload::Open(up));
+            }
+            Err(e) => {
+                files::send_io_error(w, id, &format!("open {path} for writing"), &e);
+                uploads.insert(id, Upload::Discard);
+            }
+        },
+        Request::ListDir { path } => files::list_dir(w, id, &path),
+        Request::Stat { path } => files::stat(w, id, &path),
+        Request::Mkdir { path } => files::mkdir(w, id, &path),
+        Request::Remove { path, recursive } => files::remove(w, id, &path, recursive),
+        Request::Rename { from, to } => files::rename(w, id, &from, &to),
+        Request::SetTime { unix_nanos } => {
+            let ts = libc::timespec {
+                tv_sec: (unix_nanos / 1_000_000_000) as libc::time_t,
+                tv_nsec: (unix_nanos % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: ts is a valid timespec.
+            match unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } {
+                0 => w.respond(id, &Response::Ok),
+                _ => files::send_io_error(w, id, "set clock", &std::io::Error::last_os_error()),
+            };
+        }
+        Request::Shutdown => {
+            w.respond(id, &Response::Ok);
+            return true;
+        }
+    }
+    false
+}
+
+fn kernel_release() -> String {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uts is a valid, writable utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return String::new();
+    }
+    // SAFETY: uname NUL-terminates release.
+    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `petty-agent --stdio`: one connection on stdin/stdout, for host-side tests.
+/// Exit 0 on a clean end of input, 2 when the input broke the protocol.
+pub fn serve_stdio() -> ExitCode {
+    // SAFETY: fds 0 and 1 are ours for the life of the process.
+    let (input, output) = unsafe { (File::from_raw_fd(0), File::from_raw_fd(1)) };
+    let writer = Writer::new(Box::new(output));
+    match serve(input, writer) {
+        End::Eof | End::Shutdown => ExitCode::SUCCESS,
+        End::Protocol(e) => {
+            eprintln!("petty-agent: closing connection: {e}");
+            ExitCode::from(2)
+        }
+        End::Io(e) => {
+            eprintln!("petty-agent: closing connection: read failed: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Sandbox configuration: a builder whose `build()` checks every value
+//! against the host before a VM is started.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::CoreError;
+
+/// How one sandbox is built. Make one with [`SandboxConfig::builder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Guest kernel; the built asset when `None`.
+    pub kernel: Option<PathBuf>,
+    /// Root filesystem image; the built asset when `None`.
+    pub rootfs: Option<PathBuf>,
+    /// Guest memory in MiB (default 256).
+    pub memory_mib: u32,
+    /// vCPUs (default 2).
+    pub vcpu_count: u32,
+    /// vsock context id for backends that use vsock (default 3; 0-2 are reserved).
+    pub vsock_cid: u32,
+    /// How long to wait for the agent's first answer after boot (default 10 s).
+    pub connect_timeout: Duration,
+    /// How long any single agent request may take, exec output aside (default 30 s).
+    pub rpc_timeout: Duration,
+    /// Kill the VM if the creating process dies, even by SIGKILL (default true).
+    pub die_with_parent: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            kernel: None,
+            rootfs: None,
+            memory_mib: 256,
+            vcpu_count: 2,
+            vsock_cid: 3,
+            connect_timeout: Duration::from_secs(10),
+            rpc_timeout: Duration::from_secs(30),
+            die_with_parent: true,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> SandboxConfigBuilder {
+        SandboxConfigBuilder(Self::default())
+    }
+
+    /// Checks every value; the error names the field and what to do.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        const MIN_MEMORY_MIB: u32 = 64;
+        let host_mib = host_memory_mib();
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(CoreError::InvalidConfig(format!(
+                "memory_mib {} is below the {MIN_MEMORY_MIB} MiB a guest needs to boot; ask for at least {MIN_MEMORY_MIB}",
+                self.memory_mib
+            )));
+        }
+        if let Some(host) = host_mib {
+            if u64::from(self.memory_mib) > host {
+                return Err(CoreError::InvalidConfig(format!(
+                    "memory_mib {} is more than this host's {host} MiB; ask for less",
+                    self.memory_mib
+                )));
+            }
+        }
+        const MAX_VCPUS: u32 = 32;
+        if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
+            return Err(CoreError::InvalidConfig(format!(
+                "vcpu_count {} is out of range; use 1 to {MAX_VCPUS}",
+                self.vcpu_count
+            )));
+        }
+        if self.vsock_cid < 3 {
+            return Err(CoreError::InvalidConfig(format!(
+                "vsock_cid {} is reserved (0-2 belong to the hypervisor and host); use 3 or more",
+                self.vsock_cid
+            )));
+        }
+        for (what, path) in [("kernel", &self.kernel), ("rootfs", &self.rootfs)] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    return Err(CoreError::InvalidConfig(format!(
+                        "{what} {} does not exist; give an existing file or leave it unset to use the built one (`petty image build`)",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        if self.connect_timeout.is_zero() || self.rpc_timeout.is_zero() {
+            return Err(CoreError::InvalidConfig(
+                "timeouts must be greater than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`SandboxConfig`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfigBuilder(SandboxConfig);
+
+impl SandboxConfigBuilder {
+    /// Guest kernel image.
+    pub fn kernel(mut self, path: impl Into<PathBuf>) -> Self {
+        self.0.kernel = Some(path.into());
+        self
+    }
+
+    /// Root filesystem image.
+    pub fn rootfs(mut self, path: impl Into<PathBuf>) -> Self {
+        self.0.rootfs = Some(path.into());
+        self
+    }
+
+    /// Guest memory in MiB.
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.0.memory_mib = mib;
+        self
+    }
+
+    /// Number of vCPUs.
+    pub fn vcpu_count(mut self, n: u32) -> Self {
+        self.0.vcpu_count = n;
+        self
+    }
+
+    /// vsock context id (3 or more).
+    pub fn vsock_cid(mut self, cid: u32) -> Self {
+        self.0.vsock_cid = cid;
+        self
+    }
+
+    /// Wait for the agent's first answer.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.0.connect_timeout = t;
+        self
+    }
+
+    /// Bound on any single agent request.
+    pub fn rpc_timeout(mut self, t: Duration) -> Self {
+        self.0.rpc_timeout = t;
+        self
+    }
+
+    /// Kill the VM when the creating process dies.
+    pub fn die_with_parent(mut self, yes: bool) -> Self {
+        self.0.die_with_parent = yes;
+        self
+    }
+
+    /// The validated configuration.
+    pub fn build(self) -> Result<SandboxConfig, CoreError> {
+        self.0.validate()?;
+        Ok(self.0)
+    }
+}
+
+/// Total memory of this host in MiB, from `/proc/meminfo`.
+pub fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Number of CPUs this process may use.
+pub fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = SandboxConfig::builder().build().unwrap();
+        assert_eq!((c.memory_mib, c.vcpu_count, c.vsock_cid), (256, 2, 3));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            (SandboxConfig::builder().memory_mib(0), "memory_mib 0"),
+            (SandboxConfig::builder().memory_mib(u32::MAX), "more than this host"),
+            (SandboxConfig::builder().vcpu_count(0), "vcpu_count 0"),
+            (SandboxConfig::builder().vsock_cid(2), "vsock_cid 2"),
+            (SandboxConfig::builder().kernel("/no/such/kernel"), "kernel /no/such/kernel"),
+        ];
+        for (b, want) in cases {
+            let e = b.build().unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The one error type of petty-core.
+
+use petty_agent_client::ClientError;
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A configuration value is out of range; the message names it.
+    #[error("invalid sandbox config: {0}")]
+    InvalidConfig(String),
+    /// Guest assets are missing or could not be built.
+    #[error(transparent)]
+    Image(#[from] petty_image::ImageError),
+    /// Starting or stopping the VM failed.
+    #[error("sandbox VM")]
+    Vm(#[from] petty_vmm::VmmError),
+    /// The guest agent never answered after boot.
+    #[error("the guest agent did not answer within {secs} s of boot; guest console:\n{console}")]
+    AgentTimeout {
+        /// How long we waited.
+        secs: u64,
+        /// The end of the guest console, to see why.
+        console: String,
+    },
+    /// The connection to the agent failed during start-up.
+    #[error("connecting to the guest agent; guest console:\n{console}")]
+    Connection {
+        /// The end of the guest console.
+        console: String,
+        /// The cause.
+        #[source]
+        source: ClientError,
+    },
+    /// A request to the agent failed.
+    #[error(transparent)]
+    Rpc(#[from] ClientError),
+    /// No sandbox with this name or id.
+    #[error("no sandbox named {0}")]
+    NotFound(String),
+    /// The sandbox is in a state that does not allow the operation.
+    #[error("sandbox {id} is {state}; {hint}")]
+    InvalidState {
+        /// The sandbox.
+        id: String,
+        /// Its state.
+        state: String,
+        /// What to do instead.
+        hint: String,
+    },
+    /// Host I/O failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

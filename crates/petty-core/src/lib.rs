@@ -1,0 +1,19 @@
+//! Petty sandboxes: a real VM with its own kernel, its agent, and the
+//! operations a caller runs in it.
+//!
+//! [`Sandbox::create`] starts a VM through a [`petty_vmm::Vmm`] backend,
+//! connects to the guest agent and checks its version; [`Sandbox::destroy`]
+//! (or dropping the sandbox) kills the VM and removes everything it left on
+//! the host. Configuration is validated before any VM starts.
+
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod sandbox;
+
+pub use config::{host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder};
+pub use error::CoreError;
+pub use petty_agent_client::{ExecEvent, ExecOutput, ExecStream, StdinHandle};
+pub use petty_protocol::{ExecRequest, ExitStatus, FileEntry, FileStat};
+pub use sandbox::{code_argv, ExecResult, Sandbox, SandboxId};

@@ -1,0 +1,288 @@
+//! Facts about the build host: its Debian codename and mirror (read from
+//! `/etc/os-release` and apt's sources, overridable with `PETTY_DEBIAN_MIRROR`),
+//! where host programs are, and which package provides each of them.
+//!
+//! Only cheap lookups live here (small file reads and `stat`s); nothing runs a
+//! subprocess.
+
+use std::{
+    env, fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use crate::error::ImageError;
+
+/// Env var that overrides the Debian mirror used by debootstrap.
+pub(crate) const MIRROR_ENV: &str = "PETTY_DEBIAN_MIRROR";
+
+/// Directories searched for programs besides `$PATH`: debootstrap and
+/// mkfs.ext4 live in sbin, which a normal user's `PATH` often lacks.
+const EXTRA_PATH: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// A host program (or file) a build needs, and the package that provides it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tool {
+    /// Program name on `PATH`, or an absolute path for a file (headers).
+    pub(crate) name: &'static str,
+    /// Debian package that provides it.
+    pub(crate) package: &'static str,
+}
+
+/// Host programs the kernel build needs.
+pub(crate) const KERNEL_TOOLS: &[Tool] = &[
+    Tool { name: "tar", package: "tar" },
+    Tool { name: "xz", package: "xz-utils" },
+    Tool { name: "make", package: "make" },
+    Tool { name: "gcc", package: "build-essential" },
+    Tool { name: "flex", package: "flex" },
+    Tool { name: "bison", package: "bison" },
+    Tool { name: "bc", package: "bc" },
+    Tool { name: "/usr/include/libelf.h", package: "libelf-dev" },
+    Tool { name: "/usr/include/openssl/opensslv.h", package: "libssl-dev" },
+];
+
+/// Host programs the rootfs build needs.
+pub(crate) const ROOTFS_TOOLS: &[Tool] = &[
+    Tool { name: "debootstrap", package: "debootstrap" },
+    Tool { name: "mkfs.ext4", package: "e2fsprogs" },
+    Tool { name: "cp", package: "coreutils" },
+];
+
+impl Tool {
+    /// Where the tool is, if present.
+    pub(crate) fn find(&self) -> Option<PathBuf> {
+        if self.name.starts_with('/') {
+            let p = PathBuf::from(self.name);
+            return p.exists().then_some(p);
+        }
+        find_program(self.name)
+    }
+
+    /// The command that installs it.
+    pub(crate) fn install_hint(&self) -> String {
+        install_command(self.package)
+    }
+
+    /// An error saying the tool is missing.
+    pub(crate) fn missing(&self) -> ImageError {
+        ImageError::HostTool { tool: self.name.to_owned(), hint: self.install_hint() }
+    }
+}
+
+/// Returns an error for the first missing tool in `tools`.
+pub(crate) fn require(tools: &[Tool]) -> Result<(), ImageError> {
+    match tools.iter().find(|t| t.find().is_none()) {
+        Some(t) => Err(t.missing()),
+        None => Ok(()),
+    }
+}
+
+/// `apt-get install <pkg>` (with sudo when not root), or the repo's script.
+pub(crate) fn install_command(package: &str) -> String {
+    let sudo = if is_root() { "" } else { "sudo " };
+    format!("{sudo}apt-get install {package} (or run scripts/install-deps from the Petty repository)")
+}
+
+/// Finds an executable on `$PATH` or in the sbin directories.
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(EXTRA_PATH.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// `$PATH` with the sbin directories appended, for child processes
+/// (debootstrap runs chroot, mount and friends from there).
+pub(crate) fn path_with_sbin() -> std::ffi::OsString {
+    let path = env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut dirs: Vec<PathBuf> = env::split_paths(&path).collect();
+    for extra in EXTRA_PATH {
+        if !dirs.iter().any(|d| d == Path::new(extra)) {
+            dirs.push(PathBuf::from(extra));
+        }
+    }
+    env::join_paths(dirs).unwrap_or(path)
+}
+
+/// Whether the process runs as root.
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The host's Debian (or Ubuntu) codename, from `/etc/os-release`.
+pub(crate) fn codename() -> Result<String, ImageError> {
+    let text = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    parse_codename(&text).ok_or_else(|| ImageError::HostConfig {
+        what: "the host's Debian codename (VERSION_CODENAME in /etc/os-release)",
+        hint: "build the guest assets on a Debian host, e.g. Debian 12 (bookworm)".into(),
+    })
+}
+
+fn parse_codename(os_release: &str) -> Option<String> {
+    os_release.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("VERSION_CODENAME=")?;
+        let value = value.trim().trim_matches(['"', '\'']);
+        (!value.is_empty()).then(|| value.to_owned())
+    })
+}
+
+/// The mirror for debootstrap: `$PETTY_DEBIAN_MIRROR`, else the host's apt
+/// source for `codename`.
+pub(crate) fn mirror(codename: &str) -> Result<String, ImageError> {
+    if let Some(m) = env::var_os(MIRROR_ENV).filter(|m| !m.is_empty()) {
+        return Ok(m.to_string_lossy().into_owned());
+    }
+    let mut deb822 = Vec::new();
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            match p.extension().and_then(|e| e.to_str()) {
+                Some("sources") => deb822.push(fs::read_to_string(&p).unwrap_or_default()),
+                Some("list") => {
+                    if let Some(m) = parse_sources_list(&fs::read_to_string(&p).unwrap_or_default(), codename) {
+                        return Ok(m);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(m) = deb822.iter().find_map(|t| parse_deb822(t, codename)) {
+        return Ok(m);
+    }
+    if let Some(m) = parse_sources_list(&fs::read_to_string("/etc/apt/sources.list").unwrap_or_default(), codename) {
+        return Ok(m);
+    }
+    Err(ImageError::HostConfig {
+        what: "a Debian mirror (no apt source on this host serves the `deb` suite of the host's release)",
+        hint: format!("set {MIRROR_ENV} to the URL of a Debian mirror reachable from this host"),
+    })
+}
+
+/// Schemes debootstrap can fetch from.
+fn usable_uri(uri: &str) -> bool {
+    ["http://", "https://", "file:/"].iter().any(|s| uri.starts_with(s))
+}
+
+/// First `URIs:` of a deb822 stanza with `Types: deb` and `Suites:` containing `codename`.
+pub(crate) fn parse_deb822(text: &str, codename: &str) -> Option<String> {
+    let mut stanza: Vec<(String, String)> = Vec::new();
+    // A trailing empty line flushes the last stanza.
+    for line in text.lines().chain(std::iter::once("")) {
+        if line.trim().is_empty() {
+            if let Some(uri) = deb822_stanza_uri(&stanza, codename) {
+                return Some(uri);
+            }
+            stanza.clear();
+        } else if line.trim_start().starts_with('#') {
+            // Comment lines may appear inside a stanza.
+        } else if line.starts_with([' ', '\t']) {
+            // Continuation of a multi-line field.
+            if let Some((_, value)) = stanza.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+        } else if let Some((key, value)) = line.split_once(':') {
+            stanza.push((key.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    None
+}
+
+fn deb822_stanza_uri(stanza: &[(String, String)], codename: &str) -> Option<String> {
+    let field = |name: &str| stanza.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let enabled = !field("enabled").is_some_and(|v| v.eq_ignore_ascii_case("no"));
+    let is_deb = field("types")?.split_whitespace().any(|t| t == "deb");
+    let has_suite = field("suites")?.split_whitespace().any(|s| s == codename);
+    if !(enabled && is_deb && has_suite) {
+        return None;
+    }
+    field("uris")?.split_whitespace().find(|u| usable_uri(u)).map(str::to_owned)
+}
+
+/// URI of the first one-line `deb [options] URI suite components` entry for `codename`.
+pub(crate) fn parse_sources_list(text: &str, codename: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let line = line.split('#').next()?.trim();
+        let rest = line.strip_prefix("deb")?;
+        if !rest.starts_with([' ', '\t']) {
+            return None; // deb-src
+        }
+        let mut rest = rest.trim_start();
+        if rest.starts_with('[') {
+            rest = rest.split_once(']')?.1.trim_start();
+        }
+        let mut words = rest.split_whitespace();
+        let (uri, suite) = (words.next()?, words.next()?);
+        (suite == codename && usable_uri(uri)).then(|| uri.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codename_from_os_release() {
+        let text = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n";
+        assert_eq!(parse_codename(text).as_deref(), Some("bookworm"));
+        assert_eq!(parse_codename("VERSION_CODENAME=\"jammy\"\n").as_deref(), Some("jammy"));
+        assert_eq!(parse_codename("ID=alpine\n"), None);
+        assert_eq!(parse_codename("VERSION_CODENAME=\n"), None);
+    }
+
+    #[test]
+    fn deb822_picks_the_release_suite_not_security() {
+        let text = "\
+Types: deb
+# a comment inside the stanza
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+";
+        assert_eq!(parse_deb822(text, "bookworm").as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(parse_deb822(text, "trixie"), None);
+    }
+
+    #[test]
+    fn deb822_skips_src_disabled_and_unusable_schemes() {
+        let text = "\
+Types: deb-src
+URIs: http://src.example/debian
+Suites: bookworm
+
+Types: deb
+URIs: http://off.example/debian
+Suites: bookworm
+Enabled: no
+
+Types: deb deb-src
+URIs: cdrom:[Debian]/ mirror+file:/etc/apt/mirrors.txt
+ https://ok.example/debian
+Suites: bookworm
+";
+        assert_eq!(parse_deb822(text, "bookworm").as_deref(), Some("https://ok.example/debian"));
+    }
+
+    #[test]
+    fn one_line_sources() {
+        let text = "\
+# deb http://commented.example/debian bookworm main
+deb-src http://src.example/debian bookworm main
+deb http://security.example/debian-security bookworm-security main
+deb [arch=amd64 signed-by=/x.gpg] http://mirror.example/debian bookworm main contrib # trailing
+";
+        assert_eq!(parse_sources_list(text, "bookworm").as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(parse_sources_list(text, "trixie"), None);
+    }
+}

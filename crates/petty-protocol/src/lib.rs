@@ -1,0 +1,45 @@
+//! The wire between the Petty host and the guest agent.
+//!
+//! One byte stream per sandbox (a virtio-serial port under QEMU, a vsock
+//! connection under Firecracker) carries frames:
+//!
+//! ```text
+//! +----------------+--------+----------------+-----------------+
+//! | len: u32 BE    | kind:u8| id: u32 BE     | payload         |
+//! +----------------+--------+----------------+-----------------+
+//!   len counts kind + id + payload (so len >= 5)
+//! ```
+//!
+//! `kind` says what the payload is: a JSON [`Request`] (host to guest), a JSON
+//! [`Response`] (guest to host, the last frame of a request), or raw bytes
+//! (stdout, stderr, stdin, file data). Raw bytes are never JSON-encoded, so file
+//! transfers and command output cost no base64 inflation. `id` ties every frame
+//! to one request, so many requests can be in flight on one stream at once.
+//!
+//! Every frame is bounded by [`MAX_FRAME_LEN`]; a decoder refuses a longer
+//! length prefix before allocating anything, so a hostile peer cannot make the
+//! other side grow without bound. This crate knows nothing of runtimes or VMMs:
+//! the guest agent drives it with blocking reads, the host with tokio.
+
+#![warn(missing_docs)]
+
+mod frame;
+mod message;
+
+pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD};
+pub use message::{
+    Command, ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, Pong, Request, Response,
+};
+
+/// Version of this protocol; the agent reports it in [`Pong`] and the host
+/// refuses an agent that speaks another.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent listens on under Firecracker.
+pub const VSOCK_PORT: u32 = 52;
+
+/// The name of the virtio-serial port the agent opens under QEMU.
+pub const SERIAL_PORT_NAME: &str = "petty.agent";
+
+/// Largest chunk of raw bytes (output, stdin, file data) either side puts in one frame.
+pub const CHUNK_SIZE: usize = 64 * 1024;

@@ -1,0 +1,265 @@
+//! The JSON messages carried in `Request` and `Response` frames.
+
+use serde::{Deserialize, Serialize};
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// A program and its arguments, run directly (looked up on `PATH`).
+    Argv(Vec<String>),
+    /// A string for `/bin/sh -c`.
+    Shell(String),
+}
+
+/// One command to run in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// What to run.
+    pub command: Command,
+    /// Variables added to (or replacing those of) the agent's default environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory; the agent's default (`/root`) when absent.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// When true the host sends `Stdin` frames (an empty one closes stdin);
+    /// otherwise stdin is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Kill the command's whole process group after this many milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl ExecRequest {
+    /// A request to run `argv` with no stdin, default env and cwd.
+    pub fn argv<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(Command::Argv(argv.into_iter().map(Into::into).collect()))
+    }
+
+    /// A request to run `script` with `/bin/sh -c`.
+    pub fn shell(script: impl Into<String>) -> Self {
+        Self::new(Command::Shell(script.into()))
+    }
+
+    fn new(command: Command) -> Self {
+        Self {
+            command,
+            env: Vec::new(),
+            cwd: None,
+            stdin: false,
+            timeout_ms: None,
+        }
+    }
+}
+
+/// A request from the host. Each has its own frame id; the guest answers with
+/// zero or more raw frames and then exactly one [`Response`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness and version check; answered with [`Response::Pong`].
+    Ping,
+    /// Run a command; `Stdout`/`Stderr` frames stream, then [`Response::Exited`].
+    Exec(ExecRequest),
+    /// Send a signal to the process group of the exec with frame id `exec_id`.
+    Signal {
+        /// Frame id of the running exec.
+        exec_id: u32,
+        /// Signal number (e.g. 15 for SIGTERM).
+        signal: i32,
+    },
+    /// Read a file: `Data` frames stream, then [`Response::Done`] with its size.
+    ReadFile {
+        /// Absolute path in the guest.
+        path: String,
+    },
+    /// Write a file from the `Data` frames that follow (an empty one ends it);
+    /// missing parent directories are created. Answered with [`Response::Done`].
+    WriteFile {
+        /// Absolute path in the guest.
+        path: String,
+        /// Permission bits; 0o644 when absent.
+        #[serde(default)]
+        mode: Option<u32>,
+    },
+    /// List a directory; answered with [`Response::Entries`].
+    ListDir {
+        /// Absolute path in the guest.
+        path: String,
+    },
+    /// Describe a path; answered with [`Response::Stat`].
+    Stat {
+        /// Absolute path in the guest.
+        path: String,
+    },
+    /// Create a directory and any missing parents.
+    Mkdir {
+        /// Absolute path in the guest.
+        path: String,
+    },
+    /// Remove a file, or a directory (with everything in it when `recursive`).
+    Remove {
+        /// Absolute path in the guest.
+        path: String,
+        /// Remove a non-empty directory and its contents.
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Rename (move) a path.
+    Rename {
+        /// Existing path.
+        from: String,
+        /// New path.
+        to: String,
+    },
+    /// Set the guest's wall clock.
+    SetTime {
+        /// Nanoseconds since the Unix epoch.
+        unix_nanos: u64,
+    },
+    /// Flush disks and power the guest off.
+    Shutdown,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Shell-style exit code: the process's own code, 128 + n when killed by
+    /// signal n, 127 when the program was not found, 126 when it could not run.
+    pub code: i32,
+    /// The signal that killed the process, if one did.
+    pub signal: Option<i32>,
+    /// True when the agent killed the process group because the timeout passed.
+    pub timed_out: bool,
+}
+
+impl ExitStatus {
+    /// True when the command exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// File name (not the full path).
+    pub name: String,
+    /// True for a directory.
+    pub is_dir: bool,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What [`Request::Stat`] reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    /// True for a directory.
+    pub is_dir: bool,
+    /// True for a symbolic link (not followed).
+    pub is_symlink: bool,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+/// The agent's answer to [`Request::Ping`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// [`crate::PROTOCOL_VERSION`] of the agent.
+    pub protocol: u32,
+    /// The agent's crate version.
+    pub agent_version: String,
+    /// The guest kernel release (`uname -r`).
+    pub kernel: String,
+}
+
+/// Broad class of a failed request, so the host can map it to its own errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The path does not exist.
+    NotFound,
+    /// Permission denied.
+    PermissionDenied,
+    /// The path already exists.
+    AlreadyExists,
+    /// A path component is not a directory, or a directory was expected.
+    NotADirectory,
+    /// A directory where a file was expected.
+    IsADirectory,
+    /// The directory is not empty.
+    NotEmpty,
+    /// The request itself is malformed or names an unknown id.
+    InvalidRequest,
+    /// Any other I/O failure.
+    Io,
+}
+
+/// The last frame for a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong(Pong),
+    /// The command ended.
+    Exited(ExitStatus),
+    /// A file read or write finished; `size` bytes moved.
+    Done {
+        /// Bytes read or written.
+        size: u64,
+    },
+    /// A directory listing.
+    Entries {
+        /// The entries, sorted by name.
+        entries: Vec<FileEntry>,
+    },
+    /// A path's metadata.
+    Stat(FileStat),
+    /// The request succeeded and has nothing to report.
+    Ok,
+    /// The request failed.
+    Error {
+        /// Broad class of the failure.
+        kind: ErrorKind,
+        /// What failed, with the path or id involved.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        let reqs = vec![
+            Request::Ping,
+            Request::Exec(ExecRequest::argv(["echo", "hi"])),
+            Request::Exec(ExecRequest::shell("echo $X")),
+            Request::WriteFile {
+                path: "/tmp/a".into(),
+                mode: Some(0o755),
+            },
+            Request::SetTime { unix_nanos: 1 << 62 },
+        ];
+        for r in reqs {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r, "{json}");
+        }
+    }
+
+    #[test]
+    fn unknown_op_is_an_error_not_a_panic() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+    }
+}

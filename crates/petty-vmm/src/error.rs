@@ -1,0 +1,90 @@
+//! Errors of the VMM layer, named after the operation that failed.
+
+use std::path::PathBuf;
+
+/// Why a VMM operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The VMM binary is not installed.
+    #[error("{binary} not found on PATH\nhint: run `scripts/install-deps` (or `apt-get install qemu-system-x86 qemu-utils`)")]
+    BinaryMissing {
+        /// The missing program.
+        binary: String,
+    },
+    /// A file the VM needs does not exist.
+    #[error("{what} not found at {}\nhint: run `petty image build`", path.display())]
+    AssetMissing {
+        /// Which asset.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// Creating the run directory or the disk overlay failed.
+    #[error("preparing the VM's files in {}", dir.display())]
+    Prepare {
+        /// The run directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `qemu-img create` failed.
+    #[error("creating the copy-on-write disk overlay failed: {0}")]
+    Overlay(String),
+    /// The VMM process could not be started.
+    #[error("starting {binary}")]
+    Spawn {
+        /// The program.
+        binary: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM process exited during start-up.
+    #[error("{binary} exited during start-up ({status}): {stderr}")]
+    EarlyExit {
+        /// The program.
+        binary: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// The VMM did not create its sockets in time.
+    #[error("{binary} did not open its control sockets within {secs} s")]
+    StartTimeout {
+        /// The program.
+        binary: String,
+        /// How long we waited.
+        secs: u64,
+    },
+    /// Connecting to the guest agent's socket failed.
+    #[error("connecting to the agent socket {}", path.display())]
+    AgentConnect {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A QMP command failed.
+    #[error("QMP {command} failed: {message}")]
+    Qmp {
+        /// The command.
+        command: String,
+        /// QEMU's error text, verbatim.
+        message: String,
+    },
+    /// Talking to QMP failed at the I/O level.
+    #[error("QMP connection")]
+    QmpIo(#[source] std::io::Error),
+    /// Stopping the VM failed.
+    #[error("stopping the VM (pid {pid})")]
+    Stop {
+        /// The VMM process.
+        pid: u32,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,81 @@
+//! The VMM layer: start, supervise and kill the process that runs one VM.
+//!
+//! [`Vmm`] is the swappable backend (QEMU here; Firecracker later), [`Vm`] one
+//! running machine. A backend gives back a byte stream to the guest agent and
+//! guarantees teardown: [`Vm::stop`] on the normal path, and `Drop` (kill the
+//! VMM, remove its sockets and disk overlay) on every other one, panics
+//! included. This crate knows nothing of sandboxes, pools or HTTP.
+
+#![warn(missing_docs)]
+
+mod accel;
+mod error;
+pub mod qemu;
+pub mod qmp;
+mod rundir;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+pub use accel::{Accel, AccelChoice};
+pub use error::VmmError;
+pub use rundir::{runtime_root, sweep_stale_run_dirs};
+
+/// A boxed future, so the traits stay object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The stream to the guest agent.
+pub type AgentStream = tokio::net::UnixStream;
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Unique id; names the run directory.
+    pub id: String,
+    /// Guest kernel (bzImage for QEMU, ELF vmlinux for Firecracker).
+    pub kernel: PathBuf,
+    /// Base root filesystem image (ext4); never written.
+    pub rootfs: PathBuf,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Extra kernel command line words.
+    pub extra_cmdline: Vec<String>,
+    /// Kill the VM when the process that started it dies, even by SIGKILL.
+    pub die_with_parent: bool,
+}
+
+/// A VMM backend.
+pub trait Vmm: Send + Sync {
+    /// Short name, e.g. `qemu`.
+    fn name(&self) -> &'static str;
+
+    /// Starts a VM. On error nothing is left behind: no process, socket or file.
+    fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<Box<dyn Vm>, VmmError>>;
+}
+
+/// One running VM.
+pub trait Vm: Send + Sync {
+    /// The VM's id.
+    fn id(&self) -> &str;
+
+    /// The VMM process id.
+    fn pid(&self) -> u32;
+
+    /// Directory holding the VM's sockets, overlay and logs.
+    fn run_dir(&self) -> &Path;
+
+    /// Opens a new stream to the guest agent.
+    fn connect_agent(&self) -> BoxFuture<'_, Result<AgentStream, VmmError>>;
+
+    /// True while the VMM process runs.
+    fn is_running(&self) -> bool;
+
+    /// The last lines the guest printed on its console, for error messages.
+    fn console_tail(&self) -> String;
+
+    /// Stops the VM and removes everything it left on disk.
+    fn stop(self: Box<Self>) -> BoxFuture<'static, Result<(), VmmError>>;
+}

@@ -1,0 +1,367 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm`, KVM or TCG.
+//!
+//! Each VM gets a run directory holding its copy-on-write disk overlay
+//! (qcow2 over the read-only base image), the agent's virtio-serial socket,
+//! the QMP socket, the guest console log and the VMM's pid. The guest reaches
+//! the host over a virtio-serial port named `petty.agent`, backed by a unix
+//! socket that QEMU listens on.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use petty_protocol::SERIAL_PORT_NAME;
+
+use crate::qmp::Qmp;
+use crate::rundir::PID_FILE;
+use crate::{Accel, AccelChoice, AgentStream, BoxFuture, Vm, VmConfig, Vmm, VmmError};
+
+/// Socket the agent's virtio-serial port is bound to, inside the run directory.
+pub const AGENT_SOCKET: &str = "agent.sock";
+/// QMP socket, inside the run directory.
+pub const QMP_SOCKET: &str = "qmp.sock";
+/// Guest console output, inside the run directory.
+pub const CONSOLE_LOG: &str = "console.log";
+const OVERLAY: &str = "overlay.qcow2";
+const STDERR_LOG: &str = "qemu.stderr";
+
+/// How long QEMU may take to open its sockets.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Kernel command line shared by every Petty guest under QEMU.
+///
+/// `reboot=t` + `-no-reboot`: the agent powers off by rebooting, which ends
+/// QEMU (microvm has no ACPI power button). `random.trust_cpu=on` with
+/// `-cpu max` seeds the RNG from RDRAND at once instead of stalling the boot.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=t panic=-1 root=/dev/vda rw \
+     rootfstype=ext4 init=/sbin/petty-agent random.trust_cpu=on";
+
+/// The QEMU backend.
+pub struct QemuVmm {
+    binary: String,
+    accel: AccelChoice,
+    root: PathBuf,
+}
+
+impl QemuVmm {
+    /// A backend using `accel`, keeping run directories under `root`.
+    /// `PETTY_QEMU` overrides the binary.
+    pub fn new(accel: AccelChoice, root: PathBuf) -> Self {
+        Self {
+            binary: std::env::var("PETTY_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
+            accel,
+            root,
+        }
+    }
+
+    /// The accelerator in use.
+    pub fn accel(&self) -> &AccelChoice {
+        &self.accel
+    }
+
+    /// The QEMU binary, if it can be found on `PATH`.
+    pub fn find_binary(&self) -> Result<PathBuf, VmmError> {
+        find_on_path(&self.binary).ok_or_else(|| VmmError::BinaryMissing {
+            binary: self.binary.clone(),
+        })
+    }
+
+    /// The full QEMU argument list for `config`, with files in `dir`.
+    pub fn args(&self, config: &VmConfig, dir: &Path, disk: &Path) -> Vec<String> {
+        let mut cmdline = BASE_CMDLINE.to_string();
+        for w in &config.extra_cmdline {
+            cmdline.push(' ');
+            cmdline.push_str(w);
+        }
+        let p = |name: &str| dir.join(name).display().to_string();
+        let (accel, cpu) = match self.accel.accel {
+            Accel::Kvm => ("kvm", "host"),
+            Accel::Tcg => ("tcg", "max"),
+        };
+        let disk_format = if disk.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        [
+            "-M",
+            "microvm,acpi=off,x-option-roms=off,rtc=on",
+            "-accel",
+            accel,
+            "-cpu",
+            cpu,
+            "-m",
+            &config.memory_mib.to_string(),
+            "-smp",
+            &config.vcpus.to_string(),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            &config.kernel.display().to_string(),
+            "-append",
+            &cmdline,
+            "-drive",
+            &format!(
+                "id=root,file={},format={disk_format},if=none,cache=unsafe",
+                disk.display()
+            ),
+            "-device",
+            "virtio-blk-device,drive=root",
+            "-device",
+            "virtio-rng-device",
+            "-device",
+            "virtio-serial-device,max_ports=2",
+            "-chardev",
+            &format!("socket,id=agent,path={},server=on,wait=off", p(AGENT_SOCKET)),
+            "-device",
+            &format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
+            "-chardev",
+            &format!("file,id=console,path={}", p(CONSOLE_LOG)),
+            "-serial",
+            "chardev:console",
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", p(QMP_SOCKET)),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+/// Finds `name` on `PATH` (or checks it when it holds a slash).
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.is_file().then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+impl Vmm for QemuVmm {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<Box<dyn Vm>, VmmError>> {
+        Box::pin(async move {
+            let vm = self.start_qemu(config).await?;
+            Ok(Box::new(vm) as Box<dyn Vm>)
+        })
+    }
+}
+
+impl QemuVmm {
+    async fn start_qemu(&self, config: &VmConfig) -> Result<QemuVm, VmmError> {
+        let binary = self.find_binary()?;
+        for (what, path) in [("guest kernel", &config.kernel), ("guest rootfs", &config.rootfs)] {
+            if !path.is_file() {
+                return Err(VmmError::AssetMissing {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        let dir = self.root.join(&config.id);
+        let prepare = |source| VmmError::Prepare {
+            dir: dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.root).map_err(prepare)?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(prepare)?;
+        // From here on, dropping `vm` removes the directory and kills QEMU.
+        let mut vm = QemuVm {
+            id: config.id.clone(),
+            dir: dir.clone(),
+            pid: 0,
+            child: Mutex::new(None),
+        };
+
+        let overlay = dir.join(OVERLAY);
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&config.rootfs)
+            .arg(&overlay)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| VmmError::Overlay(format!("running qemu-img: {e} (install qemu-utils)")))?;
+        if !out.status.success() {
+            return Err(VmmError::Overlay(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+
+        let stderr = fs::File::create(dir.join(STDERR_LOG)).map_err(prepare)?;
+        let mut cmd = std::process::Command::new(&binary);
+        cmd.args(self.args(config, &dir, &overlay))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Its own process group: a Ctrl-C aimed at the CLI reaches the CLI,
+            // which then tears the VM down in order.
+            .process_group(0);
+        if config.die_with_parent {
+            // SAFETY: prctl is async-signal-safe. PDEATHSIG fires when the
+            // spawning *thread* exits; we spawn from a runtime worker thread,
+            // which lives as long as the process.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        })?;
+        vm.pid = child.id();
+        *vm.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        fs::write(dir.join(PID_FILE), vm.pid.to_string()).map_err(prepare)?;
+
+        // QEMU opens both sockets before the guest runs its first instruction.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = vm.try_wait() {
+                let mut stderr = String::new();
+                let _ = fs::File::open(dir.join(STDERR_LOG))
+                    .and_then(|mut f| f.read_to_string(&mut stderr));
+                return Err(VmmError::EarlyExit {
+                    binary: self.binary.clone(),
+                    status,
+                    stderr: stderr.trim().to_string(),
+                });
+            }
+            if dir.join(AGENT_SOCKET).exists() && dir.join(QMP_SOCKET).exists() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(VmmError::StartTimeout {
+                    binary: self.binary.clone(),
+                    secs: START_TIMEOUT.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(vm)
+    }
+}
+
+/// A running QEMU VM.
+pub struct QemuVm {
+    id: String,
+    dir: PathBuf,
+    pid: u32,
+    child: Mutex<Option<Child>>,
+}
+
+impl QemuVm {
+    /// `Some(status)` once QEMU has exited.
+    fn try_wait(&self) -> Option<String> {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        match child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            Some(Ok(None)) => None,
+            Some(Err(e)) => Some(format!("unknown ({e})")),
+            None => Some("not started".into()),
+        }
+    }
+
+    /// Kills QEMU, reaps it and removes the run directory. Idempotent.
+    fn teardown(&self) -> std::io::Result<()> {
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // The VM's state is being thrown away, overlay included: no need
+            // for a graceful guest shutdown.
+            let _ = child.kill();
+            child.wait()?;
+        }
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens a QMP session to this VM.
+    pub async fn qmp(&self) -> Result<Qmp, VmmError> {
+        Qmp::connect(&self.dir.join(QMP_SOCKET), Duration::from_secs(5)).await
+    }
+}
+
+impl Vm for QemuVm {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn run_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn connect_agent(&self) -> BoxFuture<'_, Result<AgentStream, VmmError>> {
+        Box::pin(async move {
+            let path = self.dir.join(AGENT_SOCKET);
+            AgentStream::connect(&path)
+                .await
+                .map_err(|source| VmmError::AgentConnect { path, source })
+        })
+    }
+
+    fn is_running(&self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    fn console_tail(&self) -> String {
+        tail(&self.dir.join(CONSOLE_LOG), 2048)
+    }
+
+    fn stop(self: Box<Self>) -> BoxFuture<'static, Result<(), VmmError>> {
+        Box::pin(async move {
+            let pid = self.pid;
+            tokio::task::spawn_blocking(move || self.teardown())
+                .await
+                .map_err(|e| VmmError::Stop {
+                    pid,
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(|source| VmmError::Stop { pid, source })
+        })
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::warn!(vm = %self.id, "cleaning up VM: {e}");
+        }
+    }
+}
+
+/// The last `max` bytes of a file, lossily decoded.
+fn tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}

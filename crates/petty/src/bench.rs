@@ -1,0 +1,130 @@
+//! `petty bench boot`: sandbox start-to-exit against bare QEMU booting the
+//! same kernel, and exec round trip against the guest's own spawn cost, all
+//! measured in one run. A benchmark, not a test: it prints, it never asserts.
+
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use petty_core::{ExecRequest, Sandbox, SandboxConfig};
+use petty_vmm::qemu::QemuVmm;
+use petty_vmm::{runtime_root, AccelChoice, VmConfig};
+
+use crate::cli::ensure_assets;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let assets = ensure_assets(true).await?;
+    let accel = AccelChoice::detect();
+    let vmm = QemuVmm::new(accel.clone(), runtime_root());
+    let qemu = vmm.find_binary()?;
+    eprintln!("{}", accel.notice());
+
+    // 1. Baseline: bare QEMU, same kernel, same devices, the guest's init
+    //    powering off as soon as it runs.
+    let mut bare = Vec::new();
+    for i in 0..runs {
+        let dir = tempfile::Builder::new().prefix("petty-bench-").tempdir()?;
+        let overlay = dir.path().join("overlay.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&assets.rootfs)
+            .arg(&overlay)
+            .status()?;
+        if !st.success() {
+            bail!("qemu-img create failed");
+        }
+        let config = VmConfig {
+            id: format!("bench-{i}"),
+            kernel: assets.kernel.clone(),
+            rootfs: assets.rootfs.clone(),
+            memory_mib: 256,
+            vcpus: 2,
+            extra_cmdline: vec!["petty.mode=poweroff".into()],
+            die_with_parent: true,
+        };
+        let args = vmm.args(&config, dir.path(), &overlay);
+        let t = Instant::now();
+        let status = tokio::process::Command::new(&qemu)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        let status = tokio::time::timeout(Duration::from_secs(60), status)
+            .await
+            .context("bare QEMU did not power off within 60 s")??;
+        bare.push(t.elapsed());
+        if !status.success() {
+            bail!("bare QEMU exited with {status}");
+        }
+        eprint!("\rbare qemu boot: {}/{runs}", i + 1);
+    }
+    eprintln!();
+
+    // 2. `petty run -- true`, start to exit, as a user would see it.
+    let exe = std::env::current_exe()?;
+    let mut petty_run = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        let status = tokio::process::Command::new(&exe)
+            .args(["run", "--", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        petty_run.push(t.elapsed());
+        if !status.success() {
+            bail!("`petty run -- true` exited with {status}");
+        }
+        eprint!("\rpetty run -- true: {}/{runs}", i + 1);
+    }
+    eprintln!();
+
+    // 3. Exec round trip on a running sandbox, beside the guest's own cost of
+    //    spawning `true` (fork + exec + wait inside the guest, timed there).
+    let sandbox = Sandbox::create(&vmm, SandboxConfig::builder().build()?).await?;
+    let mut rtt = Vec::new();
+    for _ in 0..runs.max(20) {
+        let t = Instant::now();
+        let r = sandbox.exec(ExecRequest::argv(["true"]), None).await?;
+        rtt.push(t.elapsed());
+        if !r.success() {
+            bail!("exec true failed: {r:?}");
+        }
+    }
+    let mut guest = Vec::new();
+    for _ in 0..runs.max(5) {
+        let r = sandbox
+            .execute("t0=$(date +%s%N); for i in 1 2 3 4 5 6 7 8 9 10; do /bin/true; done; t1=$(date +%s%N); echo $(( (t1 - t0) / 10 ))")
+            .await?;
+        let ns: u64 = r.stdout.trim().parse().context("guest timing output")?;
+        guest.push(Duration::from_nanos(ns));
+    }
+    sandbox.destroy().await?;
+
+    let (bare, petty_run, rtt, guest) = (median(bare), median(petty_run), median(rtt), median(guest));
+    let ratio = petty_run.as_secs_f64() / bare.as_secs_f64();
+    let overhead = rtt.saturating_sub(guest);
+    println!("petty bench boot ({runs} runs; accel {}; 256 MiB, 2 vCPUs)", accel.accel);
+    println!("  bare qemu: boot same kernel to init, power off   median {}", ms(bare));
+    println!("  petty run -- true: start to exit                 median {}", ms(petty_run));
+    println!("  ratio                                            {ratio:.2} (target <= 1.30)");
+    println!("  exec `true` round trip on a running sandbox      median {}", ms(rtt));
+    println!("  guest's own fork+exec+wait of /bin/true          median {}", ms(guest));
+    println!("  agent + channel overhead                         {} (target <= 2 ms)", ms(overhead));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,133 @@
+//! Argument definitions and dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// Run untrusted code in microVMs.
+#[derive(Parser)]
+#[command(name = "petty", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot a sandbox, run one command in it with live output, exit with its
+    /// exit code, and destroy the sandbox.
+    Run(RunArgs),
+    /// Build or locate the guest kernel and root filesystem.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Say what this host has and lacks for running sandboxes, and how to fix each gap.
+    Doctor,
+    /// Benchmarks (figures beside a baseline measured in the same run).
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build whatever guest asset is missing (kernel, rootfs); a no-op when all are cached.
+    Build {
+        /// No progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Print the paths of the cached assets (fails if they are not built).
+    Path,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Boot time of `petty run -- true` against bare QEMU booting the same
+    /// kernel, and exec round trip against the guest's own spawn cost.
+    Boot {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+}
+
+/// Arguments of `petty run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub vcpus: u32,
+    /// Kill the command (and everything it started) after this many seconds; exit code 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Set an environment variable for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest (default /root).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Forward this process's stdin to the command.
+    #[arg(long, short = 'i')]
+    pub stdin: bool,
+    /// Run this Python code (python3 -c).
+    #[arg(long, value_name = "CODE", conflicts_with_all = ["sh", "command"])]
+    pub python: Option<String>,
+    /// Run this shell script (sh -c).
+    #[arg(long, value_name = "SCRIPT", conflicts_with = "command")]
+    pub sh: Option<String>,
+    /// Guest kernel to boot instead of the built one.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Root filesystem image instead of the built one.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run(args) => crate::run::run(args).await,
+        Cmd::Image { cmd } => image(cmd).await,
+        Cmd::Doctor => crate::doctor::doctor().await,
+        Cmd::Bench {
+            cmd: BenchCmd::Boot { runs },
+        } => crate::bench::boot(runs).await,
+    }
+}
+
+async fn image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
+    let assets = match cmd {
+        ImageCmd::Build { quiet } => ensure_assets(!quiet).await?,
+        ImageCmd::Path => petty_image::ImageBuilder::new(petty_image::cache_dir()).locate()?,
+    };
+    println!("kernel  {}", assets.kernel.display());
+    println!("vmlinux {}", assets.vmlinux.display());
+    println!("rootfs  {}", assets.rootfs.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds any missing guest asset (progress on stderr) and returns them all.
+pub async fn ensure_assets(progress: bool) -> anyhow::Result<petty_image::Assets> {
+    let builder = petty_image::ImageBuilder::new(petty_image::cache_dir()).with_progress(progress);
+    let assets = tokio::task::spawn_blocking(move || builder.ensure())
+        .await
+        .context("image build task")??;
+    Ok(assets)
+}

@@ -1,0 +1,151 @@
+//! `petty run`: one sandbox, one command, live output, exit code, teardown.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use petty_core::{ExecEvent, ExecRequest, Sandbox, SandboxConfig};
+use petty_vmm::qemu::QemuVmm;
+use petty_vmm::{runtime_root, sweep_stale_run_dirs, AccelChoice};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::{ensure_assets, RunArgs};
+
+/// Exit code when `--timeout` killed the command (as GNU `timeout` uses).
+const EXIT_TIMEOUT: u8 = 124;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Everything that can be checked is checked before a VM starts.
+    let argv = match (&args.python, &args.sh, args.command.is_empty()) {
+        (Some(code), _, _) => petty_core::code_argv("python", code)?,
+        (_, Some(script), _) => petty_core::code_argv("sh", script)?,
+        (None, None, false) => args.command.clone(),
+        (None, None, true) => bail!(
+            "nothing to run\nhint: petty run -- CMD [ARGS...], or petty run --python CODE, or petty run --sh SCRIPT"
+        ),
+    };
+    let timeout_ms = match args.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            bail!("--timeout {t} must be a positive number of seconds")
+        }
+        Some(t) => Some((t * 1000.0).ceil() as u64),
+        None => None,
+    };
+    let mut builder = SandboxConfig::builder()
+        .memory_mib(args.memory_mib)
+        .vcpu_count(args.vcpus);
+    if let Some(k) = &args.kernel {
+        builder = builder.kernel(k);
+    }
+    if let Some(r) = &args.rootfs {
+        builder = builder.rootfs(r);
+    }
+    let config = builder.build()?;
+    let vmm = QemuVmm::new(AccelChoice::detect(), runtime_root());
+    vmm.find_binary()?;
+    if config.kernel.is_none() || config.rootfs.is_none() {
+        ensure_assets(true).await?;
+    }
+    sweep_stale_run_dirs(&runtime_root());
+    eprintln!("{}", vmm.accel().notice());
+
+    let mut req = ExecRequest::argv(argv);
+    req.env = args.env;
+    req.cwd = args.cwd;
+    req.stdin = args.stdin;
+    req.timeout_ms = timeout_ms;
+
+    let mut signals = Signals::new()?;
+    // Dropping the create future on a signal drops the half-started VM, which kills it.
+    let sandbox = tokio::select! {
+        s = Sandbox::create(&vmm, config) => s?,
+        code = signals.recv() => return Ok(ExitCode::from(code)),
+    };
+    let outcome = tokio::select! {
+        r = stream(&sandbox, req, args.stdin, args.timeout) => r,
+        code = signals.recv() => Ok(code),
+    };
+    let destroyed = sandbox.destroy().await;
+    let code = outcome?;
+    destroyed?;
+    Ok(ExitCode::from(code))
+}
+
+/// Runs the command, copying its output to ours as it arrives.
+async fn stream(
+    sandbox: &Sandbox,
+    req: ExecRequest,
+    forward_stdin: bool,
+    timeout: Option<f64>,
+) -> anyhow::Result<u8> {
+    let mut exec = sandbox.exec_stream(req).await?;
+    if forward_stdin {
+        let stdin = exec.stdin();
+        tokio::spawn(async move {
+            let mut input = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stdin.write(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = stdin.close().await;
+        });
+    }
+    let mut out = tokio::io::stdout();
+    let mut err = tokio::io::stderr();
+    loop {
+        match exec.next().await? {
+            ExecEvent::Stdout(b) => {
+                out.write_all(&b).await?;
+                out.flush().await?;
+            }
+            ExecEvent::Stderr(b) => {
+                err.write_all(&b).await?;
+                err.flush().await?;
+            }
+            ExecEvent::Exit(status) => {
+                if status.timed_out {
+                    eprintln!(
+                        "petty: command timed out after {} s; its process group was killed",
+                        timeout.unwrap_or_default()
+                    );
+                    return Ok(EXIT_TIMEOUT);
+                }
+                return Ok(status.code.clamp(0, 255) as u8);
+            }
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, mapped to the shell's 128 + n exit codes.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) -> u8 {
+        let sig = tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        };
+        eprintln!("petty: interrupted; destroying the sandbox");
+        (128 + sig) as u8
+    }
+}

@@ -23,7 +23,8 @@ const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 const AGENT_PROFILE: &str = "agent";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let workspace = manifest_dir
         .parent()
@@ -39,8 +40,12 @@ fn main() {
         None => build_agent(&workspace, &out_dir),
     };
 
-    let bytes = fs::read(&binary)
-        .unwrap_or_else(|e| fail(&format!("cannot read the agent binary {}: {e}", binary.display())));
+    let bytes = fs::read(&binary).unwrap_or_else(|e| {
+        fail(&format!(
+            "cannot read the agent binary {}: {e}",
+            binary.display()
+        ))
+    });
     if let Err(why) = check_static(&bytes) {
         fail(&format!(
             "the agent binary {} is not statically linked ({why}); \
@@ -149,7 +154,8 @@ fn write(path: &Path, bytes: &[u8]) {
     if fs::read(path).ok().as_deref() == Some(bytes) {
         return;
     }
-    fs::write(path, bytes).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", path.display())));
+    fs::write(path, bytes)
+        .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", path.display())));
 }
 
 fn hex(bytes: &[u8]) -> String {

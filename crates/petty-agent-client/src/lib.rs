@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use petty_protocol::{
-    ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, Frame, FrameDecoder, FrameKind,
-    Pong, Request, Response, CHUNK_SIZE, PROTOCOL_VERSION,
+    ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, Frame, FrameDecoder, FrameKind, Pong,
+    Request, Response, CHUNK_SIZE, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -227,9 +227,9 @@ impl AgentClient {
                     host: PROTOCOL_VERSION,
                 }),
                 Incoming::Response(r) => Err(unexpected("ping", ok_or_remote(r)?)),
-                Incoming::Raw(kind, _) => {
-                    Err(ClientError::Protocol(format!("{kind:?} frame in reply to ping")))
-                }
+                Incoming::Raw(kind, _) => Err(ClientError::Protocol(format!(
+                    "{kind:?} frame in reply to ping"
+                ))),
             }
         };
         tokio::time::timeout(timeout, fut)
@@ -269,8 +269,12 @@ impl AgentClient {
         let mut out = ExecOutput::default();
         loop {
             match stream.next().await? {
-                ExecEvent::Stdout(b) => append_capped(&mut out.stdout, &b, max_output, &mut out.truncated),
-                ExecEvent::Stderr(b) => append_capped(&mut out.stderr, &b, max_output, &mut out.truncated),
+                ExecEvent::Stdout(b) => {
+                    append_capped(&mut out.stdout, &b, max_output, &mut out.truncated)
+                }
+                ExecEvent::Stderr(b) => {
+                    append_capped(&mut out.stderr, &b, max_output, &mut out.truncated)
+                }
                 ExecEvent::Exit(status) => {
                     out.status = status;
                     return Ok(out);
@@ -315,7 +319,9 @@ impl AgentClient {
                         sink.write_all(&bytes).await?;
                     }
                     Incoming::Raw(kind, _) => {
-                        return Err(ClientError::Protocol(format!("{kind:?} frame in a file read")))
+                        return Err(ClientError::Protocol(format!(
+                            "{kind:?} frame in a file read"
+                        )))
                     }
                     Incoming::Response(r) => match ok_or_remote(r)? {
                         Response::Done { size } if size == got => return Ok(got),
@@ -339,7 +345,12 @@ impl AgentClient {
     }
 
     /// Writes `data` to `path` (parents created), with permission bits `mode` (0o644 if `None`).
-    pub async fn write_file(&self, path: &str, data: &[u8], mode: Option<u32>) -> Result<u64, ClientError> {
+    pub async fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: Option<u32>,
+    ) -> Result<u64, ClientError> {
         self.write_file_from(path, data, mode).await
     }
 
@@ -362,13 +373,15 @@ impl AgentClient {
             // An early error from the agent (say, a read-only path) ends the upload.
             if let Ok(Incoming::Response(r)) = rx.try_recv() {
                 // Finish the data stream so the agent's state for this id is freed.
-                self.send(&Frame::new(FrameKind::Data, id, Vec::new())).await?;
+                self.send(&Frame::new(FrameKind::Data, id, Vec::new()))
+                    .await?;
                 return Err(match ok_or_remote(r) {
                     Err(e) => e,
                     Ok(other) => unexpected("write_file", other),
                 });
             }
-            self.send(&Frame::new(FrameKind::Data, id, buf[..n].to_vec())).await?;
+            self.send(&Frame::new(FrameKind::Data, id, buf[..n].to_vec()))
+                .await?;
             if n == 0 {
                 break;
             }
@@ -385,13 +398,18 @@ impl AgentClient {
                 Response::Done { size } => Ok(size),
                 other => Err(unexpected("write_file", other)),
             },
-            Incoming::Raw(kind, _) => Err(ClientError::Protocol(format!("{kind:?} frame in a file write"))),
+            Incoming::Raw(kind, _) => Err(ClientError::Protocol(format!(
+                "{kind:?} frame in a file write"
+            ))),
         }
     }
 
     /// Lists a directory.
     pub async fn list_dir(&self, path: &str) -> Result<Vec<FileEntry>, ClientError> {
-        match self.call("list_dir", &Request::ListDir { path: path.into() }).await? {
+        match self
+            .call("list_dir", &Request::ListDir { path: path.into() })
+            .await?
+        {
             Response::Entries { entries } => Ok(entries),
             other => Err(unexpected("list_dir", other)),
         }
@@ -399,7 +417,10 @@ impl AgentClient {
 
     /// Describes a path.
     pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
-        match self.call("stat", &Request::Stat { path: path.into() }).await? {
+        match self
+            .call("stat", &Request::Stat { path: path.into() })
+            .await?
+        {
             Response::Stat(s) => Ok(s),
             other => Err(unexpected("stat", other)),
         }
@@ -407,7 +428,8 @@ impl AgentClient {
 
     /// Creates a directory and its parents.
     pub async fn mkdir(&self, path: &str) -> Result<(), ClientError> {
-        self.call_ok("mkdir", Request::Mkdir { path: path.into() }).await
+        self.call_ok("mkdir", Request::Mkdir { path: path.into() })
+            .await
     }
 
     /// Removes a file or (with `recursive`, a non-empty) directory.
@@ -590,7 +612,9 @@ impl ExecStream {
         match self.client.recv(&mut self.rx).await? {
             Incoming::Raw(FrameKind::Stdout, b) => Ok(ExecEvent::Stdout(b)),
             Incoming::Raw(FrameKind::Stderr, b) => Ok(ExecEvent::Stderr(b)),
-            Incoming::Raw(kind, _) => Err(ClientError::Protocol(format!("{kind:?} frame in an exec"))),
+            Incoming::Raw(kind, _) => {
+                Err(ClientError::Protocol(format!("{kind:?} frame in an exec")))
+            }
             Incoming::Response(r) => match ok_or_remote(r) {
                 Ok(Response::Exited(status)) => {
                     self.done = true;

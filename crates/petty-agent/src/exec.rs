@@ -21,7 +21,7 @@ use petty_protocol::{
 };
 
 use crate::reaper::reaper;
-use crate::server::{Conn, ExecSlot};
+use crate::server::Conn;
 
 /// Where commands run when the request names no directory.
 pub const DEFAULT_CWD: &str = "/root";
@@ -30,16 +30,30 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Starts `req` on a thread of its own; the thread sends the output frames and
 /// the final `Exited` (or `Error`) response for `id`.
-pub fn start(conn: Arc<Conn>, id: u32, req: ExecRequest) {
+/// `stdin` carries the host's stdin chunks when the request asked for stdin.
+pub fn start(conn: Arc<Conn>, id: u32, req: ExecRequest, stdin: Option<mpsc::Receiver<Vec<u8>>>) {
+    let thread_conn = conn.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("exec-{id}"))
-        .spawn(move || run(&conn, id, req));
+        .spawn(move || {
+            run(&thread_conn, id, req, stdin);
+            forget(&thread_conn, id);
+        });
     if let Err(e) = spawned {
-        eprintln!("petty-agent: cannot start exec thread: {e}");
+        forget(&conn, id);
+        conn.writer
+            .error(id, ErrorKind::Io, format!("cannot start exec thread: {e}"));
     }
 }
 
-fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest) {
+fn forget(conn: &Conn, id: u32) {
+    conn.execs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+}
+
+fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Receiver<Vec<u8>>>) {
     let w = &conn.writer;
     let env = build_env(&req.env);
     let cwd = req.cwd.clone().unwrap_or_else(|| DEFAULT_CWD.to_string());
@@ -85,51 +99,65 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest) {
     };
     let pid = child.pid;
 
-    let stdin_tx = child.stdin.map(|stdin| {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    if let (Some(stdin), Some(rx)) = (child.stdin, stdin_rx) {
         std::thread::spawn(move || feed_stdin(stdin, rx));
-        tx
-    });
-    conn.execs
+    }
+    if let Some(slot) = conn
+        .execs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            id,
-            ExecSlot {
-                pgid: pid,
-                stdin: stdin_tx,
-            },
-        );
+        .get_mut(&id)
+    {
+        slot.pgid = Some(pid);
+    }
 
-    let out = pump(conn.clone(), id, FrameKind::Stdout, child.stdout);
-    let err = pump(conn.clone(), id, FrameKind::Stderr, child.stderr);
+    let (done_tx, done_rx) = mpsc::channel();
+    pump(
+        conn.clone(),
+        id,
+        FrameKind::Stdout,
+        child.stdout,
+        done_tx.clone(),
+    );
+    pump(conn.clone(), id, FrameKind::Stderr, child.stderr, done_tx);
 
     let deadline = req
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let kill_group = || {
+        // SAFETY: kill only sends a signal to the command's own group.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    };
     let mut timed_out = false;
     let raw = match reaper().wait(pid, deadline) {
         Some(s) => s,
         None => {
             timed_out = true;
-            // SAFETY: kill only sends a signal to the command's own group.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            kill_group();
             reaper().wait(pid, None).expect("waits without deadline")
         }
     };
-    if timed_out {
-        // Stragglers of the group may have been forked after the first kill.
-        // SAFETY: as above.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    // The status goes out only after both pipes reach end-of-file, so the
+    // host sees every byte ahead of `Exited`. A background process of the
+    // command that still holds a pipe keeps the exec open (as with ssh or
+    // `docker exec`) until the timeout, if any, kills the group.
+    for _ in 0..2 {
+        let finished = match deadline {
+            Some(d) if !timed_out => done_rx
+                .recv_timeout(d.saturating_duration_since(Instant::now()))
+                .is_ok(),
+            _ => done_rx.recv().is_ok(),
+        };
+        if !finished {
+            timed_out = true;
+            kill_group();
+            let _ = done_rx.recv();
+        }
     }
-    // Output written before exit is still in the pipes: drain it before the
-    // status, so the host sees every byte ahead of `Exited`.
-    let _ = out.join();
-    let _ = err.join();
-    conn.execs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    if timed_out {
+        // Stragglers of the group may have forked after the first kill.
+        kill_group();
+    }
 
     let status = if libc::WIFSIGNALED(raw) {
         let sig = libc::WTERMSIG(raw);
@@ -219,7 +247,10 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 fn cstring(s: impl AsRef<[u8]>) -> std::io::Result<CString> {
     CString::new(s.as_ref()).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "argument contains a NUL byte")
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "argument contains a NUL byte",
+        )
     })
 }
 
@@ -319,13 +350,9 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
     got
 }
 
-/// Streams one output pipe to the host as `kind` frames until EOF.
-fn pump(
-    conn: Arc<Conn>,
-    id: u32,
-    kind: FrameKind,
-    mut pipe: File,
-) -> std::thread::JoinHandle<()> {
+/// Streams one output pipe to the host as `kind` frames until EOF, then
+/// reports on `done`.
+fn pump(conn: Arc<Conn>, id: u32, kind: FrameKind, mut pipe: File, done: mpsc::Sender<()>) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; CHUNK_SIZE];
         loop {
@@ -334,14 +361,14 @@ fn pump(
                 Ok(n) => {
                     // Keep draining even when the host is gone, so the
                     // command never blocks on a full pipe.
-                    conn.writer
-                        .send(&Frame::new(kind, id, buf[..n].to_vec()));
+                    conn.writer.send(&Frame::new(kind, id, buf[..n].to_vec()));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
         }
-    })
+        let _ = done.send(());
+    });
 }
 
 fn feed_stdin(mut stdin: File, rx: mpsc::Receiver<Vec<u8>>) {
@@ -367,7 +394,10 @@ mod tests {
 
     #[test]
     fn resolve_searches_path() {
-        assert_eq!(resolve("sh", "/nonexistent:/bin", "/"), Some("/bin/sh".into()));
+        assert_eq!(
+            resolve("sh", "/nonexistent:/bin", "/"),
+            Some("/bin/sh".into())
+        );
         assert_eq!(resolve("no-such-program-xyz", "/bin:/usr/bin", "/"), None);
     }
 }

@@ -44,7 +44,11 @@ pub fn read_file(w: &Writer, id: u32, path: &str) {
         }
     };
     if p.is_dir() {
-        w.error(id, ErrorKind::IsADirectory, format!("read {path}: is a directory"));
+        w.error(
+            id,
+            ErrorKind::IsADirectory,
+            format!("read {path}: is a directory"),
+        );
         return;
     }
     let mut buf = vec![0u8; CHUNK_SIZE];

@@ -43,10 +43,34 @@ fn setup_filesystems() {
     mount("proc", "/proc", "proc", nosuid, "");
     mount("sysfs", "/sys", "sysfs", nosuid, "");
     mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
-    mount("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
-    mount("tmpfs", "/dev/shm", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777");
-    mount("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777");
-    mount("tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755");
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "gid=5,mode=620,ptmxmode=666",
+    );
+    mount(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    );
+    mount(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    );
+    mount(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    );
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),
@@ -98,7 +122,10 @@ fn power_off() -> ! {
 pub fn run_as_init() -> ExitCode {
     setup_filesystems();
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if cmdline.split_whitespace().any(|w| w == "petty.mode=poweroff") {
+    if cmdline
+        .split_whitespace()
+        .any(|w| w == "petty.mode=poweroff")
+    {
         power_off();
     }
     // Start reaping before anything can be orphaned to us.
@@ -181,7 +208,10 @@ fn serve_vsock() {
     let listener = unsafe {
         let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            log(&format!("no agent channel: no virtio port {SERIAL_PORT_NAME} and vsock failed: {}", std::io::Error::last_os_error()));
+            log(&format!(
+                "no agent channel: no virtio port {SERIAL_PORT_NAME} and vsock failed: {}",
+                std::io::Error::last_os_error()
+            ));
             return;
         }
         let mut addr: libc::sockaddr_vm = std::mem::zeroed();
@@ -192,7 +222,10 @@ fn serve_vsock() {
         if libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), len) != 0
             || libc::listen(fd, 16) != 0
         {
-            log(&format!("vsock port {VSOCK_PORT}: {}", std::io::Error::last_os_error()));
+            log(&format!(
+                "vsock port {VSOCK_PORT}: {}",
+                std::io::Error::last_os_error()
+            ));
             libc::close(fd);
             return;
         }
@@ -201,14 +234,21 @@ fn serve_vsock() {
     loop {
         // SAFETY: accept on our listening socket; null address is allowed.
         let conn = unsafe {
-            libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
         };
         if conn < 0 {
             continue;
         }
         // SAFETY: accept4 returned a fresh fd that we own.
         let file = unsafe { File::from_raw_fd(conn) };
-        let Ok(output) = file.try_clone() else { continue };
+        let Ok(output) = file.try_clone() else {
+            continue;
+        };
         std::thread::spawn(move || {
             if let End::Shutdown = server::serve(file, Writer::new(Box::new(output))) {
                 power_off();

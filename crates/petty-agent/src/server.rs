@@ -70,9 +70,13 @@ impl Writer {
     }
 }
 
-/// A running exec, as the reading thread sees it.
+/// A running exec, as the reading thread sees it. Registered by the reading
+/// thread before the exec starts, so stdin that follows the request at once
+/// is never dropped.
 pub struct ExecSlot {
-    pub pgid: libc::pid_t,
+    /// The command's process group, once it is spawned.
+    pub pgid: Option<libc::pid_t>,
+    /// Feeds the command's stdin; `None` once the host closed it.
     pub stdin: Option<mpsc::Sender<Vec<u8>>>,
 }
 
@@ -141,8 +145,10 @@ pub fn serve(mut input: impl Read, writer: Arc<Writer>) -> End {
     // Whatever this connection started is orphaned now: stop it.
     conn.writer.close();
     for (_, slot) in conn.execs.lock().unwrap_or_else(|e| e.into_inner()).drain() {
-        // SAFETY: kill only sends a signal; a stale pgid at worst hits nothing.
-        unsafe { libc::kill(-slot.pgid, libc::SIGKILL) };
+        if let Some(pgid) = slot.pgid {
+            // SAFETY: kill only sends a signal; a stale pgid at worst hits nothing.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
     }
     end
 }
@@ -155,7 +161,11 @@ fn handle_frame(conn: &Arc<Conn>, uploads: &mut HashMap<u32, Upload>, frame: Fra
             let req: Request = match frame.parse() {
                 Ok(r) => r,
                 Err(e) => {
-                    w.error(frame.id, ErrorKind::InvalidRequest, format!("bad request: {e}"));
+                    w.error(
+                        frame.id,
+                        ErrorKind::InvalidRequest,
+                        format!("bad request: {e}"),
+                    );
                     return false;
                 }
             };
@@ -228,24 +238,34 @@ fn handle_request(
                 }),
             );
         }
-        Request::Exec(req) => exec::start(conn.clone(), id, req),
+        Request::Exec(req) => {
+            let (tx, rx) = if req.stdin {
+                let (tx, rx) = mpsc::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            conn.execs.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                id,
+                ExecSlot {
+                    pgid: None,
+                    stdin: tx,
+                },
+            );
+            exec::start(conn.clone(), id, req, rx);
+        }
         Request::Signal { exec_id, signal } => {
             let pgid = conn
                 .execs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&exec_id)
-                .map(|s| s.pgid);
+                .and_then(|s| s.pgid);
             match pgid {
                 // SAFETY: kill only sends a signal.
                 Some(pgid) => match unsafe { libc::kill(-pgid, signal) } {
                     0 => w.respond(id, &Response::Ok),
-                    _ => files::send_io_error(
-                        w,
-                        id,
-                        "signal",
-                        &std::io::Error::last_os_error(),
-                    ),
+                    _ => files::send_io_error(w, id, "signal", &std::io::Error::last_os_error()),
                 },
                 None => w.error(
                     id,

@@ -185,10 +185,16 @@ mod tests {
     fn bad_values_name_the_field() {
         let cases = [
             (SandboxConfig::builder().memory_mib(0), "memory_mib 0"),
-            (SandboxConfig::builder().memory_mib(u32::MAX), "more than this host"),
+            (
+                SandboxConfig::builder().memory_mib(u32::MAX),
+                "more than this host",
+            ),
             (SandboxConfig::builder().vcpu_count(0), "vcpu_count 0"),
             (SandboxConfig::builder().vsock_cid(2), "vsock_cid 2"),
-            (SandboxConfig::builder().kernel("/no/such/kernel"), "kernel /no/such/kernel"),
+            (
+                SandboxConfig::builder().kernel("/no/such/kernel"),
+                "kernel /no/such/kernel",
+            ),
         ];
         for (b, want) in cases {
             let e = b.build().unwrap_err().to_string();

@@ -146,7 +146,11 @@ impl Sandbox {
 
     /// The VM's run directory (sockets, overlay, logs), while it runs.
     pub async fn run_dir(&self) -> Option<PathBuf> {
-        self.vm.lock().await.as_ref().map(|vm| vm.run_dir().to_path_buf())
+        self.vm
+            .lock()
+            .await
+            .as_ref()
+            .map(|vm| vm.run_dir().to_path_buf())
     }
 
     /// Runs `script` with `/bin/sh -c` and collects its output.
@@ -196,7 +200,12 @@ impl Sandbox {
     }
 
     /// Writes a file with the given permission bits.
-    pub async fn write_file_mode(&self, path: &str, data: &[u8], mode: u32) -> Result<(), CoreError> {
+    pub async fn write_file_mode(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+    ) -> Result<(), CoreError> {
         self.agent.write_file(path, data, Some(mode)).await?;
         Ok(())
     }
@@ -233,7 +242,12 @@ impl Sandbox {
 
     /// True when the VM runs and its agent answers a ping.
     pub async fn is_healthy(&self) -> bool {
-        let running = self.vm.lock().await.as_ref().is_some_and(|vm| vm.is_running());
+        let running = self
+            .vm
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|vm| vm.is_running());
         running && self.agent.ping().await.is_ok()
     }
 

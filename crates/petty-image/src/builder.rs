@@ -9,6 +9,7 @@ use std::{
 use crate::{
     cache::{self, CacheLock},
     error::ImageError,
+    exec::BuildCtx,
     host,
     kernel::{self, BZIMAGE, VMLINUX},
     progress::{fmt_duration, Progress},
@@ -78,7 +79,10 @@ impl Default for ImageBuilder {
 impl ImageBuilder {
     /// A builder for `cache_dir` (usually [`crate::cache_dir()`]), with progress on.
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
-        ImageBuilder { cache: cache_dir.into(), progress: true }
+        ImageBuilder {
+            cache: cache_dir.into(),
+            progress: true,
+        }
     }
 
     /// Whether to print progress lines on stderr while building (default true).
@@ -96,75 +100,74 @@ impl ImageBuilder {
     /// from compile-time inputs, one `stat` of the kernel source and
     /// `/etc/os-release`, then checks the files exist.
     pub fn locate(&self) -> Result<Assets, ImageError> {
-        let kernel_dir = kernel::locate_dir(&self.cache)
-            .map_err(|path| ImageError::Missing { what: "kernel", path, hint: BUILD_HINT.into() })?;
+        let lookup = kernel::Lookup::new(&self.cache);
+        let kernel_dir = lookup.usable.clone().ok_or_else(|| ImageError::Missing {
+            what: "kernel",
+            path: lookup.expected(&self.cache),
+            hint: BUILD_HINT.into(),
+        })?;
         let rootfs = RootfsPaths::new(&self.cache)?.image;
         if !rootfs.is_file() {
-            return Err(ImageError::Missing { what: "rootfs", path: rootfs, hint: BUILD_HINT.into() });
+            return Err(ImageError::Missing {
+                what: "rootfs",
+                path: rootfs,
+                hint: BUILD_HINT.into(),
+            });
         }
-        Ok(Assets { kernel: kernel_dir.join(BZIMAGE), vmlinux: kernel_dir.join(VMLINUX), rootfs })
+        Ok(Assets {
+            kernel: kernel_dir.join(BZIMAGE),
+            vmlinux: kernel_dir.join(VMLINUX),
+            rootfs,
+        })
+    }
+
+    /// `locate`, but only if the kernel is built from the installed tarball.
+    fn locate_current(&self) -> Option<Assets> {
+        let assets = self.locate().ok()?;
+        kernel::Lookup::new(&self.cache)
+            .current_built
+            .then_some(assets)
     }
 
     /// Returns the current assets, building whatever is missing first. Cheap
     /// when nothing is missing. Concurrent callers (threads or processes)
     /// serialize on the cache lock; the later ones find the assets built.
     pub fn ensure(&self) -> Result<Assets, ImageError> {
-        if let Ok(assets) = self.locate() {
+        if let Some(assets) = self.locate_current() {
             return Ok(assets);
         }
         let progress = Progress::new(self.progress);
-        let _lock = CacheLock::acquire(&self.cache, &progress)?;
+        let lock = CacheLock::acquire(&self.cache, &progress)?;
+        // Decide and check prerequisites before touching anything, so that a
+        // user who cannot build gets the reason, not a permission error.
+        let plan = Plan::new(&self.cache)?;
+        if plan.is_empty() {
+            // Another process built everything while we waited.
+            return self.locate();
+        }
+        plan.preflight()?;
+
         let tmp = cache::fresh_tmp(&self.cache, &progress)?;
-        let result = self.build_missing(&tmp, &progress);
+        let logs = self.cache.join("logs");
+        cache::create_dir(&logs)?;
+        let ctx = BuildCtx {
+            tmp: &tmp,
+            logs: &logs,
+            progress: &progress,
+            lock_fd: Some(lock.fd()),
+        };
+        let start = std::time::Instant::now();
+        progress.line(format!("building guest assets in {}", self.cache.display()));
+        let result = plan.run(&ctx);
         // Whatever a failed build left in tmp is useless; the logs stay.
         let cleanup = cache::remove_tree(&tmp);
         result?;
         cleanup?;
+        progress.line(format!(
+            "guest assets ready in {}",
+            fmt_duration(start.elapsed())
+        ));
         self.locate()
-    }
-
-    /// Builds what `locate` would not find; runs under the lock.
-    fn build_missing(&self, tmp: &Path, progress: &Progress) -> Result<(), ImageError> {
-        let logs = self.cache.join("logs");
-        cache::create_dir(&logs)?;
-        let kernel_dest = kernel::locate_dir(&self.cache).err();
-        let paths = RootfsPaths::new(&self.cache)?;
-        let need_image = !paths.image.is_file();
-        let need_base = need_image && !paths.base.is_dir();
-        if kernel_dest.is_none() && !need_image {
-            return Ok(()); // Another process built everything while we waited.
-        }
-
-        // Check every prerequisite before spending minutes on the first step.
-        if kernel_dest.is_some() {
-            if !Path::new(kernel::SOURCE_TARBALL).is_file() {
-                return Err(ImageError::HostTool {
-                    tool: format!("the kernel source {}", kernel::SOURCE_TARBALL),
-                    hint: host::install_command(kernel::SOURCE_PACKAGE),
-                });
-            }
-            host::require(host::KERNEL_TOOLS)?;
-        }
-        if need_image {
-            host::require(host::ROOTFS_TOOLS)?;
-        }
-        if need_base {
-            host::mirror(&paths.codename)?;
-        }
-
-        let start = std::time::Instant::now();
-        progress.line(format!("building guest assets in {}", self.cache.display()));
-        if let Some(dest) = kernel_dest {
-            kernel::build(&dest, tmp, &logs, progress)?;
-        }
-        if need_base {
-            rootfs::build_base(&paths, tmp, &logs, progress)?;
-        }
-        if need_image {
-            rootfs::build_image(&paths, tmp, &logs, progress)?;
-        }
-        progress.line(format!("guest assets ready in {}", fmt_duration(start.elapsed())));
-        Ok(())
     }
 
     /// What is present and what is missing, with the command that fixes each
@@ -173,18 +176,32 @@ impl ImageBuilder {
         let mut out = Vec::new();
         let build_fix = |present: bool| (!present).then(|| BUILD_COMMAND.to_owned());
 
-        let kernel = kernel::locate_dir(&self.cache);
-        let kernel_present = kernel.is_ok();
-        let kernel_path = match &kernel {
-            Ok(p) | Err(p) => p.clone(),
-        };
+        let kernel = kernel::Lookup::new(&self.cache);
+        let kernel_present = kernel.usable.is_some();
+        let kernel_to_build =
+            kernel.usable.is_none() || (kernel.current.is_some() && !kernel.current_built);
+        let mut detail = format!(
+            "Linux 6.1, bzImage + vmlinux, from {}",
+            kernel::SOURCE_TARBALL
+        );
+        if kernel_present && !kernel.current_built && kernel.current.is_some() {
+            detail.push_str(&format!(
+                "; built from an older {}: `{BUILD_COMMAND}` rebuilds it",
+                kernel::SOURCE_PACKAGE
+            ));
+        }
         out.push(AssetStatus {
             kind: StatusKind::Asset,
             name: "kernel".into(),
             present: kernel_present,
             needed: true,
-            path: Some(kernel_path),
-            detail: Some(format!("Linux 6.1, bzImage + vmlinux, from {}", kernel::SOURCE_TARBALL)),
+            path: Some(
+                kernel
+                    .usable
+                    .clone()
+                    .unwrap_or_else(|| kernel.expected(&self.cache)),
+            ),
+            detail: Some(detail),
             fix: build_fix(kernel_present),
         });
 
@@ -198,7 +215,12 @@ impl ImageBuilder {
             needed: true,
             path: paths.as_ref().ok().map(|p| p.image.clone()),
             detail: Some(match &paths {
-                Ok(p) => format!("Debian {} minbase + {}, agent {}", p.codename, rootfs::PACKAGES.join(" "), short_sha()),
+                Ok(p) => format!(
+                    "Debian {} minbase + {}, agent {}",
+                    p.codename,
+                    rootfs::PACKAGES.join(" "),
+                    short_sha()
+                ),
                 Err(e) => e.to_string(),
             }),
             fix: build_fix(rootfs_present),
@@ -210,14 +232,14 @@ impl ImageBuilder {
             kind: StatusKind::Host,
             name: kernel::SOURCE_PACKAGE.into(),
             present: tarball_present,
-            needed: !kernel_present,
+            needed: kernel_to_build,
             path: Some(tarball.to_owned()),
             detail: None,
             fix: (!tarball_present).then(|| host::install_command(kernel::SOURCE_PACKAGE)),
         });
         let tools = host::KERNEL_TOOLS
             .iter()
-            .map(|t| (t, !kernel_present))
+            .map(|t| (t, kernel_to_build))
             .chain(host::ROOTFS_TOOLS.iter().map(|t| (t, !rootfs_present)));
         for (tool, needed) in tools {
             let found = tool.find();
@@ -240,17 +262,24 @@ impl ImageBuilder {
             needed: !rootfs_present,
             path: None,
             detail: Some("debootstrap and mkfs.ext4 -d run as root".into()),
-            fix: (!root).then(|| "sudo env PETTY_CACHE_DIR=\"$HOME/.cache/petty\" petty image build".into()),
+            fix: (!root).then(|| {
+                "sudo env PETTY_CACHE_DIR=\"$HOME/.cache/petty\" petty image build".into()
+            }),
         });
 
-        let mirror = paths.as_ref().map_err(|e| e.to_string()).and_then(|p| host::mirror(&p.codename).map_err(|e| e.to_string()));
+        let mirror = paths
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|p| host::mirror(&p.codename).map_err(|e| e.to_string()));
         out.push(AssetStatus {
             kind: StatusKind::Host,
             name: "Debian mirror".into(),
             present: mirror.is_ok(),
             needed: !base_present && !rootfs_present,
             path: None,
-            fix: mirror.is_err().then(|| format!("export {}=<URL of a Debian mirror>", host::MIRROR_ENV)),
+            fix: mirror
+                .is_err()
+                .then(|| format!("export {}=<URL of a Debian mirror>", host::MIRROR_ENV)),
             detail: Some(match mirror {
                 Ok(url) => url,
                 Err(e) => e,
@@ -267,13 +296,16 @@ impl ImageBuilder {
         let progress = Progress::new(self.progress);
         let _lock = CacheLock::acquire(&self.cache, &progress)?;
         let mut keep: Vec<PathBuf> = Vec::new();
-        keep.extend(kernel::locate_dir(&self.cache).ok());
+        let kernel = kernel::Lookup::new(&self.cache);
+        keep.extend(kernel.current);
+        keep.extend(kernel.usable);
         if let Ok(paths) = RootfsPaths::new(&self.cache) {
             keep.push(paths.base);
             keep.push(paths.image);
         }
         let mut removed = Vec::new();
-        let entries = fs::read_dir(&self.cache).map_err(ImageError::io("read directory", &self.cache))?;
+        let entries =
+            fs::read_dir(&self.cache).map_err(ImageError::io("read directory", &self.cache))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let ours = name.starts_with("kernel-") || name.starts_with("rootfs-");
@@ -283,6 +315,74 @@ impl ImageBuilder {
             }
         }
         Ok(removed)
+    }
+}
+
+/// What `ensure` has to build, decided under the lock.
+struct Plan {
+    /// The kernel's final directory, if it must be built.
+    kernel: Option<PathBuf>,
+    rootfs: RootfsPaths,
+    need_base: bool,
+    need_image: bool,
+}
+
+impl Plan {
+    fn new(cache: &Path) -> Result<Self, ImageError> {
+        let rootfs = RootfsPaths::new(cache)?;
+        let need_image = !rootfs.image.is_file();
+        Ok(Plan {
+            kernel: {
+                let lookup = kernel::Lookup::new(cache);
+                // Without the tarball, an older kernel will do; with it, build the current one.
+                match (lookup.current, lookup.usable) {
+                    (Some(current), _) if !lookup.current_built => Some(current),
+                    (None, None) => Some(cache.join("kernel-*")),
+                    _ => None,
+                }
+            },
+            need_base: need_image && !rootfs.base.is_dir(),
+            need_image,
+            rootfs,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.kernel.is_none() && !self.need_image
+    }
+
+    /// Checks every prerequisite before minutes are spent on the first step.
+    fn preflight(&self) -> Result<(), ImageError> {
+        if self.kernel.is_some() {
+            if !Path::new(kernel::SOURCE_TARBALL).is_file() {
+                return Err(ImageError::HostTool {
+                    tool: format!("the kernel source {}", kernel::SOURCE_TARBALL),
+                    hint: host::install_command(kernel::SOURCE_PACKAGE),
+                });
+            }
+            host::require(host::KERNEL_TOOLS)?;
+        }
+        if self.need_image {
+            rootfs::require_root("creating the rootfs")?;
+            host::require(host::ROOTFS_TOOLS)?;
+        }
+        if self.need_base {
+            host::mirror(&self.rootfs.codename)?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, ctx: &BuildCtx<'_>) -> Result<(), ImageError> {
+        if let Some(dest) = &self.kernel {
+            kernel::build(dest, ctx)?;
+        }
+        if self.need_base {
+            rootfs::build_base(&self.rootfs, ctx)?;
+        }
+        if self.need_image {
+            rootfs::build_image(&self.rootfs, ctx)?;
+        }
+        Ok(())
     }
 }
 
@@ -303,7 +403,10 @@ mod tests {
             ImageError::HostConfig { .. } => return, // not a Debian host
             other => panic!("unexpected {other:?}"),
         }
-        assert!(err.to_string().contains("hint: run `petty image build`"), "{err}");
+        assert!(
+            err.to_string().contains("hint: run `petty image build`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -313,8 +416,12 @@ mod tests {
         let kernel = status.iter().find(|s| s.name == "kernel").unwrap();
         assert!(!kernel.present && kernel.needed);
         assert_eq!(kernel.fix.as_deref(), Some("petty image build"));
-        assert!(status.iter().any(|s| s.name == "rootfs" && s.kind == StatusKind::Asset));
-        assert!(status.iter().any(|s| s.name == "debootstrap" && s.kind == StatusKind::Host));
+        assert!(status
+            .iter()
+            .any(|s| s.name == "rootfs" && s.kind == StatusKind::Asset));
+        assert!(status
+            .iter()
+            .any(|s| s.name == "debootstrap" && s.kind == StatusKind::Host));
         for s in &status {
             assert_eq!(s.present, s.fix.is_none(), "{s:?}");
         }
@@ -327,7 +434,10 @@ mod tests {
         fs::create_dir(cache.join("kernel-0000000000000000")).unwrap();
         fs::write(cache.join("rootfs-0000000000000000.ext4"), "").unwrap();
         fs::write(cache.join("notes.txt"), "").unwrap();
-        let removed = ImageBuilder::new(cache).with_progress(false).prune().unwrap();
+        let removed = ImageBuilder::new(cache)
+            .with_progress(false)
+            .prune()
+            .unwrap();
         assert_eq!(removed.len(), 2, "{removed:?}");
         assert!(cache.join("notes.txt").exists());
     }

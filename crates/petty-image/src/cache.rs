@@ -33,7 +33,7 @@ use crate::{error::ImageError, progress::Progress};
 /// kernel if the process dies).
 #[derive(Debug)]
 pub(crate) struct CacheLock {
-    _file: File,
+    file: File,
 }
 
 impl CacheLock {
@@ -41,16 +41,28 @@ impl CacheLock {
     pub(crate) fn acquire(cache: &Path, progress: &Progress) -> Result<Self, ImageError> {
         create_dir(cache)?;
         let path = cache.join(".lock");
-        let lock_err = |source| ImageError::Lock { path: path.clone(), source };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o644)
-            .open(&path)
-            .map_err(lock_err)?;
+        let lock_err = |source| ImageError::Lock {
+            path: path.clone(),
+            source,
+        };
+        // flock works on a read-only descriptor, so a cache built by root stays
+        // lockable (and thus readable through `ensure`) for other users.
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o644)
+                .open(&path)
+                .map_err(lock_err)?,
+            Err(e) => return Err(lock_err(e)),
+        };
         if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
-            progress.line(format!("waiting for another petty process building into {}", cache.display()));
+            progress.line(format!(
+                "waiting for another petty process building into {}",
+                cache.display()
+            ));
             loop {
                 match flock(&file, libc::LOCK_EX) {
                     Ok(()) => break,
@@ -59,7 +71,12 @@ impl CacheLock {
                 }
             }
         }
-        Ok(CacheLock { _file: file })
+        Ok(CacheLock { file })
+    }
+
+    /// The lock's descriptor, for build commands to inherit.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
     }
 }
 
@@ -77,8 +94,14 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
 pub(crate) fn fresh_tmp(cache: &Path, progress: &Progress) -> Result<PathBuf, ImageError> {
     let tmp = cache.join("tmp");
     if tmp.exists() {
-        if fs::read_dir(&tmp).map(|mut d| d.next().is_some()).unwrap_or(false) {
-            progress.line(format!("removing leftovers of an interrupted build in {}", tmp.display()));
+        if fs::read_dir(&tmp)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
+            progress.line(format!(
+                "removing leftovers of an interrupted build in {}",
+                tmp.display()
+            ));
         }
         remove_tree(&tmp)?;
     }
@@ -120,9 +143,10 @@ fn remove_dir_same_fs(dir: &Path, dev: u64) -> Result<(), ImageError> {
         let meta = fs::symlink_metadata(&path).map_err(ImageError::io("inspect", &path))?;
         if meta.is_dir() {
             if meta.dev() != dev {
-                return Err(ImageError::io("remove (a file system is still mounted there)", &path)(
-                    io::Error::from(io::ErrorKind::ResourceBusy),
-                ));
+                return Err(ImageError::io(
+                    "remove (a file system is still mounted there)",
+                    &path,
+                )(io::Error::from_raw_os_error(libc::EBUSY)));
             }
             remove_dir_same_fs(&path, dev)?;
         } else {
@@ -136,7 +160,9 @@ fn remove_dir_same_fs(dir: &Path, dev: u64) -> Result<(), ImageError> {
 /// effort: failures surface later as a refusal to cross file systems.
 fn unmount_below(dir: &Path) {
     let Ok(dir) = dir.canonicalize() else { return };
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
     let mut points: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -145,7 +171,9 @@ fn unmount_below(dir: &Path) {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
-        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { continue };
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
         // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
@@ -157,7 +185,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {

@@ -102,7 +102,10 @@ pub enum CommandError {
         source: io::Error,
     },
     /// The program ran and failed.
-    #[error("`{command}` failed with {status}; full log in {}, last lines:\n{tail}", log.display())]
+    #[error(
+        "`{command}` failed with {status}; full log in {}, last lines:\n{tail}\nhint: {hint}",
+        log.display()
+    )]
     Exit {
         /// The command line.
         command: String,
@@ -112,6 +115,8 @@ pub enum CommandError {
         log: PathBuf,
         /// The last lines of its output.
         tail: String,
+        /// What to try.
+        hint: &'static str,
     },
 }
 

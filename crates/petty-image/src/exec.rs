@@ -1,40 +1,102 @@
 //! Runs build commands: stdout and stderr merged into one pipe (as `2>&1`
 //! would), every line appended to a log file and offered to a callback for
 //! progress, and the last lines kept for the error message on failure.
+//!
+//! Build commands inherit the cache lock's descriptor, so if `petty` itself is
+//! killed the lock stays held until its orphaned children (a `make`, a
+//! `dpkg`) are gone too; the next builder waits for them instead of deleting
+//! the scratch directory under their feet. They also get SIGTERM when the
+//! thread that started them dies.
 
 use std::{
     collections::VecDeque,
     fs::File,
     io::{BufRead, BufReader, Write},
-    os::fd::{FromRawFd, OwnedFd},
+    os::{
+        fd::{FromRawFd, OwnedFd, RawFd},
+        unix::process::CommandExt,
+    },
     path::Path,
     process::{Command, Stdio},
 };
 
-use crate::error::{CommandError, ImageError};
+use crate::{
+    error::{CommandError, ImageError},
+    progress::Progress,
+};
+
+/// What every build step needs: scratch space, the log directory, progress
+/// output, and the cache lock to hand down to child processes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BuildCtx<'a> {
+    /// Scratch directory inside the cache (same file system as the assets).
+    pub(crate) tmp: &'a Path,
+    /// Where each step's output is logged.
+    pub(crate) logs: &'a Path,
+    /// Progress output.
+    pub(crate) progress: &'a Progress,
+    /// The cache lock's descriptor, inherited by build commands.
+    pub(crate) lock_fd: Option<RawFd>,
+}
+
+impl BuildCtx<'_> {
+    /// Runs `cmd` for `step`, logging to `<logs>/<log_name>.log`; `hint` ends
+    /// the error message if it fails.
+    pub(crate) fn run(
+        &self,
+        step: &'static str,
+        cmd: Command,
+        log_name: &str,
+        hint: &'static str,
+        on_line: impl FnMut(&str),
+    ) -> Result<(), ImageError> {
+        let log = self.logs.join(format!("{log_name}.log"));
+        run_logged(step, cmd, &log, hint, self.lock_fd, on_line)
+    }
+}
 
 /// Lines of output quoted in an error.
 const TAIL_LINES: usize = 25;
 
 /// Runs `cmd` to completion for `step`, logging to `log` and calling `on_line`
-/// for every output line. Stdin is closed.
+/// for every output line. Stdin is closed; `keep_fd` stays open in the child.
 pub(crate) fn run_logged(
     step: &'static str,
     mut cmd: Command,
     log: &Path,
+    hint: &'static str,
+    keep_fd: Option<RawFd>,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), ImageError> {
     let command = describe(&cmd);
     let spawn_err = |source| ImageError::Build {
         step,
-        source: CommandError::Spawn { command: command.clone(), source },
+        source: CommandError::Spawn {
+            command: command.clone(),
+            source,
+        },
     };
     let mut log_file = File::create(log).map_err(ImageError::io("create log file", log))?;
     let _ = writeln!(log_file, "$ {command}");
 
     let (reader, writer) = pipe().map_err(spawn_err)?;
     let writer2 = writer.try_clone().map_err(spawn_err)?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::from(writer)).stderr(Stdio::from(writer2));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer2));
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls (fcntl, prctl), touching no memory of ours.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = keep_fd {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+            Ok(())
+        })
+    };
     let mut child = cmd.spawn().map_err(spawn_err)?;
     // The Command holds the pipe's write ends; drop it so the read end sees EOF
     // when the child (and its children) exit.
@@ -72,6 +134,7 @@ pub(crate) fn run_logged(
             status,
             log: log.to_owned(),
             tail: tail.into_iter().collect::<Vec<_>>().join("\n"),
+            hint,
         },
     })
 }
@@ -108,12 +171,18 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
         let mut lines = Vec::new();
-        let err = run_logged("testing", cmd, &log, |l| lines.push(l.to_owned())).unwrap_err();
+        let err = run_logged("testing", cmd, &log, "fix it", None, |l| {
+            lines.push(l.to_owned())
+        })
+        .unwrap_err();
         assert_eq!(lines, ["out", "err"]);
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("out\nerr\n"), "{text}");
         match err {
-            ImageError::Build { step: "testing", source: CommandError::Exit { tail, .. } } => {
+            ImageError::Build {
+                step: "testing",
+                source: CommandError::Exit { tail, .. },
+            } => {
                 assert_eq!(tail, "out\nerr")
             }
             other => panic!("unexpected {other:?}"),
@@ -124,7 +193,14 @@ mod tests {
     fn missing_program_is_a_spawn_error() {
         let dir = tempfile::tempdir().unwrap();
         let cmd = Command::new("/nonexistent/petty-test-program");
-        let err = run_logged("testing", cmd, &dir.path().join("log"), |_| {}).unwrap_err();
-        assert!(matches!(err, ImageError::Build { source: CommandError::Spawn { .. }, .. }));
+        let err =
+            run_logged("testing", cmd, &dir.path().join("log"), "", None, |_| {}).unwrap_err();
+        assert!(matches!(
+            err,
+            ImageError::Build {
+                source: CommandError::Spawn { .. },
+                ..
+            }
+        ));
     }
 }

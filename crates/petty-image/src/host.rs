@@ -23,37 +23,87 @@ const EXTRA_PATH: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
 /// A host program (or file) a build needs, and the package that provides it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tool {
-    /// Program name on `PATH`, or an absolute path for a file (headers).
+    /// Program name on `PATH`, or a header's name.
     pub(crate) name: &'static str,
+    /// For a file rather than a program: its absolute path.
+    pub(crate) file: Option<&'static str>,
     /// Debian package that provides it.
     pub(crate) package: &'static str,
 }
 
 /// Host programs the kernel build needs.
 pub(crate) const KERNEL_TOOLS: &[Tool] = &[
-    Tool { name: "tar", package: "tar" },
-    Tool { name: "xz", package: "xz-utils" },
-    Tool { name: "make", package: "make" },
-    Tool { name: "gcc", package: "build-essential" },
-    Tool { name: "flex", package: "flex" },
-    Tool { name: "bison", package: "bison" },
-    Tool { name: "bc", package: "bc" },
-    Tool { name: "/usr/include/libelf.h", package: "libelf-dev" },
-    Tool { name: "/usr/include/openssl/opensslv.h", package: "libssl-dev" },
+    Tool {
+        name: "tar",
+        file: None,
+        package: "tar",
+    },
+    Tool {
+        name: "xz",
+        file: None,
+        package: "xz-utils",
+    },
+    Tool {
+        name: "make",
+        file: None,
+        package: "make",
+    },
+    Tool {
+        name: "gcc",
+        file: None,
+        package: "build-essential",
+    },
+    Tool {
+        name: "flex",
+        file: None,
+        package: "flex",
+    },
+    Tool {
+        name: "bison",
+        file: None,
+        package: "bison",
+    },
+    Tool {
+        name: "bc",
+        file: None,
+        package: "bc",
+    },
+    Tool {
+        name: "libelf.h",
+        file: Some("/usr/include/libelf.h"),
+        package: "libelf-dev",
+    },
+    Tool {
+        name: "openssl/opensslv.h",
+        file: Some("/usr/include/openssl/opensslv.h"),
+        package: "libssl-dev",
+    },
 ];
 
 /// Host programs the rootfs build needs.
 pub(crate) const ROOTFS_TOOLS: &[Tool] = &[
-    Tool { name: "debootstrap", package: "debootstrap" },
-    Tool { name: "mkfs.ext4", package: "e2fsprogs" },
-    Tool { name: "cp", package: "coreutils" },
+    Tool {
+        name: "debootstrap",
+        file: None,
+        package: "debootstrap",
+    },
+    Tool {
+        name: "mkfs.ext4",
+        file: None,
+        package: "e2fsprogs",
+    },
+    Tool {
+        name: "cp",
+        file: None,
+        package: "coreutils",
+    },
 ];
 
 impl Tool {
     /// Where the tool is, if present.
     pub(crate) fn find(&self) -> Option<PathBuf> {
-        if self.name.starts_with('/') {
-            let p = PathBuf::from(self.name);
+        if let Some(file) = self.file {
+            let p = PathBuf::from(file);
             return p.exists().then_some(p);
         }
         find_program(self.name)
@@ -66,7 +116,10 @@ impl Tool {
 
     /// An error saying the tool is missing.
     pub(crate) fn missing(&self) -> ImageError {
-        ImageError::HostTool { tool: self.name.to_owned(), hint: self.install_hint() }
+        ImageError::HostTool {
+            tool: self.file.unwrap_or(self.name).to_owned(),
+            hint: self.install_hint(),
+        }
     }
 }
 
@@ -81,7 +134,9 @@ pub(crate) fn require(tools: &[Tool]) -> Result<(), ImageError> {
 /// `apt-get install <pkg>` (with sudo when not root), or the repo's script.
 pub(crate) fn install_command(package: &str) -> String {
     let sudo = if is_root() { "" } else { "sudo " };
-    format!("{sudo}apt-get install {package} (or run scripts/install-deps from the Petty repository)")
+    format!(
+        "{sudo}apt-get install {package} (or run scripts/install-deps from the Petty repository)"
+    )
 }
 
 /// Finds an executable on `$PATH` or in the sbin directories.
@@ -143,7 +198,9 @@ pub(crate) fn mirror(codename: &str) -> Result<String, ImageError> {
             match p.extension().and_then(|e| e.to_str()) {
                 Some("sources") => deb822.push(fs::read_to_string(&p).unwrap_or_default()),
                 Some("list") => {
-                    if let Some(m) = parse_sources_list(&fs::read_to_string(&p).unwrap_or_default(), codename) {
+                    if let Some(m) =
+                        parse_sources_list(&fs::read_to_string(&p).unwrap_or_default(), codename)
+                    {
                         return Ok(m);
                     }
                 }
@@ -154,7 +211,10 @@ pub(crate) fn mirror(codename: &str) -> Result<String, ImageError> {
     if let Some(m) = deb822.iter().find_map(|t| parse_deb822(t, codename)) {
         return Ok(m);
     }
-    if let Some(m) = parse_sources_list(&fs::read_to_string("/etc/apt/sources.list").unwrap_or_default(), codename) {
+    if let Some(m) = parse_sources_list(
+        &fs::read_to_string("/etc/apt/sources.list").unwrap_or_default(),
+        codename,
+    ) {
         return Ok(m);
     }
     Err(ImageError::HostConfig {
@@ -165,7 +225,9 @@ pub(crate) fn mirror(codename: &str) -> Result<String, ImageError> {
 
 /// Schemes debootstrap can fetch from.
 fn usable_uri(uri: &str) -> bool {
-    ["http://", "https://", "file:/"].iter().any(|s| uri.starts_with(s))
+    ["http://", "https://", "file:/"]
+        .iter()
+        .any(|s| uri.starts_with(s))
 }
 
 /// First `URIs:` of a deb822 stanza with `Types: deb` and `Suites:` containing `codename`.
@@ -194,14 +256,22 @@ pub(crate) fn parse_deb822(text: &str, codename: &str) -> Option<String> {
 }
 
 fn deb822_stanza_uri(stanza: &[(String, String)], codename: &str) -> Option<String> {
-    let field = |name: &str| stanza.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let field = |name: &str| {
+        stanza
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let enabled = !field("enabled").is_some_and(|v| v.eq_ignore_ascii_case("no"));
     let is_deb = field("types")?.split_whitespace().any(|t| t == "deb");
     let has_suite = field("suites")?.split_whitespace().any(|s| s == codename);
     if !(enabled && is_deb && has_suite) {
         return None;
     }
-    field("uris")?.split_whitespace().find(|u| usable_uri(u)).map(str::to_owned)
+    field("uris")?
+        .split_whitespace()
+        .find(|u| usable_uri(u))
+        .map(str::to_owned)
 }
 
 /// URI of the first one-line `deb [options] URI suite components` entry for `codename`.
@@ -230,7 +300,10 @@ mod tests {
     fn codename_from_os_release() {
         let text = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n";
         assert_eq!(parse_codename(text).as_deref(), Some("bookworm"));
-        assert_eq!(parse_codename("VERSION_CODENAME=\"jammy\"\n").as_deref(), Some("jammy"));
+        assert_eq!(
+            parse_codename("VERSION_CODENAME=\"jammy\"\n").as_deref(),
+            Some("jammy")
+        );
         assert_eq!(parse_codename("ID=alpine\n"), None);
         assert_eq!(parse_codename("VERSION_CODENAME=\n"), None);
     }
@@ -250,7 +323,10 @@ URIs: http://mirror.example/debian-security
 Suites: bookworm-security
 Components: main
 ";
-        assert_eq!(parse_deb822(text, "bookworm").as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(
+            parse_deb822(text, "bookworm").as_deref(),
+            Some("http://mirror.example/debian")
+        );
         assert_eq!(parse_deb822(text, "trixie"), None);
     }
 
@@ -271,7 +347,10 @@ URIs: cdrom:[Debian]/ mirror+file:/etc/apt/mirrors.txt
  https://ok.example/debian
 Suites: bookworm
 ";
-        assert_eq!(parse_deb822(text, "bookworm").as_deref(), Some("https://ok.example/debian"));
+        assert_eq!(
+            parse_deb822(text, "bookworm").as_deref(),
+            Some("https://ok.example/debian")
+        );
     }
 
     #[test]
@@ -282,7 +361,10 @@ deb-src http://src.example/debian bookworm main
 deb http://security.example/debian-security bookworm-security main
 deb [arch=amd64 signed-by=/x.gpg] http://mirror.example/debian bookworm main contrib # trailing
 ";
-        assert_eq!(parse_sources_list(text, "bookworm").as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(
+            parse_sources_list(text, "bookworm").as_deref(),
+            Some("http://mirror.example/debian")
+        );
         assert_eq!(parse_sources_list(text, "trixie"), None);
     }
 }

@@ -5,8 +5,10 @@
 //!
 //! The cache key hashes the fragment, [`BUILDER_VERSION`](crate::BUILDER_VERSION)
 //! and the tarball's file name and size, so it can be derived with one `stat`.
-//! If the tarball is gone (the package was removed after a build), a kernel
-//! built from the same fragment is still found through its `recipe` file.
+//! If that kernel is not built but one from the same fragment and another
+//! tarball is (the package was updated or removed since), [`Lookup`] offers it
+//! for booting while `ensure` builds the current one; kernels are matched to
+//! the fragment through their `recipe` file.
 
 use std::{
     collections::HashMap,
@@ -18,9 +20,9 @@ use std::{
 use crate::{
     cache,
     error::ImageError,
-    exec, host,
+    exec::BuildCtx,
+    host,
     keys::{short, Hasher},
-    progress::Progress,
     BUILDER_VERSION,
 };
 
@@ -45,29 +47,65 @@ const RECIPE: &str = "recipe";
 
 /// Hash of everything that defines the kernel except the source tarball.
 pub(crate) fn recipe_key(fragment: &str) -> String {
-    Hasher::new("kernel-recipe").field(&BUILDER_VERSION.to_string()).field(fragment).hex()
+    Hasher::new("kernel-recipe")
+        .field(&BUILDER_VERSION.to_string())
+        .field(fragment)
+        .hex()
 }
 
 /// The cache key of the kernel built by `recipe` from a tarball of this name and size.
 pub(crate) fn key(recipe: &str, tarball_name: &str, tarball_size: u64) -> String {
-    Hasher::new("kernel").field(recipe).field(tarball_name).field(&tarball_size.to_string()).hex()
+    Hasher::new("kernel")
+        .field(recipe)
+        .field(tarball_name)
+        .field(&tarball_size.to_string())
+        .hex()
 }
 
-/// The asset directory for the current fragment and tarball, or, when the
-/// tarball is absent, the newest existing directory built from this fragment.
-/// `Err` carries the path that would be built (for messages).
-pub(crate) fn locate_dir(cache: &Path) -> Result<PathBuf, PathBuf> {
-    let recipe = recipe_key(KERNEL_CONFIG_FRAGMENT);
-    match fs::metadata(SOURCE_TARBALL) {
-        Ok(meta) => {
-            let dir = cache.join(format!("kernel-{}", short(&key(&recipe, tarball_name(), meta.len()))));
-            if is_complete(&dir) {
-                Ok(dir)
-            } else {
-                Err(dir)
-            }
+/// Where the kernel is, or would be, in a cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lookup {
+    /// The directory for this fragment and the installed tarball (`None` when
+    /// the tarball is absent, so its key is unknown).
+    pub(crate) current: Option<PathBuf>,
+    /// Whether `current` is built.
+    pub(crate) current_built: bool,
+    /// What to boot: `current` when built, else the newest kernel built from
+    /// this fragment with another (older, or since removed) tarball, so that a
+    /// `linux-source` update does not break `petty run` until the next
+    /// `petty image build`.
+    pub(crate) usable: Option<PathBuf>,
+}
+
+impl Lookup {
+    /// One `stat` of the tarball and two of the asset files; a directory
+    /// listing of the cache only when the current kernel is not built.
+    pub(crate) fn new(cache: &Path) -> Self {
+        let recipe = recipe_key(KERNEL_CONFIG_FRAGMENT);
+        let current = fs::metadata(SOURCE_TARBALL).ok().map(|meta| {
+            cache.join(format!(
+                "kernel-{}",
+                short(&key(&recipe, tarball_name(), meta.len()))
+            ))
+        });
+        let current_built = current.as_deref().is_some_and(is_complete);
+        let usable = if current_built {
+            current.clone()
+        } else {
+            find_by_recipe(cache, &recipe)
+        };
+        Lookup {
+            current,
+            current_built,
+            usable,
         }
-        Err(_) => find_by_recipe(cache, &recipe).ok_or_else(|| cache.join("kernel-<not built>")),
+    }
+
+    /// The path to name in messages about a missing kernel.
+    pub(crate) fn expected(&self, cache: &Path) -> PathBuf {
+        self.current
+            .clone()
+            .unwrap_or_else(|| cache.join("kernel-*"))
     }
 }
 
@@ -85,12 +123,15 @@ fn find_by_recipe(cache: &Path, recipe: &str) -> Option<PathBuf> {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("kernel-"))
         .map(|e| e.path())
-        .filter(|d| fs::read_to_string(d.join(RECIPE)).is_ok_and(|r| r.trim() == recipe) && is_complete(d))
+        .filter(|d| {
+            fs::read_to_string(d.join(RECIPE)).is_ok_and(|r| r.trim() == recipe) && is_complete(d)
+        })
         .max_by_key(|d| fs::metadata(d).and_then(|m| m.modified()).ok())
 }
 
-/// Builds the kernel into `dest` (a final asset name), using `tmp` as scratch.
-pub(crate) fn build(dest: &Path, tmp: &Path, logs: &Path, progress: &Progress) -> Result<(), ImageError> {
+/// Builds the kernel into `dest` (a final asset name).
+pub(crate) fn build(dest: &Path, ctx: &BuildCtx<'_>) -> Result<(), ImageError> {
+    let (tmp, progress) = (ctx.tmp, ctx.progress);
     let tarball = Path::new(SOURCE_TARBALL);
     if !tarball.is_file() {
         return Err(ImageError::HostTool {
@@ -111,15 +152,28 @@ pub(crate) fn build(dest: &Path, tmp: &Path, logs: &Path, progress: &Progress) -
     let stage = progress.stage(format!("extracting {SOURCE_TARBALL}"));
     let mut tar = Command::new("tar");
     tar.arg("-xf").arg(tarball).arg("-C").arg(&work);
-    exec::run_logged("extracting the kernel source", tar, &logs.join("kernel-extract.log"), |_| {})?;
+    ctx.run(
+        "extracting the kernel source",
+        tar,
+        "kernel-extract",
+        "check that the linux-source-6.1 package is intact: apt-get install --reinstall linux-source-6.1",
+        |_| {},
+    )?;
     let src = single_subdir(&work)?;
-    stage.done("extracted");
+    stage.done("extracted the kernel source");
 
     let fragment = work.join("petty.config");
     fs::write(&fragment, KERNEL_CONFIG_FRAGMENT).map_err(ImageError::io("write", &fragment))?;
     let mut make = make_cmd(&src);
-    make.arg("allnoconfig").arg(format!("KCONFIG_ALLCONFIG={}", fragment.display()));
-    exec::run_logged("configuring the kernel", make, &logs.join("kernel-config.log"), |_| {})?;
+    make.arg("allnoconfig")
+        .arg(format!("KCONFIG_ALLCONFIG={}", fragment.display()));
+    ctx.run(
+        "configuring the kernel",
+        make,
+        "kernel-config",
+        "the log names the failing step; a missing host tool shows up as `command not found`",
+        |_| {},
+    )?;
     let config_path = src.join(".config");
     let config = fs::read_to_string(&config_path).map_err(ImageError::io("read", &config_path))?;
     check_config(KERNEL_CONFIG_FRAGMENT, &config)?;
@@ -129,26 +183,37 @@ pub(crate) fn build(dest: &Path, tmp: &Path, logs: &Path, progress: &Progress) -
     let mut units = 0usize;
     let mut make = make_cmd(&src);
     make.arg(format!("-j{jobs}")).arg("bzImage");
-    exec::run_logged("building the kernel", make, &logs.join("kernel-build.log"), |line| {
-        if is_compile_line(line) {
-            units += 1;
-            ticker.tick(|| format!("kernel: {units} of about {APPROX_UNITS} files compiled"));
-        }
-    })?;
+    ctx.run(
+        "building the kernel",
+        make,
+        "kernel-build",
+        "search the log for the first `error:`; if an option in images/kernel/petty.config \
+         causes it, change the fragment",
+        |line| {
+            if is_compile_line(line) {
+                units += 1;
+                ticker.tick(|| format!("kernel: {units} of about {APPROX_UNITS} files compiled"));
+            }
+        },
+    )?;
     ticker.finish();
     stage.done(format!("compiled {units} files"));
 
     let out = tmp.join("kernel-out");
     cache::create_dir(&out)?;
-    for (from, to) in [(src.join("arch/x86/boot/bzImage"), BZIMAGE), (src.join("vmlinux"), VMLINUX)] {
+    for (from, to) in [
+        (src.join("arch/x86/boot/bzImage"), BZIMAGE),
+        (src.join("vmlinux"), VMLINUX),
+    ] {
         fs::copy(&from, out.join(to)).map_err(ImageError::io("copy", &from))?;
     }
     fs::write(out.join("config"), &config).map_err(ImageError::io("write", out.join("config")))?;
     let recipe = recipe_key(KERNEL_CONFIG_FRAGMENT);
-    fs::write(out.join(RECIPE), format!("{recipe}\n")).map_err(ImageError::io("write", out.join(RECIPE)))?;
+    fs::write(out.join(RECIPE), format!("{recipe}\n"))
+        .map_err(ImageError::io("write", out.join(RECIPE)))?;
     cache::publish(&out, dest)?;
     cache::remove_tree(&work)?;
-    total.done(format!("kernel ready in {}", dest.display()));
+    total.done(format!("kernel ready: {}", dest.display()));
     Ok(())
 }
 
@@ -194,22 +259,37 @@ fn single_subdir(dir: &Path) -> Result<PathBuf, ImageError> {
 pub(crate) fn check_config(fragment: &str, config: &str) -> Result<(), ImageError> {
     let mut actual: HashMap<&str, &str> = HashMap::new();
     for line in config.lines() {
-        if let Some(name) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+        if let Some(name) = line
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is not set"))
+        {
             actual.insert(name, "n");
-        } else if let Some((name, value)) = line.split_once('=').filter(|(n, _)| n.starts_with("CONFIG_")) {
+        } else if let Some((name, value)) = line
+            .split_once('=')
+            .filter(|(n, _)| n.starts_with("CONFIG_"))
+        {
             actual.insert(name, value);
         }
     }
     let dropped: Vec<String> = fragment
         .lines()
-        .filter_map(|l| l.trim().split_once('=').filter(|(n, _)| n.starts_with("CONFIG_")))
+        .filter_map(|l| {
+            l.trim()
+                .split_once('=')
+                .filter(|(n, _)| n.starts_with("CONFIG_"))
+        })
         .filter_map(|(name, want)| {
             let got = actual.get(name).copied();
             let ok = match want {
                 "n" => matches!(got, None | Some("n")),
                 _ => got == Some(want),
             };
-            (!ok).then(|| format!("{name} (want {want}, got {})", got.map_or("not set", |g| if g == "n" { "not set" } else { g })))
+            (!ok).then(|| {
+                format!(
+                    "{name} (want {want}, got {})",
+                    got.map_or("not set", |g| if g == "n" { "not set" } else { g })
+                )
+            })
         })
         .collect();
     if dropped.is_empty() {
@@ -229,8 +309,13 @@ mod tests {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (name, value) = line.split_once('=').unwrap_or_else(|| panic!("not CONFIG_X=v: {line}"));
-            assert!(name.starts_with("CONFIG_") && !value.is_empty(), "not CONFIG_X=v: {line}");
+            let (name, value) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not CONFIG_X=v: {line}"));
+            assert!(
+                name.starts_with("CONFIG_") && !value.is_empty(),
+                "not CONFIG_X=v: {line}"
+            );
         }
         assert!(KERNEL_CONFIG_FRAGMENT.contains("CONFIG_VIRTIO_BLK=y"));
         assert!(KERNEL_CONFIG_FRAGMENT.contains("CONFIG_BLK_DEV=y"));
@@ -245,7 +330,8 @@ mod tests {
 
     #[test]
     fn config_check_names_every_dropped_option() {
-        let fragment = "CONFIG_BLK_DEV=y\nCONFIG_VIRTIO_BLK=y\nCONFIG_VIRTIO=y\nCONFIG_N=8\nCONFIG_OFF=n\n";
+        let fragment =
+            "CONFIG_BLK_DEV=y\nCONFIG_VIRTIO_BLK=y\nCONFIG_VIRTIO=y\nCONFIG_N=8\nCONFIG_OFF=n\n";
         let config = "# CONFIG_BLK_DEV is not set\nCONFIG_VIRTIO=y\nCONFIG_N=4\nCONFIG_OFF=y\n";
         let Err(ImageError::KernelConfig { dropped }) = check_config(fragment, config) else {
             panic!("expected KernelConfig")
@@ -260,7 +346,10 @@ mod tests {
             ]
         );
         let msg = ImageError::KernelConfig { dropped }.to_string();
-        assert!(msg.contains("CONFIG_VIRTIO_BLK") && msg.contains("hint:"), "{msg}");
+        assert!(
+            msg.contains("CONFIG_VIRTIO_BLK") && msg.contains("hint:"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -272,7 +361,10 @@ mod tests {
         assert_eq!(k, key(&r, "linux-source-6.1.tar.xz", 100));
         assert_ne!(k, key(&r, "linux-source-6.1.tar.xz", 101));
         assert_ne!(k, key(&r, "linux-source-6.2.tar.xz", 100));
-        assert_ne!(k, key(&recipe_key("CONFIG_A=n\n"), "linux-source-6.1.tar.xz", 100));
+        assert_ne!(
+            k,
+            key(&recipe_key("CONFIG_A=n\n"), "linux-source-6.1.tar.xz", 100)
+        );
     }
 
     #[test]
@@ -291,7 +383,11 @@ mod tests {
         let dir = cache.path().join("kernel-0123456789abcdef");
         fs::create_dir(&dir).unwrap();
         fs::write(dir.join(RECIPE), format!("{recipe}\n")).unwrap();
-        assert_eq!(find_by_recipe(cache.path(), &recipe), None, "incomplete dirs are ignored");
+        assert_eq!(
+            find_by_recipe(cache.path(), &recipe),
+            None,
+            "incomplete dirs are ignored"
+        );
         fs::write(dir.join(BZIMAGE), "").unwrap();
         fs::write(dir.join(VMLINUX), "").unwrap();
         assert_eq!(find_by_recipe(cache.path(), &recipe), Some(dir));

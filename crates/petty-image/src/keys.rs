@@ -46,7 +46,10 @@ mod tests {
         let ab_c = Hasher::new("t").field("ab").field("c").hex();
         let a_bc = Hasher::new("t").field("a").field("bc").hex();
         assert_ne!(ab_c, a_bc);
-        assert_ne!(Hasher::new("t").field("x").hex(), Hasher::new("u").field("x").hex());
+        assert_ne!(
+            Hasher::new("t").field("x").hex(),
+            Hasher::new("u").field("x").hex()
+        );
         assert_eq!(ab_c.len(), 64);
         assert_eq!(short(&ab_c).len(), 16);
     }

@@ -77,10 +77,24 @@ mod tests {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             cache_dir_from(move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.into()))
         };
-        let all = &[("PETTY_CACHE_DIR", "/p"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")];
+        let all = &[
+            ("PETTY_CACHE_DIR", "/p"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
         assert_eq!(env(all), PathBuf::from("/p"));
-        assert_eq!(env(&[("PETTY_CACHE_DIR", ""), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]), PathBuf::from("/x/petty"));
-        assert_eq!(env(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/h")]), PathBuf::from("/h/.cache/petty"));
+        assert_eq!(
+            env(&[
+                ("PETTY_CACHE_DIR", ""),
+                ("XDG_CACHE_HOME", "/x"),
+                ("HOME", "/h")
+            ]),
+            PathBuf::from("/x/petty")
+        );
+        assert_eq!(
+            env(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/h")]),
+            PathBuf::from("/h/.cache/petty")
+        );
         assert_eq!(env(&[("HOME", "/h")]), PathBuf::from("/h/.cache/petty"));
     }
 }

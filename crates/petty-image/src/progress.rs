@@ -21,7 +21,10 @@ pub(crate) struct Progress {
 
 impl Progress {
     pub(crate) fn new(enabled: bool) -> Self {
-        Progress { enabled, tty: enabled && std::io::stderr().is_terminal() }
+        Progress {
+            enabled,
+            tty: enabled && std::io::stderr().is_terminal(),
+        }
     }
 
     /// Prints one line.
@@ -34,7 +37,10 @@ impl Progress {
     /// Announces a stage and returns its timer.
     pub(crate) fn stage(&self, msg: impl AsRef<str>) -> Stage {
         self.line(format!("{}…", msg.as_ref()));
-        Stage { progress: *self, start: Instant::now() }
+        Stage {
+            progress: *self,
+            start: Instant::now(),
+        }
     }
 }
 
@@ -49,12 +55,21 @@ pub(crate) struct Stage {
 impl Stage {
     /// Creates a rate-limited status line for this stage.
     pub(crate) fn ticker(&self) -> Ticker {
-        Ticker { progress: self.progress, start: self.start, last: None, drawn: false }
+        Ticker {
+            progress: self.progress,
+            start: self.start,
+            last: None,
+            drawn: false,
+        }
     }
 
-    /// Prints `msg (in 4m12s)`.
+    /// Prints `msg (4m12s)`.
     pub(crate) fn done(self, msg: impl AsRef<str>) {
-        self.progress.line(format!("{} in {}", msg.as_ref(), fmt_duration(self.start.elapsed())));
+        self.progress.line(format!(
+            "{} ({})",
+            msg.as_ref(),
+            fmt_duration(self.start.elapsed())
+        ));
     }
 }
 
@@ -73,7 +88,11 @@ impl Ticker {
         if !self.progress.enabled {
             return;
         }
-        let interval = if self.progress.tty { TTY_INTERVAL } else { PLAIN_INTERVAL };
+        let interval = if self.progress.tty {
+            TTY_INTERVAL
+        } else {
+            PLAIN_INTERVAL
+        };
         let now = Instant::now();
         let due = match self.last {
             Some(last) => now.duration_since(last) >= interval,
@@ -84,7 +103,11 @@ impl Ticker {
             return;
         }
         self.last = Some(now);
-        let text = format!("petty:   {} ({})", msg(), fmt_duration(self.start.elapsed()));
+        let text = format!(
+            "petty:   {} ({})",
+            msg(),
+            fmt_duration(self.start.elapsed())
+        );
         let mut err = std::io::stderr().lock();
         if self.progress.tty {
             // \x1b[K clears what a longer previous line left behind.

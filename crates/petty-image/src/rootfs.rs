@@ -27,9 +27,9 @@ use std::{
 use crate::{
     cache,
     error::ImageError,
-    exec, host,
+    exec::BuildCtx,
+    host,
     keys::{short, Hasher},
-    progress::Progress,
     AGENT_BINARY, AGENT_SHA256, BUILDER_VERSION,
 };
 
@@ -58,7 +58,10 @@ pub(crate) fn base_key(codename: &str) -> String {
 
 /// Hash of what defines the image.
 pub(crate) fn image_key(base_key: &str, agent_sha256: &str) -> String {
-    Hasher::new("rootfs").field(base_key).field(agent_sha256).hex()
+    Hasher::new("rootfs")
+        .field(base_key)
+        .field(agent_sha256)
+        .hex()
 }
 
 /// Final paths of the two layers for this host and agent.
@@ -83,7 +86,7 @@ impl RootfsPaths {
     }
 }
 
-fn require_root(step: &'static str) -> Result<(), ImageError> {
+pub(crate) fn require_root(step: &'static str) -> Result<(), ImageError> {
     if host::is_root() {
         return Ok(());
     }
@@ -96,15 +99,12 @@ fn require_root(step: &'static str) -> Result<(), ImageError> {
 }
 
 /// Builds the base tree into `dest`.
-pub(crate) fn build_base(
-    paths: &RootfsPaths,
-    tmp: &Path,
-    logs: &Path,
-    progress: &Progress,
-) -> Result<(), ImageError> {
+pub(crate) fn build_base(paths: &RootfsPaths, ctx: &BuildCtx<'_>) -> Result<(), ImageError> {
+    let (tmp, progress) = (ctx.tmp, ctx.progress);
     require_root("bootstrapping the Debian base (debootstrap)")?;
     host::require(host::ROOTFS_TOOLS)?;
-    let debootstrap = host::find_program("debootstrap").ok_or_else(|| host::ROOTFS_TOOLS[0].missing())?;
+    let debootstrap =
+        host::find_program("debootstrap").ok_or_else(|| host::ROOTFS_TOOLS[0].missing())?;
     let mirror = host::mirror(&paths.codename)?;
     let target = tmp.join("rootfs-base");
 
@@ -124,46 +124,80 @@ pub(crate) fn build_base(
         .env("DEBIAN_FRONTEND", "noninteractive");
     let mut counts = DebootstrapCounts::default();
     let mut ticker = stage.ticker();
-    exec::run_logged("bootstrapping the Debian base (debootstrap)", cmd, &logs.join("debootstrap.log"), |line| {
-        if counts.observe(line) {
-            ticker.tick(|| counts.summary());
-        }
-    })?;
+    ctx.run(
+        "bootstrapping the Debian base (debootstrap)",
+        cmd,
+        "debootstrap",
+        "check that the mirror is reachable from this host, or set PETTY_DEBIAN_MIRROR \
+         to another Debian mirror; details are in <target>/debootstrap/debootstrap.log when \
+         the failure came from dpkg",
+        |line| {
+            if counts.observe(line) {
+                ticker.tick(|| counts.summary());
+            }
+        },
+    )?;
     ticker.finish();
-    stage.done(format!("Debian base bootstrapped ({})", counts.summary()));
+    stage.done(format!(
+        "Debian base bootstrapped: {} packages",
+        counts.packages()
+    ));
 
-    let stage = progress.stage("trimming the base (apt lists and caches, docs, man pages, translations)");
+    let stage =
+        progress.stage("trimming the base (apt lists and caches, docs, man pages, translations)");
     let freed = trim(&target)?;
     stage.done(format!("trimmed {} MiB", freed >> 20));
     cache::publish(&target, &paths.base)
 }
 
-/// Counts debootstrap's per-package `I: Retrieving|Validating|Extracting <pkg>`
-/// lines, and remembers its latest phase line (`I: Configuring the base system...`).
-/// (dpkg's own output goes to debootstrap's log inside the target, not to us.)
+/// Counts debootstrap's per-package lines (`I: Retrieving adduser 3.134`,
+/// `I: Extracting adduser...`, `I: Unpacking libc6:amd64...`,
+/// `I: Configuring login...`) and remembers its latest phase line
+/// (`I: Configuring the base system...`).
 #[derive(Debug, Default)]
 pub(crate) struct DebootstrapCounts {
-    counts: [usize; 3],
+    counts: [usize; 5],
     phase: String,
 }
 
 impl DebootstrapCounts {
-    const VERBS: [(&'static str, &'static str); 3] =
-        [("Retrieving", "retrieved"), ("Validating", "validated"), ("Extracting", "extracted")];
+    /// Verb, past tense, words in a per-package line (with the verb).
+    const VERBS: [(&'static str, &'static str, usize); 5] = [
+        ("Retrieving", "retrieved", 3),
+        ("Validating", "validated", 3),
+        ("Extracting", "extracted", 2),
+        ("Unpacking", "unpacked", 2),
+        ("Configuring", "configured", 2),
+    ];
 
     /// Takes one output line; true if it was a progress line.
     pub(crate) fn observe(&mut self, line: &str) -> bool {
-        let Some(msg) = line.strip_prefix("I: ") else { return false };
-        let mut words = msg.split_whitespace();
-        let verb = words.next().unwrap_or("");
-        // Package names are lower case; `Retrieving InRelease` and friends are not packages.
-        let package = words.next().filter(|w| w.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()));
-        match Self::VERBS.iter().position(|(v, _)| *v == verb) {
-            Some(i) if package.is_some() => self.counts[i] += 1,
-            Some(_) => {}
-            None => self.phase = msg.trim_end_matches('.').to_lowercase(),
+        let Some(msg) = line.strip_prefix("I: ") else {
+            return false;
+        };
+        let words: Vec<&str> = msg.split_whitespace().collect();
+        // Package names are lower case (`Retrieving InRelease` is no package);
+        // phase lines have more words (`Unpacking required packages...`).
+        let per_package = |n: usize| {
+            words.len() == n
+                && words[1].starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        };
+        match Self::VERBS
+            .iter()
+            .position(|(v, _, n)| *v == words[0] && per_package(*n))
+        {
+            Some(i) => self.counts[i] += 1,
+            None if msg.ends_with("...") || msg.contains("successfully") => {
+                self.phase = msg.trim_end_matches('.').to_lowercase()
+            }
+            None => {}
         }
         true
+    }
+
+    /// Packages retrieved.
+    pub(crate) fn packages(&self) -> usize {
+        self.counts[0]
     }
 
     /// `debootstrap: retrieved 91, validated 91 packages; installing core packages`.
@@ -172,7 +206,7 @@ impl DebootstrapCounts {
             .iter()
             .zip(self.counts)
             .filter(|(_, n)| *n > 0)
-            .map(|((_, done), n)| format!("{done} {n}"))
+            .map(|((_, done, _), n)| format!("{done} {n}"))
             .collect();
         let mut s = String::from("debootstrap:");
         if !parts.is_empty() {
@@ -209,7 +243,8 @@ pub(crate) fn trim(root: &Path) -> Result<u64, ImageError> {
     remove_contents(&root.join("usr/share/locale"), |p| p.is_dir())?;
     // Compiled locales: only C.UTF-8 (libc's C.utf8) stays.
     remove_contents(&root.join("usr/lib/locale"), |p| {
-        !p.file_name().is_some_and(|n| n.to_string_lossy().eq_ignore_ascii_case("c.utf8"))
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().eq_ignore_ascii_case("c.utf8"))
     })?;
     if let Ok(entries) = fs::read_dir(root.join("var/cache/debconf")) {
         for e in entries.flatten() {
@@ -222,14 +257,20 @@ pub(crate) fn trim(root: &Path) -> Result<u64, ImageError> {
         cache::remove_tree(&root.join(rel))?;
     }
     // apt wants these directories to exist.
-    for rel in ["var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/log/apt"] {
+    for rel in [
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/log/apt",
+    ] {
         cache::create_dir(&root.join(rel))?;
     }
     Ok(before.saturating_sub(content_bytes(root)?))
 }
 
 fn remove_contents(dir: &Path, pick: impl Fn(&Path) -> bool) -> Result<(), ImageError> {
-    let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
     for e in entries.flatten() {
         let p = e.path();
         if pick(&p) {
@@ -240,21 +281,24 @@ fn remove_contents(dir: &Path, pick: impl Fn(&Path) -> bool) -> Result<(), Image
 }
 
 /// Builds the image for `paths` from the cached base.
-pub(crate) fn build_image(
-    paths: &RootfsPaths,
-    tmp: &Path,
-    logs: &Path,
-    progress: &Progress,
-) -> Result<(), ImageError> {
+pub(crate) fn build_image(paths: &RootfsPaths, ctx: &BuildCtx<'_>) -> Result<(), ImageError> {
+    let (tmp, progress) = (ctx.tmp, ctx.progress);
     require_root("creating the rootfs image")?;
     host::require(host::ROOTFS_TOOLS)?;
     let mkfs = host::find_program("mkfs.ext4").ok_or_else(|| host::ROOTFS_TOOLS[1].missing())?;
-    let stage = progress.stage("creating the rootfs image (hardlinked copy of the base, agent, mkfs.ext4)");
+    let stage =
+        progress.stage("creating the rootfs image (hardlinked copy of the base, agent, mkfs.ext4)");
 
     let staging = tmp.join("rootfs-stage");
     let mut cp = Command::new("cp");
     cp.arg("-al").arg(&paths.base).arg(&staging);
-    exec::run_logged("copying the Debian base", cp, &logs.join("rootfs-copy.log"), |_| {})?;
+    ctx.run(
+        "copying the Debian base",
+        cp,
+        "rootfs-copy",
+        "the cache's file system must support hard links",
+        |_| {},
+    )?;
     customize(&staging, AGENT_BINARY)?;
 
     let size = (content_bytes(&staging)? + HEADROOM).div_ceil(1 << 20);
@@ -266,7 +310,8 @@ pub(crate) fn build_image(
         .mode(0o644)
         .open(&image)
         .map_err(ImageError::io("create", &image))?;
-    file.set_len(size << 20).map_err(ImageError::io("size", &image))?;
+    file.set_len(size << 20)
+        .map_err(ImageError::io("size", &image))?;
     drop(file);
     let mut cmd = Command::new(mkfs);
     cmd.args(["-q", "-F", "-O", "^has_journal", "-d"])
@@ -275,20 +320,37 @@ pub(crate) fn build_image(
         .arg(&image)
         .arg(format!("{size}M"))
         .env("LC_ALL", "C");
-    exec::run_logged("creating the ext4 image (mkfs.ext4)", cmd, &logs.join("mkfs.log"), |_| {})?;
+    ctx.run(
+        "creating the ext4 image (mkfs.ext4)",
+        cmd,
+        "mkfs",
+        "mkfs.ext4 -d needs e2fsprogs 1.43 or later and free space in the cache directory",
+        |_| {},
+    )?;
     // Owners read it through copy-on-write layers only.
-    fs::set_permissions(&image, fs::Permissions::from_mode(0o444)).map_err(ImageError::io("chmod", &image))?;
+    fs::set_permissions(&image, fs::Permissions::from_mode(0o444))
+        .map_err(ImageError::io("chmod", &image))?;
     cache::publish(&image, &paths.image)?;
     cache::remove_tree(&staging)?;
-    stage.done(format!("rootfs image ready ({size} MiB, sparse) in {}", paths.image.display()));
+    stage.done(format!(
+        "rootfs image ready: {} ({size} MiB, sparse)",
+        paths.image.display()
+    ));
     Ok(())
 }
 
 /// Adds the agent and Petty's files to a hardlinked copy of the base.
 pub(crate) fn customize(root: &Path, agent: &[u8]) -> Result<(), ImageError> {
     replace_file(root, AGENT_PATH, agent, 0o755)?;
-    replace_file(root, "etc/hostname", format!("{HOSTNAME}\n").as_bytes(), 0o644)?;
-    let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    replace_file(
+        root,
+        "etc/hostname",
+        format!("{HOSTNAME}\n").as_bytes(),
+        0o644,
+    )?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    );
     replace_file(root, "etc/hosts", hosts.as_bytes(), 0o644)?;
     for (dir, mode) in [
         ("proc", 0o555),
@@ -300,7 +362,8 @@ pub(crate) fn customize(root: &Path, agent: &[u8]) -> Result<(), ImageError> {
         ("root", 0o700),
         ("mnt", 0o755),
     ] {
-        let path = resolve_in_root(root, Path::new(dir)).map_err(ImageError::io("resolve", root.join(dir)))?;
+        let path = resolve_in_root(root, Path::new(dir))
+            .map_err(ImageError::io("resolve", root.join(dir)))?;
         if !path.is_dir() {
             fs::create_dir_all(&path).map_err(ImageError::io("create directory", &path))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(mode))
@@ -319,7 +382,9 @@ fn replace_file(root: &Path, rel: &str, contents: &[u8], mode: u32) -> Result<()
     fs::create_dir_all(&parent).map_err(ImageError::io("create directory", &parent))?;
     let path = parent.join(rel.file_name().unwrap_or_default());
     match fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(ImageError::io("remove", &path)(e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(ImageError::io("remove", &path)(e))
+        }
         _ => {}
     }
     let mut f = OpenOptions::new()
@@ -328,9 +393,11 @@ fn replace_file(root: &Path, rel: &str, contents: &[u8], mode: u32) -> Result<()
         .mode(mode)
         .open(&path)
         .map_err(ImageError::io("create", &path))?;
-    f.write_all(contents).map_err(ImageError::io("write", &path))?;
+    f.write_all(contents)
+        .map_err(ImageError::io("write", &path))?;
     // The umask may have narrowed the mode.
-    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(ImageError::io("chmod", &path))
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+        .map_err(ImageError::io("chmod", &path))
 }
 
 /// Resolves `rel` inside `root` the way the guest would see it: symlinks are
@@ -346,7 +413,10 @@ pub(crate) fn resolve_in_root(root: &Path, rel: &Path) -> io::Result<PathBuf> {
             resolved.pop();
             continue;
         }
-        let candidate: PathBuf = std::iter::once(root.as_os_str().to_owned()).chain(resolved.iter().cloned()).chain([name.clone()]).collect();
+        let candidate: PathBuf = std::iter::once(root.as_os_str().to_owned())
+            .chain(resolved.iter().cloned())
+            .chain([name.clone()])
+            .collect();
         match fs::symlink_metadata(&candidate) {
             Ok(m) if m.file_type().is_symlink() => {
                 links += 1;
@@ -362,7 +432,9 @@ pub(crate) fn resolve_in_root(root: &Path, rel: &Path) -> io::Result<PathBuf> {
             _ => resolved.push(name),
         }
     }
-    Ok(std::iter::once(root.as_os_str().to_owned()).chain(resolved).collect())
+    Ok(std::iter::once(root.as_os_str().to_owned())
+        .chain(resolved)
+        .collect())
 }
 
 fn component_name(c: Component<'_>) -> Option<OsString> {
@@ -415,10 +487,22 @@ mod tests {
         symlink("usr/sbin", root.join("sbin")).unwrap();
         symlink("/usr/sbin", root.join("abs")).unwrap();
         symlink("../../..", root.join("usr/sbin/up")).unwrap();
-        assert_eq!(resolve_in_root(root, Path::new("sbin")).unwrap(), root.join("usr/sbin"));
-        assert_eq!(resolve_in_root(root, Path::new("abs/x")).unwrap(), root.join("usr/sbin/x"));
-        assert_eq!(resolve_in_root(root, Path::new("sbin/up/etc")).unwrap(), root.join("etc"));
-        assert_eq!(resolve_in_root(root, Path::new("../../etc")).unwrap(), root.join("etc"));
+        assert_eq!(
+            resolve_in_root(root, Path::new("sbin")).unwrap(),
+            root.join("usr/sbin")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("abs/x")).unwrap(),
+            root.join("usr/sbin/x")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("sbin/up/etc")).unwrap(),
+            root.join("etc")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("../../etc")).unwrap(),
+            root.join("etc")
+        );
         symlink("loop", root.join("loop")).unwrap();
         assert!(resolve_in_root(root, Path::new("loop")).is_err());
     }
@@ -434,28 +518,61 @@ mod tests {
         fs::write(base.join("etc/hosts"), "host file\n").unwrap();
 
         let stage = dir.path().join("stage");
-        let status = Command::new("cp").arg("-al").arg(&base).arg(&stage).status().unwrap();
+        let status = Command::new("cp")
+            .arg("-al")
+            .arg(&base)
+            .arg(&stage)
+            .status()
+            .unwrap();
         assert!(status.success());
         customize(&stage, b"\x7fELF agent").unwrap();
 
-        assert_eq!(fs::read_to_string(base.join("etc/hostname")).unwrap(), "buildhost\n");
-        assert_eq!(fs::read_to_string(base.join("etc/hosts")).unwrap(), "host file\n");
+        assert_eq!(
+            fs::read_to_string(base.join("etc/hostname")).unwrap(),
+            "buildhost\n"
+        );
+        assert_eq!(
+            fs::read_to_string(base.join("etc/hosts")).unwrap(),
+            "host file\n"
+        );
         assert!(!base.join("usr/sbin/petty-agent").exists());
-        assert_eq!(fs::read_to_string(stage.join("etc/hostname")).unwrap(), "petty\n");
+        assert_eq!(
+            fs::read_to_string(stage.join("etc/hostname")).unwrap(),
+            "petty\n"
+        );
         let agent = stage.join("usr/sbin/petty-agent");
         assert_eq!(fs::read(&agent).unwrap(), b"\x7fELF agent");
-        assert_eq!(fs::metadata(&agent).unwrap().permissions().mode() & 0o7777, 0o755);
-        assert_eq!(fs::metadata(stage.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+        assert_eq!(
+            fs::metadata(&agent).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        assert_eq!(
+            fs::metadata(stage.join("tmp"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o1777
+        );
     }
 
     #[test]
     fn trim_keeps_c_locale_and_apt_dirs() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        for d in ["usr/share/doc/bash", "usr/share/locale/de/LC_MESSAGES", "usr/lib/locale/C.utf8", "var/lib/apt/lists"] {
+        for d in [
+            "usr/share/doc/bash",
+            "usr/share/locale/de/LC_MESSAGES",
+            "usr/lib/locale/C.utf8",
+            "var/lib/apt/lists",
+        ] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
-        fs::write(root.join("usr/share/doc/bash/copyright"), vec![b'x'; 10_000]).unwrap();
+        fs::write(
+            root.join("usr/share/doc/bash/copyright"),
+            vec![b'x'; 10_000],
+        )
+        .unwrap();
         fs::write(root.join("usr/share/locale/locale.alias"), "alias").unwrap();
         fs::write(root.join("var/lib/apt/lists/deb_dists_Packages"), "x").unwrap();
         fs::create_dir_all(root.join("etc")).unwrap();
@@ -479,17 +596,27 @@ mod tests {
             "I: Retrieving adduser 3.134",
             "I: Validating adduser 3.134",
             "I: Retrieving apt 2.6.1",
+            "I: Chosen extractor for .deb packages: dpkg-deb",
             "I: Extracting adduser...",
             "I: Installing core packages...",
             "I: Unpacking required packages...",
+            "I: Unpacking libc6:amd64...",
+            "I: Configuring required packages...",
+            "I: Configuring login...",
         ] {
             assert!(c.observe(line));
         }
         assert!(!c.observe("W: something"));
+        assert_eq!(c.packages(), 2);
         assert_eq!(
             c.summary(),
-            "debootstrap: retrieved 2, validated 1, extracted 1 packages; unpacking required packages"
+            "debootstrap: retrieved 2, validated 1, extracted 1, unpacked 1, configured 1 packages; \
+             configuring required packages"
         );
+        c.observe("I: Base system installed successfully.");
+        assert!(c
+            .summary()
+            .ends_with("; base system installed successfully"));
     }
 
     #[test]

@@ -26,7 +26,9 @@
 mod frame;
 mod message;
 
-pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD};
+pub use frame::{
+    Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD,
+};
 pub use message::{
     Command, ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, Pong, Request, Response,
 };

@@ -250,7 +250,9 @@ mod tests {
                 path: "/tmp/a".into(),
                 mode: Some(0o755),
             },
-            Request::SetTime { unix_nanos: 1 << 62 },
+            Request::SetTime {
+                unix_nanos: 1 << 62,
+            },
         ];
         for r in reqs {
             let json = serde_json::to_string(&r).unwrap();

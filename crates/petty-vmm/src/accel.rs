@@ -59,7 +59,9 @@ impl AccelChoice {
 
     fn probe(dev: &Path, modules: &Path) -> Self {
         if !dev.exists() {
-            return Self::tcg("no /dev/kvm on this host (load kvm_intel or kvm_amd for hardware speed)");
+            return Self::tcg(
+                "no /dev/kvm on this host (load kvm_intel or kvm_amd for hardware speed)",
+            );
         }
         if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
             return Self::tcg(&format!(

@@ -120,7 +120,10 @@ impl QemuVmm {
             "-device",
             "virtio-serial-device,max_ports=2",
             "-chardev",
-            &format!("socket,id=agent,path={},server=on,wait=off", p(AGENT_SOCKET)),
+            &format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                p(AGENT_SOCKET)
+            ),
             "-device",
             &format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
             "-chardev",
@@ -165,7 +168,10 @@ impl Vmm for QemuVmm {
 impl QemuVmm {
     async fn start_qemu(&self, config: &VmConfig) -> Result<QemuVm, VmmError> {
         let binary = self.find_binary()?;
-        for (what, path) in [("guest kernel", &config.kernel), ("guest rootfs", &config.rootfs)] {
+        for (what, path) in [
+            ("guest kernel", &config.kernel),
+            ("guest rootfs", &config.rootfs),
+        ] {
             if !path.is_file() {
                 return Err(VmmError::AssetMissing {
                     what,
@@ -199,7 +205,9 @@ impl QemuVmm {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|e| VmmError::Overlay(format!("running qemu-img: {e} (install qemu-utils)")))?;
+            .map_err(|e| {
+                VmmError::Overlay(format!("running qemu-img: {e} (install qemu-utils)"))
+            })?;
         if !out.status.success() {
             return Err(VmmError::Overlay(
                 String::from_utf8_lossy(&out.stderr).trim().to_string(),

@@ -39,10 +39,12 @@ impl Qmp {
             qmp.execute("qmp_capabilities", None).await?;
             Ok(qmp)
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| VmmError::Qmp {
-            command: "connect".into(),
-            message: format!("no greeting within {timeout:?}"),
-        })?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| VmmError::Qmp {
+                command: "connect".into(),
+                message: format!("no greeting within {timeout:?}"),
+            })?
     }
 
     async fn read_message(&mut self) -> Result<Value, VmmError> {

@@ -61,9 +61,7 @@ pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
                 .metadata()
                 .and_then(|m| m.modified())
                 .map(|t| {
-                    SystemTime::now()
-                        .duration_since(t)
-                        .unwrap_or_default()
+                    SystemTime::now().duration_since(t).unwrap_or_default()
                         > Duration::from_secs(60)
                 })
                 .unwrap_or(false),

@@ -116,15 +116,34 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
     }
     sandbox.destroy().await?;
 
-    let (bare, petty_run, rtt, guest) = (median(bare), median(petty_run), median(rtt), median(guest));
+    let (bare, petty_run, rtt, guest) =
+        (median(bare), median(petty_run), median(rtt), median(guest));
     let ratio = petty_run.as_secs_f64() / bare.as_secs_f64();
     let overhead = rtt.saturating_sub(guest);
-    println!("petty bench boot ({runs} runs; accel {}; 256 MiB, 2 vCPUs)", accel.accel);
-    println!("  bare qemu: boot same kernel to init, power off   median {}", ms(bare));
-    println!("  petty run -- true: start to exit                 median {}", ms(petty_run));
+    println!(
+        "petty bench boot ({runs} runs; accel {}; 256 MiB, 2 vCPUs)",
+        accel.accel
+    );
+    println!(
+        "  bare qemu: boot same kernel to init, power off   median {}",
+        ms(bare)
+    );
+    println!(
+        "  petty run -- true: start to exit                 median {}",
+        ms(petty_run)
+    );
     println!("  ratio                                            {ratio:.2} (target <= 1.30)");
-    println!("  exec `true` round trip on a running sandbox      median {}", ms(rtt));
-    println!("  guest's own fork+exec+wait of /bin/true          median {}", ms(guest));
-    println!("  agent + channel overhead                         {} (target <= 2 ms)", ms(overhead));
+    println!(
+        "  exec `true` round trip on a running sandbox      median {}",
+        ms(rtt)
+    );
+    println!(
+        "  guest's own fork+exec+wait of /bin/true          median {}",
+        ms(guest)
+    );
+    println!(
+        "  agent + channel overhead                         {} (target <= 2 ms)",
+        ms(overhead)
+    );
     Ok(ExitCode::SUCCESS)
 }

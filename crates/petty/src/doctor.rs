@@ -27,17 +27,23 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
             Ok(p) => format!("{} ({})", p.display(), version_of(&p.display().to_string())),
             Err(_) => "not found: no backend can run VMs".into(),
         },
-        fix: qemu.is_err().then(|| "apt-get install qemu-system-x86".into()),
+        fix: qemu
+            .is_err()
+            .then(|| "apt-get install qemu-system-x86".into()),
     });
     let qemu_img = find_on_path("qemu-img");
     lines.push(Line {
         ok: qemu_img.is_some(),
         needed: true,
         name: "qemu-img".into(),
-        detail: qemu_img.as_ref().map_or("not found: needed for copy-on-write disks".into(), |p| {
-            p.display().to_string()
-        }),
-        fix: qemu_img.is_none().then(|| "apt-get install qemu-utils".into()),
+        detail: qemu_img
+            .as_ref()
+            .map_or("not found: needed for copy-on-write disks".into(), |p| {
+                p.display().to_string()
+            }),
+        fix: qemu_img
+            .is_none()
+            .then(|| "apt-get install qemu-utils".into()),
     });
     let accel = vmm.accel();
     lines.push(Line {
@@ -107,7 +113,9 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         println!("ready: `petty run --python 'print(6*7)'` will work");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{blocking} gap(s) above; `scripts/install-deps` then `petty image build` fix them all");
+        println!(
+            "{blocking} gap(s) above; `scripts/install-deps` then `petty image build` fix them all"
+        );
         Ok(ExitCode::FAILURE)
     }
 }

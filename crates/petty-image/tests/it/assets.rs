@@ -2,6 +2,7 @@
 
 use std::{
     fs,
+    io::Read,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -17,10 +18,13 @@ fn cannot_build() -> Option<String> {
         return Some("building the rootfs needs root and the assets are not cached".into());
     }
     let status = ImageBuilder::new(cache_dir()).status();
-    status
-        .iter()
-        .find(|s| s.needed && !s.present)
-        .map(|s| format!("{} is missing (fix: {})", s.name, s.fix.as_deref().unwrap_or("?")))
+    status.iter().find(|s| s.needed && !s.present).map(|s| {
+        format!(
+            "{} is missing (fix: {})",
+            s.name,
+            s.fix.as_deref().unwrap_or("?")
+        )
+    })
 }
 
 fn ensure() -> Option<Assets> {
@@ -28,7 +32,11 @@ fn ensure() -> Option<Assets> {
         eprintln!("skipped: {why}");
         return None;
     }
-    Some(ImageBuilder::new(cache_dir()).ensure().unwrap_or_else(|e| panic!("ensure failed: {e}: {:?}", e)))
+    Some(
+        ImageBuilder::new(cache_dir())
+            .ensure()
+            .unwrap_or_else(|e| panic!("ensure failed: {e}: {:?}", e)),
+    )
 }
 
 #[test]
@@ -36,19 +44,41 @@ fn ensure_builds_assets_that_look_right() {
     let Some(assets) = ensure() else { return };
 
     let bz = fs::read(&assets.kernel).unwrap();
-    assert_eq!(&bz[0x202..0x206], b"HdrS", "bzImage has the x86 boot header");
+    assert_eq!(
+        &bz[0x202..0x206],
+        b"HdrS",
+        "bzImage has the x86 boot header"
+    );
     let vmlinux = fs::read(&assets.vmlinux).unwrap();
     assert_eq!(&vmlinux[..4], b"\x7fELF");
 
-    let mut magic = [0u8; 2];
-    let img = fs::read(&assets.rootfs).map(|b| b[1080..1082].to_vec()).unwrap();
-    magic.copy_from_slice(&img);
-    assert_eq!(u16::from_le_bytes(magic), 0xEF53, "rootfs is ext2/3/4");
+    let mut superblock = [0u8; 2048];
+    fs::File::open(&assets.rootfs)
+        .unwrap()
+        .read_exact(&mut superblock)
+        .unwrap();
+    let magic = u16::from_le_bytes([superblock[1080], superblock[1081]]);
+    assert_eq!(magic, 0xEF53, "rootfs is ext2/3/4");
 
     // The agent inside the image is byte-identical to the embedded one and executable.
+    let Some(debugfs) = ["/usr/sbin/debugfs", "/sbin/debugfs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("skipped the rootfs content checks: debugfs (e2fsprogs) is not installed");
+        return;
+    };
     let debugfs = |req: &str| {
-        let out = Command::new("debugfs").args(["-R", req]).arg(&assets.rootfs).output().unwrap();
-        assert!(out.status.success(), "debugfs {req}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(debugfs)
+            .args(["-R", req])
+            .arg(&assets.rootfs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "debugfs {req}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     };
     let agent = debugfs("cat /usr/sbin/petty-agent");
@@ -57,7 +87,15 @@ fn ensure_builds_assets_that_look_right() {
     assert!(stat.contains("Mode:  0755"), "{stat}");
     assert_eq!(debugfs("cat /etc/hostname"), b"petty\n");
     let python = String::from_utf8_lossy(&debugfs("stat /usr/bin/python3")).into_owned();
-    assert!(python.contains("Type: symlink") || python.contains("Type: regular"), "{python}");
+    assert!(
+        python.contains("Type: symlink") || python.contains("Type: regular"),
+        "{python}"
+    );
+    let sbin = String::from_utf8_lossy(&debugfs("stat /sbin")).into_owned();
+    assert!(
+        sbin.contains("Type: symlink") || sbin.contains("Type: directory"),
+        "{sbin}"
+    );
 }
 
 #[test]
@@ -70,7 +108,10 @@ fn second_ensure_and_locate_are_instant() {
         assert_eq!(builder.locate().unwrap(), first);
     }
     let per_call = start.elapsed() / 20;
-    assert!(per_call < Duration::from_millis(20), "locate/ensure took {per_call:?} each");
+    assert!(
+        per_call < Duration::from_millis(20),
+        "locate/ensure took {per_call:?} each"
+    );
 }
 
 #[test]
@@ -79,17 +120,35 @@ fn concurrent_callers_agree() {
         eprintln!("skipped: {why}");
         return;
     }
-    let threads: Vec<_> =
-        (0..2).map(|_| std::thread::spawn(|| ImageBuilder::new(cache_dir()).ensure().map_err(|e| e.to_string()))).collect();
-    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| {
+                ImageBuilder::new(cache_dir())
+                    .ensure()
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
     assert_eq!(results[0], results[1]);
-    assert!(!cache_dir().join("tmp").read_dir().is_ok_and(|mut d| d.next().is_some()) || builder_running());
+    assert!(
+        !cache_dir()
+            .join("tmp")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some())
+            || builder_running()
+    );
 }
 
 /// Another test binary may be building right now, leaving its scratch in tmp.
 fn builder_running() -> bool {
     let lock = cache_dir().join(".lock");
-    let Ok(f) = fs::File::open(Path::new(&lock)) else { return false };
+    let Ok(f) = fs::File::open(Path::new(&lock)) else {
+        return false;
+    };
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the duration of the call.
     let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;

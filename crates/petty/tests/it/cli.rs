@@ -1,0 +1,178 @@
+//! `petty run` as a user types it.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+
+use crate::{leftovers, petty, run_root};
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let root = run_root();
+    let out = petty(root.path()).arg("run").args(args).output().unwrap();
+    assert!(leftovers(root.path()).is_empty(), "run dir left behind");
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn python_code_runs_and_prints() {
+    let (code, out, err) = run(&["--python", "print(6*7)"]);
+    assert_eq!((code, out.as_str()), (0, "42\n"), "stderr: {err}");
+    assert!(err.contains("petty: using"), "accelerator notice missing: {err}");
+}
+
+#[test]
+fn stdout_and_stderr_stay_apart_and_in_order() {
+    let (code, out, err) = run(&["--sh", "echo o1; echo e1 >&2; echo o2; echo e2 >&2; echo o3"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "o1\no2\no3\n");
+    assert!(err.ends_with("e1\ne2\n"), "stderr: {err:?}");
+}
+
+#[test]
+fn exit_codes_pass_through() {
+    assert_eq!(run(&["--", "true"]).0, 0);
+    assert_eq!(run(&["--", "false"]).0, 1);
+    let (code, _, err) = run(&["--", "no-such-command"]);
+    assert_eq!(code, 127);
+    assert!(err.contains("no-such-command: command not found"), "{err}");
+    assert_eq!(run(&["--sh", "kill -KILL $$"]).0, 128 + 9);
+}
+
+#[test]
+fn env_cwd_and_stdin() {
+    let root = run_root();
+    let mut child = petty(root.path())
+        .args(["run", "-i", "-e", "GREETING=hi there", "--cwd", "/etc", "--"])
+        .args(["sh", "-c", "echo \"$GREETING\"; pwd; tr a-z A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n/etc\nPIPED IN\n");
+    assert!(leftovers(root.path()).is_empty());
+}
+
+#[test]
+fn timeout_exits_124() {
+    let (code, _, err) = run(&["--timeout", "1", "--sh", "sleep 1000 & sleep 1000"]);
+    assert_eq!(code, 124, "{err}");
+    assert!(err.contains("timed out"), "{err}");
+}
+
+#[test]
+fn guest_kernel_is_petty_built_not_the_hosts() {
+    let (code, out, _) = run(&["--", "uname", "-r"]);
+    assert_eq!(code, 0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(out.trim(), host.trim());
+    assert!(out.starts_with("6.1."), "guest kernel {out}");
+    // The banner carries the build's user, host and timestamp: the exact
+    // string is in the vmlinux Petty built, and in no other kernel.
+    let (_, banner, _) = run(&["--", "cat", "/proc/version"]);
+    let vmlinux = std::fs::read(&crate::assets().vmlinux).unwrap();
+    let banner = banner.trim().as_bytes();
+    assert!(banner.len() > 40 && vmlinux.windows(banner.len()).any(|w| w == banner));
+}
+
+/// 50 MiB through the CLI's stdout: the petty process's own peak memory
+/// (VmHWM, read while the output still flows; QEMU is a separate process)
+/// stays far below the data size, so output is streamed, not accumulated.
+#[test]
+fn fifty_mib_of_output_streams_in_bounded_memory() {
+    const SIZE: u64 = 50 * 1024 * 1024;
+    let root = run_root();
+    let mut child = petty(root.path())
+        .args(["run", "--", "sh", "-c", &format!("yes petty | head -c {SIZE}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut total = 0u64;
+    let mut peak_kib = None;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|b| b"petty\n".contains(b)));
+        total += n as u64;
+        if peak_kib.is_none() && total >= SIZE - (1 << 20) {
+            peak_kib = Some(vm_hwm_kib(child.id()));
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(total, SIZE);
+    let peak_mib = peak_kib.expect("sampled before the end") / 1024;
+    assert!(peak_mib < 40, "petty peaked at {peak_mib} MiB for 50 MiB of output");
+    assert!(leftovers(root.path()).is_empty());
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+mod bad_input {
+    use super::*;
+
+    /// Fails before any VM starts: nonzero exit, a short error with a hint,
+    /// nothing in the run directory.
+    fn refused(args: &[&str], env: &[(&str, &str)], want: &str) {
+        let root = run_root();
+        let out = petty(root.path())
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: stderr {err:?} lacks {want:?}");
+        assert!(!err.contains("petty: using"), "{args:?} started a VM: {err}");
+        assert!(leftovers(root.path()).is_empty());
+    }
+
+    #[test]
+    fn zero_or_too_much_memory() {
+        refused(&["run", "--memory-mib", "0", "--", "true"], &[], "memory_mib 0");
+        refused(&["run", "--memory-mib", "99999999", "--", "true"], &[], "more than this host");
+    }
+
+    #[test]
+    fn zero_vcpus() {
+        refused(&["run", "--vcpus", "0", "--", "true"], &[], "vcpu_count 0");
+    }
+
+    #[test]
+    fn unknown_flag() {
+        refused(&["run", "--no-such-flag", "--", "true"], &[], "unexpected argument '--no-such-flag'");
+    }
+
+    #[test]
+    fn nothing_to_run() {
+        refused(&["run"], &[], "hint: petty run -- CMD");
+    }
+
+    #[test]
+    fn missing_kernel() {
+        refused(&["run", "--kernel", "/no/such/bzImage", "--", "true"], &[], "kernel /no/such/bzImage does not exist");
+    }
+
+    #[test]
+    fn missing_qemu() {
+        refused(&["run", "--", "true"], &[("PETTY_QEMU", "/no/such/qemu")], "hint: run `scripts/install-deps`");
+    }
+}

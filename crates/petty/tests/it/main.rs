@@ -1,0 +1,77 @@
+//! End-to-end tests: real QEMU VMs booting the kernel and rootfs Petty
+//! builds, driven through the `petty` CLI and the `petty-core` library.
+//!
+//! They need the host packages (`scripts/install-deps`) and build the guest
+//! assets on first use (minutes, once; `scripts/test` does it up front with
+//! progress). They fail, rather than skip, when those are missing: a green
+//! run means real VMs ran.
+
+mod cli;
+mod sandbox;
+mod teardown;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use petty_vmm::qemu::QemuVmm;
+use petty_vmm::AccelChoice;
+
+/// The guest assets, built once per test process.
+pub fn assets() -> &'static petty_image::Assets {
+    static ASSETS: OnceLock<petty_image::Assets> = OnceLock::new();
+    ASSETS.get_or_init(|| {
+        petty_image::ImageBuilder::new(petty_image::cache_dir())
+            .ensure()
+            .expect("guest assets (run scripts/install-deps, then petty image build)")
+    })
+}
+
+/// A QEMU backend whose run directories live under `root`.
+pub fn vmm(root: &Path) -> QemuVmm {
+    assets();
+    QemuVmm::new(AccelChoice::detect(), root.to_path_buf())
+}
+
+/// A fresh, empty directory for one test's VM run directories.
+pub fn run_root() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("petty-it-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// `petty` with its run directories under `root`.
+pub fn petty(root: &Path) -> Command {
+    assets();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_petty"));
+    c.env("PETTY_RUN_DIR", root);
+    c
+}
+
+/// Entries left in a run root: empty after a clean teardown.
+pub fn leftovers(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Processes whose command line mentions `needle` (e.g. a run directory).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let needle = needle.as_bytes();
+            if cmdline.windows(needle.len()).any(|w| w == needle) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}

@@ -2,7 +2,7 @@
 //! stderr as they come, feed stdin, enforce the timeout by killing the whole
 //! group, and report a shell-style exit status.
 //!
-//! The agent forks by hand rather than through `std::process::Command`: as
+//! The agent spawns by hand rather than through `std::process::Command`: as
 //! PID 1 it reaps every child itself, and std's own `waitpid` calls on failed
 //! spawns would race that reaper.
 
@@ -254,9 +254,11 @@ fn cstring(s: impl AsRef<[u8]>) -> std::io::Result<CString> {
     })
 }
 
-/// Forks and execs `program` in a new process group with piped output.
-/// Errors from `chdir` or `execve` in the child come back through a
-/// close-on-exec pipe, so a failed exec is reported here, not as a status.
+/// Starts `program` in a new process group with piped output, through
+/// glibc's `posix_spawn` (a `CLONE_VFORK` child: no copy of the agent's page
+/// tables, which under software emulation is most of the cost of a fork).
+/// Errors from `chdir` or `execve` in the child come back as the return
+/// value, so a failed exec is reported here, not as an exit status.
 fn spawn(
     program: &Path,
     argv: &[String],
@@ -264,8 +266,6 @@ fn spawn(
     cwd: &str,
     stdin_piped: bool,
 ) -> std::io::Result<Child> {
-    // Everything the child touches is prepared before fork: after it, only
-    // async-signal-safe calls are allowed.
     let c_prog = cstring(program.as_os_str().as_bytes())?;
     let c_argv: Vec<CString> = argv.iter().map(cstring).collect::<Result<_, _>>()?;
     let c_env: Vec<CString> = env
@@ -273,10 +273,12 @@ fn spawn(
         .map(|(k, v)| cstring(format!("{k}={v}")))
         .collect::<Result<_, _>>()?;
     let c_cwd = cstring(cwd)?;
-    let mut argv_ptrs: Vec<*const libc::c_char> = c_argv.iter().map(|c| c.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let mut env_ptrs: Vec<*const libc::c_char> = c_env.iter().map(|c| c.as_ptr()).collect();
-    env_ptrs.push(std::ptr::null());
+    let mut argv_ptrs: Vec<*mut libc::c_char> =
+        c_argv.iter().map(|c| c.as_ptr().cast_mut()).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let mut env_ptrs: Vec<*mut libc::c_char> =
+        c_env.iter().map(|c| c.as_ptr().cast_mut()).collect();
+    env_ptrs.push(std::ptr::null_mut());
 
     let (in_r, in_w) = if stdin_piped {
         let (r, w) = pipe()?;
@@ -286,49 +288,31 @@ fn spawn(
     };
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let (status_r, status_w) = pipe()?;
 
+    let attrs = SpawnAttrs::new(&in_r, &out_w, &err_w, &c_cwd)?;
     let (pid, ()) = reaper().spawn_watched(|| {
-        // SAFETY: the child below calls only async-signal-safe functions
-        // (dup2, setpgid, chdir, execve, write, _exit) on data prepared above.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(std::io::Error::last_os_error());
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: every pointer is valid for the call: NUL-terminated strings
+        // and NULL-terminated arrays that outlive it, initialised attributes.
+        let rc = unsafe {
+            libc::posix_spawn(
+                &mut pid,
+                c_prog.as_ptr(),
+                &attrs.actions,
+                &attrs.attr,
+                argv_ptrs.as_ptr(),
+                env_ptrs.as_ptr(),
+            )
+        };
+        match rc {
+            0 => Ok((pid, ())),
+            e => Err(std::io::Error::from_raw_os_error(e)),
         }
-        if pid == 0 {
-            // SAFETY: see above; every pointer is into data that outlives the call.
-            unsafe {
-                libc::setpgid(0, 0);
-                libc::dup2(in_r.as_raw_fd(), 0);
-                libc::dup2(out_w.as_raw_fd(), 1);
-                libc::dup2(err_w.as_raw_fd(), 2);
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                if libc::chdir(c_cwd.as_ptr()) == 0 {
-                    libc::execve(c_prog.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
-                }
-                let errno = *libc::__errno_location();
-                let bytes = errno.to_ne_bytes();
-                libc::write(status_w.as_raw_fd(), bytes.as_ptr().cast(), 4);
-                libc::_exit(127);
-            }
-        }
-        Ok((pid, ()))
     })?;
-    drop(status_w);
+    drop(attrs);
     drop(in_r);
     drop(out_w);
     drop(err_w);
-
-    let mut status = File::from(status_r);
-    let mut errno = [0u8; 4];
-    let got = read_full(&mut status, &mut errno);
-    if got == 4 {
-        // The child will _exit(127); the reaper collects it. Forget it.
-        reaper().wait(pid, None);
-        return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
-    }
     Ok(Child {
         pid,
         stdin: in_w.map(File::from),
@@ -337,17 +321,73 @@ fn spawn(
     })
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
+/// `posix_spawn` attributes and file actions, destroyed on drop.
+struct SpawnAttrs {
+    attr: libc::posix_spawnattr_t,
+    actions: libc::posix_spawn_file_actions_t,
+}
+
+impl SpawnAttrs {
+    fn new(
+        stdin: &OwnedFd,
+        stdout: &OwnedFd,
+        stderr: &OwnedFd,
+        cwd: &CString,
+    ) -> std::io::Result<Self> {
+        let check = |rc: libc::c_int| match rc {
+            0 => Ok(()),
+            e => Err(std::io::Error::from_raw_os_error(e)),
+        };
+        // SAFETY: both structs are initialised by their *_init calls before
+        // any other use, and destroyed exactly once in Drop.
+        unsafe {
+            let mut me = Self {
+                attr: std::mem::zeroed(),
+                actions: std::mem::zeroed(),
+            };
+            check(libc::posix_spawnattr_init(&mut me.attr))?;
+            check(libc::posix_spawn_file_actions_init(&mut me.actions))?;
+            // The agent (like every Rust program) ignores SIGPIPE; commands
+            // must not inherit that, or `yes | head` never ends cleanly.
+            let mut defaults: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut defaults);
+            libc::sigaddset(&mut defaults, libc::SIGPIPE);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            check(libc::posix_spawnattr_setsigdefault(&mut me.attr, &defaults))?;
+            check(libc::posix_spawnattr_setsigmask(&mut me.attr, &empty))?;
+            check(libc::posix_spawnattr_setpgroup(&mut me.attr, 0))?;
+            let flags = libc::POSIX_SPAWN_SETPGROUP
+                | libc::POSIX_SPAWN_SETSIGDEF
+                | libc::POSIX_SPAWN_SETSIGMASK;
+            check(libc::posix_spawnattr_setflags(
+                &mut me.attr,
+                flags as libc::c_short,
+            ))?;
+            for (fd, target) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    &mut me.actions,
+                    fd.as_raw_fd(),
+                    target,
+                ))?;
+            }
+            check(libc::posix_spawn_file_actions_addchdir_np(
+                &mut me.actions,
+                cwd.as_ptr(),
+            ))?;
+            Ok(me)
         }
     }
-    got
+}
+
+impl Drop for SpawnAttrs {
+    fn drop(&mut self) {
+        // SAFETY: both were initialised in `new`.
+        unsafe {
+            libc::posix_spawnattr_destroy(&mut self.attr);
+            libc::posix_spawn_file_actions_destroy(&mut self.actions);
+        }
+    }
 }
 
 /// Streams one output pipe to the host as `kind` frames until EOF, then

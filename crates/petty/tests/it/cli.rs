@@ -20,12 +20,18 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn python_code_runs_and_prints() {
     let (code, out, err) = run(&["--python", "print(6*7)"]);
     assert_eq!((code, out.as_str()), (0, "42\n"), "stderr: {err}");
-    assert!(err.contains("petty: using"), "accelerator notice missing: {err}");
+    assert!(
+        err.contains("petty: using"),
+        "accelerator notice missing: {err}"
+    );
 }
 
 #[test]
 fn stdout_and_stderr_stay_apart_and_in_order() {
-    let (code, out, err) = run(&["--sh", "echo o1; echo e1 >&2; echo o2; echo e2 >&2; echo o3"]);
+    let (code, out, err) = run(&[
+        "--sh",
+        "echo o1; echo e1 >&2; echo o2; echo e2 >&2; echo o3",
+    ]);
     assert_eq!(code, 0);
     assert_eq!(out, "o1\no2\no3\n");
     assert!(err.ends_with("e1\ne2\n"), "stderr: {err:?}");
@@ -45,7 +51,15 @@ fn exit_codes_pass_through() {
 fn env_cwd_and_stdin() {
     let root = run_root();
     let mut child = petty(root.path())
-        .args(["run", "-i", "-e", "GREETING=hi there", "--cwd", "/etc", "--"])
+        .args([
+            "run",
+            "-i",
+            "-e",
+            "GREETING=hi there",
+            "--cwd",
+            "/etc",
+            "--",
+        ])
         .args(["sh", "-c", "echo \"$GREETING\"; pwd; tr a-z A-Z"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -59,7 +73,10 @@ fn env_cwd_and_stdin() {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n/etc\nPIPED IN\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi there\n/etc\nPIPED IN\n"
+    );
     assert!(leftovers(root.path()).is_empty());
 }
 
@@ -93,7 +110,13 @@ fn fifty_mib_of_output_streams_in_bounded_memory() {
     const SIZE: u64 = 50 * 1024 * 1024;
     let root = run_root();
     let mut child = petty(root.path())
-        .args(["run", "--", "sh", "-c", &format!("yes petty | head -c {SIZE}")])
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("yes petty | head -c {SIZE}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -116,7 +139,10 @@ fn fifty_mib_of_output_streams_in_bounded_memory() {
     assert!(child.wait().unwrap().success());
     assert_eq!(total, SIZE);
     let peak_mib = peak_kib.expect("sampled before the end") / 1024;
-    assert!(peak_mib < 40, "petty peaked at {peak_mib} MiB for 50 MiB of output");
+    assert!(
+        peak_mib < 40,
+        "petty peaked at {peak_mib} MiB for 50 MiB of output"
+    );
     assert!(leftovers(root.path()).is_empty());
 }
 
@@ -140,15 +166,29 @@ mod bad_input {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(err.contains(want), "{args:?}: stderr {err:?} lacks {want:?}");
-        assert!(!err.contains("petty: using"), "{args:?} started a VM: {err}");
+        assert!(
+            err.contains(want),
+            "{args:?}: stderr {err:?} lacks {want:?}"
+        );
+        assert!(
+            !err.contains("petty: using"),
+            "{args:?} started a VM: {err}"
+        );
         assert!(leftovers(root.path()).is_empty());
     }
 
     #[test]
     fn zero_or_too_much_memory() {
-        refused(&["run", "--memory-mib", "0", "--", "true"], &[], "memory_mib 0");
-        refused(&["run", "--memory-mib", "99999999", "--", "true"], &[], "more than this host");
+        refused(
+            &["run", "--memory-mib", "0", "--", "true"],
+            &[],
+            "memory_mib 0",
+        );
+        refused(
+            &["run", "--memory-mib", "99999999", "--", "true"],
+            &[],
+            "more than this host",
+        );
     }
 
     #[test]
@@ -158,7 +198,11 @@ mod bad_input {
 
     #[test]
     fn unknown_flag() {
-        refused(&["run", "--no-such-flag", "--", "true"], &[], "unexpected argument '--no-such-flag'");
+        refused(
+            &["run", "--no-such-flag", "--", "true"],
+            &[],
+            "unexpected argument '--no-such-flag'",
+        );
     }
 
     #[test]
@@ -168,11 +212,19 @@ mod bad_input {
 
     #[test]
     fn missing_kernel() {
-        refused(&["run", "--kernel", "/no/such/bzImage", "--", "true"], &[], "kernel /no/such/bzImage does not exist");
+        refused(
+            &["run", "--kernel", "/no/such/bzImage", "--", "true"],
+            &[],
+            "kernel /no/such/bzImage does not exist",
+        );
     }
 
     #[test]
     fn missing_qemu() {
-        refused(&["run", "--", "true"], &[("PETTY_QEMU", "/no/such/qemu")], "hint: run `scripts/install-deps`");
+        refused(
+            &["run", "--", "true"],
+            &[("PETTY_QEMU", "/no/such/qemu")],
+            "hint: run `scripts/install-deps`",
+        );
     }
 }

@@ -24,15 +24,23 @@ async fn files_round_trip_and_list() {
     assert_eq!(Sha256::digest(&back), Sha256::digest(&data));
     // The guest sees the same bytes.
     let r = sb.execute("sha256sum /root/data/blob.bin").await.unwrap();
-    assert!(r.stdout.starts_with(&format!("{:x}", Sha256::digest(&data))));
+    assert!(r
+        .stdout
+        .starts_with(&format!("{:x}", Sha256::digest(&data))));
 
     sb.write_file_mode("/root/data/run.sh", b"#!/bin/sh\necho ran\n", 0o755)
         .await
         .unwrap();
-    assert_eq!(sb.execute("/root/data/run.sh").await.unwrap().stdout, "ran\n");
+    assert_eq!(
+        sb.execute("/root/data/run.sh").await.unwrap().stdout,
+        "ran\n"
+    );
     sb.mkdir("/root/data/sub").await.unwrap();
     let entries = sb.list_dir("/root/data").await.unwrap();
-    let names: Vec<_> = entries.iter().map(|e| (e.name.as_str(), e.is_dir, e.size)).collect();
+    let names: Vec<_> = entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.is_dir, e.size))
+        .collect();
     assert_eq!(
         names,
         [
@@ -42,7 +50,9 @@ async fn files_round_trip_and_list() {
         ]
     );
     assert_eq!(sb.stat("/root/data/run.sh").await.unwrap().mode, 0o755);
-    sb.rename("/root/data/run.sh", "/root/data/sub/moved.sh").await.unwrap();
+    sb.rename("/root/data/run.sh", "/root/data/sub/moved.sh")
+        .await
+        .unwrap();
     sb.remove("/root/data", true).await.unwrap();
     let err = sb.list_dir("/root/data").await.unwrap_err().to_string();
     assert!(err.contains("/root/data"), "{err}");
@@ -60,9 +70,21 @@ async fn exec_env_cwd_stdin_and_codes() {
     let r = sb.exec(req, Some(b"in\n".to_vec())).await.unwrap();
     assert_eq!((r.exit_code, r.stdout.as_str()), (0, "1-two\n/usr\nin\n"));
     assert_eq!(sb.execute("exit 7").await.unwrap().exit_code, 7);
-    let r = sb.execute_code("python", "import sys; print('py', file=sys.stderr); sys.exit(3)").await.unwrap();
+    let r = sb
+        .execute_code(
+            "python",
+            "import sys; print('py', file=sys.stderr); sys.exit(3)",
+        )
+        .await
+        .unwrap();
     assert_eq!((r.exit_code, r.stderr.as_str()), (3, "py\n"));
-    assert_eq!(sb.execute_code("bash", "echo ${BASH_VERSION%%.*}").await.unwrap().exit_code, 0);
+    assert_eq!(
+        sb.execute_code("bash", "echo ${BASH_VERSION%%.*}")
+            .await
+            .unwrap()
+            .exit_code,
+        0
+    );
     let err = sb.execute_code("cobol", "x").await.unwrap_err().to_string();
     assert!(err.contains("use python, bash or sh"), "{err}");
     let mut req = ExecRequest::argv(["true"]);
@@ -82,7 +104,10 @@ async fn timeout_kills_command_and_its_children() {
     assert!(r.timed_out);
     assert_eq!(r.exit_code, 128 + 9);
     // No `sleep` survives anywhere in the guest.
-    let r = sb.execute("cat /proc/[0-9]*/comm | grep -c '^sleep$'").await.unwrap();
+    let r = sb
+        .execute("cat /proc/[0-9]*/comm | grep -c '^sleep$'")
+        .await
+        .unwrap();
     assert_eq!(r.stdout.trim(), "0", "sleeps left: {}", r.stdout);
     assert!(sb.is_healthy().await);
     sb.destroy().await.unwrap();
@@ -111,22 +136,36 @@ async fn twenty_execs_in_flight_on_one_sandbox() {
         assert!(!r.timed_out, "exec {i} never saw all 20 running");
         assert_eq!(r.stdout, format!("{i}\n"));
     }
-    std::sync::Arc::into_inner(sb).unwrap().destroy().await.unwrap();
+    std::sync::Arc::into_inner(sb)
+        .unwrap()
+        .destroy()
+        .await
+        .unwrap();
     assert!(leftovers(root.path()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_reports_its_own_kernel_and_limits() {
     let root = run_root();
-    let config = SandboxConfig::builder().memory_mib(384).vcpu_count(1).build().unwrap();
+    let config = SandboxConfig::builder()
+        .memory_mib(384)
+        .vcpu_count(1)
+        .build()
+        .unwrap();
     let sb = Sandbox::create(&vmm(root.path()), config).await.unwrap();
     assert!(sb.guest_kernel().starts_with("6.1."));
-    let r = sb.execute("uname -r; nproc; grep MemTotal /proc/meminfo").await.unwrap();
+    let r = sb
+        .execute("uname -r; nproc; grep MemTotal /proc/meminfo")
+        .await
+        .unwrap();
     let lines: Vec<_> = r.stdout.lines().collect();
     assert_eq!(lines[0], sb.guest_kernel());
     assert_eq!(lines[1], "1");
     let mem_kib: u64 = lines[2].split_whitespace().nth(1).unwrap().parse().unwrap();
     // The kernel keeps some for itself; the rest is what the config asked for.
-    assert!((300 * 1024..=384 * 1024).contains(&mem_kib), "MemTotal {mem_kib} kB");
+    assert!(
+        (300 * 1024..=384 * 1024).contains(&mem_kib),
+        "MemTotal {mem_kib} kB"
+    );
     sb.destroy().await.unwrap();
 }

@@ -21,7 +21,10 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 fn nothing_left(root: &std::path::Path) {
     assert!(leftovers(root).is_empty(), "left: {:?}", leftovers(root));
     let root = root.display().to_string();
-    assert!(processes_mentioning(&root).is_empty(), "VMM still running for {root}");
+    assert!(
+        processes_mentioning(&root).is_empty(),
+        "VMM still running for {root}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,10 +37,16 @@ async fn bad_kernel_fails_create_and_leaves_nothing() {
         .connect_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let err = Sandbox::create(&vmm(root.path()), config).await.err().expect("must fail");
+    let err = Sandbox::create(&vmm(root.path()), config)
+        .await
+        .err()
+        .expect("must fail");
     std::fs::remove_file(&junk).unwrap();
     assert!(
-        matches!(err, CoreError::Vm(_) | CoreError::AgentTimeout { .. } | CoreError::Connection { .. }),
+        matches!(
+            err,
+            CoreError::Vm(_) | CoreError::AgentTimeout { .. } | CoreError::Connection { .. }
+        ),
         "{err:?}"
     );
     nothing_left(root.path());
@@ -55,12 +64,18 @@ async fn agent_that_never_answers_fails_create_and_leaves_nothing() {
         .connect_timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let err = Sandbox::create(&vmm(root.path()), config).await.err().expect("must fail");
+    let err = Sandbox::create(&vmm(root.path()), config)
+        .await
+        .err()
+        .expect("must fail");
     std::fs::remove_file(&junk).unwrap();
     match &err {
         CoreError::AgentTimeout { console, .. } | CoreError::Connection { console, .. } => {
             // The guest console explains it.
-            assert!(console.contains("VFS") || console.contains("panic"), "console: {console}");
+            assert!(
+                console.contains("VFS") || console.contains("panic"),
+                "console: {console}"
+            );
         }
         other => panic!("unexpected error {other:?}"),
     }
@@ -114,9 +129,14 @@ fn sigkill_of_petty_kills_the_vm_and_the_next_run_sweeps_its_files() {
     child.kill().unwrap();
     child.wait().unwrap();
     // The VMM dies with its parent (PR_SET_PDEATHSIG)...
-    wait_until("QEMU to die with petty", || processes_mentioning(&dir).is_empty());
+    wait_until("QEMU to die with petty", || {
+        processes_mentioning(&dir).is_empty()
+    });
     // ...and the next petty removes the files the killed one left.
-    let out = petty(root.path()).args(["run", "--", "true"]).output().unwrap();
+    let out = petty(root.path())
+        .args(["run", "--", "true"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     nothing_left(root.path());
 }

@@ -187,15 +187,11 @@ impl AgentClient {
         let timeout = self.inner.rpc_timeout;
         let fut = async {
             let (_, mut rx) = self.start(req).await?;
-            loop {
-                match self.recv(&mut rx).await? {
-                    Incoming::Response(r) => return ok_or_remote(r),
-                    Incoming::Raw(kind, _) => {
-                        return Err(ClientError::Protocol(format!(
-                            "{kind:?} frame in reply to {op}"
-                        )))
-                    }
-                }
+            match self.recv(&mut rx).await? {
+                Incoming::Response(r) => ok_or_remote(r),
+                Incoming::Raw(kind, _) => Err(ClientError::Protocol(format!(
+                    "{kind:?} frame in reply to {op}"
+                ))),
             }
         };
         tokio::time::timeout(timeout, fut)

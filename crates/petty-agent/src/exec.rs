@@ -21,7 +21,7 @@ use petty_protocol::{
 };
 
 use crate::reaper::reaper;
-use crate::server::Conn;
+use crate::server::{Conn, Writer};
 
 /// Where commands run when the request names no directory.
 pub const DEFAULT_CWD: &str = "/root";
@@ -33,12 +33,10 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// `stdin` carries the host's stdin chunks when the request asked for stdin.
 pub fn start(conn: Arc<Conn>, id: u32, req: ExecRequest, stdin: Option<mpsc::Receiver<Vec<u8>>>) {
     let thread_conn = conn.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("exec-{id}"))
-        .spawn(move || {
-            run(&thread_conn, id, req, stdin);
-            forget(&thread_conn, id);
-        });
+    let spawned = crate::workers::run(move || {
+        run(&thread_conn, id, req, stdin);
+        forget(&thread_conn, id);
+    });
     if let Err(e) = spawned {
         forget(&conn, id);
         conn.writer
@@ -111,53 +109,10 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
         slot.pgid = Some(pid);
     }
 
-    let (done_tx, done_rx) = mpsc::channel();
-    pump(
-        conn.clone(),
-        id,
-        FrameKind::Stdout,
-        child.stdout,
-        done_tx.clone(),
-    );
-    pump(conn.clone(), id, FrameKind::Stderr, child.stderr, done_tx);
-
     let deadline = req
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
-    let kill_group = || {
-        // SAFETY: kill only sends a signal to the command's own group.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-    };
-    let mut timed_out = false;
-    let raw = match reaper().wait(pid, deadline) {
-        Some(s) => s,
-        None => {
-            timed_out = true;
-            kill_group();
-            reaper().wait(pid, None).expect("waits without deadline")
-        }
-    };
-    // The status goes out only after both pipes reach end-of-file, so the
-    // host sees every byte ahead of `Exited`. A background process of the
-    // command that still holds a pipe keeps the exec open (as with ssh or
-    // `docker exec`) until the timeout, if any, kills the group.
-    for _ in 0..2 {
-        let finished = match deadline {
-            Some(d) if !timed_out => done_rx
-                .recv_timeout(d.saturating_duration_since(Instant::now()))
-                .is_ok(),
-            _ => done_rx.recv().is_ok(),
-        };
-        if !finished {
-            timed_out = true;
-            kill_group();
-            let _ = done_rx.recv();
-        }
-    }
-    if timed_out {
-        // Stragglers of the group may have forked after the first kill.
-        kill_group();
-    }
+    let (timed_out, raw) = supervise(w, id, pid, child.stdout, child.stderr, deadline);
 
     let status = if libc::WIFSIGNALED(raw) {
         let sig = libc::WTERMSIG(raw);
@@ -390,25 +345,117 @@ impl Drop for SpawnAttrs {
     }
 }
 
-/// Streams one output pipe to the host as `kind` frames until EOF, then
-/// reports on `done`.
-fn pump(conn: Arc<Conn>, id: u32, kind: FrameKind, mut pipe: File, done: mpsc::Sender<()>) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; CHUNK_SIZE];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    // Keep draining even when the host is gone, so the
-                    // command never blocks on a full pipe.
-                    conn.writer.send(&Frame::new(kind, id, buf[..n].to_vec()));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+/// Streams the command's output and waits for it, in this one thread: a
+/// `poll` over both pipes and a pidfd. The status is returned only after
+/// both pipes reach end-of-file, so the host sees every byte ahead of
+/// `Exited`; a background process that still holds a pipe keeps the exec
+/// open (as with ssh or `docker exec`) until the deadline, if any, kills the
+/// whole group. Returns (timed out, raw wait status).
+fn supervise(
+    w: &Writer,
+    id: u32,
+    pid: libc::pid_t,
+    stdout: File,
+    stderr: File,
+    mut deadline: Option<Instant>,
+) -> (bool, libc::c_int) {
+    let kill_group = || {
+        // SAFETY: kill only sends a signal to the command's own group.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    };
+    // SAFETY: pidfd_open takes a pid and flags; the result is a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    // SAFETY: a non-negative result is an fd we now own.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    let mut pipes = [
+        (Some(stdout), FrameKind::Stdout),
+        (Some(stderr), FrameKind::Stderr),
+    ];
+    let mut exited = pidfd.is_none();
+    let mut timed_out = false;
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    loop {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        for (pipe, _) in &pipes {
+            if let Some(p) = pipe {
+                fds.push(libc::pollfd {
+                    fd: p.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
             }
         }
-        let _ = done.send(());
-    });
+        if fds.is_empty() && exited {
+            break;
+        }
+        if let (Some(fd), false) = (&pidfd, exited) {
+            fds.push(libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout_ms = match deadline {
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as libc::c_int,
+            None => -1,
+        };
+        // SAFETY: fds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        if n == 0 {
+            // Deadline passed: kill the group; its pipes then close.
+            timed_out = true;
+            deadline = None;
+            kill_group();
+            continue;
+        }
+        for fd in &fds {
+            if fd.revents == 0 {
+                continue;
+            }
+            if pidfd.as_ref().is_some_and(|p| p.as_raw_fd() == fd.fd) {
+                exited = true;
+                continue;
+            }
+            let Some(slot) = pipes
+                .iter_mut()
+                .find(|(p, _)| p.as_ref().is_some_and(|p| p.as_raw_fd() == fd.fd))
+            else {
+                continue;
+            };
+            let kind = slot.1;
+            match slot.0.as_mut().map(|p| p.read(&mut buf)) {
+                Some(Ok(0)) | Some(Err(_)) => slot.0 = None,
+                Some(Ok(n)) => {
+                    // Keep draining even when the host is gone, so the
+                    // command never blocks on a full pipe.
+                    w.send(&Frame::new(kind, id, buf[..n].to_vec()));
+                }
+                None => {}
+            }
+        }
+    }
+    let raw = match reaper().wait(pid, deadline) {
+        Some(raw) => raw,
+        None => {
+            timed_out = true;
+            kill_group();
+            reaper().wait(pid, None).expect("waits without deadline")
+        }
+    };
+    if timed_out {
+        // Stragglers of the group may have forked after the first kill.
+        kill_group();
+    }
+    (timed_out, raw)
 }
 
 fn feed_stdin(mut stdin: File, rx: mpsc::Receiver<Vec<u8>>) {

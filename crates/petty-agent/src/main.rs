@@ -19,6 +19,7 @@ mod files;
 mod init;
 mod reaper;
 mod server;
+mod workers;
 
 use std::process::ExitCode;
 

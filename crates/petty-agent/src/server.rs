@@ -276,7 +276,9 @@ fn handle_request(
         }
         Request::ReadFile { path } => {
             let conn = conn.clone();
-            std::thread::spawn(move || files::read_file(&conn.writer, id, &path));
+            if let Err(e) = crate::workers::run(move || files::read_file(&conn.writer, id, &path)) {
+                files::send_io_error(w, id, "start a file read", &e);
+            }
         }
         Request::WriteFile { path, mode } => match files::Upload::open(&path, mode) {
             Ok(up) => {

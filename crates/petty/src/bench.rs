@@ -97,20 +97,22 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
     // 3. Exec round trip on a running sandbox, beside the guest's own cost of
     //    spawning `true`, timed inside the guest.
     let sandbox = Sandbox::create(&vmm, SandboxConfig::builder().build()?).await?;
-    let mut rtt = Vec::new();
-    for _ in 0..runs.max(20) {
-        let t = Instant::now();
-        let r = sandbox.exec(ExecRequest::argv(["true"]), None).await?;
-        rtt.push(t.elapsed());
-        if !r.success() {
-            bail!("exec true failed: {r:?}");
-        }
-    }
-    // Two floors, both timed inside the guest: a shell's fork+exec+wait, and
+    // Interleaved, so drift in the emulator's speed hits all alike. The two
+    // floors are timed inside the guest: a shell's fork+exec+wait, and
     // posix_spawn+wait (the vfork-style spawn the agent itself uses).
-    let mut guest_sh = Vec::new();
-    let mut guest_spawn = Vec::new();
-    for _ in 0..runs.max(5) {
+    let (mut rtt, mut ping, mut guest_sh, mut guest_spawn) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs.max(10) {
+        for _ in 0..5 {
+            let t = Instant::now();
+            let r = sandbox.exec(ExecRequest::argv(["true"]), None).await?;
+            rtt.push(t.elapsed());
+            if !r.success() {
+                bail!("exec true failed: {r:?}");
+            }
+            let t = Instant::now();
+            sandbox.agent().ping().await?;
+            ping.push(t.elapsed());
+        }
         let r = sandbox
             .execute("t0=$(date +%s%N); for i in 1 2 3 4 5 6 7 8 9 10; do /bin/true; done; t1=$(date +%s%N); echo $(( (t1 - t0) / 10 ))")
             .await?;
@@ -127,7 +129,7 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
     }
     sandbox.destroy().await?;
 
-    let (bare, petty_run, rtt) = (median(bare), median(petty_run), median(rtt));
+    let (bare, petty_run, rtt, ping) = (median(bare), median(petty_run), median(rtt), median(ping));
     let (guest_sh, guest_spawn) = (median(guest_sh), median(guest_spawn));
     let ratio = petty_run.as_secs_f64() / bare.as_secs_f64();
     let floor = guest_sh.min(guest_spawn);
@@ -149,6 +151,10 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
     println!(
         "  exec `true` round trip on a running sandbox      median {}",
         ms(rtt)
+    );
+    println!(
+        "  ping round trip (the channel alone)              median {}",
+        ms(ping)
     );
     println!("  guest's own cost of spawning /bin/true, timed inside the guest:");
     println!(

@@ -126,7 +126,9 @@ impl AgentClient {
                 map: HashMap::new(),
                 dead: None,
             }),
-            next_id: AtomicU32::new(1),
+            // A per-connection random start: frames a previous client left
+            // in flight on a shared channel cannot match this one's ids.
+            next_id: AtomicU32::new(initial_id()),
             rpc_timeout,
         });
         let task = tokio::spawn(read_loop(rd, Arc::downgrade(&inner)));
@@ -477,6 +479,15 @@ impl AgentClient {
             other => Err(unexpected(op, other)),
         }
     }
+}
+
+fn initial_id() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let mixed = nanos.wrapping_mul(2_654_435_761) ^ std::process::id().rotate_left(16);
+    mixed.max(1)
 }
 
 fn append_capped(buf: &mut Vec<u8>, bytes: &[u8], max: usize, truncated: &mut bool) {

@@ -23,8 +23,18 @@ pub struct SandboxConfig {
     pub connect_timeout: Duration,
     /// How long any single agent request may take, exec output aside (default 30 s).
     pub rpc_timeout: Duration,
-    /// Kill the VM if the creating process dies, even by SIGKILL (default true).
+    /// Kill the VM if the creating process dies, even by SIGKILL (default
+    /// true). Sandboxes of a [`crate::SandboxManager`] never do: they outlive
+    /// the process, in its SQLite store.
     pub die_with_parent: bool,
+    /// Unique name (managed sandboxes); derived from the id when `None`.
+    pub name: Option<String>,
+    /// Destroy the sandbox this long after creation (managed sandboxes;
+    /// the manager's default when `None`).
+    pub ttl: Option<Duration>,
+    /// Destroy the sandbox after this long without an exec or file operation
+    /// (managed sandboxes; the manager's default when `None`).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for SandboxConfig {
@@ -38,6 +48,9 @@ impl Default for SandboxConfig {
             connect_timeout: Duration::from_secs(10),
             rpc_timeout: Duration::from_secs(30),
             die_with_parent: true,
+            name: None,
+            ttl: None,
+            idle_timeout: None,
         }
     }
 }
@@ -88,6 +101,23 @@ impl SandboxConfig {
                     )));
                 }
             }
+        }
+        if let Some(name) = &self.name {
+            let ok = (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !name.starts_with(['-', '.']);
+            if !ok {
+                return Err(CoreError::InvalidConfig(format!(
+                    "name {name:?} is not allowed; use 1 to 64 letters, digits, '-', '_' or '.', not starting with '-' or '.'"
+                )));
+            }
+        }
+        if self.ttl.is_some_and(|t| t.is_zero()) || self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(CoreError::InvalidConfig(
+                "ttl and idle_timeout must be greater than zero (leave them unset for none)".into(),
+            ));
         }
         if self.connect_timeout.is_zero() || self.rpc_timeout.is_zero() {
             return Err(CoreError::InvalidConfig(
@@ -148,6 +178,24 @@ impl SandboxConfigBuilder {
     /// Kill the VM when the creating process dies.
     pub fn die_with_parent(mut self, yes: bool) -> Self {
         self.0.die_with_parent = yes;
+        self
+    }
+
+    /// Unique name for a managed sandbox.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.0.name = Some(name.into());
+        self
+    }
+
+    /// Lifetime of a managed sandbox.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.0.ttl = Some(ttl);
+        self
+    }
+
+    /// Idle timeout of a managed sandbox.
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.0.idle_timeout = Some(t);
         self
     }
 

@@ -47,6 +47,24 @@ pub enum CoreError {
         /// What to do instead.
         hint: String,
     },
+    /// The sandbox limit is reached; answered at once, never queued.
+    #[error("at capacity: {max} sandboxes already exist (max_sandboxes); destroy one or raise the limit")]
+    Capacity {
+        /// The limit.
+        max: usize,
+    },
+    /// Another sandbox already has this name.
+    #[error("a sandbox named {0} already exists; pick another name or remove it (`petty rm {0}`)")]
+    NameTaken(String),
+    /// The state database failed.
+    #[error("sandbox state database {}", path.display())]
+    Store {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// Host I/O failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -10,10 +10,17 @@
 
 mod config;
 mod error;
+mod manager;
+mod pool;
 mod sandbox;
+mod state;
+pub mod store;
 
 pub use config::{host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder};
 pub use error::CoreError;
+pub use manager::{data_dir, ManagerConfig, SandboxInfo, SandboxManager};
 pub use petty_agent_client::{ExecEvent, ExecOutput, ExecStream, StdinHandle};
 pub use petty_protocol::{ExecRequest, ExitStatus, FileEntry, FileStat};
+pub use pool::{PoolConfig, PoolStats, SandboxPool};
 pub use sandbox::{code_argv, ExecResult, Sandbox, SandboxId};
+pub use state::SandboxState;

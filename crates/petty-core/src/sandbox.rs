@@ -2,13 +2,16 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use petty_agent_client::{AgentClient, ClientError, ExecStream};
 use petty_protocol::{ExecRequest, FileEntry, FileStat, Pong};
 use petty_vmm::{Vm, VmConfig, Vmm};
 use tokio::sync::Mutex;
 
-use crate::{CoreError, SandboxConfig};
+use crate::store::{now_ms, SandboxRecord};
+use crate::{CoreError, SandboxConfig, SandboxState};
 
 /// Most output [`Sandbox::exec`] keeps per stream; stream larger output with
 /// [`Sandbox::exec_stream`].
@@ -67,23 +70,45 @@ impl ExecResult {
     }
 }
 
-/// A running sandbox. Dropping it kills its VM; [`destroy`](Self::destroy)
-/// does the same and reports errors.
+/// A running sandbox. Dropping it kills its VM, unless the sandbox is
+/// persistent (managed): then the VM keeps running for a later process.
+/// [`destroy`](Self::destroy) kills it and reports errors.
 pub struct Sandbox {
     id: SandboxId,
+    name: String,
     config: SandboxConfig,
+    state: std::sync::Mutex<SandboxState>,
     vm: Mutex<Option<Box<dyn Vm>>>,
     agent: AgentClient,
     pong: Pong,
+    persistent: bool,
+    created_at_ms: i64,
+    last_used_ms: AtomicI64,
 }
 
 impl Sandbox {
     /// Boots a VM on `vmm`, waits for its agent and checks the protocol
     /// version. On any error the VM is gone and nothing is left behind.
     pub async fn create(vmm: &dyn Vmm, config: SandboxConfig) -> Result<Self, CoreError> {
-        config.validate()?;
-        let (kernel, rootfs) = resolve_assets(&config)?;
         let id = SandboxId::new();
+        let name = config.name.clone().unwrap_or_else(|| id.to_string());
+        Self::boot(vmm, config, id, name, false).await
+    }
+
+    /// Boots the VM of sandbox `id`. A persistent sandbox's VM is detached
+    /// from this process (it outlives it) and is not killed on drop.
+    pub(crate) async fn boot(
+        vmm: &dyn Vmm,
+        mut config: SandboxConfig,
+        id: SandboxId,
+        name: String,
+        persistent: bool,
+    ) -> Result<Self, CoreError> {
+        config.validate()?;
+        if persistent {
+            config.die_with_parent = false;
+        }
+        let (kernel, rootfs) = resolve_assets(&config)?;
         let vm_config = VmConfig {
             id: id.to_string(),
             kernel,
@@ -95,33 +120,118 @@ impl Sandbox {
         };
         let vm = vmm.start(&vm_config).await?;
         // Any early return below drops `vm`, which kills it and removes its files.
-        let stream = vm.connect_agent().await?;
-        let agent = AgentClient::new(stream, config.rpc_timeout);
-        let pong = match agent.handshake(config.connect_timeout).await {
-            Ok(p) => p,
-            Err(ClientError::Timeout { .. }) => {
-                return Err(CoreError::AgentTimeout {
-                    secs: config.connect_timeout.as_secs(),
-                    console: vm.console_tail(),
-                })
-            }
-            Err(source) => {
-                return Err(CoreError::Connection {
-                    console: vm.console_tail(),
-                    source,
-                })
-            }
-        };
+        let (agent, pong) = connect(vm.as_ref(), &config, config.connect_timeout).await?;
         // The guest has no battery-backed clock worth trusting: give it ours.
         agent.sync_clock().await?;
         tracing::debug!(sandbox = %id, pid = vm.pid(), kernel = %pong.kernel, "sandbox ready");
+        let now = now_ms();
         Ok(Self {
             id,
+            name,
             config,
+            state: std::sync::Mutex::new(SandboxState::Ready),
             vm: Mutex::new(Some(vm)),
             agent,
             pong,
+            persistent,
+            created_at_ms: now,
+            last_used_ms: AtomicI64::new(now),
         })
+    }
+
+    /// Takes charge of a running sandbox that another process created.
+    pub(crate) async fn attach(
+        vmm: &dyn Vmm,
+        record: &SandboxRecord,
+        connect_timeout: Duration,
+        rpc_timeout: Duration,
+    ) -> Result<Self, CoreError> {
+        let pid = record.vmm_pid.ok_or_else(|| CoreError::InvalidState {
+            id: record.name.clone(),
+            state: record.state.to_string(),
+            hint: "it has no VM yet".into(),
+        })?;
+        let vm = vmm.attach(&record.id.to_string(), pid)?;
+        let config = SandboxConfig {
+            kernel: Some(record.kernel.clone()),
+            rootfs: Some(record.rootfs.clone()),
+            memory_mib: record.memory_mib,
+            vcpu_count: record.vcpus,
+            connect_timeout,
+            rpc_timeout,
+            die_with_parent: false,
+            name: Some(record.name.clone()),
+            ttl: record.ttl,
+            idle_timeout: record.idle_timeout,
+            ..SandboxConfig::default()
+        };
+        let attached = connect(vm.as_ref(), &config, connect_timeout).await;
+        let (agent, pong) = match attached {
+            Ok(ok) => ok,
+            Err(e) => {
+                // Not ours to kill on a failed attach: the caller decides.
+                vm.detach();
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            id: record.id,
+            name: record.name.clone(),
+            config,
+            state: std::sync::Mutex::new(record.state),
+            vm: Mutex::new(Some(vm)),
+            agent,
+            pong,
+            persistent: true,
+            created_at_ms: record.created_at_ms,
+            last_used_ms: AtomicI64::new(record.last_used_ms),
+        })
+    }
+
+    /// The sandbox's name (its id, unless one was given).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it is in its life.
+    pub fn state(&self) -> SandboxState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves to `to` if that is a legal transition.
+    pub fn set_state(&self, to: SandboxState) -> Result<(), CoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *st = st.transition(to, &self.name)?;
+        Ok(())
+    }
+
+    /// Creation time, ms since the epoch.
+    pub fn created_at_ms(&self) -> i64 {
+        self.created_at_ms
+    }
+
+    /// Last exec or file operation, ms since the epoch.
+    pub fn last_used_ms(&self) -> i64 {
+        self.last_used_ms.load(Ordering::Relaxed)
+    }
+
+    /// An error unless the sandbox accepts commands; records the use.
+    fn ready(&self) -> Result<(), CoreError> {
+        match self.state() {
+            SandboxState::Ready => {
+                self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+                Ok(())
+            }
+            state => Err(CoreError::InvalidState {
+                id: self.name.clone(),
+                state: state.to_string(),
+                hint: match state {
+                    SandboxState::Paused => "resume it first".into(),
+                    SandboxState::Creating => "wait until it is ready".into(),
+                    _ => "create a new sandbox".into(),
+                },
+            }),
+        }
     }
 
     /// The sandbox's id.
@@ -170,6 +280,7 @@ impl Sandbox {
         req: ExecRequest,
         stdin: Option<Vec<u8>>,
     ) -> Result<ExecResult, CoreError> {
+        self.ready()?;
         let out = self
             .agent
             .exec_collect(req, stdin, MAX_COLLECTED_OUTPUT)
@@ -185,16 +296,19 @@ impl Sandbox {
 
     /// Starts a command and streams its output as it comes.
     pub async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, CoreError> {
+        self.ready()?;
         Ok(self.agent.exec(req).await?)
     }
 
     /// Reads a whole file from the guest.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, CoreError> {
+        self.ready()?;
         Ok(self.agent.read_file(path).await?)
     }
 
     /// Writes a file in the guest, creating parent directories.
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), CoreError> {
+        self.ready()?;
         self.agent.write_file(path, data, None).await?;
         Ok(())
     }
@@ -206,32 +320,38 @@ impl Sandbox {
         data: &[u8],
         mode: u32,
     ) -> Result<(), CoreError> {
+        self.ready()?;
         self.agent.write_file(path, data, Some(mode)).await?;
         Ok(())
     }
 
     /// Lists a directory in the guest.
     pub async fn list_dir(&self, path: &str) -> Result<Vec<FileEntry>, CoreError> {
+        self.ready()?;
         Ok(self.agent.list_dir(path).await?)
     }
 
     /// Describes a path in the guest.
     pub async fn stat(&self, path: &str) -> Result<FileStat, CoreError> {
+        self.ready()?;
         Ok(self.agent.stat(path).await?)
     }
 
     /// Creates a directory (and parents) in the guest.
     pub async fn mkdir(&self, path: &str) -> Result<(), CoreError> {
+        self.ready()?;
         Ok(self.agent.mkdir(path).await?)
     }
 
     /// Removes a file or directory in the guest.
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), CoreError> {
+        self.ready()?;
         Ok(self.agent.remove(path, recursive).await?)
     }
 
     /// Renames a path in the guest.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), CoreError> {
+        self.ready()?;
         Ok(self.agent.rename(from, to).await?)
     }
 
@@ -242,23 +362,124 @@ impl Sandbox {
 
     /// True when the VM runs and its agent answers a ping.
     pub async fn is_healthy(&self) -> bool {
+        self.health().await.is_ok()
+    }
+
+    /// `Err(why)` when the VM is gone or the agent does not answer.
+    pub async fn health(&self) -> Result<(), String> {
         let running = self
             .vm
             .lock()
             .await
             .as_ref()
             .is_some_and(|vm| vm.is_running());
-        running && self.agent.ping().await.is_ok()
+        if !running {
+            return Err("its VMM process is gone".into());
+        }
+        if self.state() == SandboxState::Paused {
+            return Ok(());
+        }
+        self.agent
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("its agent does not answer: {e}"))
     }
 
-    /// Kills the VM and removes its files.
-    pub async fn destroy(self) -> Result<(), CoreError> {
+    /// Freezes the guest.
+    pub async fn pause(&self) -> Result<(), CoreError> {
+        self.set_state(SandboxState::Paused)?;
+        if let Some(vm) = self.vm.lock().await.as_ref() {
+            vm.pause().await?;
+        }
+        Ok(())
+    }
+
+    /// Lets a paused guest run again.
+    pub async fn resume(&self) -> Result<(), CoreError> {
+        if let Some(vm) = self.vm.lock().await.as_ref() {
+            vm.resume().await?;
+        }
+        self.set_state(SandboxState::Ready)
+    }
+
+    /// Stops the VM (gracefully first when `graceful`: the guest syncs its
+    /// disks and powers off) and removes its files; the sandbox is then
+    /// `Stopped`.
+    pub async fn stop_vm(&self, graceful: bool) -> Result<(), CoreError> {
+        let _ = self.set_state(SandboxState::Stopping);
+        if graceful && self.agent.shutdown().await.is_ok() {
+            // The guest reboots into -no-reboot: QEMU exits by itself.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline {
+                let running = self
+                    .vm
+                    .lock()
+                    .await
+                    .as_ref()
+                    .is_some_and(|vm| vm.is_running());
+                if !running {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let vm = self.vm.lock().await.take();
         if let Some(vm) = vm {
             vm.stop().await?;
         }
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = SandboxState::Stopped;
+        Ok(())
+    }
+
+    /// Marks the sandbox failed and kills its VM.
+    pub(crate) async fn fail(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = SandboxState::Failed;
+        let vm = self.vm.lock().await.take();
+        if let Some(vm) = vm {
+            let _ = vm.stop().await;
+        }
+    }
+
+    /// Kills the VM and removes its files.
+    pub async fn destroy(self) -> Result<(), CoreError> {
+        self.stop_vm(false).await?;
         tracing::debug!(sandbox = %self.id, "sandbox destroyed");
         Ok(())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.persistent {
+            // Managed sandboxes outlive this process: leave the VM running.
+            if let Some(vm) = self.vm.get_mut().take() {
+                vm.detach();
+            }
+        }
+        // Otherwise dropping the VM kills it and removes its files.
+    }
+}
+
+/// Connects to a VM's agent and checks its version, waiting up to `timeout`
+/// for the first answer; the error carries the guest console on failure.
+async fn connect(
+    vm: &dyn Vm,
+    config: &SandboxConfig,
+    timeout: Duration,
+) -> Result<(AgentClient, Pong), CoreError> {
+    let stream = vm.connect_agent().await?;
+    let agent = AgentClient::new(stream, config.rpc_timeout);
+    match agent.handshake(timeout).await {
+        Ok(p) => Ok((agent, p)),
+        Err(ClientError::Timeout { .. }) => Err(CoreError::AgentTimeout {
+            secs: timeout.as_secs(),
+            console: vm.console_tail(),
+        }),
+        Err(source) => Err(CoreError::Connection {
+            console: vm.console_tail(),
+            source,
+        }),
     }
 }
 
@@ -279,7 +500,7 @@ pub fn code_argv(language: &str, code: &str) -> Result<Vec<String>, CoreError> {
     Ok(argv)
 }
 
-fn resolve_assets(config: &SandboxConfig) -> Result<(PathBuf, PathBuf), CoreError> {
+pub(crate) fn resolve_assets(config: &SandboxConfig) -> Result<(PathBuf, PathBuf), CoreError> {
     if let (Some(k), Some(r)) = (&config.kernel, &config.rootfs) {
         return Ok((k.clone(), r.clone()));
     }

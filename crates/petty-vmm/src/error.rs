@@ -58,6 +58,14 @@ pub enum VmmError {
         /// How long we waited.
         secs: u64,
     },
+    /// The VM to attach to is no longer running.
+    #[error("the VM {id} is not running any more (VMM pid {pid} is gone)")]
+    Gone {
+        /// The VM's id.
+        id: String,
+        /// Its last known VMM pid.
+        pid: u32,
+    },
     /// Connecting to the guest agent's socket failed.
     #[error("connecting to the agent socket {}", path.display())]
     AgentConnect {

@@ -20,7 +20,9 @@ use std::pin::Pin;
 
 pub use accel::{Accel, AccelChoice};
 pub use error::VmmError;
-pub use rundir::{runtime_root, sweep_stale_run_dirs};
+pub use rundir::{
+    pid_alive, runtime_root, sweep_stale_run_dirs, vmm_alive, DETACHED_MARKER, PID_FILE,
+};
 
 /// A boxed future, so the traits stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -44,6 +46,8 @@ pub struct VmConfig {
     /// Extra kernel command line words.
     pub extra_cmdline: Vec<String>,
     /// Kill the VM when the process that started it dies, even by SIGKILL.
+    /// When false the VM is detached (its own session) and outlives its
+    /// creator; a marker in its run directory says so, for recovery.
     pub die_with_parent: bool,
 }
 
@@ -54,6 +58,13 @@ pub trait Vmm: Send + Sync {
 
     /// Starts a VM. On error nothing is left behind: no process, socket or file.
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<Box<dyn Vm>, VmmError>>;
+
+    /// Takes charge of a VM that another process started (its VMM runs as
+    /// `pid`, with run directory `id` under this backend's root).
+    fn attach(&self, id: &str, pid: u32) -> Result<Box<dyn Vm>, VmmError>;
+
+    /// Directory under which this backend keeps run directories.
+    fn root(&self) -> &Path;
 }
 
 /// One running VM.
@@ -78,4 +89,14 @@ pub trait Vm: Send + Sync {
 
     /// Stops the VM and removes everything it left on disk.
     fn stop(self: Box<Self>) -> BoxFuture<'static, Result<(), VmmError>>;
+
+    /// Lets go of the VM without stopping it: it keeps running for another
+    /// process to [`Vmm::attach`] to.
+    fn detach(self: Box<Self>);
+
+    /// Freezes the guest's vCPUs.
+    fn pause(&self) -> BoxFuture<'_, Result<(), VmmError>>;
+
+    /// Lets a paused guest run again.
+    fn resume(&self) -> BoxFuture<'_, Result<(), VmmError>>;
 }

@@ -12,13 +12,14 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use petty_protocol::SERIAL_PORT_NAME;
 
 use crate::qmp::Qmp;
-use crate::rundir::PID_FILE;
+use crate::rundir::{vmm_alive, DETACHED_MARKER, PID_FILE};
 use crate::{Accel, AccelChoice, AgentStream, BoxFuture, Vm, VmConfig, Vmm, VmmError};
 
 /// Socket the agent's virtio-serial port is bound to, inside the run directory.
@@ -157,6 +158,24 @@ impl Vmm for QemuVmm {
         "qemu"
     }
 
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn attach(&self, id: &str, pid: u32) -> Result<Box<dyn Vm>, VmmError> {
+        let dir = self.root.join(id);
+        if !vmm_alive(pid, &dir) {
+            return Err(VmmError::Gone { id: id.into(), pid });
+        }
+        Ok(Box::new(QemuVm {
+            id: id.into(),
+            dir,
+            pid,
+            child: Mutex::new(None),
+            detached: AtomicBool::new(false),
+        }))
+    }
+
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<Box<dyn Vm>, VmmError>> {
         Box::pin(async move {
             let vm = self.start_qemu(config).await?;
@@ -195,7 +214,11 @@ impl QemuVmm {
             dir: dir.clone(),
             pid: 0,
             child: Mutex::new(None),
+            detached: AtomicBool::new(false),
         };
+        if !config.die_with_parent {
+            fs::write(dir.join(DETACHED_MARKER), b"").map_err(prepare)?;
+        }
 
         let overlay = dir.join(OVERLAY);
         let out = tokio::process::Command::new("qemu-img")
@@ -219,17 +242,26 @@ impl QemuVmm {
         cmd.args(self.args(config, &dir, &overlay))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            // Its own process group: a Ctrl-C aimed at the CLI reaches the CLI,
-            // which then tears the VM down in order.
-            .process_group(0);
+            .stderr(stderr);
         if config.die_with_parent {
+            // Its own process group: a Ctrl-C aimed at the CLI reaches the
+            // CLI, which then tears the VM down in order.
+            cmd.process_group(0);
             // SAFETY: prctl is async-signal-safe. PDEATHSIG fires when the
             // spawning *thread* exits; we spawn from a runtime worker thread,
             // which lives as long as the process.
             unsafe {
                 cmd.pre_exec(|| {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        } else {
+            // SAFETY: setsid is async-signal-safe. A session of its own: no
+            // terminal hangup or job-control signal of ours reaches it.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
                     Ok(())
                 });
             }
@@ -275,7 +307,10 @@ pub struct QemuVm {
     id: String,
     dir: PathBuf,
     pid: u32,
+    /// Set when this process started QEMU; `None` for an attached VM.
     child: Mutex<Option<Child>>,
+    /// Set by `detach`: dropping then leaves the VM running.
+    detached: AtomicBool,
 }
 
 impl QemuVm {
@@ -286,17 +321,26 @@ impl QemuVm {
             Some(Ok(Some(status))) => Some(status.to_string()),
             Some(Ok(None)) => None,
             Some(Err(e)) => Some(format!("unknown ({e})")),
-            None => Some("not started".into()),
+            None if self.pid != 0 && vmm_alive(self.pid, &self.dir) => None,
+            None => Some("gone".into()),
         }
     }
 
-    /// Kills QEMU, reaps it and removes the run directory. Idempotent.
+    /// Kills QEMU, reaps it (or, when another process started it, waits for
+    /// it to vanish) and removes the run directory. Idempotent.
     fn teardown(&self) -> std::io::Result<()> {
+        // The VM's state is being thrown away, overlay included: no need for
+        // a graceful guest shutdown.
         if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            // The VM's state is being thrown away, overlay included: no need
-            // for a graceful guest shutdown.
             let _ = child.kill();
             child.wait()?;
+        } else if self.pid != 0 && vmm_alive(self.pid, &self.dir) {
+            // SAFETY: the pid was just checked to be this VM's QEMU.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while vmm_alive(self.pid, &self.dir) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         match fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -307,6 +351,10 @@ impl QemuVm {
     /// Opens a QMP session to this VM.
     pub async fn qmp(&self) -> Result<Qmp, VmmError> {
         Qmp::connect(&self.dir.join(QMP_SOCKET), Duration::from_secs(5)).await
+    }
+
+    async fn qmp_command(&self, command: &str) -> Result<(), VmmError> {
+        self.qmp().await?.execute(command, None).await.map(|_| ())
     }
 }
 
@@ -340,6 +388,18 @@ impl Vm for QemuVm {
         tail(&self.dir.join(CONSOLE_LOG), 2048)
     }
 
+    fn detach(self: Box<Self>) {
+        self.detached.store(true, Ordering::Relaxed);
+    }
+
+    fn pause(&self) -> BoxFuture<'_, Result<(), VmmError>> {
+        Box::pin(self.qmp_command("stop"))
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<(), VmmError>> {
+        Box::pin(self.qmp_command("cont"))
+    }
+
     fn stop(self: Box<Self>) -> BoxFuture<'static, Result<(), VmmError>> {
         Box::pin(async move {
             let pid = self.pid;
@@ -356,6 +416,9 @@ impl Vm for QemuVm {
 
 impl Drop for QemuVm {
     fn drop(&mut self) {
+        if self.detached.load(Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = self.teardown() {
             tracing::warn!(vm = %self.id, "cleaning up VM: {e}");
         }

@@ -7,6 +7,10 @@ use std::time::{Duration, SystemTime};
 /// Name of the file in a run directory that holds the VMM's pid.
 pub const PID_FILE: &str = "vmm.pid";
 
+/// Present in the run directory of a VM that outlives its creator; such a VM
+/// belongs to the sandbox store, which recovers or removes it.
+pub const DETACHED_MARKER: &str = "detached";
+
 /// Root of the run directories: `$PETTY_RUN_DIR`, else
 /// `$XDG_RUNTIME_DIR/petty`, else `/tmp/petty-<uid>`. Kept short because unix
 /// socket paths are limited to 107 bytes.
@@ -55,6 +59,10 @@ pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
         let pid = std::fs::read_to_string(dir.join(PID_FILE))
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok());
+        if dir.join(DETACHED_MARKER).exists() {
+            // Owned by the sandbox store: its recovery decides.
+            continue;
+        }
         let stale = match pid {
             Some(pid) => !vmm_alive(pid, &dir),
             None => entry

@@ -19,6 +19,44 @@ enum Cmd {
     /// Boot a sandbox, run one command in it with live output, exit with its
     /// exit code, and destroy the sandbox.
     Run(RunArgs),
+    /// Create a sandbox that keeps running after this command returns; prints its name.
+    Create(crate::manage::CreateArgs),
+    /// Run a command in a running sandbox, streaming its output; exits with its exit code.
+    Exec(crate::manage::ExecArgs),
+    /// Copy a file between the host and a sandbox: `petty cp ./a NAME:/root/a` or `petty cp NAME:/root/a ./a`.
+    Cp {
+        /// Source: a host path or NAME:/path.
+        src: String,
+        /// Destination: a host path or NAME:/path.
+        dst: String,
+    },
+    /// List sandboxes.
+    Ls {
+        /// Include sandboxes held by a warm pool.
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Shut sandboxes down cleanly; their records stay until `petty rm`.
+    Stop {
+        /// Names or ids.
+        #[arg(required = true)]
+        sandboxes: Vec<String>,
+    },
+    /// Kill sandboxes' VMs at once; their records stay until `petty rm`.
+    Kill {
+        /// Names or ids.
+        #[arg(required = true)]
+        sandboxes: Vec<String>,
+    },
+    /// Remove stopped sandboxes (with -f, running ones too).
+    Rm {
+        /// Remove even if running.
+        #[arg(long, short)]
+        force: bool,
+        /// Names or ids.
+        #[arg(required = true)]
+        sandboxes: Vec<String>,
+    },
     /// Build or locate the guest kernel and root filesystem.
     Image {
         #[command(subcommand)]
@@ -94,7 +132,7 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
@@ -104,6 +142,13 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Run(args) => crate::run::run(args).await,
+        Cmd::Create(args) => crate::manage::create(args).await,
+        Cmd::Exec(args) => crate::manage::exec(args).await,
+        Cmd::Cp { src, dst } => crate::manage::cp(src, dst).await,
+        Cmd::Ls { all } => crate::manage::ls(all).await,
+        Cmd::Stop { sandboxes } => crate::manage::stop(sandboxes, true).await,
+        Cmd::Kill { sandboxes } => crate::manage::stop(sandboxes, false).await,
+        Cmd::Rm { force, sandboxes } => crate::manage::rm(sandboxes, force).await,
         Cmd::Image { cmd } => image(cmd).await,
         Cmd::Doctor => crate::doctor::doctor().await,
         Cmd::Bench {

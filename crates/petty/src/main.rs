@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod doctor;
+mod manage;
 mod run;
 
 use std::process::ExitCode;

@@ -72,7 +72,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs the command, copying its output to ours as it arrives.
-async fn stream(
+pub(crate) async fn stream(
     sandbox: &Sandbox,
     req: ExecRequest,
     forward_stdin: bool,
@@ -120,6 +120,14 @@ async fn stream(
                 return Ok(status.code.clamp(0, 255) as u8);
             }
         }
+    }
+}
+
+/// Waits for SIGINT, SIGTERM or SIGHUP; the shell's 128 + n exit code.
+pub(crate) async fn interrupted() -> u8 {
+    match Signals::new() {
+        Ok(mut s) => s.recv().await,
+        Err(_) => std::future::pending().await,
     }
 }
 

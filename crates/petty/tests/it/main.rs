@@ -7,6 +7,8 @@
 //! run means real VMs ran.
 
 mod cli;
+mod cli_manage;
+mod manager;
 mod sandbox;
 mod teardown;
 

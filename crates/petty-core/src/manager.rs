@@ -1,0 +1,674 @@
+//! The sandbox manager: every sandbox by id or name, limits, lifetimes, and
+//! state in SQLite that outlives the process.
+//!
+//! Sandboxes of a manager are persistent: their VMs run detached, and any
+//! later process with a manager on the same data directory finds them again
+//! (attaching to live VMs, reaping dead ones). Each manager runs a reaper
+//! task that destroys sandboxes past their TTL or idle timeout, and marks
+//! failed the ones whose VM died or whose agent fell silent; why is recorded.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use petty_protocol::{ExecRequest, FileEntry};
+use petty_vmm::{vmm_alive, Vmm, DETACHED_MARKER};
+use tokio::sync::RwLock;
+
+use crate::store::{now_ms, HistoryRecord, SandboxRecord, Store};
+use crate::{CoreError, ExecResult, Sandbox, SandboxConfig, SandboxId, SandboxState};
+
+/// Where Petty keeps its state: `$PETTY_DATA_DIR`, else
+/// `$XDG_DATA_HOME/petty`, else `~/.local/share/petty`.
+pub fn data_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = var("PETTY_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = var("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("petty");
+    }
+    let home = var("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
+    home.join(".local/share/petty")
+}
+
+/// How a manager behaves.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Most sandboxes with a VM at once, across every process sharing the
+    /// data directory (default 100). One more is refused at once.
+    pub max_sandboxes: usize,
+    /// TTL for sandboxes whose config sets none (default: none).
+    pub default_ttl: Option<Duration>,
+    /// Idle timeout for sandboxes whose config sets none (default: none).
+    pub default_idle_timeout: Option<Duration>,
+    /// Directory of the SQLite file (default [`data_dir`]).
+    pub data_dir: PathBuf,
+    /// How often the reaper looks at lifetimes (default 1 s).
+    pub reap_interval: Duration,
+    /// How often the reaper pings each sandbox it holds (default 10 s).
+    pub health_interval: Duration,
+    /// Wait for an agent's first answer (default 10 s).
+    pub connect_timeout: Duration,
+    /// Bound on any single agent request (default 30 s).
+    pub rpc_timeout: Duration,
+    /// VMs booting at once in this process (default: the host's CPU count).
+    /// Further creates wait their turn (the capacity check happens before
+    /// they wait), so a burst of creates does not starve every boot of CPU.
+    pub max_concurrent_boots: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            max_sandboxes: 100,
+            default_ttl: None,
+            default_idle_timeout: None,
+            data_dir: data_dir(),
+            reap_interval: Duration::from_secs(1),
+            health_interval: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            rpc_timeout: Duration::from_secs(30),
+            max_concurrent_boots: crate::host_cpus(),
+        }
+    }
+}
+
+/// A sandbox as [`SandboxManager::list`] reports it.
+pub type SandboxInfo = SandboxRecord;
+
+/// Owns every sandbox. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct SandboxManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    vmm: Arc<dyn Vmm>,
+    store: Arc<Store>,
+    config: ManagerConfig,
+    /// Sandboxes this process holds a connection to.
+    live: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
+    /// Creates in flight in this process (counted against the limit).
+    creating: AtomicUsize,
+    /// Turns to boot.
+    boots: tokio::sync::Semaphore,
+    reaper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl SandboxManager {
+    /// Opens the store, recovers what earlier processes left (live VMs are
+    /// kept, dead ones reaped, orphaned files removed) and starts the reaper.
+    pub async fn new(config: ManagerConfig, vmm: Arc<dyn Vmm>) -> Result<Self, CoreError> {
+        let path = config.data_dir.join("petty.db");
+        let store = Arc::new(blocking(move || Store::open(&path)).await?);
+        let inner = Arc::new(Inner {
+            vmm,
+            store,
+            config: config.clone(),
+            live: RwLock::new(HashMap::new()),
+            creating: AtomicUsize::new(0),
+            boots: tokio::sync::Semaphore::new(config.max_concurrent_boots.max(1)),
+            reaper: std::sync::Mutex::new(None),
+        });
+        let manager = Self { inner };
+        manager.recover().await?;
+        let task = tokio::spawn(reaper(Arc::downgrade(&manager.inner)));
+        *manager
+            .inner
+            .reaper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(manager)
+    }
+
+    /// The manager's configuration.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.inner.config
+    }
+
+    /// The SQLite file.
+    pub fn store_path(&self) -> &Path {
+        self.inner.store.path()
+    }
+
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, CoreError> + Send + 'static,
+    ) -> Result<T, CoreError> {
+        let store = self.inner.store.clone();
+        blocking(move || f(&store)).await
+    }
+
+    /// Creates a sandbox with the defaults.
+    pub async fn create_default(&self) -> Result<SandboxId, CoreError> {
+        self.create(SandboxConfig::default()).await
+    }
+
+    /// Boots a sandbox, records it, and returns its id. At the limit this
+    /// fails at once with [`CoreError::Capacity`]; a taken name with
+    /// [`CoreError::NameTaken`]. A failed create leaves nothing behind.
+    pub async fn create(&self, config: SandboxConfig) -> Result<SandboxId, CoreError> {
+        self.create_inner(config, false).await
+    }
+
+    pub(crate) async fn create_inner(
+        &self,
+        mut config: SandboxConfig,
+        pooled: bool,
+    ) -> Result<SandboxId, CoreError> {
+        config.validate()?;
+        config.ttl = config.ttl.or(self.inner.config.default_ttl);
+        config.idle_timeout = config
+            .idle_timeout
+            .or(self.inner.config.default_idle_timeout);
+        config.connect_timeout = self
+            .inner
+            .config
+            .connect_timeout
+            .min(config.connect_timeout);
+        let _slot = self.reserve_slot().await?;
+        let id = SandboxId::new();
+        let name = config.name.clone().unwrap_or_else(|| short_name(id));
+        let (kernel, rootfs) = crate::sandbox::resolve_assets(&config)?;
+        let now = now_ms();
+        let record = SandboxRecord {
+            id,
+            name: name.clone(),
+            state: SandboxState::Creating,
+            memory_mib: config.memory_mib,
+            vcpus: config.vcpu_count,
+            kernel: kernel.clone(),
+            rootfs: rootfs.clone(),
+            backend: self.inner.vmm.name().into(),
+            vmm_pid: None,
+            run_dir: None,
+            agent_socket: None,
+            owner_pid: std::process::id(),
+            pooled,
+            created_at_ms: now,
+            updated_at_ms: now,
+            last_used_ms: now,
+            ttl: config.ttl,
+            idle_timeout: config.idle_timeout,
+            reason: None,
+        };
+        // The row comes first: it reserves the name, and a crash from here on
+        // leaves a `creating` row that recovery cleans up.
+        self.db(move |s| s.insert(&record)).await?;
+        config.kernel = Some(kernel);
+        config.rootfs = Some(rootfs);
+        let booted = {
+            let _turn = self
+                .inner
+                .boots
+                .acquire()
+                .await
+                .expect("semaphore never closed");
+            Sandbox::boot(self.inner.vmm.as_ref(), config, id, name, true).await
+        };
+        let sandbox = match booted {
+            Ok(sb) => sb,
+            Err(e) => {
+                let reason = format!("create failed: {e}");
+                self.db(move |s| s.remove(id, &reason)).await?;
+                return Err(e);
+            }
+        };
+        let pid = sandbox.vmm_pid().await.unwrap_or_default();
+        let run_dir = sandbox.run_dir().await.unwrap_or_default();
+        let recorded = self
+            .db(move |s| {
+                s.set_vm(
+                    id,
+                    pid,
+                    &run_dir,
+                    &run_dir.join(petty_vmm::qemu::AGENT_SOCKET),
+                )?;
+                s.set_state(id, SandboxState::Ready, None)
+            })
+            .await;
+        if let Err(e) = recorded {
+            let _ = sandbox.stop_vm(false).await;
+            return Err(e);
+        }
+        self.inner.live.write().await.insert(id, Arc::new(sandbox));
+        tracing::info!(sandbox = %id, "sandbox created");
+        Ok(id)
+    }
+
+    /// Takes a slot under `max_sandboxes`, counting every process's
+    /// sandboxes (from the store) and this process's creates in flight.
+    async fn reserve_slot(&self) -> Result<SlotGuard, CoreError> {
+        let max = self.inner.config.max_sandboxes;
+        let in_flight = self.inner.creating.fetch_add(1, Ordering::SeqCst);
+        let guard = SlotGuard(self.inner.clone());
+        let existing = self.db(|s| s.count_with_vm()).await?;
+        if existing + in_flight >= max {
+            return Err(CoreError::Capacity { max });
+        }
+        Ok(guard)
+    }
+
+    /// Adds a sandbox created elsewhere (with [`Sandbox::create`]) to the
+    /// manager. On failure the sandbox comes back with the error, so the
+    /// caller can destroy it.
+    pub async fn register(&self, sandbox: Sandbox) -> Result<SandboxId, (CoreError, Sandbox)> {
+        let id = sandbox.id();
+        let slot = match self.reserve_slot().await {
+            Ok(s) => s,
+            Err(e) => return Err((e, sandbox)),
+        };
+        let now = now_ms();
+        let cfg = sandbox.config();
+        let record = SandboxRecord {
+            id,
+            name: sandbox.name().to_string(),
+            state: sandbox.state(),
+            memory_mib: cfg.memory_mib,
+            vcpus: cfg.vcpu_count,
+            kernel: cfg.kernel.clone().unwrap_or_default(),
+            rootfs: cfg.rootfs.clone().unwrap_or_default(),
+            backend: self.inner.vmm.name().into(),
+            vmm_pid: sandbox.vmm_pid().await,
+            run_dir: sandbox.run_dir().await,
+            agent_socket: sandbox
+                .run_dir()
+                .await
+                .map(|d| d.join(petty_vmm::qemu::AGENT_SOCKET)),
+            owner_pid: std::process::id(),
+            pooled: false,
+            created_at_ms: sandbox.created_at_ms(),
+            updated_at_ms: now,
+            last_used_ms: now,
+            ttl: cfg.ttl.or(self.inner.config.default_ttl),
+            idle_timeout: cfg.idle_timeout.or(self.inner.config.default_idle_timeout),
+            reason: None,
+        };
+        if let Err(e) = self.db(move |s| s.insert(&record)).await {
+            return Err((e, sandbox));
+        }
+        drop(slot);
+        self.inner.live.write().await.insert(id, Arc::new(sandbox));
+        Ok(id)
+    }
+
+    /// The record of the sandbox with this id or name.
+    pub async fn info(&self, key: &str) -> Result<SandboxInfo, CoreError> {
+        let k = key.to_string();
+        self.db(move |s| s.get(&k))
+            .await?
+            .ok_or_else(|| CoreError::NotFound(key.to_string()))
+    }
+
+    /// Why a removed sandbox went (most recent first).
+    pub async fn history(&self, key: &str) -> Result<Vec<HistoryRecord>, CoreError> {
+        let k = key.to_string();
+        self.db(move |s| s.history(&k)).await
+    }
+
+    /// The live sandbox with this id or name, attaching to it if another
+    /// process created it.
+    pub async fn get(&self, key: &str) -> Result<Arc<Sandbox>, CoreError> {
+        let record = self.info(key).await?;
+        if let Some(sb) = self.inner.live.read().await.get(&record.id) {
+            return Ok(sb.clone());
+        }
+        if !matches!(record.state, SandboxState::Ready | SandboxState::Paused) {
+            return Err(CoreError::InvalidState {
+                id: record.name.clone(),
+                state: record.state.to_string(),
+                hint: match &record.reason {
+                    Some(r) if r != record.state.as_str() => {
+                        format!("{r}; remove it with `petty rm {}`", record.name)
+                    }
+                    _ => format!("remove it with `petty rm {}`", record.name),
+                },
+            });
+        }
+        let attached = Sandbox::attach(
+            self.inner.vmm.as_ref(),
+            &record,
+            self.inner.config.connect_timeout,
+            self.inner.config.rpc_timeout,
+        )
+        .await;
+        let sandbox = match attached {
+            Ok(sb) => Arc::new(sb),
+            Err(CoreError::Vm(petty_vmm::VmmError::Gone { .. })) => {
+                // Its VM died while no process watched: reap it now.
+                self.reap(&record, "its VMM process is gone").await?;
+                return Err(CoreError::NotFound(format!(
+                    "{key} (its VM had died; it was removed)"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut live = self.inner.live.write().await;
+        Ok(live.entry(record.id).or_insert(sandbox).clone())
+    }
+
+    /// Runs `f` with the sandbox `key` (attaching if needed) and records the use.
+    pub async fn with_sandbox_async<F, Fut, T>(&self, key: &str, f: F) -> Result<T, CoreError>
+    where
+        F: FnOnce(Arc<Sandbox>) -> Fut,
+        Fut: Future<Output = Result<T, CoreError>>,
+    {
+        let sb = self.get(key).await?;
+        let id = sb.id();
+        let out = f(sb).await;
+        // Idle timeouts are judged from the store, by any process.
+        let _ = self.db(move |s| s.touch(id)).await;
+        out
+    }
+
+    /// Runs a shell command in `key`.
+    pub async fn execute(&self, key: &str, script: &str) -> Result<ExecResult, CoreError> {
+        let script = script.to_string();
+        self.with_sandbox_async(key, |sb| async move { sb.execute(&script).await })
+            .await
+    }
+
+    /// Runs an exec request (argv or shell, env, cwd, timeout) in `key`.
+    pub async fn exec(
+        &self,
+        key: &str,
+        req: ExecRequest,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecResult, CoreError> {
+        self.with_sandbox_async(key, |sb| async move { sb.exec(req, stdin).await })
+            .await
+    }
+
+    /// Runs `code` in `language` in `key`.
+    pub async fn execute_code(
+        &self,
+        key: &str,
+        language: &str,
+        code: &str,
+    ) -> Result<ExecResult, CoreError> {
+        let (language, code) = (language.to_string(), code.to_string());
+        self.with_sandbox_async(
+            key,
+            |sb| async move { sb.execute_code(&language, &code).await },
+        )
+        .await
+    }
+
+    /// Reads a file from `key`.
+    pub async fn read_file(&self, key: &str, path: &str) -> Result<Vec<u8>, CoreError> {
+        let path = path.to_string();
+        self.with_sandbox_async(key, |sb| async move { sb.read_file(&path).await })
+            .await
+    }
+
+    /// Writes a file in `key`.
+    pub async fn write_file(&self, key: &str, path: &str, data: &[u8]) -> Result<(), CoreError> {
+        let path = path.to_string();
+        self.with_sandbox_async(key, |sb| async move { sb.write_file(&path, data).await })
+            .await
+    }
+
+    /// Lists a directory in `key`.
+    pub async fn list_dir(&self, key: &str, path: &str) -> Result<Vec<FileEntry>, CoreError> {
+        let path = path.to_string();
+        self.with_sandbox_async(key, |sb| async move { sb.list_dir(&path).await })
+            .await
+    }
+
+    /// Every sandbox in the store, oldest first (pooled ones included).
+    pub async fn list(&self) -> Result<Vec<SandboxInfo>, CoreError> {
+        self.db(|s| s.list()).await
+    }
+
+    /// How many sandboxes hold a VM, across processes.
+    pub async fn count(&self) -> Result<usize, CoreError> {
+        self.db(|s| s.count_with_vm()).await
+    }
+
+    /// True when a sandbox with this id or name exists (in any state).
+    pub async fn exists(&self, key: &str) -> Result<bool, CoreError> {
+        let k = key.to_string();
+        Ok(self.db(move |s| s.get(&k)).await?.is_some())
+    }
+
+    /// Freezes a sandbox's guest.
+    pub async fn pause(&self, key: &str) -> Result<(), CoreError> {
+        let sb = self.get(key).await?;
+        sb.pause().await?;
+        let id = sb.id();
+        self.db(move |s| s.set_state(id, SandboxState::Paused, None))
+            .await
+    }
+
+    /// Resumes a paused sandbox.
+    pub async fn resume(&self, key: &str) -> Result<(), CoreError> {
+        let sb = self.get(key).await?;
+        sb.resume().await?;
+        let id = sb.id();
+        self.db(move |s| s.set_state(id, SandboxState::Ready, None))
+            .await
+    }
+
+    /// Shuts a sandbox's VM down (gracefully when `graceful`, else SIGKILL)
+    /// and keeps its record as `stopped` until [`destroy`](Self::destroy).
+    pub async fn stop(&self, key: &str, graceful: bool) -> Result<(), CoreError> {
+        let record = self.info(key).await?;
+        let reason = if graceful { "stopped" } else { "killed" };
+        if record.state.has_vm() {
+            self.stop_vm(&record).await?;
+        }
+        let id = record.id;
+        self.db(move |s| s.set_state(id, SandboxState::Stopped, Some(reason)))
+            .await
+    }
+
+    /// Stops the VM of `record`, whether this process holds it or not.
+    async fn stop_vm(&self, record: &SandboxRecord) -> Result<(), CoreError> {
+        let held = self.inner.live.write().await.remove(&record.id);
+        if let Some(sb) = held {
+            return sb.stop_vm(true).await;
+        }
+        match (record.vmm_pid, &record.run_dir) {
+            (Some(pid), Some(_)) => match self.inner.vmm.attach(&record.id.to_string(), pid) {
+                Ok(vm) => vm.stop().await.map_err(CoreError::from),
+                Err(_) => remove_run_dir(record.run_dir.as_deref()),
+            },
+            _ => remove_run_dir(record.run_dir.as_deref()),
+        }
+    }
+
+    /// Destroys a sandbox: kills its VM, removes its files and its record.
+    pub async fn destroy(&self, key: &str) -> Result<(), CoreError> {
+        let record = self.info(key).await?;
+        self.reap(&record, "destroyed").await
+    }
+
+    /// Kills the VM of `record`, removes its files and moves its row to the
+    /// history with `reason`.
+    async fn reap(&self, record: &SandboxRecord, reason: &str) -> Result<(), CoreError> {
+        let stopped = self.stop_vm(record).await;
+        let id = record.id;
+        let reason = reason.to_string();
+        self.db(move |s| s.remove(id, &reason)).await?;
+        tracing::info!(sandbox = %record.id, name = %record.name, "sandbox removed");
+        stopped
+    }
+
+    /// Destroys every sandbox (pooled ones included).
+    pub async fn destroy_all(&self) -> Result<(), CoreError> {
+        let mut first_err = None;
+        for r in self.list().await? {
+            if let Err(e) = self.reap(&r, "destroyed (destroy_all)").await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Reconciles the store with what runs: keeps live VMs, reaps the rows
+    /// of dead ones and of creates whose process died, and removes run
+    /// directories that belong to no row.
+    pub async fn recover(&self) -> Result<(), CoreError> {
+        let records = self.list().await?;
+        for r in &records {
+            let vm_alive = match (r.vmm_pid, &r.run_dir) {
+                (Some(pid), Some(dir)) => vmm_alive(pid, dir),
+                _ => false,
+            };
+            let owner_gone = !petty_vmm::pid_alive(r.owner_pid);
+            let reason = match r.state {
+                SandboxState::Creating if owner_gone => Some("its create was interrupted"),
+                _ if r.pooled && owner_gone => Some("its warm pool's process ended"),
+                s if s.has_vm() && s != SandboxState::Creating && !vm_alive => {
+                    Some("its VMM process is gone")
+                }
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                tracing::info!(sandbox = %r.id, %reason, "recovery removes sandbox");
+                self.reap(r, reason).await?;
+            }
+        }
+        // Run directories of detached VMs that no row claims.
+        let known: std::collections::HashSet<String> =
+            records.iter().map(|r| r.id.to_string()).collect();
+        let root = self.inner.vmm.root().to_path_buf();
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if known.contains(&name) || !dir.join(DETACHED_MARKER).exists() {
+                    continue;
+                }
+                // A create in another process writes its row before its run
+                // directory, so a directory without a row is an orphan.
+                if let Ok(pid) = std::fs::read_to_string(dir.join(petty_vmm::PID_FILE)) {
+                    if let Ok(pid) = pid.trim().parse::<u32>() {
+                        if let Ok(vm) = self.inner.vmm.attach(&name, pid) {
+                            let _ = vm.stop().await;
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass of the reaper: lifetimes from the store (any process's
+    /// sandboxes), health of the sandboxes this process holds.
+    async fn reap_once(&self, check_health: bool) -> Result<(), CoreError> {
+        let now = now_ms();
+        for r in self.list().await? {
+            if r.pooled || !matches!(r.state, SandboxState::Ready | SandboxState::Paused) {
+                continue;
+            }
+            let age = Duration::from_millis((now - r.created_at_ms).max(0) as u64);
+            let idle = Duration::from_millis((now - r.last_used_ms).max(0) as u64);
+            let reason = match (r.ttl, r.idle_timeout) {
+                (Some(ttl), _) if age >= ttl => format!("ttl expired ({} s)", ttl.as_secs_f64()),
+                (_, Some(limit)) if idle >= limit && r.state == SandboxState::Ready => {
+                    format!("idle for {} s", limit.as_secs_f64())
+                }
+                _ => continue,
+            };
+            tracing::info!(sandbox = %r.id, %reason, "reaper destroys sandbox");
+            self.reap(&r, &reason).await?;
+        }
+        if check_health {
+            let held: Vec<_> = self.inner.live.read().await.values().cloned().collect();
+            for sb in held {
+                if !matches!(sb.state(), SandboxState::Ready | SandboxState::Paused) {
+                    continue;
+                }
+                if let Err(why) = sb.health().await {
+                    tracing::warn!(sandbox = %sb.id(), %why, "sandbox failed its health check");
+                    sb.fail().await;
+                    self.inner.live.write().await.remove(&sb.id());
+                    let id = sb.id();
+                    let reason = format!("health check: {why}");
+                    self.db(move |s| s.set_state(id, SandboxState::Failed, Some(&reason)))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one reaper pass now (the background task does this every
+    /// `reap_interval`); useful before listing.
+    pub async fn reap_now(&self) -> Result<(), CoreError> {
+        self.reap_once(true).await
+    }
+
+    /// Drops this process's hold on every sandbox: their VMs keep running.
+    pub async fn release_all(&self) {
+        self.inner.live.write().await.clear();
+    }
+
+    pub(crate) async fn unpool(&self, id: SandboxId) -> Result<(), CoreError> {
+        self.db(move |s| s.unpool(id)).await
+    }
+}
+
+/// Releases a capacity slot when dropped.
+struct SlotGuard(Arc<Inner>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.creating.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn reaper(inner: Weak<Inner>) {
+    let mut last_health = tokio::time::Instant::now();
+    loop {
+        let interval = match inner.upgrade() {
+            Some(i) => i.config.reap_interval,
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let check_health = last_health.elapsed() >= inner.config.health_interval;
+        if check_health {
+            last_health = tokio::time::Instant::now();
+        }
+        let manager = SandboxManager { inner };
+        if let Err(e) = manager.reap_once(check_health).await {
+            tracing::warn!("reaper pass failed: {e}");
+        }
+    }
+}
+
+fn short_name(id: SandboxId) -> String {
+    format!("sb-{}", &id.to_string()[..8])
+}
+
+fn remove_run_dir(dir: Option<&Path>) -> Result<(), CoreError> {
+    match dir.map(std::fs::remove_dir_all) {
+        Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CoreError> + Send + 'static,
+) -> Result<T, CoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CoreError::Io(std::io::Error::other(e)))?
+}

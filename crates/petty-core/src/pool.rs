@@ -1,0 +1,229 @@
+//! A warm pool: ready sandboxes booted ahead of demand, handed out at once.
+//!
+//! A background task keeps `min_size` sandboxes ready, booting at most
+//! `max_concurrent_boots` at a time. [`SandboxPool::acquire`] takes a warm one
+//! when there is one (a hit) and boots one on the spot otherwise (a miss);
+//! either way the refill starts at once. Pooled sandboxes are ordinary
+//! managed sandboxes marked `pooled` in the store, so they count against the
+//! manager's limit, and recovery reaps them if their process dies.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::{CoreError, SandboxConfig, SandboxId, SandboxManager};
+
+/// How a pool behaves.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Ready sandboxes to keep (default 3).
+    pub min_size: usize,
+    /// Boots in flight at once (default 2).
+    pub max_concurrent_boots: usize,
+    /// How often the pool checks its size (default 1 s); it also refills at
+    /// once after every acquire.
+    pub fill_interval: Duration,
+    /// How each pooled sandbox is built.
+    pub sandbox_config: SandboxConfig,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_size: 3,
+            max_concurrent_boots: 2,
+            fill_interval: Duration::from_secs(1),
+            sandbox_config: SandboxConfig::default(),
+        }
+    }
+}
+
+/// What a pool has done.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolStats {
+    /// Acquires served from a warm sandbox.
+    pub warm_hits: u64,
+    /// Acquires that had to boot one.
+    pub cold_misses: u64,
+    /// Sandboxes the pool booted for itself.
+    pub created: u64,
+    /// Sandboxes the pool destroyed (at shutdown).
+    pub destroyed: u64,
+    /// `warm_hits / (warm_hits + cold_misses)`, 0 before any acquire.
+    pub hit_rate: f64,
+}
+
+/// A warm pool over a [`SandboxManager`]. Cheap to clone.
+#[derive(Clone)]
+pub struct SandboxPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    manager: SandboxManager,
+    config: PoolConfig,
+    ready: Mutex<VecDeque<SandboxId>>,
+    booting: AtomicUsize,
+    running: AtomicBool,
+    wake: Notify,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    warm_hits: AtomicU64,
+    cold_misses: AtomicU64,
+    created: AtomicU64,
+    destroyed: AtomicU64,
+}
+
+impl SandboxPool {
+    /// A pool (not yet filling: call [`start`](Self::start)).
+    pub fn new(manager: SandboxManager, config: PoolConfig) -> Self {
+        Self {
+            inner: Arc::new(PoolInner {
+                manager,
+                config,
+                ready: Mutex::new(VecDeque::new()),
+                booting: AtomicUsize::new(0),
+                running: AtomicBool::new(false),
+                wake: Notify::new(),
+                task: Mutex::new(None),
+                warm_hits: AtomicU64::new(0),
+                cold_misses: AtomicU64::new(0),
+                created: AtomicU64::new(0),
+                destroyed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Starts filling in the background.
+    pub fn start(&self) {
+        if self.inner.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            while inner.running.load(Ordering::SeqCst) {
+                fill(&inner);
+                tokio::select! {
+                    _ = tokio::time::sleep(inner.config.fill_interval) => {}
+                    _ = inner.wake.notified() => {}
+                }
+            }
+        });
+        *lock(&self.inner.task) = Some(task);
+    }
+
+    /// A ready sandbox: a warm one at once if there is one, else a fresh boot.
+    /// The caller owns it from here (destroy it through the manager).
+    pub async fn acquire(&self) -> Result<SandboxId, CoreError> {
+        let warm = lock(&self.inner.ready).pop_front();
+        self.inner.wake.notify_one();
+        if let Some(id) = warm {
+            self.inner.warm_hits.fetch_add(1, Ordering::Relaxed);
+            // Handing out is a row update; the VM is already up.
+            self.inner.manager.unpool(id).await?;
+            return Ok(id);
+        }
+        self.inner.cold_misses.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .manager
+            .create(self.inner.config.sandbox_config.clone())
+            .await
+    }
+
+    /// Warm sandboxes ready now.
+    pub fn size(&self) -> usize {
+        lock(&self.inner.ready).len()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PoolStats {
+        let i = &self.inner;
+        let hits = i.warm_hits.load(Ordering::Relaxed);
+        let misses = i.cold_misses.load(Ordering::Relaxed);
+        PoolStats {
+            warm_hits: hits,
+            cold_misses: misses,
+            created: i.created.load(Ordering::Relaxed),
+            destroyed: i.destroyed.load(Ordering::Relaxed),
+            hit_rate: if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            },
+        }
+    }
+
+    /// True between [`start`](Self::start) and [`shutdown`](Self::shutdown).
+    pub fn is_running(&self) -> bool {
+        self.inner.running.load(Ordering::SeqCst)
+    }
+
+    /// Stops filling, waits for boots in flight, and destroys every
+    /// sandbox the pool still holds.
+    pub async fn shutdown(&self) -> Result<(), CoreError> {
+        self.inner.running.store(false, Ordering::SeqCst);
+        self.inner.wake.notify_one();
+        let task = lock(&self.inner.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        while self.inner.booting.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let held: Vec<_> = lock(&self.inner.ready).drain(..).collect();
+        let mut first_err = None;
+        for id in held {
+            match self.inner.manager.destroy(&id.to_string()).await {
+                Ok(()) => {
+                    self.inner.destroyed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Starts as many boots as the pool is short, within the boot limit.
+fn fill(inner: &Arc<PoolInner>) {
+    loop {
+        let ready = lock(&inner.ready).len();
+        let booting = inner.booting.load(Ordering::SeqCst);
+        if !inner.running.load(Ordering::SeqCst)
+            || ready + booting >= inner.config.min_size
+            || booting >= inner.config.max_concurrent_boots
+        {
+            return;
+        }
+        inner.booting.fetch_add(1, Ordering::SeqCst);
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let result = inner
+                .manager
+                .create_inner(inner.config.sandbox_config.clone(), true)
+                .await;
+            match result {
+                Ok(id) => {
+                    inner.created.fetch_add(1, Ordering::Relaxed);
+                    lock(&inner.ready).push_back(id);
+                    inner.booting.fetch_sub(1, Ordering::SeqCst);
+                    inner.wake.notify_one();
+                }
+                Err(e) => {
+                    // At capacity or out of assets: try again next interval,
+                    // not at once.
+                    tracing::warn!("warm pool could not boot a sandbox: {e}");
+                    inner.booting.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

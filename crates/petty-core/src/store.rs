@@ -1,0 +1,433 @@
+//! Sandbox state in SQLite: one row per sandbox that exists (running or
+//! stopped), and a history row for each one that was removed, with why.
+//!
+//! Several processes (CLI invocations, a daemon) share one database file;
+//! WAL mode and a busy timeout let them take turns. Calls are blocking: the
+//! manager runs them on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::{CoreError, SandboxId, SandboxState};
+
+/// One sandbox as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRecord {
+    /// Unique id.
+    pub id: SandboxId,
+    /// Unique, user-chosen or derived from the id.
+    pub name: String,
+    /// Where it is in its life.
+    pub state: SandboxState,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Kernel it boots.
+    pub kernel: PathBuf,
+    /// Base root filesystem.
+    pub rootfs: PathBuf,
+    /// VMM backend name (`qemu`).
+    pub backend: String,
+    /// VMM process id, once started.
+    pub vmm_pid: Option<u32>,
+    /// Run directory (sockets, overlay, logs).
+    pub run_dir: Option<PathBuf>,
+    /// Agent socket path.
+    pub agent_socket: Option<PathBuf>,
+    /// Process that created it (for recovery of interrupted creates and pools).
+    pub owner_pid: u32,
+    /// Held by a warm pool, not yet handed out.
+    pub pooled: bool,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: i64,
+    /// Last state change, ms since the epoch.
+    pub updated_at_ms: i64,
+    /// Last use (exec or file operation), ms since the epoch.
+    pub last_used_ms: i64,
+    /// Destroy this long after creation.
+    pub ttl: Option<Duration>,
+    /// Destroy after this long without use.
+    pub idle_timeout: Option<Duration>,
+    /// Why it is stopped or failed.
+    pub reason: Option<String>,
+}
+
+/// A removed sandbox and why it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRecord {
+    /// Its id.
+    pub id: SandboxId,
+    /// Its name.
+    pub name: String,
+    /// When it was removed, ms since the epoch.
+    pub ended_at_ms: i64,
+    /// Why.
+    pub reason: String,
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    state         TEXT NOT NULL,
+    memory_mib    INTEGER NOT NULL,
+    vcpus         INTEGER NOT NULL,
+    kernel        TEXT NOT NULL,
+    rootfs        TEXT NOT NULL,
+    backend       TEXT NOT NULL,
+    vmm_pid       INTEGER,
+    run_dir       TEXT,
+    agent_socket  TEXT,
+    owner_pid     INTEGER NOT NULL,
+    pooled        INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    last_used_at  INTEGER NOT NULL,
+    ttl_ms        INTEGER,
+    idle_ms       INTEGER,
+    reason        TEXT
+);
+CREATE TABLE IF NOT EXISTS history (
+    id        TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    ended_at  INTEGER NOT NULL,
+    reason    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_id ON history(id);
+";
+
+/// The SQLite file.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn db_err(path: &Path, e: rusqlite::Error) -> CoreError {
+    CoreError::Store {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, CoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path).map_err(|e| db_err(path, e))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| db_err(path, e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| db_err(path, e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| db_err(path, e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| db_err(path, e))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, CoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn).map_err(|e| db_err(&self.path, e))
+    }
+
+    /// Adds a new sandbox. A taken name is [`CoreError::NameTaken`].
+    pub fn insert(&self, r: &SandboxRecord) -> Result<(), CoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let res = conn.execute(
+            "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
+                vmm_pid, run_dir, agent_socket, owner_pid, pooled, created_at, updated_at,
+                last_used_at, ttl_ms, idle_ms, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            params![
+                r.id.to_string(),
+                r.name,
+                r.state.as_str(),
+                r.memory_mib,
+                r.vcpus,
+                r.kernel.display().to_string(),
+                r.rootfs.display().to_string(),
+                r.backend,
+                r.vmm_pid,
+                r.run_dir.as_ref().map(|p| p.display().to_string()),
+                r.agent_socket.as_ref().map(|p| p.display().to_string()),
+                r.owner_pid,
+                r.pooled,
+                r.created_at_ms,
+                r.updated_at_ms,
+                r.last_used_ms,
+                r.ttl.map(|d| d.as_millis() as i64),
+                r.idle_timeout.map(|d| d.as_millis() as i64),
+                r.reason,
+            ],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(CoreError::NameTaken(r.name.clone()))
+            }
+            Err(e) => Err(db_err(&self.path, e)),
+        }
+    }
+
+    /// Records the VM of a sandbox once it runs.
+    pub fn set_vm(
+        &self,
+        id: SandboxId,
+        pid: u32,
+        run_dir: &Path,
+        agent_socket: &Path,
+    ) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET vmm_pid = ?2, run_dir = ?3, agent_socket = ?4, updated_at = ?5 WHERE id = ?1",
+                params![
+                    id.to_string(),
+                    pid,
+                    run_dir.display().to_string(),
+                    agent_socket.display().to_string(),
+                    now_ms()
+                ],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Sets the state (and the reason, for stopped and failed ones).
+    pub fn set_state(
+        &self,
+        id: SandboxId,
+        state: SandboxState,
+        reason: Option<&str>,
+    ) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id.to_string(), state.as_str(), reason, now_ms()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Marks a pooled sandbox as handed out.
+    pub fn unpool(&self, id: SandboxId) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET pooled = 0, last_used_at = ?2, owner_pid = ?3 WHERE id = ?1",
+                params![id.to_string(), now_ms(), std::process::id()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Records a use, for the idle timeout.
+    pub fn touch(&self, id: SandboxId) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET last_used_at = ?2 WHERE id = ?1",
+                params![id.to_string(), now_ms()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Removes a sandbox's row and records why in the history.
+    pub fn remove(&self, id: SandboxId, reason: &str) -> Result<(), CoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction().map_err(|e| db_err(&self.path, e))?;
+        tx.execute(
+            "INSERT INTO history (id, name, ended_at, reason)
+             SELECT id, name, ?2, ?3 FROM sandboxes WHERE id = ?1",
+            params![id.to_string(), now_ms(), reason],
+        )
+        .map_err(|e| db_err(&self.path, e))?;
+        tx.execute(
+            "DELETE FROM sandboxes WHERE id = ?1",
+            params![id.to_string()],
+        )
+        .map_err(|e| db_err(&self.path, e))?;
+        tx.commit().map_err(|e| db_err(&self.path, e))
+    }
+
+    /// The sandbox with this id or name.
+    pub fn get(&self, key: &str) -> Result<Option<SandboxRecord>, CoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT * FROM sandboxes WHERE id = ?1 OR name = ?1",
+                params![key],
+                from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// Every sandbox, oldest first.
+    pub fn list(&self) -> Result<Vec<SandboxRecord>, CoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT * FROM sandboxes ORDER BY created_at, name")?;
+            let rows = stmt.query_map([], from_row)?;
+            rows.collect()
+        })
+    }
+
+    /// How many sandboxes hold a VM (anything but stopped and failed).
+    pub fn count_with_vm(&self) -> Result<usize, CoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM sandboxes WHERE state IN ('creating', 'ready', 'paused', 'stopping')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n as usize)
+    }
+
+    /// The history of a removed sandbox (most recent first).
+    pub fn history(&self, key: &str) -> Result<Vec<HistoryRecord>, CoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, ended_at, reason FROM history WHERE id = ?1 OR name = ?1 ORDER BY ended_at DESC",
+            )?;
+            let rows = stmt.query_map(params![key], |r| {
+                Ok(HistoryRecord {
+                    id: parse_id(r.get::<_, String>(0)?)?,
+                    name: r.get(1)?,
+                    ended_at_ms: r.get(2)?,
+                    reason: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+fn parse_id(s: String) -> rusqlite::Result<SandboxId> {
+    s.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
+    let state: String = r.get("state")?;
+    let ms = |v: Option<i64>| v.map(|v| Duration::from_millis(v.max(0) as u64));
+    Ok(SandboxRecord {
+        id: parse_id(r.get("id")?)?,
+        name: r.get("name")?,
+        state: SandboxState::parse(&state).unwrap_or(SandboxState::Failed),
+        memory_mib: r.get("memory_mib")?,
+        vcpus: r.get("vcpus")?,
+        kernel: PathBuf::from(r.get::<_, String>("kernel")?),
+        rootfs: PathBuf::from(r.get::<_, String>("rootfs")?),
+        backend: r.get("backend")?,
+        vmm_pid: r.get("vmm_pid")?,
+        run_dir: r.get::<_, Option<String>>("run_dir")?.map(PathBuf::from),
+        agent_socket: r
+            .get::<_, Option<String>>("agent_socket")?
+            .map(PathBuf::from),
+        owner_pid: r.get("owner_pid")?,
+        pooled: r.get("pooled")?,
+        created_at_ms: r.get("created_at")?,
+        updated_at_ms: r.get("updated_at")?,
+        last_used_ms: r.get("last_used_at")?,
+        ttl: ms(r.get("ttl_ms")?),
+        idle_timeout: ms(r.get("idle_ms")?),
+        reason: r.get("reason")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> SandboxRecord {
+        let now = now_ms();
+        SandboxRecord {
+            id: SandboxId::new(),
+            name: name.into(),
+            state: SandboxState::Creating,
+            memory_mib: 256,
+            vcpus: 2,
+            kernel: "/k".into(),
+            rootfs: "/r".into(),
+            backend: "qemu".into(),
+            vmm_pid: None,
+            run_dir: None,
+            agent_socket: None,
+            owner_pid: std::process::id(),
+            pooled: false,
+            created_at_ms: now,
+            updated_at_ms: now,
+            last_used_ms: now,
+            ttl: Some(Duration::from_secs(2)),
+            idle_timeout: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn rows_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petty.db");
+        let r = record("alpha");
+        {
+            let s = Store::open(&path).unwrap();
+            s.insert(&r).unwrap();
+            s.set_vm(
+                r.id,
+                42,
+                Path::new("/run/x"),
+                Path::new("/run/x/agent.sock"),
+            )
+            .unwrap();
+            s.set_state(r.id, SandboxState::Ready, None).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let got = s.get("alpha").unwrap().unwrap();
+        assert_eq!(
+            (got.id, got.vmm_pid, got.state),
+            (r.id, Some(42), SandboxState::Ready)
+        );
+        assert_eq!(got.ttl, Some(Duration::from_secs(2)));
+        assert_eq!(s.get(&r.id.to_string()).unwrap().unwrap().name, "alpha");
+        assert_eq!(s.count_with_vm().unwrap(), 1);
+    }
+
+    #[test]
+    fn duplicate_names_are_refused_and_removal_keeps_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("petty.db")).unwrap();
+        let a = record("same");
+        s.insert(&a).unwrap();
+        match s.insert(&record("same")) {
+            Err(CoreError::NameTaken(n)) => assert_eq!(n, "same"),
+            other => panic!("{other:?}"),
+        }
+        s.remove(a.id, "ttl expired").unwrap();
+        assert!(s.get("same").unwrap().is_none());
+        let h = s.history("same").unwrap();
+        assert_eq!((h.len(), h[0].reason.as_str()), (1, "ttl expired"));
+        s.insert(&record("same")).unwrap();
+    }
+}

@@ -1,0 +1,231 @@
+//! Sandboxes that outlive the command that made them: `create`, `exec`,
+//! `cp`, `ls`, `stop`, `kill`, `rm`. State lives in SQLite under the data
+//! directory; every command opens a manager on it, which also reaps what
+//! expired or died since the last one.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use petty_core::{ExecRequest, ManagerConfig, SandboxConfig, SandboxManager, SandboxState};
+use petty_vmm::qemu::QemuVmm;
+use petty_vmm::{runtime_root, AccelChoice};
+use tokio::io::AsyncWriteExt;
+
+use crate::cli::{ensure_assets, parse_env};
+
+/// Opens the manager on the default data and run directories.
+pub async fn manager() -> anyhow::Result<SandboxManager> {
+    let vmm = Arc::new(QemuVmm::new(AccelChoice::detect(), runtime_root()));
+    Ok(SandboxManager::new(ManagerConfig::default(), vmm).await?)
+}
+
+/// Arguments of `petty create`.
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Name to refer to it by (default: derived from its id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub vcpus: u32,
+    /// Destroy it this many seconds after creation.
+    #[arg(long, value_name = "SECS")]
+    pub ttl: Option<f64>,
+    /// Destroy it after this many seconds without an exec or file operation.
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+}
+
+fn secs(flag: &str, v: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match v {
+        Some(s) if !(s > 0.0 && s.is_finite()) => {
+            bail!("--{flag} {s} must be a positive number of seconds")
+        }
+        Some(s) => Ok(Some(Duration::from_secs_f64(s))),
+        None => Ok(None),
+    }
+}
+
+pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
+    let mut b = SandboxConfig::builder()
+        .memory_mib(args.memory_mib)
+        .vcpu_count(args.vcpus);
+    if let Some(n) = args.name {
+        b = b.name(n);
+    }
+    if let Some(t) = secs("ttl", args.ttl)? {
+        b = b.ttl(t);
+    }
+    if let Some(t) = secs("idle-timeout", args.idle_timeout)? {
+        b = b.idle_timeout(t);
+    }
+    let config = b.build()?;
+    let vmm = QemuVmm::new(AccelChoice::detect(), runtime_root());
+    vmm.find_binary()?;
+    ensure_assets(true).await?;
+    eprintln!("{}", vmm.accel().notice());
+    let manager = manager().await?;
+    let id = manager.create(config).await?;
+    let info = manager.info(&id.to_string()).await?;
+    println!("{}", info.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `petty exec`.
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Kill the command (and everything it started) after this many seconds; exit code 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Set an environment variable for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest (default /root).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Forward this process's stdin to the command.
+    #[arg(long, short = 'i')]
+    pub stdin: bool,
+    /// The sandbox's name or id.
+    pub sandbox: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+pub async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let timeout_ms = secs("timeout", args.timeout)?.map(|d| d.as_millis() as u64);
+    let manager = manager().await?;
+    let sandbox = manager.get(&args.sandbox).await?;
+    let mut req = ExecRequest::argv(args.command);
+    req.env = args.env;
+    req.cwd = args.cwd;
+    req.stdin = args.stdin;
+    req.timeout_ms = timeout_ms;
+    let id = sandbox.id().to_string();
+    let code = tokio::select! {
+        r = crate::run::stream(&sandbox, req, args.stdin, args.timeout) => r?,
+        code = crate::run::interrupted() => code,
+    };
+    // Record the use for idle timeouts.
+    manager
+        .with_sandbox_async(&id, |_| async { Ok(()) })
+        .await?;
+    Ok(ExitCode::from(code))
+}
+
+/// `NAME:/path` or a host path.
+enum Place {
+    Host(std::path::PathBuf),
+    Guest { sandbox: String, path: String },
+}
+
+fn place(s: &str) -> Place {
+    match s.split_once(':') {
+        Some((sb, path)) if !sb.is_empty() && !sb.contains('/') => Place::Guest {
+            sandbox: sb.to_string(),
+            path: path.to_string(),
+        },
+        _ => Place::Host(s.into()),
+    }
+}
+
+pub async fn cp(src: String, dst: String) -> anyhow::Result<ExitCode> {
+    let manager = manager().await?;
+    match (place(&src), place(&dst)) {
+        (Place::Host(from), Place::Guest { sandbox, path }) => {
+            let file = tokio::fs::File::open(&from)
+                .await
+                .with_context(|| format!("opening {}", from.display()))?;
+            let mode = {
+                use std::os::unix::fs::PermissionsExt;
+                file.metadata().await?.permissions().mode() & 0o7777
+            };
+            let sb = manager.get(&sandbox).await?;
+            let n = sb.agent().write_file_from(&path, file, Some(mode)).await?;
+            eprintln!("petty: copied {n} bytes to {sandbox}:{path}");
+        }
+        (Place::Guest { sandbox, path }, Place::Host(to)) => {
+            let sb = manager.get(&sandbox).await?;
+            let tmp = to.with_extension("petty-partial");
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let copied = sb.agent().read_file_into(&path, &mut file, u64::MAX).await;
+            file.flush().await?;
+            match copied {
+                Ok(n) => {
+                    tokio::fs::rename(&tmp, &to).await?;
+                    eprintln!("petty: copied {n} bytes from {sandbox}:{path}");
+                }
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        _ => bail!("one side must be a sandbox path (NAME:/path) and the other a host path\nhint: petty cp ./file.txt mybox:/root/file.txt"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn ls(all: bool) -> anyhow::Result<ExitCode> {
+    let manager = manager().await?;
+    // Lifetimes are enforced by whichever petty process runs: this one, now.
+    manager.reap_now().await?;
+    let now = petty_core::store::now_ms();
+    println!(
+        "{:<20} {:<36} {:<8} {:>6} {:>5} {:>8} {:>8}",
+        "NAME", "ID", "STATE", "MEM", "VCPUS", "AGE", "PID"
+    );
+    for r in manager.list().await? {
+        if r.pooled && !all {
+            continue;
+        }
+        let age = Duration::from_millis((now - r.created_at_ms).max(0) as u64).as_secs();
+        println!(
+            "{:<20} {:<36} {:<8} {:>6} {:>5} {:>7}s {:>8}",
+            r.name,
+            r.id,
+            if r.pooled { "pooled" } else { r.state.as_str() },
+            r.memory_mib,
+            r.vcpus,
+            age,
+            r.vmm_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn stop(names: Vec<String>, graceful: bool) -> anyhow::Result<ExitCode> {
+    let manager = manager().await?;
+    for n in names {
+        manager.stop(&n, graceful).await?;
+        println!("{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rm(names: Vec<String>, force: bool) -> anyhow::Result<ExitCode> {
+    let manager = manager().await?;
+    for n in names {
+        let info = manager.info(&n).await?;
+        if info.state.has_vm() && info.state != SandboxState::Creating && !force {
+            bail!(
+                "sandbox {n} is {}; stop it first (`petty stop {n}`) or use `petty rm -f {n}`",
+                info.state
+            );
+        }
+        manager.destroy(&n).await?;
+        println!("{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

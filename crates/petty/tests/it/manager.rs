@@ -1,0 +1,279 @@
+//! `SandboxManager` and `SandboxPool` with real VMs and a real SQLite file.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use petty_core::{
+    CoreError, ManagerConfig, PoolConfig, SandboxConfig, SandboxManager, SandboxPool, SandboxState,
+};
+
+use crate::{leftovers, processes_mentioning, run_root, vmm};
+
+struct Env {
+    root: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            root: run_root(),
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn config(&self) -> ManagerConfig {
+        ManagerConfig {
+            data_dir: self.data.path().to_path_buf(),
+            reap_interval: Duration::from_millis(200),
+            ..ManagerConfig::default()
+        }
+    }
+
+    async fn manager(&self, config: ManagerConfig) -> SandboxManager {
+        SandboxManager::new(config, Arc::new(vmm(self.root.path())))
+            .await
+            .unwrap()
+    }
+
+    fn assert_clean(&self) {
+        assert!(
+            leftovers(self.root.path()).is_empty(),
+            "left: {:?}",
+            leftovers(self.root.path())
+        );
+        let root = self.root.path().display().to_string();
+        assert!(processes_mentioning(&root).is_empty(), "VMM left running");
+    }
+}
+
+/// Polls (bounded) until `f` holds; the bound only stops a broken build hanging.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !f().await {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_sandboxes_then_nothing_left() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = m.create_default().await.unwrap();
+            let r = m
+                .execute(&id.to_string(), &format!("echo sandbox-{i}"))
+                .await
+                .unwrap();
+            assert_eq!(r.stdout, format!("sandbox-{i}\n"));
+            id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    assert_eq!(m.count().await.unwrap(), 20);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    m.destroy_all().await.unwrap();
+    assert_eq!(m.count().await.unwrap(), 0);
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_error_past_the_limit_and_bad_names() {
+    let env = Env::new();
+    let m = env
+        .manager(ManagerConfig {
+            max_sandboxes: 2,
+            ..env.config()
+        })
+        .await;
+    let a = SandboxConfig::builder().name("alpha").build().unwrap();
+    m.create(a.clone()).await.unwrap();
+    match m.create(a).await {
+        Err(CoreError::NameTaken(n)) => assert_eq!(n, "alpha"),
+        other => panic!("expected NameTaken, got {other:?}"),
+    }
+    m.create_default().await.unwrap();
+    // The third is refused before any VM is started.
+    match m.create_default().await {
+        Err(e @ CoreError::Capacity { max: 2 }) => assert!(e.to_string().contains("max_sandboxes")),
+        other => panic!("expected Capacity, got {other:?}"),
+    }
+    assert_eq!(leftovers(env.root.path()).len(), 2);
+    match m.execute("no-such-box", "true").await {
+        Err(e @ CoreError::NotFound(_)) => assert!(e.to_string().contains("no-such-box")),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    m.stop("alpha", true).await.unwrap();
+    match m.execute("alpha", "true").await {
+        Err(e @ CoreError::InvalidState { .. }) => {
+            assert!(e.to_string().contains("alpha is stopped"), "{e}")
+        }
+        other => panic!("expected InvalidState, got {other:?}"),
+    }
+    m.destroy_all().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_destroys_and_records_why() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    let cfg = SandboxConfig::builder()
+        .name("short-lived")
+        .ttl(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    m.create(cfg).await.unwrap();
+    assert!(m.exists("short-lived").await.unwrap());
+    eventually("the reaper", || async {
+        !m.exists("short-lived").await.unwrap()
+    })
+    .await;
+    let h = m.history("short-lived").await.unwrap();
+    assert!(h[0].reason.contains("ttl expired"), "{:?}", h);
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_create_leaves_no_row_process_or_file() {
+    let env = Env::new();
+    let m = env
+        .manager(ManagerConfig {
+            connect_timeout: Duration::from_secs(5),
+            ..env.config()
+        })
+        .await;
+    let junk = env.data.path().join("junk-kernel");
+    std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
+    let cfg = SandboxConfig::builder()
+        .name("doomed")
+        .kernel(&junk)
+        .build()
+        .unwrap();
+    assert!(m.create(cfg).await.is_err());
+    assert!(m.list().await.unwrap().is_empty());
+    assert!(m.history("doomed").await.unwrap()[0]
+        .reason
+        .starts_with("create failed"));
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_manager_finds_live_sandboxes_and_reaps_dead_ones() {
+    let env = Env::new();
+    let first = env.manager(env.config()).await;
+    first
+        .create(SandboxConfig::builder().name("keeper").build().unwrap())
+        .await
+        .unwrap();
+    first
+        .create(SandboxConfig::builder().name("goner").build().unwrap())
+        .await
+        .unwrap();
+    first
+        .write_file("keeper", "/root/note", b"kept")
+        .await
+        .unwrap();
+    let goner_pid = first.info("goner").await.unwrap().vmm_pid.unwrap();
+    drop(first);
+
+    // The VMs outlived their manager. Kill one behind the store's back.
+    // SAFETY: signalling a QEMU this test started.
+    unsafe { libc::kill(goner_pid as i32, libc::SIGKILL) };
+    let root = env.root.path().display().to_string();
+    eventually("QEMU to die", || async {
+        processes_mentioning(&format!("{root}/{}", "")).len() == 1
+    })
+    .await;
+
+    let second = env.manager(env.config()).await;
+    assert!(!second.exists("goner").await.unwrap());
+    assert_eq!(
+        second.history("goner").await.unwrap()[0].reason,
+        "its VMM process is gone"
+    );
+    assert_eq!(
+        second.read_file("keeper", "/root/note").await.unwrap(),
+        b"kept"
+    );
+    assert_eq!(leftovers(env.root.path()).len(), 1);
+    second.destroy_all().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_marks_a_dead_vm_failed() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    m.create(SandboxConfig::builder().name("fragile").build().unwrap())
+        .await
+        .unwrap();
+    m.execute("fragile", "true").await.unwrap();
+    let pid = m.info("fragile").await.unwrap().vmm_pid.unwrap();
+    // SAFETY: signalling a QEMU this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    m.reap_now().await.unwrap();
+    let info = m.info("fragile").await.unwrap();
+    assert_eq!(info.state, SandboxState::Failed);
+    let reason = info.reason.unwrap();
+    // Depending on how far the kill got: the process is gone, or its agent
+    // connection broke first.
+    assert!(
+        reason.contains("VMM process is gone") || reason.contains("agent does not answer"),
+        "{reason}"
+    );
+    m.destroy("fragile").await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_counts_hits_and_misses_and_cleans_up() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    let pool = SandboxPool::new(
+        m.clone(),
+        PoolConfig {
+            min_size: 2,
+            max_concurrent_boots: 2,
+            fill_interval: Duration::from_millis(200),
+            ..PoolConfig::default()
+        },
+    );
+    pool.start();
+    assert!(pool.is_running());
+    eventually("the pool to fill", || async { pool.size() == 2 }).await;
+    let a = pool.acquire().await.unwrap();
+    let b = pool.acquire().await.unwrap();
+    // Empty now (refills take a boot): this one boots on the spot.
+    let c = pool.acquire().await.unwrap();
+    let s = pool.stats();
+    assert_eq!((s.warm_hits, s.cold_misses), (2, 1));
+    assert!((s.hit_rate - 2.0 / 3.0).abs() < 1e-9);
+    for id in [a, b, c] {
+        let r = m.execute(&id.to_string(), "echo ok").await.unwrap();
+        assert_eq!(r.stdout, "ok\n");
+        assert!(!m.info(&id.to_string()).await.unwrap().pooled);
+    }
+    eventually("the pool to refill", || async { pool.size() == 2 }).await;
+    pool.shutdown().await.unwrap();
+    assert!(!pool.is_running());
+    let s = pool.stats();
+    assert_eq!(s.created, 4);
+    assert_eq!(s.destroyed, 2);
+    assert_eq!(m.count().await.unwrap(), 3);
+    m.destroy_all().await.unwrap();
+    env.assert_clean();
+}

@@ -7,7 +7,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,7 @@ fn power_off() -> ! {
 
 /// Runs the agent as the VM's init. Never returns normally.
 pub fn run_as_init() -> ExitCode {
+    block_sigio();
     setup_filesystems();
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if cmdline
@@ -167,6 +168,16 @@ fn serve_serial(dev: &str) {
             return;
         }
     };
+    // The virtio console driver signals SIGIO when the host side connects;
+    // reads return end-of-file while it is not, so without this an idle VM
+    // would have to poll (which under emulation costs every idle guest CPU).
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let fd = port.as_raw_fd();
+        libc::fcntl(fd, libc::F_SETOWN, libc::getpid());
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC);
+    }
     loop {
         let (input, output) = match (port.try_clone(), port.try_clone()) {
             (Ok(i), Ok(o)) => (i, o),
@@ -175,7 +186,8 @@ fn serve_serial(dev: &str) {
         let writer = Writer::new(Box::new(output));
         match server::serve(input, writer) {
             End::Shutdown => return,
-            End::Eof => std::thread::sleep(Duration::from_millis(10)),
+            // No host connected: sleep until one connects (SIGIO), at most 1 s.
+            End::Eof => wait_for_sigio(Duration::from_secs(1)),
             End::Protocol(e) => {
                 log(&format!("closing connection: {e}"));
                 drain_until_disconnect(&port);
@@ -188,13 +200,43 @@ fn serve_serial(dev: &str) {
     }
 }
 
+/// Blocks SIGIO in this thread and every thread started after it, so it is
+/// only ever taken by [`wait_for_sigio`]. Called first thing as init.
+fn block_sigio() {
+    // SAFETY: plain signal-mask calls on a set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for a (blocked, hence pending) SIGIO, or `timeout`.
+fn wait_for_sigio(timeout: Duration) {
+    // SAFETY: sigtimedwait on a set we own; a null siginfo is allowed.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &ts);
+    }
+}
+
 /// After a protocol error the stream cannot be trusted until the host
 /// reconnects: discard everything up to the disconnect.
 fn drain_until_disconnect(mut port: &File) {
     let mut buf = [0u8; 4096];
     loop {
         match std::io::Read::read(&mut port, &mut buf) {
-            Ok(0) => return,
+            Ok(0) => {
+                wait_for_sigio(Duration::from_secs(1));
+                return;
+            }
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,

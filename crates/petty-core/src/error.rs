@@ -65,6 +65,9 @@ pub enum CoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// A JSON document (a config, a request body) could not be read.
+    #[error("invalid JSON")]
+    Json(#[from] serde_json::Error),
     /// Host I/O failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),

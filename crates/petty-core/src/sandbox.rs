@@ -468,9 +468,21 @@ async fn connect(
     config: &SandboxConfig,
     timeout: Duration,
 ) -> Result<(AgentClient, Pong), CoreError> {
-    let stream = vm.connect_agent().await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    // The socket can be briefly missing or refusing (a VMM still starting):
+    // retry every 100 ms within the timeout.
+    let stream = loop {
+        match vm.connect_agent().await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline => {
+                return Err(e.into())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let agent = AgentClient::new(stream, config.rpc_timeout);
-    match agent.handshake(timeout).await {
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    match agent.handshake(remaining).await {
         Ok(p) => Ok((agent, p)),
         Err(ClientError::Timeout { .. }) => Err(CoreError::AgentTimeout {
             secs: timeout.as_secs(),

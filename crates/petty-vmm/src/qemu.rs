@@ -40,7 +40,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// QEMU (microvm has no ACPI power button). `random.trust_cpu=on` with
 /// `-cpu max` seeds the RNG from RDRAND at once instead of stalling the boot.
 pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=t panic=-1 root=/dev/vda rw \
-     rootfstype=ext4 init=/sbin/petty-agent random.trust_cpu=on";
+     rootfstype=ext4 init=/sbin/petty-agent random.trust_cpu=on tsc=reliable";
 
 /// The QEMU backend.
 pub struct QemuVmm {

@@ -170,3 +170,180 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// A manager on throwaway data and run directories, so a benchmark never
+/// touches the user's sandboxes.
+async fn scratch_manager(
+    max_sandboxes: usize,
+) -> anyhow::Result<(petty_core::SandboxManager, tempfile::TempDir)> {
+    let scratch = tempfile::Builder::new().prefix("petty-bench-").tempdir()?;
+    let vmm = std::sync::Arc::new(QemuVmm::new(
+        AccelChoice::detect(),
+        scratch.path().join("run"),
+    ));
+    let config = petty_core::ManagerConfig {
+        data_dir: scratch.path().join("data"),
+        max_sandboxes,
+        ..petty_core::ManagerConfig::default()
+    };
+    Ok((petty_core::SandboxManager::new(config, vmm).await?, scratch))
+}
+
+/// `petty bench pool`: warm `acquire` against a cold create, same run.
+pub async fn pool(runs: usize) -> anyhow::Result<ExitCode> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    ensure_assets(true).await?;
+    let (manager, _scratch) = scratch_manager(runs + 8).await?;
+    let mut cold = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        let id = manager.create_default().await?;
+        cold.push(t.elapsed());
+        manager.destroy(&id.to_string()).await?;
+        eprint!("\rcold create: {}/{runs}", i + 1);
+    }
+    eprintln!();
+    let pool = petty_core::SandboxPool::new(
+        manager.clone(),
+        petty_core::PoolConfig {
+            min_size: 3,
+            ..petty_core::PoolConfig::default()
+        },
+    );
+    pool.start();
+    let mut warm = Vec::new();
+    for i in 0..runs {
+        // Let the pool refill, so every acquire below is a warm hit.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while pool.size() < 1 {
+            if Instant::now() > deadline {
+                bail!("the pool did not refill within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t = Instant::now();
+        let id = pool.acquire().await?;
+        warm.push(t.elapsed());
+        manager.destroy(&id.to_string()).await?;
+        eprint!("\rwarm acquire: {}/{runs}", i + 1);
+    }
+    eprintln!();
+    pool.shutdown().await?;
+    let stats = pool.stats();
+    manager.destroy_all().await?;
+    let (cold, warm) = (median(cold), median(warm));
+    println!("petty bench pool ({runs} runs; 256 MiB, 2 vCPUs)");
+    println!(
+        "  cold create (boot to agent ready)                median {}",
+        ms(cold)
+    );
+    println!(
+        "  warm pool acquire                                median {:.3} ms (target <= 1 ms)",
+        warm.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  speed-up                                         {:.0}x",
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+    println!(
+        "  pool stats: {} hits, {} misses, {} created, {} destroyed",
+        stats.warm_hits, stats.cold_misses, stats.created, stats.destroyed
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn meminfo_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident and proportional set size of a process, in KiB.
+fn rss_pss_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |k: &str| {
+        text.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// `petty bench density`: N idle sandboxes, each answering exec; host memory per sandbox.
+pub async fn density(count: usize, memory_mib: u32) -> anyhow::Result<ExitCode> {
+    if count == 0 {
+        bail!("--count must be at least 1");
+    }
+    ensure_assets(true).await?;
+    let (manager, _scratch) = scratch_manager(count).await?;
+    let available_before = meminfo_kib("MemAvailable:");
+    let t = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let config = SandboxConfig::builder().memory_mib(memory_mib).build()?;
+        match manager.create(config).await {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                eprintln!("\nstopping at {i} sandboxes: {e}");
+                break;
+            }
+        }
+        eprint!("\rbooted {}/{count}", i + 1);
+    }
+    eprintln!();
+    let boot_all = t.elapsed();
+    let mut answered = 0;
+    for id in &ids {
+        if manager.execute(&id.to_string(), "true").await?.success() {
+            answered += 1;
+        }
+    }
+    // Let the guests settle into idle before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let available_after = meminfo_kib("MemAvailable:");
+    let (mut rss, mut pss) = (0u64, 0u64);
+    for r in manager.list().await? {
+        if let Some(pid) = r.vmm_pid {
+            let (a, b) = rss_pss_kib(pid);
+            rss += a;
+            pss += b;
+        }
+    }
+    manager.destroy_all().await?;
+    let n = ids.len().max(1) as u64;
+    println!(
+        "petty bench density ({} sandboxes of {memory_mib} MiB, 2 vCPUs, idle)",
+        ids.len()
+    );
+    println!(
+        "  booted one after another in                     {:.1} s",
+        boot_all.as_secs_f64()
+    );
+    println!(
+        "  answered exec                                    {answered}/{}",
+        ids.len()
+    );
+    println!(
+        "  QEMU RSS per sandbox                             {} MiB",
+        rss / n / 1024
+    );
+    println!(
+        "  QEMU PSS per sandbox (shared pages split)        {} MiB",
+        pss / n / 1024
+    );
+    println!(
+        "  host MemAvailable drop per sandbox               {} MiB",
+        available_before.saturating_sub(available_after) / n / 1024
+    );
+    Ok(ExitCode::SUCCESS)
+}

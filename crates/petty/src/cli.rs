@@ -92,6 +92,21 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Warm-pool acquire time against a cold create, from the same run.
+    Pool {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+    /// Start many idle sandboxes, check each answers, and report host memory per sandbox.
+    Density {
+        /// How many sandboxes.
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+        /// Guest memory of each, in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory_mib: u32,
+    },
 }
 
 /// Arguments of `petty run`.
@@ -151,9 +166,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Rm { force, sandboxes } => crate::manage::rm(sandboxes, force).await,
         Cmd::Image { cmd } => image(cmd).await,
         Cmd::Doctor => crate::doctor::doctor().await,
-        Cmd::Bench {
-            cmd: BenchCmd::Boot { runs },
-        } => crate::bench::boot(runs).await,
+        Cmd::Bench { cmd } => match cmd {
+            BenchCmd::Boot { runs } => crate::bench::boot(runs).await,
+            BenchCmd::Pool { runs } => crate::bench::pool(runs).await,
+            BenchCmd::Density { count, memory_mib } => {
+                crate::bench::density(count, memory_mib).await
+            }
+        },
     }
 }
 

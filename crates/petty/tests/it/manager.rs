@@ -277,3 +277,39 @@ async fn pool_counts_hits_and_misses_and_cleans_up() {
     m.destroy_all().await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_adopts_a_sandbox_or_hands_it_back() {
+    fn assert_shareable<T: Send + Sync + Clone>() {}
+    assert_shareable::<SandboxManager>();
+    assert_shareable::<SandboxPool>();
+
+    let env = Env::new();
+    let v = vmm(env.root.path());
+    let m = env
+        .manager(ManagerConfig {
+            max_sandboxes: 1,
+            ..env.config()
+        })
+        .await;
+    let sb = petty_core::Sandbox::create(
+        &v,
+        SandboxConfig::builder().name("adopted").build().unwrap(),
+    )
+    .await
+    .unwrap();
+    let id = m.register(sb).await.map_err(|(e, _)| e).unwrap();
+    assert_eq!(
+        m.execute("adopted", "echo hi").await.unwrap().stdout,
+        "hi\n"
+    );
+    // At the limit, the sandbox comes back with the error, for the caller to clean up.
+    let extra = petty_core::Sandbox::create(&v, SandboxConfig::default())
+        .await
+        .unwrap();
+    let (err, extra) = m.register(extra).await.unwrap_err();
+    assert!(matches!(err, CoreError::Capacity { max: 1 }), "{err:?}");
+    extra.destroy().await.unwrap();
+    m.destroy(&id.to_string()).await.unwrap();
+    env.assert_clean();
+}

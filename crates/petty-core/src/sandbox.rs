@@ -365,15 +365,17 @@ impl Sandbox {
         self.health().await.is_ok()
     }
 
-    /// `Err(why)` when the VM is gone or the agent does not answer.
-    pub async fn health(&self) -> Result<(), String> {
-        let running = self
-            .vm
+    async fn vm_running(&self) -> bool {
+        self.vm
             .lock()
             .await
             .as_ref()
-            .is_some_and(|vm| vm.is_running());
-        if !running {
+            .is_some_and(|vm| vm.is_running())
+    }
+
+    /// `Err(why)` when the VM is gone or the agent does not answer.
+    pub async fn health(&self) -> Result<(), String> {
+        if !self.vm_running().await {
             return Err("its VMM process is gone".into());
         }
         if self.state() == SandboxState::Paused {
@@ -412,13 +414,7 @@ impl Sandbox {
             // The guest reboots into -no-reboot: QEMU exits by itself.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while tokio::time::Instant::now() < deadline {
-                let running = self
-                    .vm
-                    .lock()
-                    .await
-                    .as_ref()
-                    .is_some_and(|vm| vm.is_running());
-                if !running {
+                if !self.vm_running().await {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -118,18 +118,8 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub vcpus: u32,
-    /// Kill the command (and everything it started) after this many seconds; exit code 124.
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
-    /// Set an environment variable for the command (repeatable).
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
-    pub env: Vec<(String, String)>,
-    /// Working directory in the guest (default /root).
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<String>,
-    /// Forward this process's stdin to the command.
-    #[arg(long, short = 'i')]
-    pub stdin: bool,
+    #[command(flatten)]
+    pub exec: ExecOpts,
     /// Run this Python code (python3 -c).
     #[arg(long, value_name = "CODE", conflicts_with_all = ["sh", "command"])]
     pub python: Option<String>,
@@ -147,7 +137,43 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
+/// How to run a command: shared by `petty run` and `petty exec`.
+#[derive(Args)]
+pub struct ExecOpts {
+    /// Kill the command (and everything it started) after this many seconds; exit code 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Set an environment variable for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest (default /root).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Forward this process's stdin to the command.
+    #[arg(long, short = 'i')]
+    pub stdin: bool,
+}
+
+impl ExecOpts {
+    /// The request that runs `argv` with these options.
+    pub fn request(self, argv: Vec<String>) -> anyhow::Result<petty_core::ExecRequest> {
+        let timeout_ms = match self.timeout {
+            Some(t) if !(t > 0.0 && t.is_finite()) => {
+                anyhow::bail!("--timeout {t} must be a positive number of seconds")
+            }
+            Some(t) => Some((t * 1000.0).ceil() as u64),
+            None => None,
+        };
+        let mut req = petty_core::ExecRequest::argv(argv);
+        req.env = self.env;
+        req.cwd = self.cwd;
+        req.stdin = self.stdin;
+        req.timeout_ms = timeout_ms;
+        Ok(req)
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),

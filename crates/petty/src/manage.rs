@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use petty_core::{ExecRequest, ManagerConfig, SandboxConfig, SandboxManager, SandboxState};
+use petty_core::{ManagerConfig, SandboxConfig, SandboxManager, SandboxState};
 use petty_vmm::qemu::QemuVmm;
 use petty_vmm::{runtime_root, AccelChoice};
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::{ensure_assets, parse_env};
+use crate::cli::{ensure_assets, ExecOpts};
 
 /// Opens the manager on the default data and run directories.
 pub async fn manager() -> anyhow::Result<SandboxManager> {
@@ -80,18 +80,8 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
 /// Arguments of `petty exec`.
 #[derive(Args)]
 pub struct ExecArgs {
-    /// Kill the command (and everything it started) after this many seconds; exit code 124.
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
-    /// Set an environment variable for the command (repeatable).
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
-    pub env: Vec<(String, String)>,
-    /// Working directory in the guest (default /root).
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<String>,
-    /// Forward this process's stdin to the command.
-    #[arg(long, short = 'i')]
-    pub stdin: bool,
+    #[command(flatten)]
+    pub exec: ExecOpts,
     /// The sandbox's name or id.
     pub sandbox: String,
     /// The command and its arguments, after `--`.
@@ -100,17 +90,12 @@ pub struct ExecArgs {
 }
 
 pub async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    let timeout_ms = secs("timeout", args.timeout)?.map(|d| d.as_millis() as u64);
+    let req = args.exec.request(args.command)?;
     let manager = manager().await?;
     let sandbox = manager.get(&args.sandbox).await?;
-    let mut req = ExecRequest::argv(args.command);
-    req.env = args.env;
-    req.cwd = args.cwd;
-    req.stdin = args.stdin;
-    req.timeout_ms = timeout_ms;
     let id = sandbox.id().to_string();
     let code = tokio::select! {
-        r = crate::run::stream(&sandbox, req, args.stdin, args.timeout) => r?,
+        r = crate::run::stream(&sandbox, req) => r?,
         code = crate::run::interrupted() => code,
     };
     // Record the use for idle timeouts.

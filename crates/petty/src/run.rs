@@ -24,13 +24,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "nothing to run\nhint: petty run -- CMD [ARGS...], or petty run --python CODE, or petty run --sh SCRIPT"
         ),
     };
-    let timeout_ms = match args.timeout {
-        Some(t) if !(t > 0.0 && t.is_finite()) => {
-            bail!("--timeout {t} must be a positive number of seconds")
-        }
-        Some(t) => Some((t * 1000.0).ceil() as u64),
-        None => None,
-    };
     let mut builder = SandboxConfig::builder()
         .memory_mib(args.memory_mib)
         .vcpu_count(args.vcpus);
@@ -49,11 +42,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     sweep_stale_run_dirs(&runtime_root());
     eprintln!("{}", vmm.accel().notice());
 
-    let mut req = ExecRequest::argv(argv);
-    req.env = args.env;
-    req.cwd = args.cwd;
-    req.stdin = args.stdin;
-    req.timeout_ms = timeout_ms;
+    let req = args.exec.request(argv)?;
 
     let mut signals = Signals::new()?;
     // Dropping the create future on a signal drops the half-started VM, which kills it.
@@ -62,7 +51,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         code = signals.recv() => return Ok(ExitCode::from(code)),
     };
     let outcome = tokio::select! {
-        r = stream(&sandbox, req, args.stdin, args.timeout) => r,
+        r = stream(&sandbox, req) => r,
         code = signals.recv() => Ok(code),
     };
     let destroyed = sandbox.destroy().await;
@@ -72,12 +61,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs the command, copying its output to ours as it arrives.
-pub(crate) async fn stream(
-    sandbox: &Sandbox,
-    req: ExecRequest,
-    forward_stdin: bool,
-    timeout: Option<f64>,
-) -> anyhow::Result<u8> {
+pub(crate) async fn stream(sandbox: &Sandbox, req: ExecRequest) -> anyhow::Result<u8> {
+    let (forward_stdin, timeout_ms) = (req.stdin, req.timeout_ms);
     let mut exec = sandbox.exec_stream(req).await?;
     if forward_stdin {
         let stdin = exec.stdin();
@@ -113,7 +98,7 @@ pub(crate) async fn stream(
                 if status.timed_out {
                     eprintln!(
                         "petty: command timed out after {} s; its process group was killed",
-                        timeout.unwrap_or_default()
+                        timeout_ms.unwrap_or_default() as f64 / 1000.0
                     );
                     return Ok(EXIT_TIMEOUT);
                 }

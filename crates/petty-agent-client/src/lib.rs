@@ -468,6 +468,26 @@ impl AgentClient {
         .await
     }
 
+    /// Makes a restored or forked guest its own: fresh entropy for its RNG
+    /// (from the host's), the host's clock, and `hostname`.
+    pub async fn refresh_identity(&self, hostname: Option<&str>) -> Result<(), ClientError> {
+        let mut entropy = vec![0u8; 64];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.call_ok(
+            "refresh",
+            Request::Refresh {
+                entropy,
+                unix_nanos: now.as_nanos() as u64,
+                hostname: hostname.map(str::to_string),
+            },
+        )
+        .await
+    }
+
     /// Asks the guest to flush its disks and power off.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         self.call_ok("shutdown", Request::Shutdown).await

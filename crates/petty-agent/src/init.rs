@@ -105,6 +105,51 @@ fn loopback_up() {
     }
 }
 
+/// Sets the wall clock.
+pub fn set_clock(unix_nanos: u64) -> std::io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (unix_nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (unix_nanos % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: ts is a valid timespec.
+    match unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Gives a restored guest its own identity: host entropy credited to the
+/// kernel RNG and a forced reseed of its output generator, the host's clock,
+/// and a hostname.
+pub fn refresh(entropy: &[u8], unix_nanos: u64, hostname: Option<&str>) -> std::io::Result<()> {
+    let random = OpenOptions::new().write(true).open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + entropy.len());
+    info.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(entropy.len() as i32).to_ne_bytes());
+    info.extend_from_slice(entropy);
+    // SAFETY: ioctls on our fd with a buffer laid out as rand_pool_info.
+    unsafe {
+        if libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    set_clock(unix_nanos)?;
+    if let Some(name) = hostname {
+        // SAFETY: name is valid for its length.
+        unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+    }
+    Ok(())
+}
+
 fn power_off() -> ! {
     // SAFETY: sync and reboot take no pointers. The VMM runs with -no-reboot
     // (QEMU) or exits on the i8042 reset (Firecracker), so a restart ends the

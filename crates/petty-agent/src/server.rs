@@ -295,14 +295,19 @@ fn handle_request(
         Request::Remove { path, recursive } => files::remove(w, id, &path, recursive),
         Request::Rename { from, to } => files::rename(w, id, &from, &to),
         Request::SetTime { unix_nanos } => {
-            let ts = libc::timespec {
-                tv_sec: (unix_nanos / 1_000_000_000) as libc::time_t,
-                tv_nsec: (unix_nanos % 1_000_000_000) as libc::c_long,
+            match crate::init::set_clock(unix_nanos) {
+                Ok(()) => w.respond(id, &Response::Ok),
+                Err(e) => files::send_io_error(w, id, "set clock", &e),
             };
-            // SAFETY: ts is a valid timespec.
-            match unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } {
-                0 => w.respond(id, &Response::Ok),
-                _ => files::send_io_error(w, id, "set clock", &std::io::Error::last_os_error()),
+        }
+        Request::Refresh {
+            entropy,
+            unix_nanos,
+            hostname,
+        } => {
+            match crate::init::refresh(&entropy, unix_nanos, hostname.as_deref()) {
+                Ok(()) => w.respond(id, &Response::Ok),
+                Err(e) => files::send_io_error(w, id, "refresh identity", &e),
             };
         }
         Request::Shutdown => {

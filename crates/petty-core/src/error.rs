@@ -12,7 +12,7 @@ pub enum CoreError {
     #[error(transparent)]
     Image(#[from] petty_image::ImageError),
     /// Starting or stopping the VM failed.
-    #[error("sandbox VM")]
+    #[error(transparent)]
     Vm(#[from] petty_vmm::VmmError),
     /// The guest agent never answered after boot.
     #[error("the guest agent did not answer within {secs} s of boot; guest console:\n{console}")]
@@ -53,6 +53,17 @@ pub enum CoreError {
         /// The limit.
         max: usize,
     },
+    /// A snapshot cannot be deleted while others depend on it.
+    #[error("snapshot {name} is in use by {}; remove those first", dependents.join(", "))]
+    SnapshotInUse {
+        /// The snapshot.
+        name: String,
+        /// Snapshots layered on it and sandboxes restored from it.
+        dependents: Vec<String>,
+    },
+    /// No snapshot with this name.
+    #[error("no snapshot named {0}; `petty snapshots` lists them")]
+    SnapshotNotFound(String),
     /// Another sandbox already has this name.
     #[error("a sandbox named {0} already exists; pick another name or remove it (`petty rm {0}`)")]
     NameTaken(String),

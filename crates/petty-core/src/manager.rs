@@ -18,7 +18,7 @@ use petty_protocol::{ExecRequest, FileEntry};
 use petty_vmm::{vmm_alive, Vmm, DETACHED_MARKER};
 use tokio::sync::RwLock;
 
-use crate::store::{now_ms, HistoryRecord, SandboxRecord, Store};
+use crate::store::{now_ms, HistoryRecord, SandboxRecord, SnapshotRecord, Store};
 use crate::{CoreError, ExecResult, Sandbox, SandboxConfig, SandboxId, SandboxState};
 
 /// Where Petty keeps its state: `$PETTY_DATA_DIR`, else
@@ -162,14 +162,22 @@ impl SandboxManager {
     /// fails at once with [`CoreError::Capacity`]; a taken name with
     /// [`CoreError::NameTaken`]. A failed create leaves nothing behind.
     pub async fn create(&self, config: SandboxConfig) -> Result<SandboxId, CoreError> {
-        self.create_inner(config, false).await
+        self.create_inner(config, false, None).await
     }
 
     pub(crate) async fn create_inner(
         &self,
         mut config: SandboxConfig,
         pooled: bool,
+        from: Option<SnapshotRecord>,
     ) -> Result<SandboxId, CoreError> {
+        if let Some(snap) = &from {
+            // A restore runs the snapshot's own kernel, memory size and vCPUs.
+            config.kernel = Some(snap.kernel.clone());
+            config.rootfs = Some(snap.rootfs.clone());
+            config.memory_mib = snap.memory_mib;
+            config.vcpu_count = snap.vcpus;
+        }
         config.validate()?;
         config.ttl = config.ttl.or(self.inner.config.default_ttl);
         config.idle_timeout = config
@@ -205,6 +213,7 @@ impl SandboxManager {
             ttl: config.ttl,
             idle_timeout: config.idle_timeout,
             reason: None,
+            from_snapshot: from.as_ref().map(|s| s.name.clone()),
         };
         // The row comes first: it reserves the name, and a crash from here on
         // leaves a `creating` row that recovery cleans up.
@@ -218,7 +227,16 @@ impl SandboxManager {
                 .acquire()
                 .await
                 .expect("semaphore never closed");
-            Sandbox::boot(self.inner.vmm.as_ref(), config, id, name, true).await
+            let restore_from = from.as_ref().map(|s| s.dir.clone());
+            Sandbox::boot(
+                self.inner.vmm.as_ref(),
+                config,
+                id,
+                name,
+                true,
+                restore_from,
+            )
+            .await
         };
         let sandbox = match booted {
             Ok(sb) => sb,
@@ -297,6 +315,7 @@ impl SandboxManager {
             ttl: cfg.ttl.or(self.inner.config.default_ttl),
             idle_timeout: cfg.idle_timeout.or(self.inner.config.default_idle_timeout),
             reason: None,
+            from_snapshot: None,
         };
         if let Err(e) = self.db(move |s| s.insert(&record)).await {
             return Err((e, sandbox));
@@ -607,6 +626,126 @@ impl SandboxManager {
             }
         }
         Ok(())
+    }
+
+    fn snapshots_dir(&self) -> PathBuf {
+        self.inner.config.data_dir.join("snapshots")
+    }
+
+    /// Snapshots sandbox `key` as `name`: memory, device state and disk,
+    /// consistent with each other. The sandbox pauses for it and runs on.
+    pub async fn snapshot(&self, key: &str, name: &str) -> Result<SnapshotRecord, CoreError> {
+        SandboxConfig::builder().name(name).build().map_err(|_| {
+            CoreError::InvalidConfig(format!(
+                "snapshot name {name:?} is not allowed; use 1 to 64 letters, digits, '-', '_' or '.'"
+            ))
+        })?;
+        let n = name.to_string();
+        if self.db(move |s| s.get_snapshot(&n)).await?.is_some() {
+            return Err(CoreError::NameTaken(name.to_string()));
+        }
+        let sb = self.get(key).await?;
+        let source = self.info(key).await?;
+        let dir = self.snapshots_dir().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let files = match sb.snapshot_to(&dir).await {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let record = SnapshotRecord {
+            name: name.to_string(),
+            parent: source.from_snapshot.clone(),
+            source_sandbox: source.name.clone(),
+            dir: dir.clone(),
+            size_bytes: files.state_bytes + files.disk_bytes,
+            memory_mib: source.memory_mib,
+            vcpus: source.vcpus,
+            kernel: source.kernel.clone(),
+            rootfs: source.rootfs.clone(),
+            created_at_ms: now_ms(),
+        };
+        let r = record.clone();
+        if let Err(e) = self.db(move |s| s.insert_snapshot(&r)).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        tracing::info!(snapshot = %name, source = %source.name, bytes = record.size_bytes, "snapshot taken");
+        Ok(record)
+    }
+
+    /// The snapshot named `name`.
+    pub async fn snapshot_info(&self, name: &str) -> Result<SnapshotRecord, CoreError> {
+        let n = name.to_string();
+        self.db(move |s| s.get_snapshot(&n))
+            .await?
+            .ok_or_else(|| CoreError::SnapshotNotFound(name.to_string()))
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, CoreError> {
+        self.db(|s| s.list_snapshots()).await
+    }
+
+    /// Starts a new sandbox from snapshot `snapshot`, named `name` (or after its id).
+    pub async fn restore(
+        &self,
+        snapshot: &str,
+        name: Option<&str>,
+    ) -> Result<SandboxId, CoreError> {
+        let snap = self.snapshot_info(snapshot).await?;
+        let mut b = SandboxConfig::builder();
+        if let Some(n) = name {
+            b = b.name(n);
+        }
+        self.create_inner(b.build()?, false, Some(snap)).await
+    }
+
+    /// `n` new sandboxes from `source`: a snapshot's name, or a running
+    /// sandbox (snapshotted first, as `<sandbox>-fork-<n>`). Children share
+    /// the snapshot's disk layers copy-on-write; each one's writes are its own.
+    pub async fn fork(&self, source: &str, n: usize) -> Result<Vec<SandboxId>, CoreError> {
+        if n == 0 {
+            return Err(CoreError::InvalidConfig(
+                "fork needs a count of at least 1".into(),
+            ));
+        }
+        let s = source.to_string();
+        let snap = match self.db(move |st| st.get_snapshot(&s)).await? {
+            Some(snap) => snap,
+            None => {
+                let info = self.info(source).await?;
+                let name = format!("{}-fork-{}", info.name, now_ms());
+                self.snapshot(source, &name).await?
+            }
+        };
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            children.push(
+                self.create_inner(SandboxConfig::default(), false, Some(snap.clone()))
+                    .await?,
+            );
+        }
+        Ok(children)
+    }
+
+    /// Deletes snapshot `name`, refusing while a snapshot layered on it or a
+    /// sandbox restored from it still exists (their disks read its files).
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), CoreError> {
+        let snap = self.snapshot_info(name).await?;
+        let n = name.to_string();
+        let dependents = self.db(move |s| s.snapshot_dependents(&n)).await?;
+        if !dependents.is_empty() {
+            return Err(CoreError::SnapshotInUse {
+                name: name.to_string(),
+                dependents,
+            });
+        }
+        remove_run_dir(Some(&snap.dir))?;
+        let n = name.to_string();
+        self.db(move |s| s.remove_snapshot(&n)).await
     }
 
     /// Runs one reaper pass now (the background task does this every

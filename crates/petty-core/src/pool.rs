@@ -204,7 +204,7 @@ fn fill(inner: &Arc<PoolInner>) {
         tokio::spawn(async move {
             let result = inner
                 .manager
-                .create_inner(inner.config.sandbox_config.clone(), true)
+                .create_inner(inner.config.sandbox_config.clone(), true, None)
                 .await;
             match result {
                 Ok(id) => {

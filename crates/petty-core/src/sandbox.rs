@@ -92,7 +92,7 @@ impl Sandbox {
     pub async fn create(vmm: &dyn Vmm, config: SandboxConfig) -> Result<Self, CoreError> {
         let id = SandboxId::new();
         let name = config.name.clone().unwrap_or_else(|| id.to_string());
-        Self::boot(vmm, config, id, name, false).await
+        Self::boot(vmm, config, id, name, false, None).await
     }
 
     /// Boots the VM of sandbox `id`. A persistent sandbox's VM is detached
@@ -103,8 +103,10 @@ impl Sandbox {
         id: SandboxId,
         name: String,
         persistent: bool,
+        restore_from: Option<PathBuf>,
     ) -> Result<Self, CoreError> {
         config.validate()?;
+        let restored = restore_from.is_some();
         if persistent {
             config.die_with_parent = false;
         }
@@ -117,12 +119,20 @@ impl Sandbox {
             vcpus: config.vcpu_count,
             extra_cmdline: Vec::new(),
             die_with_parent: config.die_with_parent,
+            restore_from,
         };
         let vm = vmm.start(&vm_config).await?;
         // Any early return below drops `vm`, which kills it and removes its files.
         let (agent, pong) = connect(vm.as_ref(), &config, config.connect_timeout).await?;
-        // The guest has no battery-backed clock worth trusting: give it ours.
-        agent.sync_clock().await?;
+        if restored {
+            // A copy of another guest's memory: give it its own randomness,
+            // the current time and its own name.
+            let hostname: String = name.chars().take(63).collect();
+            agent.refresh_identity(Some(&hostname)).await?;
+        } else {
+            // The guest has no battery-backed clock worth trusting: give it ours.
+            agent.sync_clock().await?;
+        }
         tracing::debug!(sandbox = %id, pid = vm.pid(), kernel = %pong.kernel, "sandbox ready");
         let now = now_ms();
         Ok(Self {
@@ -386,6 +396,22 @@ impl Sandbox {
             .await
             .map(|_| ())
             .map_err(|e| format!("its agent does not answer: {e}"))
+    }
+
+    /// Writes a snapshot of this sandbox (memory, devices, disk) into `dir`;
+    /// the guest pauses for it and then runs on.
+    pub async fn snapshot_to(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<petty_vmm::SnapshotFiles, CoreError> {
+        self.ready()?;
+        let vm = self.vm.lock().await;
+        let vm = vm.as_ref().ok_or_else(|| CoreError::InvalidState {
+            id: self.name.clone(),
+            state: self.state().to_string(),
+            hint: "it has no VM".into(),
+        })?;
+        Ok(vm.snapshot(dir, true).await?)
     }
 
     /// Freezes the guest.

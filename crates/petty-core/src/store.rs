@@ -54,6 +54,33 @@ pub struct SandboxRecord {
     pub idle_timeout: Option<Duration>,
     /// Why it is stopped or failed.
     pub reason: Option<String>,
+    /// The snapshot it was restored from (its disk layers on that one's).
+    pub from_snapshot: Option<String>,
+}
+
+/// A snapshot as stored: memory, device state and disk of a sandbox at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// Unique name.
+    pub name: String,
+    /// The snapshot its disk layers on, if its sandbox was itself restored.
+    pub parent: Option<String>,
+    /// Name of the sandbox it was taken from.
+    pub source_sandbox: String,
+    /// Directory holding its files.
+    pub dir: PathBuf,
+    /// Bytes on disk (state + disk layer).
+    pub size_bytes: u64,
+    /// Guest memory in MiB (a restore must use the same).
+    pub memory_mib: u32,
+    /// vCPUs (a restore must use the same).
+    pub vcpus: u32,
+    /// Kernel the guest runs.
+    pub kernel: PathBuf,
+    /// Base root filesystem under its disk layers.
+    pub rootfs: PathBuf,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: i64,
 }
 
 /// A removed sandbox and why it went.
@@ -106,6 +133,18 @@ CREATE TABLE IF NOT EXISTS history (
     reason    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_id ON history(id);
+CREATE TABLE IF NOT EXISTS snapshots (
+    name            TEXT PRIMARY KEY,
+    parent          TEXT,
+    source_sandbox  TEXT NOT NULL,
+    dir             TEXT NOT NULL,
+    size_bytes      INTEGER NOT NULL,
+    memory_mib      INTEGER NOT NULL,
+    vcpus           INTEGER NOT NULL,
+    kernel          TEXT NOT NULL,
+    rootfs          TEXT NOT NULL,
+    created_at      INTEGER NOT NULL
+);
 ";
 
 /// The SQLite file.
@@ -135,6 +174,19 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| db_err(path, e))?;
         conn.execute_batch(SCHEMA).map_err(|e| db_err(path, e))?;
+        // Columns added after the first release of the schema.
+        let has_from_snapshot: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'from_snapshot'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| db_err(path, e))?
+            > 0;
+        if !has_from_snapshot {
+            conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN from_snapshot TEXT")
+                .map_err(|e| db_err(path, e))?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
@@ -157,8 +209,8 @@ impl Store {
         let res = conn.execute(
             "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
                 vmm_pid, run_dir, agent_socket, owner_pid, pooled, created_at, updated_at,
-                last_used_at, ttl_ms, idle_ms, reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                last_used_at, ttl_ms, idle_ms, reason, from_snapshot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             params![
                 r.id.to_string(),
                 r.name,
@@ -179,6 +231,7 @@ impl Store {
                 r.ttl.map(|d| d.as_millis() as i64),
                 r.idle_timeout.map(|d| d.as_millis() as i64),
                 r.reason,
+                r.from_snapshot,
             ],
         );
         match res {
@@ -304,6 +357,78 @@ impl Store {
         .map(|n| n as usize)
     }
 
+    /// Records a snapshot. A taken name is [`CoreError::NameTaken`].
+    pub fn insert_snapshot(&self, r: &SnapshotRecord) -> Result<(), CoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let res = conn.execute(
+            "INSERT INTO snapshots (name, parent, source_sandbox, dir, size_bytes, memory_mib,
+                vcpus, kernel, rootfs, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                r.name,
+                r.parent,
+                r.source_sandbox,
+                r.dir.display().to_string(),
+                r.size_bytes as i64,
+                r.memory_mib,
+                r.vcpus,
+                r.kernel.display().to_string(),
+                r.rootfs.display().to_string(),
+                r.created_at_ms,
+            ],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(CoreError::NameTaken(r.name.clone()))
+            }
+            Err(e) => Err(db_err(&self.path, e)),
+        }
+    }
+
+    /// The snapshot named `name`.
+    pub fn get_snapshot(&self, name: &str) -> Result<Option<SnapshotRecord>, CoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT * FROM snapshots WHERE name = ?1",
+                params![name],
+                snapshot_from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, CoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT * FROM snapshots ORDER BY created_at, name")?;
+            let rows = stmt.query_map([], snapshot_from_row)?;
+            rows.collect()
+        })
+    }
+
+    /// What depends on snapshot `name`: its child snapshots and the
+    /// sandboxes restored from it.
+    pub fn snapshot_dependents(&self, name: &str) -> Result<Vec<String>, CoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT 'snapshot ' || name FROM snapshots WHERE parent = ?1
+                 UNION ALL
+                 SELECT 'sandbox ' || name FROM sandboxes WHERE from_snapshot = ?1",
+            )?;
+            let rows = stmt.query_map(params![name], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Forgets snapshot `name`.
+    pub fn remove_snapshot(&self, name: &str) -> Result<(), CoreError> {
+        self.with(|c| c.execute("DELETE FROM snapshots WHERE name = ?1", params![name]))?;
+        Ok(())
+    }
+
     /// The history of a removed sandbox (most recent first).
     pub fn history(&self, key: &str) -> Result<Vec<HistoryRecord>, CoreError> {
         self.with(|c| {
@@ -326,6 +451,21 @@ impl Store {
 fn parse_id(s: String) -> rusqlite::Result<SandboxId> {
     s.parse().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn snapshot_from_row(r: &Row<'_>) -> rusqlite::Result<SnapshotRecord> {
+    Ok(SnapshotRecord {
+        name: r.get("name")?,
+        parent: r.get("parent")?,
+        source_sandbox: r.get("source_sandbox")?,
+        dir: PathBuf::from(r.get::<_, String>("dir")?),
+        size_bytes: r.get::<_, i64>("size_bytes")? as u64,
+        memory_mib: r.get("memory_mib")?,
+        vcpus: r.get("vcpus")?,
+        kernel: PathBuf::from(r.get::<_, String>("kernel")?),
+        rootfs: PathBuf::from(r.get::<_, String>("rootfs")?),
+        created_at_ms: r.get("created_at")?,
     })
 }
 
@@ -354,6 +494,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
         ttl: ms(r.get("ttl_ms")?),
         idle_timeout: ms(r.get("idle_ms")?),
         reason: r.get("reason")?,
+        from_snapshot: r.get("from_snapshot")?,
     })
 }
 
@@ -383,6 +524,7 @@ mod tests {
             ttl: Some(Duration::from_secs(2)),
             idle_timeout: None,
             reason: None,
+            from_snapshot: None,
         }
     }
 

@@ -123,6 +123,18 @@ pub enum Request {
         /// Nanoseconds since the Unix epoch.
         unix_nanos: u64,
     },
+    /// Make a restored or forked guest its own: mix `entropy` into the
+    /// kernel RNG and force a reseed (so two forks of one snapshot never hand
+    /// out the same random numbers), set the clock, and set the hostname.
+    Refresh {
+        /// Fresh random bytes from the host (at least 32).
+        entropy: Vec<u8>,
+        /// Nanoseconds since the Unix epoch.
+        unix_nanos: u64,
+        /// New hostname, if any.
+        #[serde(default)]
+        hostname: Option<String>,
+    },
     /// Flush disks and power the guest off.
     Shutdown,
 }

@@ -66,6 +66,16 @@ pub enum VmmError {
         /// Its last known VMM pid.
         pid: u32,
     },
+    /// Saving or loading a snapshot failed.
+    #[error("{op} snapshot {}: {message}", dir.display())]
+    Snapshot {
+        /// `saving` or `restoring`.
+        op: &'static str,
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// What went wrong (QEMU's words where it gave some).
+        message: String,
+    },
     /// Connecting to the guest agent's socket failed.
     #[error("connecting to the agent socket {}", path.display())]
     AgentConnect {

@@ -49,7 +49,27 @@ pub struct VmConfig {
     /// When false the VM is detached (its own session) and outlives its
     /// creator; a marker in its run directory says so, for recovery.
     pub die_with_parent: bool,
+    /// Start from this snapshot (made by [`Vm::snapshot`]) instead of booting:
+    /// its disk becomes the backing file of the VM's overlay and its state is
+    /// loaded before the guest runs. Memory, vCPUs and kernel must match it.
+    pub restore_from: Option<PathBuf>,
 }
+
+/// What [`Vm::snapshot`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    /// The directory holding them.
+    pub dir: PathBuf,
+    /// Bytes of device and memory state.
+    pub state_bytes: u64,
+    /// Bytes of the disk layer.
+    pub disk_bytes: u64,
+}
+
+/// File of a snapshot directory holding the device and memory state.
+pub const SNAPSHOT_STATE: &str = "state";
+/// File of a snapshot directory holding the disk layer (qcow2).
+pub const SNAPSHOT_DISK: &str = "disk.qcow2";
 
 /// A VMM backend.
 pub trait Vmm: Send + Sync {
@@ -93,6 +113,15 @@ pub trait Vm: Send + Sync {
     /// Lets go of the VM without stopping it: it keeps running for another
     /// process to [`Vmm::attach`] to.
     fn detach(self: Box<Self>);
+
+    /// Writes a snapshot of the running VM into `dir` (which must exist):
+    /// the guest is paused, its memory and device state saved and its disk
+    /// layer copied, consistent with each other; then it runs on if `resume`.
+    fn snapshot<'a>(
+        &'a self,
+        dir: &'a Path,
+        resume: bool,
+    ) -> BoxFuture<'a, Result<SnapshotFiles, VmmError>>;
 
     /// Freezes the guest's vCPUs.
     fn pause(&self) -> BoxFuture<'_, Result<(), VmmError>>;

@@ -20,7 +20,10 @@ use petty_protocol::SERIAL_PORT_NAME;
 
 use crate::qmp::Qmp;
 use crate::rundir::{vmm_alive, DETACHED_MARKER, PID_FILE};
-use crate::{Accel, AccelChoice, AgentStream, BoxFuture, Vm, VmConfig, Vmm, VmmError};
+use crate::{
+    Accel, AccelChoice, AgentStream, BoxFuture, SnapshotFiles, Vm, VmConfig, Vmm, VmmError,
+    SNAPSHOT_DISK, SNAPSHOT_STATE,
+};
 
 /// Socket the agent's virtio-serial port is bound to, inside the run directory.
 pub const AGENT_SOCKET: &str = "agent.sock";
@@ -221,9 +224,25 @@ impl QemuVmm {
         }
 
         let overlay = dir.join(OVERLAY);
+        // The overlay sits on the base image, or on the snapshot's disk layer.
+        let (backing, backing_format) = match &config.restore_from {
+            Some(snap) => (snap.join(SNAPSHOT_DISK), "qcow2"),
+            None => (config.rootfs.clone(), "raw"),
+        };
+        if let Some(snap) = &config.restore_from {
+            for f in [SNAPSHOT_STATE, SNAPSHOT_DISK] {
+                if !snap.join(f).is_file() {
+                    return Err(VmmError::Snapshot {
+                        op: "restoring",
+                        dir: snap.clone(),
+                        message: format!("{f} is missing"),
+                    });
+                }
+            }
+        }
         let out = tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&config.rootfs)
+            .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
+            .arg(&backing)
             .arg(&overlay)
             .stdin(Stdio::null())
             .output()
@@ -239,8 +258,11 @@ impl QemuVmm {
 
         let stderr = fs::File::create(dir.join(STDERR_LOG)).map_err(prepare)?;
         let mut cmd = std::process::Command::new(&binary);
-        cmd.args(self.args(config, &dir, &overlay))
-            .stdin(Stdio::null())
+        cmd.args(self.args(config, &dir, &overlay));
+        if config.restore_from.is_some() {
+            cmd.args(["-incoming", "defer"]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
         if config.die_with_parent {
@@ -298,7 +320,45 @@ impl QemuVmm {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        if let Some(snap) = &config.restore_from {
+            vm.load_state(snap).await?;
+        }
         Ok(vm)
+    }
+}
+
+/// `exec:` migration URI that runs `cmd` on a single-quoted path.
+fn exec_uri(cmd: &str, path: &Path) -> String {
+    let quoted = path.display().to_string().replace('\'', "'\\''");
+    format!("exec:{cmd} '{quoted}'")
+}
+
+/// Polls `query-migrate` until the migration ends; `Err(message)` on failure.
+async fn wait_migration(qmp: &mut Qmp, vm: &QemuVm, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let info = qmp
+            .execute("query-migrate", None)
+            .await
+            .map_err(|e| e.to_string())?;
+        match info.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                let why = info
+                    .get("error-desc")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("migration failed");
+                return Err(why.to_string());
+            }
+            _ => {}
+        }
+        if !vm.is_running() {
+            return Err(format!("QEMU exited: {}", vm.stderr_tail()));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("did not finish within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -356,6 +416,92 @@ impl QemuVm {
     async fn qmp_command(&self, command: &str) -> Result<(), VmmError> {
         self.qmp().await?.execute(command, None).await.map(|_| ())
     }
+
+    fn stderr_tail(&self) -> String {
+        tail(&self.dir.join(STDERR_LOG), 1024)
+    }
+
+    /// Loads a snapshot's state into this (`-incoming defer`) QEMU and lets
+    /// the guest run.
+    async fn load_state(&self, snap: &Path) -> Result<(), VmmError> {
+        let fail = |message: String| VmmError::Snapshot {
+            op: "restoring",
+            dir: snap.to_path_buf(),
+            message,
+        };
+        let mut qmp = self.qmp().await?;
+        let uri = exec_uri("cat", &snap.join(SNAPSHOT_STATE));
+        qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        // The incoming side reports through its run state: `inmigrate` until
+        // loaded, then running (QEMU starts the guest by itself).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if !self.is_running() {
+                return Err(fail(format!(
+                    "the state file could not be loaded (corrupt or truncated?): {}",
+                    self.stderr_tail()
+                )));
+            }
+            let status = qmp.execute("query-status", None).await;
+            match status
+                .as_ref()
+                .ok()
+                .and_then(|v| v.get("status"))
+                .and_then(|s| s.as_str())
+            {
+                Some("running") => return Ok(()),
+                Some("paused") | Some("postmigrate") | Some("prelaunch") => {
+                    qmp.execute("cont", None).await?;
+                }
+                Some("inmigrate") | None => {}
+                Some(other) => return Err(fail(format!("VM is {other} after loading"))),
+            }
+            if Instant::now() >= deadline {
+                return Err(fail("loading took more than 60 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn save_snapshot(&self, dir: &Path, resume: bool) -> Result<SnapshotFiles, VmmError> {
+        let fail = |message: String| VmmError::Snapshot {
+            op: "saving",
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let mut qmp = self.qmp().await?;
+        qmp.execute("stop", None).await?;
+        let state = dir.join(SNAPSHOT_STATE);
+        let uri = exec_uri("cat >", &state);
+        let saved = async {
+            qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            wait_migration(&mut qmp, self, Duration::from_secs(120))
+                .await
+                .map_err(fail)?;
+            // The migration flushed and released the disk images: the overlay
+            // on disk now matches the saved memory exactly.
+            let disk = dir.join(SNAPSHOT_DISK);
+            fs::copy(self.dir.join(OVERLAY), &disk)
+                .map_err(|e| fail(format!("copying the disk layer: {e}")))?;
+            Ok::<_, VmmError>(())
+        }
+        .await;
+        if resume {
+            // Runs on even if saving failed: a failed snapshot must not stop the sandbox.
+            qmp.execute("cont", None).await?;
+        }
+        saved?;
+        let size = |f: &str| fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+        Ok(SnapshotFiles {
+            dir: dir.to_path_buf(),
+            state_bytes: size(SNAPSHOT_STATE),
+            disk_bytes: size(SNAPSHOT_DISK),
+        })
+    }
 }
 
 impl Vm for QemuVm {
@@ -390,6 +536,14 @@ impl Vm for QemuVm {
 
     fn detach(self: Box<Self>) {
         self.detached.store(true, Ordering::Relaxed);
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        dir: &'a Path,
+        resume: bool,
+    ) -> BoxFuture<'a, Result<SnapshotFiles, VmmError>> {
+        Box::pin(self.save_snapshot(dir, resume))
     }
 
     fn pause(&self) -> BoxFuture<'_, Result<(), VmmError>> {

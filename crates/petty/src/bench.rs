@@ -53,6 +53,7 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
             vcpus: 2,
             extra_cmdline: vec!["petty.mode=poweroff".into()],
             die_with_parent: true,
+            restore_from: None,
         };
         let args = vmm.args(&config, dir.path(), &overlay);
         let t = Instant::now();

@@ -57,6 +57,34 @@ enum Cmd {
         #[arg(required = true)]
         sandboxes: Vec<String>,
     },
+    /// Snapshot a running sandbox (memory, devices, disk) under a name.
+    Snapshot {
+        /// The sandbox's name or id.
+        sandbox: String,
+        /// Name for the snapshot.
+        name: String,
+    },
+    /// Start a new sandbox from a snapshot; prints its name.
+    Restore {
+        /// The snapshot's name.
+        snapshot: String,
+        /// Name for the new sandbox.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Start N new sandboxes from a snapshot, or from a running sandbox (snapshotted first).
+    Fork {
+        /// A snapshot's name, or a running sandbox's name or id.
+        source: String,
+        /// How many children.
+        #[arg(long, short = 'n', default_value_t = 1)]
+        count: usize,
+    },
+    /// List snapshots (`petty snapshots rm NAME` deletes one).
+    Snapshots {
+        #[command(subcommand)]
+        cmd: Option<SnapshotsCmd>,
+    },
     /// Build or locate the guest kernel and root filesystem.
     Image {
         #[command(subcommand)]
@@ -68,6 +96,16 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotsCmd {
+    /// Delete snapshots (refused while a sandbox or snapshot depends on one).
+    Rm {
+        /// Snapshot names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -190,6 +228,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Stop { sandboxes } => crate::manage::stop(sandboxes, true).await,
         Cmd::Kill { sandboxes } => crate::manage::stop(sandboxes, false).await,
         Cmd::Rm { force, sandboxes } => crate::manage::rm(sandboxes, force).await,
+        Cmd::Snapshot { sandbox, name } => crate::manage::snapshot(sandbox, name).await,
+        Cmd::Restore { snapshot, name } => crate::manage::restore(snapshot, name).await,
+        Cmd::Fork { source, count } => crate::manage::fork(source, count).await,
+        Cmd::Snapshots { cmd: None } => crate::manage::snapshots().await,
+        Cmd::Snapshots {
+            cmd: Some(SnapshotsCmd::Rm { names }),
+        } => crate::manage::snapshots_rm(names).await,
         Cmd::Image { cmd } => image(cmd).await,
         Cmd::Doctor => crate::doctor::doctor().await,
         Cmd::Bench { cmd } => match cmd {

@@ -214,3 +214,61 @@ pub async fn rm(names: Vec<String>, force: bool) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn snapshot(sandbox: String, name: String) -> anyhow::Result<ExitCode> {
+    let manager = manager().await?;
+    eprintln!("petty: snapshotting {sandbox} (the guest pauses while its state is saved)");
+    let t = std::time::Instant::now();
+    let snap = manager.snapshot(&sandbox, &name).await?;
+    eprintln!(
+        "petty: snapshot {} of {sandbox}: {:.1} MiB in {:.2} s",
+        snap.name,
+        snap.size_bytes as f64 / (1024.0 * 1024.0),
+        t.elapsed().as_secs_f64()
+    );
+    println!("{}", snap.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn restore(snapshot: String, name: Option<String>) -> anyhow::Result<ExitCode> {
+    let manager = manager().await?;
+    let id = manager.restore(&snapshot, name.as_deref()).await?;
+    println!("{}", manager.info(&id.to_string()).await?.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn fork(source: String, count: usize) -> anyhow::Result<ExitCode> {
+    let manager = manager().await?;
+    for id in manager.fork(&source, count).await? {
+        println!("{}", manager.info(&id.to_string()).await?.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn snapshots() -> anyhow::Result<ExitCode> {
+    let manager = manager().await?;
+    println!(
+        "{:<28} {:<20} {:<28} {:>9} {:>6}",
+        "NAME", "SOURCE", "PARENT", "SIZE", "MEM"
+    );
+    for s in manager.list_snapshots().await? {
+        println!(
+            "{:<28} {:<20} {:<28} {:>8.1}M {:>6}",
+            s.name,
+            s.source_sandbox,
+            s.parent.as_deref().unwrap_or("-"),
+            s.size_bytes as f64 / (1024.0 * 1024.0),
+            s.memory_mib
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn snapshots_rm(names: Vec<String>) -> anyhow::Result<ExitCode> {
+    let manager = manager().await?;
+    for n in names {
+        manager.delete_snapshot(&n).await?;
+        println!("{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

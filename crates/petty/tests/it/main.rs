@@ -10,6 +10,7 @@ mod cli;
 mod cli_manage;
 mod manager;
 mod sandbox;
+mod snapshots;
 mod teardown;
 
 use std::path::{Path, PathBuf};

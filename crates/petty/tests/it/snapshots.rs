@@ -1,0 +1,214 @@
+//! Snapshots, restores and forks of real VMs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use petty_core::{CoreError, ManagerConfig, SandboxConfig, SandboxManager};
+
+use crate::{leftovers, processes_mentioning, run_root, vmm};
+
+struct Env {
+    root: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            root: run_root(),
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn manager(&self) -> SandboxManager {
+        let config = ManagerConfig {
+            data_dir: self.data.path().to_path_buf(),
+            ..ManagerConfig::default()
+        };
+        SandboxManager::new(config, Arc::new(vmm(self.root.path())))
+            .await
+            .unwrap()
+    }
+
+    async fn named(&self, m: &SandboxManager, name: &str) -> String {
+        let id = m
+            .create(SandboxConfig::builder().name(name).build().unwrap())
+            .await
+            .unwrap();
+        m.info(&id.to_string()).await.unwrap().name
+    }
+
+    fn assert_clean(&self) {
+        assert!(
+            leftovers(self.root.path()).is_empty(),
+            "left: {:?}",
+            leftovers(self.root.path())
+        );
+        let root = self.root.path().display().to_string();
+        assert!(processes_mentioning(&root).is_empty(), "VMM left running");
+    }
+}
+
+async fn sh(m: &SandboxManager, key: &str, script: &str) -> String {
+    let r = m.execute(key, script).await.unwrap();
+    assert!(r.success(), "{script}: {r:?}");
+    r.stdout
+}
+
+async fn name_of(m: &SandboxManager, id: petty_core::SandboxId) -> String {
+    m.info(&id.to_string()).await.unwrap().name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_a_running_process_survive_snapshot_and_restore() {
+    let env = Env::new();
+    let m = env.manager().await;
+    env.named(&m, "origin").await;
+    // A Python process counting in memory, publishing its count on tmpfs.
+    sh(&m, "origin", "echo on-disk > /root/kept; nohup python3 -c '\nimport time\nc = 0\nwhile True:\n    c += 1\n    open(\"/tmp/count\", \"w\").write(str(c))\n    time.sleep(0.02)\n' >/dev/null 2>&1 &").await;
+    sh(
+        &m,
+        "origin",
+        "while [ ! -s /tmp/count ] || [ $(cat /tmp/count) -lt 5 ]; do sleep 0.05; done",
+    )
+    .await;
+    let snap = m.snapshot("origin", "counting").await.unwrap();
+    assert!(snap.size_bytes > 0);
+    let at_snapshot: u64 = sh(&m, "origin", "cat /tmp/count")
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+
+    let r = m.restore("counting", Some("copy")).await.unwrap();
+    let copy = name_of(&m, r).await;
+    assert_eq!(sh(&m, &copy, "cat /root/kept").await, "on-disk\n");
+    // The same process goes on counting from where its memory was: it did
+    // not start again from zero.
+    let first: u64 = sh(&m, &copy, "cat /tmp/count")
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(first >= 5, "counter restarted: {first}");
+    let later: u64 = sh(&m, &copy, "sleep 0.5; cat /tmp/count")
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(later > first, "counter stopped: {first} then {later}");
+    assert!(at_snapshot >= 5);
+
+    m.destroy_all().await.unwrap();
+    m.delete_snapshot("counting").await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_write_their_own_files_and_draw_different_randomness() {
+    let env = Env::new();
+    let m = env.manager().await;
+    env.named(&m, "parent").await;
+    sh(&m, "parent", "echo base > /root/shared").await;
+    let kids = m.fork("parent", 2).await.unwrap();
+    let (a, b) = (name_of(&m, kids[0]).await, name_of(&m, kids[1]).await);
+    sh(&m, &a, "echo from-a > /root/mine").await;
+    sh(&m, &b, "echo from-b > /root/mine").await;
+    assert_eq!(
+        sh(&m, &a, "cat /root/mine /root/shared").await,
+        "from-a\nbase\n"
+    );
+    assert_eq!(
+        sh(&m, &b, "cat /root/mine /root/shared").await,
+        "from-b\nbase\n"
+    );
+    let parent = m.execute("parent", "cat /root/mine").await.unwrap();
+    assert_ne!(parent.exit_code, 0, "the parent saw a child's file");
+
+    // Same memory image, yet different random bytes: each was reseeded.
+    let ra = sh(&m, &a, "head -c 32 /dev/urandom | od -An -tx1").await;
+    let rb = sh(&m, &b, "head -c 32 /dev/urandom | od -An -tx1").await;
+    assert_ne!(ra, rb);
+    assert_ne!(sh(&m, &a, "hostname").await, sh(&m, &b, "hostname").await);
+
+    let snap = m.list_snapshots().await.unwrap().remove(0);
+    // Children still read its disk layer: deleting it is refused, by name.
+    match m.delete_snapshot(&snap.name).await {
+        Err(e @ CoreError::SnapshotInUse { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&a) && msg.contains(&b), "{msg}");
+        }
+        other => panic!("expected SnapshotInUse, got {other:?}"),
+    }
+    m.destroy(&a).await.unwrap();
+    m.destroy(&b).await.unwrap();
+    m.delete_snapshot(&snap.name).await.unwrap();
+    m.destroy_all().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_sandbox_snapshots_again_and_restores_after_a_restart() {
+    let env = Env::new();
+    let first = env.manager().await;
+    env.named(&first, "gen0").await;
+    sh(&first, "gen0", "echo 0 > /root/gen").await;
+    first.snapshot("gen0", "s0").await.unwrap();
+    let g1 = first.restore("s0", Some("gen1")).await.unwrap();
+    let g1 = name_of(&first, g1).await;
+    sh(&first, &g1, "echo 1 >> /root/gen").await;
+    let s1 = first.snapshot(&g1, "s1").await.unwrap();
+    assert_eq!(s1.parent.as_deref(), Some("s0"));
+    drop(first);
+
+    // A new process (manager) restores from the store.
+    let second = env.manager().await;
+    let g2 = second.restore("s1", Some("gen2")).await.unwrap();
+    let g2 = name_of(&second, g2).await;
+    assert_eq!(sh(&second, &g2, "cat /root/gen").await, "0\n1\n");
+    match second.delete_snapshot("s0").await {
+        Err(CoreError::SnapshotInUse { dependents, .. }) => {
+            assert!(
+                dependents.iter().any(|d| d == "snapshot s1"),
+                "{dependents:?}"
+            )
+        }
+        other => panic!("expected SnapshotInUse, got {other:?}"),
+    }
+    second.destroy_all().await.unwrap();
+    second.delete_snapshot("s1").await.unwrap();
+    second.delete_snapshot("s0").await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_or_truncated_snapshot_fails_clearly_and_leaves_nothing() {
+    let env = Env::new();
+    let m = env.manager().await;
+    env.named(&m, "victim").await;
+    let snap = m.snapshot("victim", "broken").await.unwrap();
+    m.destroy("victim").await.unwrap();
+    let state = snap.dir.join(petty_vmm::SNAPSHOT_STATE);
+    let bytes = std::fs::read(&state).unwrap();
+    for (what, damaged) in [
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("corrupt", {
+            let mut b = bytes.clone();
+            for x in b.iter_mut().take(4096).skip(16) {
+                *x ^= 0xA5;
+            }
+            b
+        }),
+    ] {
+        std::fs::write(&state, &damaged).unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(120), m.restore("broken", None))
+            .await
+            .expect("restore must fail, not hang")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("restoring snapshot"), "{what}: {err}");
+        assert!(m.list().await.unwrap().is_empty(), "{what}: a row was left");
+        env.assert_clean();
+    }
+    m.delete_snapshot("broken").await.unwrap();
+}

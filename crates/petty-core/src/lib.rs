@@ -15,6 +15,7 @@ mod pool;
 mod sandbox;
 mod state;
 pub mod store;
+mod template;
 
 pub use config::{host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder};
 pub use error::CoreError;

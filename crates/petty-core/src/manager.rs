@@ -19,6 +19,7 @@ use petty_vmm::{vmm_alive, Vmm, DETACHED_MARKER};
 use tokio::sync::RwLock;
 
 use crate::store::{now_ms, HistoryRecord, SandboxRecord, SnapshotRecord, Store};
+use crate::template::Templates;
 use crate::{CoreError, ExecResult, Sandbox, SandboxConfig, SandboxId, SandboxState};
 
 /// Where Petty keeps its state: `$PETTY_DATA_DIR`, else
@@ -57,6 +58,10 @@ pub struct ManagerConfig {
     pub connect_timeout: Duration,
     /// Bound on any single agent request (default 30 s).
     pub rpc_timeout: Duration,
+    /// Create sandboxes by restoring a template snapshot (made by the first
+    /// create of each kernel, rootfs, memory size and vCPU count) rather than
+    /// booting (default true).
+    pub templates: bool,
     /// VMs booting at once in this process (default: the host's CPU count).
     /// Further creates wait their turn (the capacity check happens before
     /// they wait), so a burst of creates does not starve every boot of CPU.
@@ -75,6 +80,7 @@ impl Default for ManagerConfig {
             connect_timeout: Duration::from_secs(10),
             rpc_timeout: Duration::from_secs(30),
             max_concurrent_boots: crate::host_cpus(),
+            templates: true,
         }
     }
 }
@@ -98,6 +104,7 @@ struct Inner {
     creating: AtomicUsize,
     /// Turns to boot.
     boots: tokio::sync::Semaphore,
+    templates: Templates,
     reaper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -122,6 +129,7 @@ impl SandboxManager {
             live: RwLock::new(HashMap::new()),
             creating: AtomicUsize::new(0),
             boots: tokio::sync::Semaphore::new(config.max_concurrent_boots.max(1)),
+            templates: Templates::new(&config.data_dir),
             reaper: std::sync::Mutex::new(None),
         });
         let manager = Self { inner };
@@ -220,14 +228,30 @@ impl SandboxManager {
         self.db(move |s| s.insert(&record)).await?;
         config.kernel = Some(kernel);
         config.rootfs = Some(rootfs);
-        let booted = {
+        let booted = async {
+            let restore_from = match &from {
+                Some(snap) => Some(snap.dir.clone()),
+                None if self.inner.config.templates => Some(
+                    self.inner
+                        .templates
+                        .ensure(
+                            self.inner.vmm.as_ref(),
+                            config.kernel.as_deref().expect("resolved above"),
+                            config.rootfs.as_deref().expect("resolved above"),
+                            config.memory_mib,
+                            config.vcpu_count,
+                            config.connect_timeout,
+                        )
+                        .await?,
+                ),
+                None => None,
+            };
             let _turn = self
                 .inner
                 .boots
                 .acquire()
                 .await
                 .expect("semaphore never closed");
-            let restore_from = from.as_ref().map(|s| s.dir.clone());
             Sandbox::boot(
                 self.inner.vmm.as_ref(),
                 config,
@@ -237,7 +261,8 @@ impl SandboxManager {
                 restore_from,
             )
             .await
-        };
+        }
+        .await;
         let sandbox = match booted {
             Ok(sb) => sb,
             Err(e) => {

@@ -119,6 +119,17 @@ impl Sandbox {
             vcpus: config.vcpu_count,
             extra_cmdline: Vec::new(),
             die_with_parent: config.die_with_parent,
+            memory: match &restore_from {
+                // A snapshot with a RAM file: map it privately, shared with
+                // every other VM restored from it until written.
+                Some(dir) if dir.join(petty_vmm::SNAPSHOT_RAM).exists() => {
+                    petty_vmm::MemoryBacking::File {
+                        path: dir.join(petty_vmm::SNAPSHOT_RAM),
+                        shared: false,
+                    }
+                }
+                _ => petty_vmm::MemoryBacking::Anonymous,
+            },
             restore_from,
         };
         let vm = vmm.start(&vm_config).await?;

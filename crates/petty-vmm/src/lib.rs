@@ -53,6 +53,25 @@ pub struct VmConfig {
     /// its disk becomes the backing file of the VM's overlay and its state is
     /// loaded before the guest runs. Memory, vCPUs and kernel must match it.
     pub restore_from: Option<PathBuf>,
+    /// Where guest RAM lives.
+    pub memory: MemoryBacking,
+}
+
+/// Where a VM's RAM lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MemoryBacking {
+    /// Anonymous memory of the VMM process.
+    #[default]
+    Anonymous,
+    /// A file mapped as guest RAM: `shared` writes go to the file (a template
+    /// being made); otherwise the mapping is private, so many VMs read the
+    /// file's pages from the page cache and copy only the pages they write.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Map it shared (writes reach the file) or private (copy on write).
+        shared: bool,
+    },
 }
 
 /// What [`Vm::snapshot`] wrote.
@@ -70,6 +89,10 @@ pub struct SnapshotFiles {
 pub const SNAPSHOT_STATE: &str = "state";
 /// File of a snapshot directory holding the disk layer (qcow2).
 pub const SNAPSHOT_DISK: &str = "disk.qcow2";
+/// File of a snapshot directory holding guest RAM, when the snapshot was
+/// taken from a VM whose RAM was that file (shared): its state file then
+/// holds no RAM, and restores map this file privately.
+pub const SNAPSHOT_RAM: &str = "ram";
 
 /// A VMM backend.
 pub trait Vmm: Send + Sync {

@@ -21,8 +21,8 @@ use petty_protocol::SERIAL_PORT_NAME;
 use crate::qmp::Qmp;
 use crate::rundir::{vmm_alive, DETACHED_MARKER, PID_FILE};
 use crate::{
-    Accel, AccelChoice, AgentStream, BoxFuture, SnapshotFiles, Vm, VmConfig, Vmm, VmmError,
-    SNAPSHOT_DISK, SNAPSHOT_STATE,
+    Accel, AccelChoice, AgentStream, BoxFuture, MemoryBacking, SnapshotFiles, Vm, VmConfig, Vmm,
+    VmmError, SNAPSHOT_DISK, SNAPSHOT_RAM, SNAPSHOT_STATE,
 };
 
 /// Socket the agent's virtio-serial port is bound to, inside the run directory.
@@ -92,15 +92,29 @@ impl QemuVmm {
         } else {
             "raw"
         };
+        // Guest RAM is always a named memory backend (`ram`), so its
+        // migration block has the same name however it is backed and any
+        // snapshot restores into any VM of the same size.
+        let mem = config.memory_mib;
+        let backend = match &config.memory {
+            MemoryBacking::Anonymous => format!("memory-backend-ram,id=ram,size={mem}M"),
+            MemoryBacking::File { path, shared } => format!(
+                "memory-backend-file,id=ram,size={mem}M,mem-path={},share={}",
+                path.display(),
+                if *shared { "on" } else { "off" }
+            ),
+        };
         [
             "-M",
-            "microvm,acpi=off,x-option-roms=off,rtc=on",
+            "microvm,acpi=off,x-option-roms=off,rtc=on,memory-backend=ram",
+            "-object",
+            &backend,
             "-accel",
             accel,
             "-cpu",
             cpu,
             "-m",
-            &config.memory_mib.to_string(),
+            &format!("{mem}M"),
             "-smp",
             &config.vcpus.to_string(),
             "-nodefaults",
@@ -176,6 +190,7 @@ impl Vmm for QemuVmm {
             pid,
             child: Mutex::new(None),
             detached: AtomicBool::new(false),
+            shared_ram: false,
         }))
     }
 
@@ -218,6 +233,7 @@ impl QemuVmm {
             pid: 0,
             child: Mutex::new(None),
             detached: AtomicBool::new(false),
+            shared_ram: matches!(config.memory, MemoryBacking::File { shared: true, .. }),
         };
         if !config.die_with_parent {
             fs::write(dir.join(DETACHED_MARKER), b"").map_err(prepare)?;
@@ -333,6 +349,17 @@ fn exec_uri(cmd: &str, path: &Path) -> String {
     format!("exec:{cmd} '{quoted}'")
 }
 
+async fn set_ignore_shared(qmp: &mut Qmp, on: bool) -> Result<(), VmmError> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(serde_json::json!({
+            "capabilities": [{ "capability": "x-ignore-shared", "state": on }]
+        })),
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Polls `query-migrate` until the migration ends; `Err(message)` on failure.
 async fn wait_migration(qmp: &mut Qmp, vm: &QemuVm, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
@@ -371,6 +398,8 @@ pub struct QemuVm {
     child: Mutex<Option<Child>>,
     /// Set by `detach`: dropping then leaves the VM running.
     detached: AtomicBool,
+    /// Guest RAM is a file mapped shared (a template being made).
+    shared_ram: bool,
 }
 
 impl QemuVm {
@@ -430,6 +459,7 @@ impl QemuVm {
             message,
         };
         let mut qmp = self.qmp().await?;
+        set_ignore_shared(&mut qmp, snap.join(SNAPSHOT_RAM).exists()).await?;
         let uri = exec_uri("cat", &snap.join(SNAPSHOT_STATE));
         qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
             .await
@@ -473,6 +503,9 @@ impl QemuVm {
         };
         let mut qmp = self.qmp().await?;
         qmp.execute("stop", None).await?;
+        // RAM that is a shared file already needs no copy in the state. Set
+        // either way: a VM restored from a template has it on from loading.
+        set_ignore_shared(&mut qmp, self.shared_ram).await?;
         let state = dir.join(SNAPSHOT_STATE);
         let uri = exec_uri("cat >", &state);
         let saved = async {

@@ -23,7 +23,22 @@ impl Qmp {
     /// Connects to `path`, reads the greeting and enters command mode.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, VmmError> {
         let fut = async {
-            let stream = UnixStream::connect(path).await.map_err(VmmError::QmpIo)?;
+            // QEMU creates the socket file (bind) a moment before it listens:
+            // a refused connect in that window is retried.
+            let stream = loop {
+                match UnixStream::connect(path).await {
+                    Ok(s) => break s,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                        ) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(2)).await
+                    }
+                    Err(e) => return Err(VmmError::QmpIo(e)),
+                }
+            };
             let (rd, wr) = stream.into_split();
             let mut qmp = Self {
                 rd: BufReader::new(rd),

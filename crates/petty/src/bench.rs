@@ -54,6 +54,7 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
             extra_cmdline: vec!["petty.mode=poweroff".into()],
             die_with_parent: true,
             restore_from: None,
+            memory: Default::default(),
         };
         let args = vmm.args(&config, dir.path(), &overlay);
         let t = Instant::now();

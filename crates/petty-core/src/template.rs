@@ -1,0 +1,212 @@
+//! Template snapshots: the fast path of sandbox creation.
+//!
+//! The first create for a given kernel, rootfs, memory size and vCPU count
+//! boots a VM whose RAM is a file mapped shared, waits for its agent, and
+//! saves it: device state without RAM (`x-ignore-shared`), the disk layer,
+//! and the RAM file itself. Every later create restores from it, mapping the
+//! RAM file privately: all sandboxes of a template read its pages from the
+//! page cache and copy only the pages they write. The key covers every input
+//! (paths, sizes and mtimes of kernel and rootfs, memory, vCPUs, protocol and
+//! template versions), so a template whose inputs change is rebuilt, never
+//! reused.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use petty_vmm::{MemoryBacking, VmConfig, Vmm, SNAPSHOT_RAM, SNAPSHOT_STATE};
+
+use crate::CoreError;
+
+/// Bump when the way templates are made changes.
+const TEMPLATE_VERSION: u32 = 1;
+
+/// The templates of one data directory.
+pub(crate) struct Templates {
+    dir: PathBuf,
+    building: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// FNV-1a: a stable 64-bit hash (the key must not change between builds).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.iter().chain(&[0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn file_identity(p: &Path) -> Result<Vec<u8>, CoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(p)?;
+    Ok(format!(
+        "{}:{}:{}:{}",
+        p.display(),
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec()
+    )
+    .into_bytes())
+}
+
+impl Templates {
+    pub(crate) fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("templates"),
+            building: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(kernel: &Path, rootfs: &Path, memory_mib: u32, vcpus: u32) -> Result<String, CoreError> {
+        let versions = format!(
+            "{}:{}:{memory_mib}:{vcpus}",
+            TEMPLATE_VERSION,
+            petty_protocol::PROTOCOL_VERSION
+        );
+        Ok(format!(
+            "{:016x}",
+            fnv1a(&[
+                &file_identity(kernel)?,
+                &file_identity(rootfs)?,
+                versions.as_bytes()
+            ])
+        ))
+    }
+
+    /// The template for these inputs, made first if there is none.
+    pub(crate) async fn ensure(
+        &self,
+        vmm: &dyn Vmm,
+        kernel: &Path,
+        rootfs: &Path,
+        memory_mib: u32,
+        vcpus: u32,
+        connect_timeout: Duration,
+    ) -> Result<PathBuf, CoreError> {
+        let key = Self::key(kernel, rootfs, memory_mib, vcpus)?;
+        let dir = self.dir.join(&key);
+        if dir.join(SNAPSHOT_STATE).is_file() {
+            return Ok(dir);
+        }
+        // One builder per key in this process; the file lock covers others.
+        let gate = self
+            .building
+            .lock()
+            .await
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _building = gate.lock().await;
+        std::fs::create_dir_all(&self.dir)?;
+        let lock_path = self.dir.join(format!("{key}.lock"));
+        let _file_lock = tokio::task::spawn_blocking(move || lock_file(&lock_path))
+            .await
+            .map_err(|e| CoreError::Io(std::io::Error::other(e)))??;
+        if dir.join(SNAPSHOT_STATE).is_file() {
+            return Ok(dir);
+        }
+        let tmp = self.dir.join(format!(".tmp-{key}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let built = build(
+            vmm,
+            &tmp,
+            &key,
+            kernel,
+            rootfs,
+            memory_mib,
+            vcpus,
+            connect_timeout,
+        )
+        .await;
+        match built {
+            Ok(()) => {
+                std::fs::rename(&tmp, &dir)?;
+                tracing::info!(template = %key, "template snapshot made");
+                Ok(dir)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build(
+    vmm: &dyn Vmm,
+    tmp: &Path,
+    key: &str,
+    kernel: &Path,
+    rootfs: &Path,
+    memory_mib: u32,
+    vcpus: u32,
+    connect_timeout: Duration,
+) -> Result<(), CoreError> {
+    let config = VmConfig {
+        id: format!("template-{}-{}", &key[..8], std::process::id()),
+        kernel: kernel.to_path_buf(),
+        rootfs: rootfs.to_path_buf(),
+        memory_mib,
+        vcpus,
+        extra_cmdline: Vec::new(),
+        die_with_parent: true,
+        restore_from: None,
+        memory: MemoryBacking::File {
+            path: tmp.join(SNAPSHOT_RAM),
+            shared: true,
+        },
+    };
+    let vm = vmm.start(&config).await?;
+    // Dropping `vm` on any error below kills it and removes its files.
+    let stream = vm.connect_agent().await?;
+    let agent = petty_agent_client::AgentClient::new(stream, connect_timeout);
+    if let Err(source) = agent.handshake(connect_timeout).await {
+        return Err(CoreError::Connection {
+            console: vm.console_tail(),
+            source,
+        });
+    }
+    vm.snapshot(tmp, false).await?;
+    vm.stop().await?;
+    Ok(())
+}
+
+/// Takes an exclusive `flock` on `path`, held until the file is dropped.
+fn lock_file(path: &Path) -> Result<std::fs::File, CoreError> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock on an fd we own; it blocks until the lock is ours.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_changes_with_every_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, r) = (dir.path().join("k"), dir.path().join("r"));
+        std::fs::write(&k, b"kernel").unwrap();
+        std::fs::write(&r, b"rootfs").unwrap();
+        let base = Templates::key(&k, &r, 256, 2).unwrap();
+        assert_eq!(base, Templates::key(&k, &r, 256, 2).unwrap());
+        assert_ne!(base, Templates::key(&k, &r, 512, 2).unwrap());
+        assert_ne!(base, Templates::key(&k, &r, 256, 1).unwrap());
+        std::fs::write(&r, b"rootfs, rebuilt").unwrap();
+        assert_ne!(base, Templates::key(&k, &r, 256, 2).unwrap());
+    }
+}

@@ -673,19 +673,31 @@ impl SandboxManager {
         let source = self.info(key).await?;
         let dir = self.snapshots_dir().join(name);
         std::fs::create_dir_all(&dir)?;
-        let files = match sb.snapshot_to(&dir).await {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
+        let saved = async {
+            sb.snapshot_to(&dir).await?;
+            // The sandbox runs on already; now give the snapshot a RAM file
+            // that its children will share.
+            crate::template::share_ram(
+                self.inner.vmm.as_ref(),
+                &dir,
+                &source.kernel,
+                &source.rootfs,
+                source.memory_mib,
+                source.vcpus,
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = saved {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         let record = SnapshotRecord {
             name: name.to_string(),
             parent: source.from_snapshot.clone(),
             source_sandbox: source.name.clone(),
             dir: dir.clone(),
-            size_bytes: files.state_bytes + files.disk_bytes,
+            size_bytes: disk_usage(&dir),
             memory_mib: source.memory_mib,
             vcpus: source.vcpus,
             kernel: source.kernel.clone(),
@@ -816,6 +828,20 @@ async fn reaper(inner: Weak<Inner>) {
             tracing::warn!("reaper pass failed: {e}");
         }
     }
+}
+
+/// Bytes a directory's files take on disk (sparse files count what they use).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn short_name(id: SandboxId) -> String {

@@ -131,6 +131,7 @@ impl Sandbox {
                 _ => petty_vmm::MemoryBacking::Anonymous,
             },
             restore_from,
+            start_paused: false,
         };
         let vm = vmm.start(&vm_config).await?;
         // Any early return below drops `vm`, which kills it and removes its files.

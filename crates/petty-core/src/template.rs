@@ -161,6 +161,7 @@ async fn build(
             path: tmp.join(SNAPSHOT_RAM),
             shared: true,
         },
+        start_paused: false,
     };
     let vm = vmm.start(&config).await?;
     // Dropping `vm` on any error below kills it and removes its files.
@@ -175,6 +176,52 @@ async fn build(
     vm.snapshot(tmp, false).await?;
     vm.stop().await?;
     Ok(())
+}
+
+/// Rewrites snapshot `dir` (a full state, RAM included) so that its RAM is
+/// a file of its own: the state is loaded once into a paused VM whose RAM is
+/// that file mapped shared, then saved again without RAM. Restores then map
+/// the file privately, so all of a snapshot's children share its pages.
+pub(crate) async fn share_ram(
+    vmm: &dyn Vmm,
+    dir: &Path,
+    kernel: &Path,
+    rootfs: &Path,
+    memory_mib: u32,
+    vcpus: u32,
+) -> Result<(), CoreError> {
+    let ram = dir.join(format!("{SNAPSHOT_RAM}.partial"));
+    let resave = dir.join("resave");
+    let _ = std::fs::remove_dir_all(&resave);
+    std::fs::create_dir_all(&resave)?;
+    let result = async {
+        let config = VmConfig {
+            id: format!("resave-{}", uuid::Uuid::new_v4()),
+            kernel: kernel.to_path_buf(),
+            rootfs: rootfs.to_path_buf(),
+            memory_mib,
+            vcpus,
+            extra_cmdline: Vec::new(),
+            die_with_parent: true,
+            restore_from: Some(dir.to_path_buf()),
+            memory: MemoryBacking::File {
+                path: ram.clone(),
+                shared: true,
+            },
+            start_paused: true,
+        };
+        let vm = vmm.start(&config).await?;
+        vm.snapshot(&resave, false).await?;
+        vm.stop().await?;
+        // The disk layer is unchanged (the guest never ran): keep the original.
+        std::fs::rename(resave.join(SNAPSHOT_STATE), dir.join(SNAPSHOT_STATE))?;
+        std::fs::rename(&ram, dir.join(SNAPSHOT_RAM))?;
+        Ok::<_, CoreError>(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&resave);
+    let _ = std::fs::remove_file(&ram);
+    result
 }
 
 /// Takes an exclusive `flock` on `path`, held until the file is dropped.

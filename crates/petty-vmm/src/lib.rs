@@ -55,6 +55,8 @@ pub struct VmConfig {
     pub restore_from: Option<PathBuf>,
     /// Where guest RAM lives.
     pub memory: MemoryBacking,
+    /// With `restore_from`: leave the guest paused once its state is loaded.
+    pub start_paused: bool,
 }
 
 /// Where a VM's RAM lives.

@@ -337,7 +337,7 @@ impl QemuVmm {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         if let Some(snap) = &config.restore_from {
-            vm.load_state(snap).await?;
+            vm.load_state(snap, config.start_paused).await?;
         }
         Ok(vm)
     }
@@ -452,7 +452,7 @@ impl QemuVm {
 
     /// Loads a snapshot's state into this (`-incoming defer`) QEMU and lets
     /// the guest run.
-    async fn load_state(&self, snap: &Path) -> Result<(), VmmError> {
+    async fn load_state(&self, snap: &Path, stay_paused: bool) -> Result<(), VmmError> {
         let fail = |message: String| VmmError::Snapshot {
             op: "restoring",
             dir: snap.to_path_buf(),
@@ -482,6 +482,7 @@ impl QemuVm {
                 .and_then(|s| s.as_str())
             {
                 Some("running") => return Ok(()),
+                Some("paused") if stay_paused => return Ok(()),
                 Some("paused") | Some("postmigrate") | Some("prelaunch") => {
                     qmp.execute("cont", None).await?;
                 }

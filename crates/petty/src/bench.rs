@@ -55,6 +55,7 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
             die_with_parent: true,
             restore_from: None,
             memory: Default::default(),
+            start_paused: false,
         };
         let args = vmm.args(&config, dir.path(), &overlay);
         let t = Instant::now();

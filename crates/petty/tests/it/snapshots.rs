@@ -132,6 +132,14 @@ async fn children_write_their_own_files_and_draw_different_randomness() {
     assert_ne!(sh(&m, &a, "hostname").await, sh(&m, &b, "hostname").await);
 
     let snap = m.list_snapshots().await.unwrap().remove(0);
+    // Both children map the snapshot's RAM file: the pages they only read
+    // are the same page-cache pages, counted as shared in each VMM.
+    let ram = snap.dir.join(petty_vmm::SNAPSHOT_RAM);
+    for kid in [&a, &b] {
+        let pid = m.info(kid).await.unwrap().vmm_pid.unwrap();
+        let shared_kib = shared_kib_of_mapping(pid, &ram);
+        assert!(shared_kib > 8 * 1024, "{kid} shares only {shared_kib} KiB of {}", ram.display());
+    }
     // Children still read its disk layer: deleting it is refused, by name.
     match m.delete_snapshot(&snap.name).await {
         Err(e @ CoreError::SnapshotInUse { .. }) => {
@@ -211,4 +219,21 @@ async fn a_corrupt_or_truncated_snapshot_fails_clearly_and_leaves_nothing() {
         env.assert_clean();
     }
     m.delete_snapshot("broken").await.unwrap();
+}
+
+/// KiB of a process's mapping of `file` that are shared with other processes.
+fn shared_kib_of_mapping(pid: u32, file: &std::path::Path) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let name = file.display().to_string();
+    let mut in_mapping = false;
+    let mut shared = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            in_mapping = line.ends_with(&name);
+        } else if in_mapping && (first == "Shared_Clean:" || first == "Shared_Dirty:") {
+            shared += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+        }
+    }
+    shared
 }

@@ -350,3 +350,135 @@ pub async fn density(count: usize, memory_mib: u32) -> anyhow::Result<ExitCode> 
     );
     Ok(ExitCode::SUCCESS)
 }
+
+async fn pss_of_all(manager: &petty_core::SandboxManager) -> anyhow::Result<u64> {
+    let mut pss = 0;
+    for r in manager.list().await? {
+        if let Some(pid) = r.vmm_pid {
+            pss += rss_pss_kib(pid).1;
+        }
+    }
+    Ok(pss)
+}
+
+/// `petty bench snapshot`: create from a template against a cold boot,
+/// snapshot cost, a 10-way fork, and the memory of forks against boots.
+pub async fn snapshot(runs: usize, forks: usize) -> anyhow::Result<ExitCode> {
+    if runs == 0 || forks == 0 {
+        bail!("--runs and --forks must be at least 1");
+    }
+    ensure_assets(true).await?;
+    let (manager, scratch) = scratch_manager(2 * forks + 8).await?;
+    let cold_manager = petty_core::SandboxManager::new(
+        petty_core::ManagerConfig {
+            data_dir: scratch.path().join("data-cold"),
+            templates: false,
+            max_sandboxes: 2 * forks + 8,
+            ..petty_core::ManagerConfig::default()
+        },
+        std::sync::Arc::new(QemuVmm::new(
+            AccelChoice::detect(),
+            scratch.path().join("run"),
+        )),
+    )
+    .await?;
+    // The first create makes the template; it is not one of the measured runs.
+    let first = manager.create_default().await?;
+    manager.destroy(&first.to_string()).await?;
+
+    let (mut warm, mut cold) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let t = Instant::now();
+        let id = manager.create_default().await?;
+        manager.execute(&id.to_string(), "true").await?;
+        warm.push(t.elapsed());
+        manager.destroy(&id.to_string()).await?;
+        let t = Instant::now();
+        let id = cold_manager.create_default().await?;
+        cold_manager.execute(&id.to_string(), "true").await?;
+        cold.push(t.elapsed());
+        cold_manager.destroy(&id.to_string()).await?;
+        eprint!("\rcreate to first exec: {}/{runs}", i + 1);
+    }
+    eprintln!();
+
+    // Snapshot a sandbox that did some work, then fork it.
+    let src = manager
+        .create(SandboxConfig::builder().name("bench-src").build()?)
+        .await?;
+    manager
+        .execute(
+            "bench-src",
+            "python3 -c 'import json; print(len(json.dumps(list(range(100000)))))'",
+        )
+        .await?;
+    let mut snap_times = Vec::new();
+    let mut snap_size = 0;
+    for i in 0..runs {
+        let t = Instant::now();
+        let s = manager
+            .snapshot("bench-src", &format!("bench-snap-{i}"))
+            .await?;
+        snap_times.push(t.elapsed());
+        snap_size = s.size_bytes;
+    }
+    let t = Instant::now();
+    let children = manager.fork("bench-snap-0", forks).await?;
+    let fork_time = t.elapsed();
+    for c in &children {
+        manager.execute(&c.to_string(), "true").await?;
+    }
+    manager.destroy(&src.to_string()).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fork_pss = pss_of_all(&manager).await?;
+    let t = Instant::now();
+    for _ in 0..forks {
+        let id = cold_manager.create_default().await?;
+        cold_manager.execute(&id.to_string(), "true").await?;
+    }
+    let cold_many = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cold_pss = pss_of_all(&cold_manager).await?;
+    manager.destroy_all().await?;
+    cold_manager.destroy_all().await?;
+    for s in manager.list_snapshots().await? {
+        manager.delete_snapshot(&s.name).await?;
+    }
+
+    let (warm, cold, snap) = (median(warm), median(cold), median(snap_times));
+    println!("petty bench snapshot ({runs} runs; 256 MiB, 2 vCPUs)");
+    println!(
+        "  create from template to first exec result      median {} (target <= 100 ms)",
+        ms(warm)
+    );
+    println!(
+        "  cold boot to first exec result                 median {}",
+        ms(cold)
+    );
+    println!(
+        "  ratio                                          {:.1}x (target >= 10x)",
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+    println!(
+        "  snapshot of a running sandbox                  median {}, {:.1} MiB on disk",
+        ms(snap),
+        snap_size as f64 / 1048576.0
+    );
+    println!(
+        "  fork of {forks} children from a snapshot           {} total",
+        ms(fork_time)
+    );
+    println!(
+        "  {forks} cold boots, one after another                {} total",
+        ms(cold_many)
+    );
+    println!(
+        "  host memory (QEMU PSS) of {forks} forks            {} MiB",
+        fork_pss / 1024
+    );
+    println!(
+        "  host memory (QEMU PSS) of {forks} cold boots       {} MiB",
+        cold_pss / 1024
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -136,6 +136,15 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Create from a template against a cold boot, snapshot cost, forks, and their memory.
+    Snapshot {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Children in the fork measurement.
+        #[arg(long, default_value_t = 10)]
+        forks: usize,
+    },
     /// Start many idle sandboxes, check each answers, and report host memory per sandbox.
     Density {
         /// How many sandboxes.
@@ -240,6 +249,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Boot { runs } => crate::bench::boot(runs).await,
             BenchCmd::Pool { runs } => crate::bench::pool(runs).await,
+            BenchCmd::Snapshot { runs, forks } => crate::bench::snapshot(runs, forks).await,
             BenchCmd::Density { count, memory_mib } => {
                 crate::bench::density(count, memory_mib).await
             }

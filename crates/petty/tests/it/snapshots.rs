@@ -138,7 +138,11 @@ async fn children_write_their_own_files_and_draw_different_randomness() {
     for kid in [&a, &b] {
         let pid = m.info(kid).await.unwrap().vmm_pid.unwrap();
         let shared_kib = shared_kib_of_mapping(pid, &ram);
-        assert!(shared_kib > 8 * 1024, "{kid} shares only {shared_kib} KiB of {}", ram.display());
+        assert!(
+            shared_kib > 8 * 1024,
+            "{kid} shares only {shared_kib} KiB of {}",
+            ram.display()
+        );
     }
     // Children still read its disk layer: deleting it is refused, by name.
     match m.delete_snapshot(&snap.name).await {
@@ -232,7 +236,12 @@ fn shared_kib_of_mapping(pid: u32, file: &std::path::Path) -> u64 {
         if first.contains('-') && !first.ends_with(':') {
             in_mapping = line.ends_with(&name);
         } else if in_mapping && (first == "Shared_Clean:" || first == "Shared_Dirty:") {
-            shared += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+            shared += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
         }
     }
     shared

@@ -1,0 +1,153 @@
+//! Tree search over shell actions with snapshots: branch, run, score,
+//! backtrack to the best node (a small Monte Carlo tree search).
+//!
+//! Every node of the tree is a named snapshot of a real VM. Expanding a node
+//! restores its snapshot into a fresh sandbox, runs one action there, scores
+//! the result, and snapshots it as a child node; the sandbox is then thrown
+//! away. Nothing is ever undone by hand: going back is restoring a snapshot.
+//!
+//! The toy problem: a number starts at 1 in /root/n; actions double it, add 3
+//! or square it; the goal is 42. Run with:
+//!
+//! ```sh
+//! cargo run --release -p petty-core --example tree_search
+//! ```
+
+use std::sync::Arc;
+
+use petty_core::{ManagerConfig, SandboxConfig, SandboxManager};
+use petty_vmm::qemu::QemuVmm;
+use petty_vmm::{runtime_root, AccelChoice};
+
+const TARGET: i64 = 42;
+const ACTIONS: [(&str, &str); 3] = [
+    ("double", "n=$(cat /root/n); echo $((n * 2)) > /root/n"),
+    ("add3", "n=$(cat /root/n); echo $((n + 3)) > /root/n"),
+    ("square", "n=$(cat /root/n); echo $((n * n)) > /root/n"),
+];
+
+struct Node {
+    snapshot: String,
+    path: Vec<&'static str>,
+    value: i64,
+    parent: Option<usize>,
+    children: Vec<usize>,
+    untried: Vec<usize>,
+    visits: f64,
+    reward: f64,
+}
+
+fn score(value: i64) -> f64 {
+    1.0 / (1.0 + (value - TARGET).abs() as f64)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let scratch = tempfile::tempdir()?;
+    let vmm = Arc::new(QemuVmm::new(AccelChoice::detect(), runtime_root()));
+    let config = ManagerConfig {
+        data_dir: scratch.path().to_path_buf(),
+        ..ManagerConfig::default()
+    };
+    let m = SandboxManager::new(config, vmm).await?;
+
+    // The root: a sandbox with n = 1, snapshotted.
+    let root = m
+        .create(SandboxConfig::builder().name("root").build()?)
+        .await?;
+    m.execute("root", "echo 1 > /root/n").await?;
+    m.snapshot("root", "node-0").await?;
+    m.destroy(&root.to_string()).await?;
+    let mut tree = vec![Node {
+        snapshot: "node-0".into(),
+        path: vec![],
+        value: 1,
+        parent: None,
+        children: vec![],
+        untried: (0..ACTIONS.len()).collect(),
+        visits: 0.0,
+        reward: 0.0,
+    }];
+
+    for iteration in 1..=10 {
+        // Select: descend by UCB1 while the node is fully expanded.
+        let mut at = 0;
+        while tree[at].untried.is_empty() && !tree[at].children.is_empty() {
+            let parent_visits = tree[at].visits.max(1.0);
+            at = *tree[at]
+                .children
+                .iter()
+                .max_by(|&&a, &&b| {
+                    let ucb = |i: usize| {
+                        let n = &tree[i];
+                        n.reward / n.visits.max(1.0)
+                            + 1.4 * (parent_visits.ln() / n.visits.max(1.0)).sqrt()
+                    };
+                    ucb(a).total_cmp(&ucb(b))
+                })
+                .expect("has children");
+        }
+        let Some(action) = tree[at].untried.pop() else {
+            break;
+        };
+        // Branch: restore the node into a fresh sandbox and run one action.
+        let child_name = format!("node-{}", tree.len());
+        let sb = m.restore(&tree[at].snapshot, Some("explorer")).await?;
+        m.execute("explorer", ACTIONS[action].1).await?;
+        let value: i64 = m
+            .execute("explorer", "cat /root/n")
+            .await?
+            .stdout
+            .trim()
+            .parse()?;
+        m.snapshot("explorer", &child_name).await?;
+        m.destroy(&sb.to_string()).await?;
+        let mut path = tree[at].path.clone();
+        path.push(ACTIONS[action].0);
+        let reward = score(value);
+        println!(
+            "iteration {iteration:>2}: {:<28} n = {value:<6} score {reward:.3}",
+            path.join(" > ")
+        );
+        let child = tree.len();
+        tree.push(Node {
+            snapshot: child_name,
+            path,
+            value,
+            parent: Some(at),
+            children: vec![],
+            untried: if value.abs() < 10_000 {
+                (0..ACTIONS.len()).collect()
+            } else {
+                vec![]
+            },
+            visits: 0.0,
+            reward: 0.0,
+        });
+        tree[at].children.push(child);
+        // Backpropagate the score to the root.
+        let mut up = Some(child);
+        while let Some(i) = up {
+            tree[i].visits += 1.0;
+            tree[i].reward += reward;
+            up = tree[i].parent;
+        }
+    }
+
+    // Backtrack to the best node: restore it and look inside.
+    let best = tree
+        .iter()
+        .max_by(|a, b| score(a.value).total_cmp(&score(b.value)))
+        .expect("tree has nodes");
+    let sb = m.restore(&best.snapshot, Some("best")).await?;
+    let inside = m.execute("best", "cat /root/n").await?.stdout;
+    println!(
+        "best node {}: {} -> n = {} (read back from its restored VM)",
+        best.snapshot,
+        best.path.join(" > "),
+        inside.trim()
+    );
+    m.destroy(&sb.to_string()).await?;
+    m.destroy_all().await?;
+    Ok(())
+}

@@ -503,17 +503,22 @@ impl SandboxManager {
         let sb = self.get(key).await?;
         sb.resume().await?;
         let id = sb.id();
-        self.db(move |s| s.set_state(id, SandboxState::Ready, None))
-            .await
+        // Paused time is not idle time: the idle clock starts again now.
+        self.db(move |s| {
+            s.set_state(id, SandboxState::Ready, None)?;
+            s.touch(id)
+        })
+        .await
     }
 
-    /// Shuts a sandbox's VM down (gracefully when `graceful`, else SIGKILL)
-    /// and keeps its record as `stopped` until [`destroy`](Self::destroy).
+    /// Shuts a sandbox's VM down (gracefully when `graceful`: the guest syncs
+    /// and powers off; else SIGKILL) and keeps its record as `stopped` until
+    /// [`destroy`](Self::destroy).
     pub async fn stop(&self, key: &str, graceful: bool) -> Result<(), CoreError> {
         let record = self.info(key).await?;
         let reason = if graceful { "stopped" } else { "killed" };
         if record.state.has_vm() {
-            self.stop_vm(&record).await?;
+            self.stop_vm(&record, graceful).await?;
         }
         let id = record.id;
         self.db(move |s| s.set_state(id, SandboxState::Stopped, Some(reason)))
@@ -521,10 +526,23 @@ impl SandboxManager {
     }
 
     /// Stops the VM of `record`, whether this process holds it or not.
-    async fn stop_vm(&self, record: &SandboxRecord) -> Result<(), CoreError> {
-        let held = self.inner.live.write().await.remove(&record.id);
+    async fn stop_vm(&self, record: &SandboxRecord, graceful: bool) -> Result<(), CoreError> {
+        let mut held = self.inner.live.write().await.remove(&record.id);
+        if held.is_none() && graceful && record.state == SandboxState::Ready {
+            // A clean shutdown needs the agent: attach (it may be another
+            // process's sandbox); if that fails, fall back to killing.
+            held = Sandbox::attach(
+                self.inner.vmm.as_ref(),
+                record,
+                self.inner.config.connect_timeout,
+                self.inner.config.rpc_timeout,
+            )
+            .await
+            .ok()
+            .map(Arc::new);
+        }
         if let Some(sb) = held {
-            return sb.stop_vm(true).await;
+            return sb.stop_vm(graceful).await;
         }
         match (record.vmm_pid, &record.run_dir) {
             (Some(pid), Some(_)) => match self.inner.vmm.attach(&record.id.to_string(), pid) {
@@ -544,7 +562,7 @@ impl SandboxManager {
     /// Kills the VM of `record`, removes its files and moves its row to the
     /// history with `reason`.
     async fn reap(&self, record: &SandboxRecord, reason: &str) -> Result<(), CoreError> {
-        let stopped = self.stop_vm(record).await;
+        let stopped = self.stop_vm(record, false).await;
         let id = record.id;
         let reason = reason.to_string();
         self.db(move |s| s.remove(id, &reason)).await?;

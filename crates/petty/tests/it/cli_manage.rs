@@ -150,3 +150,21 @@ fn ttl_set_from_the_cli_is_enforced_by_a_later_command() {
     assert!(row(&env.ok(&["ls"]), "brief").is_none());
     assert!(leftovers(env.root.path()).is_empty());
 }
+
+#[test]
+fn kill_stops_at_once_and_rm_refuses_running_sandboxes() {
+    let env = Env::new();
+    env.ok(&["create", "--name", "k"]);
+    let refused = env.run(&["rm", "k"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop it first"));
+    env.ok(&["kill", "k"]);
+    assert!(row(&env.ok(&["ls"]), "k").unwrap().contains("stopped"));
+    let root = env.root.path().display().to_string();
+    assert!(
+        processes_mentioning(&root).is_empty(),
+        "VMM still running after kill"
+    );
+    env.ok(&["rm", "k"]);
+    assert!(leftovers(env.root.path()).is_empty());
+}

@@ -313,3 +313,42 @@ async fn register_adopts_a_sandbox_or_hands_it_back() {
     m.destroy(&id.to_string()).await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_idle_timeout() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    let cfg = SandboxConfig::builder()
+        .name("napper")
+        .idle_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    m.create(cfg).await.unwrap();
+    m.pause("napper").await.unwrap();
+    assert_eq!(m.info("napper").await.unwrap().state, SandboxState::Paused);
+    match m.execute("napper", "true").await {
+        Err(e @ CoreError::InvalidState { .. }) => {
+            assert!(
+                e.to_string().contains("napper is paused; resume it first"),
+                "{e}"
+            )
+        }
+        other => panic!("expected InvalidState, got {other:?}"),
+    }
+    // A paused sandbox is not idle-reaped; a resumed one is, once idle.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(m.exists("napper").await.unwrap());
+    m.resume("napper").await.unwrap();
+    assert_eq!(
+        m.execute("napper", "echo awake").await.unwrap().stdout,
+        "awake\n"
+    );
+    eventually("the idle reaper", || async {
+        !m.exists("napper").await.unwrap()
+    })
+    .await;
+    assert!(m.history("napper").await.unwrap()[0]
+        .reason
+        .contains("idle for 3"));
+    env.assert_clean();
+}

@@ -206,6 +206,16 @@ fn fill(inner: &Arc<PoolInner>) {
                 .manager
                 .create_inner(inner.config.sandbox_config.clone(), true, None)
                 .await;
+            if let Ok(id) = &result {
+                // Run the commonest first commands once: under software
+                // emulation a fresh VMM translates every guest code path on
+                // first use, and this way the user's first exec does not pay
+                // for it.
+                let _ = inner
+                    .manager
+                    .execute(&id.to_string(), "true; python3 -c pass 2>/dev/null; true")
+                    .await;
+            }
             match result {
                 Ok(id) => {
                     inner.created.fetch_add(1, Ordering::Relaxed);

@@ -136,6 +136,7 @@ impl Sandbox {
         let vm = vmm.start(&vm_config).await?;
         // Any early return below drops `vm`, which kills it and removes its files.
         let (agent, pong) = connect(vm.as_ref(), &config, config.connect_timeout).await?;
+        tracing::debug!(sandbox = %id, "agent answered");
         if restored {
             // A copy of another guest's memory: give it its own randomness,
             // the current time and its own name.

@@ -272,6 +272,7 @@ impl QemuVmm {
             ));
         }
 
+        tracing::debug!(vm = %config.id, "overlay created");
         let stderr = fs::File::create(dir.join(STDERR_LOG)).map_err(prepare)?;
         let mut cmd = std::process::Command::new(&binary);
         cmd.args(self.args(config, &dir, &overlay));
@@ -336,8 +337,10 @@ impl QemuVmm {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        tracing::debug!(vm = %config.id, pid = vm.pid, "QEMU sockets ready");
         if let Some(snap) = &config.restore_from {
             vm.load_state(snap, config.start_paused).await?;
+            tracing::debug!(vm = %config.id, "snapshot state loaded");
         }
         Ok(vm)
     }

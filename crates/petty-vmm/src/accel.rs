@@ -94,37 +94,33 @@ mod tests {
 
     #[test]
     fn missing_dev_means_tcg() {
-        let d = tempdir();
-        let c = AccelChoice::probe(&d.join("kvm"), &d);
+        let t = tempdir();
+        let d = t.path();
+        let c = AccelChoice::probe(&d.join("kvm"), d);
         assert_eq!(c.accel, Accel::Tcg);
         assert!(c.reason.contains("no /dev/kvm"));
     }
 
     #[test]
     fn kvm_pvm_module_means_tcg() {
-        let d = tempdir();
+        let t = tempdir();
+        let d = t.path();
         std::fs::write(d.join("kvm"), b"").unwrap();
         std::fs::create_dir(d.join("kvm_pvm")).unwrap();
-        let c = AccelChoice::probe(&d.join("kvm"), &d);
+        let c = AccelChoice::probe(&d.join("kvm"), d);
         assert_eq!(c.accel, Accel::Tcg);
         assert!(c.reason.contains("kvm_pvm"), "{}", c.reason);
     }
 
     #[test]
     fn openable_dev_without_pvm_means_kvm() {
-        let d = tempdir();
+        let t = tempdir();
+        let d = t.path();
         std::fs::write(d.join("kvm"), b"").unwrap();
-        assert_eq!(AccelChoice::probe(&d.join("kvm"), &d).accel, Accel::Kvm);
+        assert_eq!(AccelChoice::probe(&d.join("kvm"), d).accel, Accel::Kvm);
     }
 
-    fn tempdir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "petty-accel-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 }

@@ -59,6 +59,15 @@ pub fn leftovers(root: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Kills every VMM under `root`: the safety net of a test that failed with
+/// sandboxes alive (managed sandboxes outlive their manager by design).
+pub fn kill_vms_under(root: &Path) {
+    for pid in processes_mentioning(&root.display().to_string()) {
+        // SAFETY: signalling a QEMU this test started under its own root.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
 /// Processes whose command line mentions `needle` (e.g. a run directory).
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();

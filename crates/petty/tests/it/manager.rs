@@ -14,6 +14,12 @@ struct Env {
     data: tempfile::TempDir,
 }
 
+impl Drop for Env {
+    fn drop(&mut self) {
+        crate::kill_vms_under(self.root.path());
+    }
+}
+
 impl Env {
     fn new() -> Self {
         Self {

@@ -12,6 +12,12 @@ struct Env {
     data: tempfile::TempDir,
 }
 
+impl Drop for Env {
+    fn drop(&mut self) {
+        crate::kill_vms_under(self.root.path());
+    }
+}
+
 impl Env {
     fn new() -> Self {
         Self {

@@ -192,6 +192,18 @@ async fn scratch_manager(
     Ok((petty_core::SandboxManager::new(config, vmm).await?, scratch))
 }
 
+/// Waits (at most 120 s) until the pool holds a warm sandbox.
+async fn wait_for_warm(pool: &petty_core::SandboxPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pool.size() < 1 {
+        if Instant::now() > deadline {
+            bail!("the pool did not refill within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// `petty bench pool`: warm `acquire` against a cold create, same run.
 pub async fn pool(runs: usize) -> anyhow::Result<ExitCode> {
     if runs == 0 {
@@ -219,13 +231,7 @@ pub async fn pool(runs: usize) -> anyhow::Result<ExitCode> {
     let mut warm = Vec::new();
     for i in 0..runs {
         // Let the pool refill, so every acquire below is a warm hit.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while pool.size() < 1 {
-            if Instant::now() > deadline {
-                bail!("the pool did not refill within 120 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_warm(&pool).await?;
         let t = Instant::now();
         let id = pool.acquire().await?;
         warm.push(t.elapsed());
@@ -413,13 +419,7 @@ pub async fn snapshot(runs: usize, forks: usize) -> anyhow::Result<ExitCode> {
     pool.start();
     let mut pooled = Vec::new();
     for _ in 0..runs {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while pool.size() < 1 {
-            if Instant::now() > deadline {
-                bail!("the pool did not refill within 120 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_warm(&pool).await?;
         let t = Instant::now();
         let id = pool.acquire().await?;
         manager.execute(&id.to_string(), "true").await?;

@@ -1,50 +1,10 @@
 //! Sandboxes that outlive the command that created them, driven by separate
 //! `petty` processes sharing one data directory.
 
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::{leftovers, petty, processes_mentioning, run_root};
-
-struct Env {
-    root: tempfile::TempDir,
-    data: tempfile::TempDir,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        crate::kill_vms_under(self.root.path());
-    }
-}
-
-impl Env {
-    fn new() -> Self {
-        Self {
-            root: run_root(),
-            data: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = petty(self.root.path());
-        c.env("PETTY_DATA_DIR", self.data.path());
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "petty {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
-    }
-}
+use crate::{leftovers, processes_mentioning, Env};
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -52,6 +52,89 @@ pub fn petty(root: &Path) -> Command {
     c
 }
 
+/// One test's world: its own run root and data directory, shared by the
+/// library (a `SandboxManager`) and the CLI (`petty` with both set).
+pub struct Env {
+    pub root: tempfile::TempDir,
+    pub data: tempfile::TempDir,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self {
+            root: run_root(),
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A manager configuration on this world's data directory.
+    pub fn config(&self) -> petty_core::ManagerConfig {
+        petty_core::ManagerConfig {
+            data_dir: self.data.path().to_path_buf(),
+            reap_interval: std::time::Duration::from_millis(200),
+            ..petty_core::ManagerConfig::default()
+        }
+    }
+
+    pub async fn manager(&self, config: petty_core::ManagerConfig) -> petty_core::SandboxManager {
+        petty_core::SandboxManager::new(config, std::sync::Arc::new(vmm(self.root.path())))
+            .await
+            .unwrap()
+    }
+
+    /// `petty` on this world's directories.
+    pub fn cmd(&self) -> Command {
+        let mut c = petty(self.root.path());
+        c.env("PETTY_DATA_DIR", self.data.path());
+        c
+    }
+
+    /// Runs `petty ARGS`; its output.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `petty ARGS`, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "petty {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// No run directory and no VMM left.
+    pub fn assert_clean(&self) {
+        assert!(
+            leftovers(self.root.path()).is_empty(),
+            "left: {:?}",
+            leftovers(self.root.path())
+        );
+        let root = self.root.path().display().to_string();
+        assert!(processes_mentioning(&root).is_empty(), "VMM left running");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Managed sandboxes outlive their manager by design: a test that
+        // failed with some alive must not leave them running.
+        kill_vms_under(self.root.path());
+    }
+}
+
 /// Entries left in a run root: empty after a clean teardown.
 pub fn leftovers(root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(root)

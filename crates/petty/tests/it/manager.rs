@@ -1,57 +1,12 @@
 //! `SandboxManager` and `SandboxPool` with real VMs and a real SQLite file.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use petty_core::{
     CoreError, ManagerConfig, PoolConfig, SandboxConfig, SandboxManager, SandboxPool, SandboxState,
 };
 
-use crate::{leftovers, processes_mentioning, run_root, vmm};
-
-struct Env {
-    root: tempfile::TempDir,
-    data: tempfile::TempDir,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        crate::kill_vms_under(self.root.path());
-    }
-}
-
-impl Env {
-    fn new() -> Self {
-        Self {
-            root: run_root(),
-            data: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn config(&self) -> ManagerConfig {
-        ManagerConfig {
-            data_dir: self.data.path().to_path_buf(),
-            reap_interval: Duration::from_millis(200),
-            ..ManagerConfig::default()
-        }
-    }
-
-    async fn manager(&self, config: ManagerConfig) -> SandboxManager {
-        SandboxManager::new(config, Arc::new(vmm(self.root.path())))
-            .await
-            .unwrap()
-    }
-
-    fn assert_clean(&self) {
-        assert!(
-            leftovers(self.root.path()).is_empty(),
-            "left: {:?}",
-            leftovers(self.root.path())
-        );
-        let root = self.root.path().display().to_string();
-        assert!(processes_mentioning(&root).is_empty(), "VMM left running");
-    }
-}
+use crate::{leftovers, processes_mentioning, vmm, Env};
 
 /// Polls (bounded) until `f` holds; the bound only stops a broken build hanging.
 async fn eventually<F, Fut>(what: &str, mut f: F)

@@ -1,58 +1,17 @@
 //! Snapshots, restores and forks of real VMs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use petty_core::{CoreError, ManagerConfig, SandboxConfig, SandboxManager};
+use petty_core::{CoreError, SandboxConfig, SandboxManager};
 
-use crate::{leftovers, processes_mentioning, run_root, vmm};
+use crate::Env;
 
-struct Env {
-    root: tempfile::TempDir,
-    data: tempfile::TempDir,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        crate::kill_vms_under(self.root.path());
-    }
-}
-
-impl Env {
-    fn new() -> Self {
-        Self {
-            root: run_root(),
-            data: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    async fn manager(&self) -> SandboxManager {
-        let config = ManagerConfig {
-            data_dir: self.data.path().to_path_buf(),
-            ..ManagerConfig::default()
-        };
-        SandboxManager::new(config, Arc::new(vmm(self.root.path())))
-            .await
-            .unwrap()
-    }
-
-    async fn named(&self, m: &SandboxManager, name: &str) -> String {
-        let id = m
-            .create(SandboxConfig::builder().name(name).build().unwrap())
-            .await
-            .unwrap();
-        m.info(&id.to_string()).await.unwrap().name
-    }
-
-    fn assert_clean(&self) {
-        assert!(
-            leftovers(self.root.path()).is_empty(),
-            "left: {:?}",
-            leftovers(self.root.path())
-        );
-        let root = self.root.path().display().to_string();
-        assert!(processes_mentioning(&root).is_empty(), "VMM left running");
-    }
+async fn named(m: &SandboxManager, name: &str) -> String {
+    let id = m
+        .create(SandboxConfig::builder().name(name).build().unwrap())
+        .await
+        .unwrap();
+    m.info(&id.to_string()).await.unwrap().name
 }
 
 async fn sh(m: &SandboxManager, key: &str, script: &str) -> String {
@@ -68,8 +27,8 @@ async fn name_of(m: &SandboxManager, id: petty_core::SandboxId) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_and_a_running_process_survive_snapshot_and_restore() {
     let env = Env::new();
-    let m = env.manager().await;
-    env.named(&m, "origin").await;
+    let m = env.manager(env.config()).await;
+    named(&m, "origin").await;
     // A Python process counting in memory, publishing its count on tmpfs.
     sh(&m, "origin", "echo on-disk > /root/kept; nohup python3 -c '\nimport time\nc = 0\nwhile True:\n    c += 1\n    open(\"/tmp/count\", \"w\").write(str(c))\n    time.sleep(0.02)\n' >/dev/null 2>&1 &").await;
     sh(
@@ -113,8 +72,8 @@ async fn files_and_a_running_process_survive_snapshot_and_restore() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_write_their_own_files_and_draw_different_randomness() {
     let env = Env::new();
-    let m = env.manager().await;
-    env.named(&m, "parent").await;
+    let m = env.manager(env.config()).await;
+    named(&m, "parent").await;
     sh(&m, "parent", "echo base > /root/shared").await;
     let kids = m.fork("parent", 2).await.unwrap();
     let (a, b) = (name_of(&m, kids[0]).await, name_of(&m, kids[1]).await);
@@ -168,8 +127,8 @@ async fn children_write_their_own_files_and_draw_different_randomness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_sandbox_snapshots_again_and_restores_after_a_restart() {
     let env = Env::new();
-    let first = env.manager().await;
-    env.named(&first, "gen0").await;
+    let first = env.manager(env.config()).await;
+    named(&first, "gen0").await;
     sh(&first, "gen0", "echo 0 > /root/gen").await;
     first.snapshot("gen0", "s0").await.unwrap();
     let g1 = first.restore("s0", Some("gen1")).await.unwrap();
@@ -180,7 +139,7 @@ async fn a_restored_sandbox_snapshots_again_and_restores_after_a_restart() {
     drop(first);
 
     // A new process (manager) restores from the store.
-    let second = env.manager().await;
+    let second = env.manager(env.config()).await;
     let g2 = second.restore("s1", Some("gen2")).await.unwrap();
     let g2 = name_of(&second, g2).await;
     assert_eq!(sh(&second, &g2, "cat /root/gen").await, "0\n1\n");
@@ -202,8 +161,8 @@ async fn a_restored_sandbox_snapshots_again_and_restores_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_or_truncated_snapshot_fails_clearly_and_leaves_nothing() {
     let env = Env::new();
-    let m = env.manager().await;
-    env.named(&m, "victim").await;
+    let m = env.manager(env.config()).await;
+    named(&m, "victim").await;
     let snap = m.snapshot("victim", "broken").await.unwrap();
     m.destroy("victim").await.unwrap();
     let state = snap.dir.join(petty_vmm::SNAPSHOT_STATE);

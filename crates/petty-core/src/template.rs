@@ -20,7 +20,7 @@ use petty_vmm::{MemoryBacking, VmConfig, Vmm, SNAPSHOT_RAM, SNAPSHOT_STATE};
 use crate::CoreError;
 
 /// Bump when the way templates are made changes.
-const TEMPLATE_VERSION: u32 = 2;
+const TEMPLATE_VERSION: u32 = 3;
 
 /// The templates of one data directory.
 pub(crate) struct Templates {

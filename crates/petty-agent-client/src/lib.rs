@@ -213,11 +213,13 @@ impl AgentClient {
         }
     }
 
-    /// Like [`ping`](Self::ping), but waits up to `timeout` for the first
-    /// answer (a booting guest answers once its agent is up).
+    /// The first call on a connection: says hello (the agent then ends
+    /// execs an earlier client left behind) and checks the version, waiting
+    /// up to `timeout` for the answer (a booting guest answers once its
+    /// agent is up).
     pub async fn handshake(&self, timeout: Duration) -> Result<Pong, ClientError> {
         let fut = async {
-            let (_, mut rx) = self.start(&Request::Ping).await?;
+            let (_, mut rx) = self.start(&Request::Hello).await?;
             match self.recv(&mut rx).await? {
                 Incoming::Response(Response::Pong(p)) if p.protocol == PROTOCOL_VERSION => Ok(p),
                 Incoming::Response(Response::Pong(p)) => Err(ClientError::Version {

@@ -100,13 +100,18 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
     if let (Some(stdin), Some(rx)) = (child.stdin, stdin_rx) {
         std::thread::spawn(move || feed_stdin(stdin, rx));
     }
-    if let Some(slot) = conn
+    match conn
         .execs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_mut(&id)
     {
-        slot.pgid = Some(pid);
+        Some(slot) => slot.pgid = Some(pid),
+        // Its client went away (or a new one said hello) while it started.
+        // SAFETY: kill only sends a signal to the command's own group.
+        None => unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        },
     }
 
     let deadline = req

@@ -144,13 +144,26 @@ pub fn serve(mut input: impl Read, writer: Arc<Writer>) -> End {
     };
     // Whatever this connection started is orphaned now: stop it.
     conn.writer.close();
+    kill_execs(&conn);
+    end
+}
+
+/// Kills every exec the connection still runs.
+fn kill_execs(conn: &Conn) {
     for (_, slot) in conn.execs.lock().unwrap_or_else(|e| e.into_inner()).drain() {
         if let Some(pgid) = slot.pgid {
             // SAFETY: kill only sends a signal; a stale pgid at worst hits nothing.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
         }
     }
-    end
+}
+
+fn pong() -> Response {
+    Response::Pong(Pong {
+        protocol: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        kernel: kernel_release(),
+    })
 }
 
 /// Handles one frame; true when the host asked for shutdown.
@@ -228,15 +241,14 @@ fn handle_request(
 ) -> bool {
     let w = &conn.writer;
     match req {
+        Request::Hello => {
+            // A new client: what earlier clients left running is orphaned.
+            kill_execs(conn);
+            uploads.clear();
+            w.respond(id, &pong());
+        }
         Request::Ping => {
-            w.respond(
-                id,
-                &Response::Pong(Pong {
-                    protocol: PROTOCOL_VERSION,
-                    agent_version: env!("CARGO_PKG_VERSION").into(),
-                    kernel: kernel_release(),
-                }),
-            );
+            w.respond(id, &pong());
         }
         Request::Exec(req) => {
             let (tx, rx) = if req.stdin {

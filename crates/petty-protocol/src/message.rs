@@ -65,6 +65,12 @@ impl ExecRequest {
 pub enum Request {
     /// Liveness and version check; answered with [`Response::Pong`].
     Ping,
+    /// The first request of every host connection; answered with
+    /// [`Response::Pong`]. On a channel that outlives its clients (a
+    /// virtio-serial port), the agent ends whatever execs an earlier client
+    /// left running: their client is gone, even if the guest never saw it
+    /// disconnect.
+    Hello,
     /// Run a command; `Stdout`/`Stderr` frames stream, then [`Response::Exited`].
     Exec(ExecRequest),
     /// Send a signal to the process group of the exec with frame id `exec_id`.

@@ -163,3 +163,41 @@ fn clean_close_exits_zero() {
     let (code, stderr, _) = wait_with_rusage(child);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn hello_ends_execs_an_earlier_client_left_running() {
+    use petty_protocol::{ExecRequest, Request};
+    let (mut child, mut sock) = spawn_agent();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let exec = Request::Exec(ExecRequest::argv(["sleep", "1000"]));
+    sock.write_all(&Frame::json(FrameKind::Request, 5, &exec).encode())
+        .unwrap();
+    // A new client says hello on the same stream, whether or not the exec
+    // has started yet: either way it must end.
+    sock.write_all(&Frame::json(FrameKind::Request, 6, &Request::Hello).encode())
+        .unwrap();
+    let mut dec = FrameDecoder::new();
+    let mut got_exit = None;
+    let mut got_pong = false;
+    let mut buf = [0u8; 4096];
+    while got_exit.is_none() || !got_pong {
+        let n = sock.read(&mut buf).unwrap();
+        assert!(n > 0, "agent closed early");
+        dec.push(&buf[..n]);
+        while let Some(f) = dec.next_frame().unwrap() {
+            match (f.id, f.parse::<Response>()) {
+                (5, Ok(Response::Exited(st))) => got_exit = Some(st),
+                (6, Ok(Response::Pong(_))) => got_pong = true,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        got_exit.unwrap().signal,
+        Some(9),
+        "the orphaned exec was not killed"
+    );
+    drop(sock);
+    child.wait().unwrap();
+}

@@ -448,13 +448,17 @@ fn supervise(
             }
         }
     }
-    let raw = match reaper().wait(pid, deadline) {
-        Some(raw) => raw,
-        None => {
-            timed_out = true;
-            kill_group();
-            reaper().wait(pid, None).expect("waits without deadline")
-        }
+    let raw = match &pidfd {
+        // The poll saw it exit: reap it here, no hand-off needed.
+        Some(fd) if exited => reaper().reap_own(pid, fd),
+        _ => match reaper().wait(pid, deadline) {
+            Some(raw) => raw,
+            None => {
+                timed_out = true;
+                kill_group();
+                reaper().wait(pid, None).expect("waits without deadline")
+            }
+        },
     };
     if timed_out {
         // Stragglers of the group may have forked after the first kill.

@@ -13,6 +13,7 @@ mod error;
 pub mod qemu;
 pub mod qmp;
 mod rundir;
+pub mod vsock;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 
 mod hostile;
 mod rpc;
+mod vsock;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;

@@ -10,6 +10,7 @@
 
 mod accel;
 mod error;
+pub mod firecracker;
 pub mod qemu;
 pub mod qmp;
 mod rundir;

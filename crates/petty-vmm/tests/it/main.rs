@@ -1,0 +1,3 @@
+//! petty-vmm integration tests that need no VM.
+
+mod firecracker_api;

@@ -228,3 +228,25 @@ mod bad_input {
         );
     }
 }
+
+#[test]
+fn doctor_reports_what_the_host_has_and_how_to_fix_gaps() {
+    let root = run_root();
+    let out = petty(root.path()).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok   qemu-system-x86_64"), "{text}");
+    assert!(text.contains("accelerator:"), "{text}");
+    assert!(text.contains("asset: kernel"), "{text}");
+    assert!(text.contains("ready:"), "{text}");
+
+    let out = petty(root.path())
+        .arg("doctor")
+        .env("PETTY_QEMU", "/no/such/qemu")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("MISS qemu-system-x86_64"), "{text}");
+    assert!(text.contains("fix: apt-get install qemu-system-x86"), "{text}");
+}

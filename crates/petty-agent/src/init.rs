@@ -2,8 +2,10 @@
 //! it for the life of the VM, and power off cleanly.
 //!
 //! The kernel command line (read from `/proc/cmdline`) may carry
-//! `petty.mode=poweroff`, which powers off right after mounting: the bare-boot
-//! baseline of `petty bench boot` uses it.
+//! `petty.mode=poweroff`, which powers off right after mounting (the
+//! bare-boot baseline of `petty bench boot` uses it), and
+//! `petty.transport=vsock`, which serves vsock port 52 without first looking
+//! for the virtio-serial port (Firecracker).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -176,10 +178,17 @@ pub fn run_as_init() -> ExitCode {
     }
     // Start reaping before anything can be orphaned to us.
     reaper();
-    if let Some(dev) = find_serial_port(Duration::from_secs(2)) {
-        serve_serial(&dev);
-    } else {
-        serve_vsock();
+    // Firecracker says `petty.transport=vsock`: no virtio-serial port will
+    // appear there, so do not wait for one.
+    let vsock_only = cmdline
+        .split_whitespace()
+        .any(|w| w == "petty.transport=vsock");
+    match (!vsock_only)
+        .then(|| find_serial_port(Duration::from_secs(2)))
+        .flatten()
+    {
+        Some(dev) => serve_serial(&dev),
+        None => serve_vsock(),
     }
     power_off();
 }

@@ -199,7 +199,8 @@ impl SandboxManager {
         let _slot = self.reserve_slot().await?;
         let id = SandboxId::new();
         let name = config.name.clone().unwrap_or_else(|| short_name(id));
-        let (kernel, rootfs) = crate::sandbox::resolve_assets(&config)?;
+        let (kernel, rootfs) =
+            crate::sandbox::resolve_assets(&config, self.inner.vmm.wants_elf_kernel())?;
         let now = now_ms();
         let record = SandboxRecord {
             id,
@@ -231,7 +232,7 @@ impl SandboxManager {
         let booted = async {
             let restore_from = match &from {
                 Some(snap) => Some(snap.dir.clone()),
-                None if self.inner.config.templates => Some(
+                None if self.inner.config.templates && self.inner.vmm.can_restore() => Some(
                     self.inner
                         .templates
                         .ensure(

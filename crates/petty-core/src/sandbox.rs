@@ -110,7 +110,7 @@ impl Sandbox {
         if persistent {
             config.die_with_parent = false;
         }
-        let (kernel, rootfs) = resolve_assets(&config)?;
+        let (kernel, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
         let vm_config = VmConfig {
             id: id.to_string(),
             kernel,
@@ -547,13 +547,20 @@ pub fn code_argv(language: &str, code: &str) -> Result<Vec<String>, CoreError> {
     Ok(argv)
 }
 
-pub(crate) fn resolve_assets(config: &SandboxConfig) -> Result<(PathBuf, PathBuf), CoreError> {
+pub(crate) fn resolve_assets(
+    config: &SandboxConfig,
+    elf_kernel: bool,
+) -> Result<(PathBuf, PathBuf), CoreError> {
     if let (Some(k), Some(r)) = (&config.kernel, &config.rootfs) {
         return Ok((k.clone(), r.clone()));
     }
     let assets = petty_image::ImageBuilder::new(petty_image::cache_dir()).locate()?;
     Ok((
-        config.kernel.clone().unwrap_or(assets.kernel),
+        config.kernel.clone().unwrap_or(if elf_kernel {
+            assets.vmlinux
+        } else {
+            assets.kernel
+        }),
         config.rootfs.clone().unwrap_or(assets.rootfs),
     ))
 }

@@ -11,6 +11,14 @@ pub enum VmmError {
         /// The missing program.
         binary: String,
     },
+    /// The chosen backend cannot run on this host.
+    #[error("the {backend} backend is unavailable: {reason}")]
+    Unavailable {
+        /// The backend.
+        backend: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// A file the VM needs does not exist.
     #[error("{what} not found at {}\nhint: run `petty image build`", path.display())]
     AssetMissing {

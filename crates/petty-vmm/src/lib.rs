@@ -112,6 +112,59 @@ pub trait Vmm: Send + Sync {
 
     /// Directory under which this backend keeps run directories.
     fn root(&self) -> &Path;
+
+    /// True when the backend boots an ELF `vmlinux` rather than a `bzImage`.
+    fn wants_elf_kernel(&self) -> bool {
+        false
+    }
+
+    /// An error saying what is missing when this backend cannot start VMs here.
+    fn check(&self) -> Result<(), VmmError>;
+
+    /// True when snapshots taken by this backend can be restored
+    /// ([`VmConfig::restore_from`]), which template-based creation needs.
+    fn can_restore(&self) -> bool {
+        true
+    }
+}
+
+/// Picks a backend: `qemu`, `firecracker`, or `auto` (Firecracker when its
+/// binary and a KVM that boots its guests are present, else QEMU with KVM,
+/// else QEMU with TCG). `None` means `$PETTY_BACKEND`, else `auto`. The
+/// string says which was chosen and why.
+pub fn choose_backend(
+    choice: Option<&str>,
+    root: PathBuf,
+) -> Result<(Box<dyn Vmm>, String), VmmError> {
+    let from_env = std::env::var("PETTY_BACKEND").ok();
+    let choice = choice.or(from_env.as_deref()).unwrap_or("auto");
+    let fc = firecracker::FirecrackerVmm::new(root.clone());
+    match choice {
+        "qemu" => {
+            let accel = AccelChoice::detect();
+            let why = accel.notice();
+            Ok((Box::new(qemu::QemuVmm::new(accel, root)), why))
+        }
+        "firecracker" => match fc.availability() {
+            Ok(_) => Ok((Box::new(fc), "petty: using Firecracker".into())),
+            Err(reason) => Err(VmmError::Unavailable {
+                backend: "firecracker".into(),
+                reason,
+            }),
+        },
+        "auto" => match fc.availability() {
+            Ok(_) => Ok((Box::new(fc), "petty: using Firecracker".into())),
+            Err(why) => {
+                let accel = AccelChoice::detect();
+                let notice = format!("{} (Firecracker unavailable: {why})", accel.notice());
+                Ok((Box::new(qemu::QemuVmm::new(accel, root)), notice))
+            }
+        },
+        other => Err(VmmError::Unavailable {
+            backend: other.into(),
+            reason: "no such backend; use qemu, firecracker or auto".into(),
+        }),
+    }
 }
 
 /// One running VM.

@@ -209,6 +209,10 @@ impl Vmm for QemuVmm {
         &self.root
     }
 
+    fn check(&self) -> Result<(), VmmError> {
+        self.find_binary().map(|_| ())
+    }
+
     fn attach(&self, id: &str, pid: u32) -> Result<Box<dyn Vm>, VmmError> {
         let dir = self.root.join(id);
         if !vmm_alive(pid, &dir) {

@@ -53,19 +53,39 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         detail: accel.reason.clone(),
         fix: None,
     });
-    let fc = find_on_path("firecracker");
+    let fc = petty_vmm::firecracker::FirecrackerVmm::new(runtime_root()).availability();
     lines.push(Line {
-        ok: false,
+        ok: fc.is_ok(),
         needed: false,
-        name: "firecracker".into(),
+        name: "backend: firecracker".into(),
         detail: match &fc {
-            Some(p) => format!(
-                "{} found, but this build of petty has no Firecracker backend yet: QEMU is used",
-                p.display()
-            ),
-            None => "not found; Firecracker backend unavailable, QEMU is used".into(),
+            Ok(p) => format!("usable ({})", p.display()),
+            Err(why) => format!("unusable: {why}"),
         },
         fix: None,
+    });
+    lines.push(Line {
+        ok: qemu.is_ok(),
+        needed: false,
+        name: "backend: qemu".into(),
+        detail: match (&qemu, accel.accel) {
+            (Ok(_), Accel::Kvm) => "usable, with KVM".into(),
+            (Ok(_), Accel::Tcg) => "usable, with TCG software emulation".into(),
+            (Err(_), _) => "unusable: no qemu-system-x86_64".into(),
+        },
+        fix: None,
+    });
+    let auto = match (fc.is_ok(), qemu.is_ok()) {
+        (true, _) => "firecracker",
+        (false, true) => "qemu",
+        (false, false) => "none",
+    };
+    lines.push(Line {
+        ok: auto != "none",
+        needed: true,
+        name: format!("backend chosen (auto): {auto}"),
+        detail: "PETTY_BACKEND=qemu|firecracker|auto overrides".into(),
+        fix: (auto == "none").then(|| "apt-get install qemu-system-x86".into()),
     });
 
     let builder = ImageBuilder::new(petty_image::cache_dir());

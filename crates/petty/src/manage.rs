@@ -10,16 +10,15 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use petty_core::{ManagerConfig, SandboxConfig, SandboxManager, SandboxState};
-use petty_vmm::qemu::QemuVmm;
-use petty_vmm::{runtime_root, AccelChoice};
+use petty_vmm::{choose_backend, runtime_root};
 use tokio::io::AsyncWriteExt;
 
 use crate::cli::{ensure_assets, ExecOpts};
 
 /// Opens the manager on the default data and run directories.
 pub async fn manager() -> anyhow::Result<SandboxManager> {
-    let vmm = Arc::new(QemuVmm::new(AccelChoice::detect(), runtime_root()));
-    Ok(SandboxManager::new(ManagerConfig::default(), vmm).await?)
+    let (vmm, _) = choose_backend(None, runtime_root())?;
+    Ok(SandboxManager::new(ManagerConfig::default(), Arc::from(vmm)).await?)
 }
 
 /// Arguments of `petty create`.
@@ -66,10 +65,10 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         b = b.idle_timeout(t);
     }
     let config = b.build()?;
-    let vmm = QemuVmm::new(AccelChoice::detect(), runtime_root());
-    vmm.find_binary()?;
+    let (vmm, notice) = choose_backend(None, runtime_root())?;
+    vmm.check()?;
     ensure_assets(true).await?;
-    eprintln!("{}", vmm.accel().notice());
+    eprintln!("{notice}");
     let manager = manager().await?;
     let id = manager.create(config).await?;
     let info = manager.info(&id.to_string()).await?;

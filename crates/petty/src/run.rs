@@ -4,8 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use petty_core::{ExecEvent, ExecRequest, Sandbox, SandboxConfig};
-use petty_vmm::qemu::QemuVmm;
-use petty_vmm::{runtime_root, sweep_stale_run_dirs, AccelChoice};
+use petty_vmm::{choose_backend, runtime_root, sweep_stale_run_dirs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -34,20 +33,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         builder = builder.rootfs(r);
     }
     let config = builder.build()?;
-    let vmm = QemuVmm::new(AccelChoice::detect(), runtime_root());
-    vmm.find_binary()?;
+    let (vmm, notice) = choose_backend(None, runtime_root())?;
+    vmm.check()?;
     if config.kernel.is_none() || config.rootfs.is_none() {
         ensure_assets(true).await?;
     }
     sweep_stale_run_dirs(&runtime_root());
-    eprintln!("{}", vmm.accel().notice());
+    eprintln!("{notice}");
 
     let req = args.exec.request(argv)?;
 
     let mut signals = Signals::new()?;
     // Dropping the create future on a signal drops the half-started VM, which kills it.
     let sandbox = tokio::select! {
-        s = Sandbox::create(&vmm, config) => s?,
+        s = Sandbox::create(vmm.as_ref(), config) => s?,
         code = signals.recv() => return Ok(ExitCode::from(code)),
     };
     let outcome = tokio::select! {

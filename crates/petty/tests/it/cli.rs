@@ -248,5 +248,8 @@ fn doctor_reports_what_the_host_has_and_how_to_fix_gaps() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(text.contains("MISS qemu-system-x86_64"), "{text}");
-    assert!(text.contains("fix: apt-get install qemu-system-x86"), "{text}");
+    assert!(
+        text.contains("fix: apt-get install qemu-system-x86"),
+        "{text}"
+    );
 }

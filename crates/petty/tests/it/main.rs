@@ -8,6 +8,7 @@
 
 mod cli;
 mod cli_manage;
+mod firecracker;
 mod manager;
 mod sandbox;
 mod snapshots;

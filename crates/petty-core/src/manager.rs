@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -100,8 +99,6 @@ struct Inner {
     config: ManagerConfig,
     /// Sandboxes this process holds a connection to.
     live: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
-    /// Creates in flight in this process (counted against the limit).
-    creating: AtomicUsize,
     /// Turns to boot.
     boots: tokio::sync::Semaphore,
     templates: Templates,
@@ -127,7 +124,6 @@ impl SandboxManager {
             store,
             config: config.clone(),
             live: RwLock::new(HashMap::new()),
-            creating: AtomicUsize::new(0),
             boots: tokio::sync::Semaphore::new(config.max_concurrent_boots.max(1)),
             templates: Templates::new(&config.data_dir),
             reaper: std::sync::Mutex::new(None),
@@ -196,7 +192,6 @@ impl SandboxManager {
             .config
             .connect_timeout
             .min(config.connect_timeout);
-        let _slot = self.reserve_slot().await?;
         let id = SandboxId::new();
         let name = config.name.clone().unwrap_or_else(|| short_name(id));
         let (kernel, rootfs) =
@@ -224,9 +219,11 @@ impl SandboxManager {
             reason: None,
             from_snapshot: from.as_ref().map(|s| s.name.clone()),
         };
-        // The row comes first: it reserves the name, and a crash from here on
-        // leaves a `creating` row that recovery cleans up.
-        self.db(move |s| s.insert(&record)).await?;
+        // The row comes first: it takes a slot under the limit (refused at
+        // once past it) and the name, and a crash from here on leaves a
+        // `creating` row that recovery cleans up.
+        let max = self.inner.config.max_sandboxes;
+        self.db(move |s| s.insert(&record, Some(max))).await?;
         config.kernel = Some(kernel);
         config.rootfs = Some(rootfs);
         let booted = async {
@@ -294,28 +291,11 @@ impl SandboxManager {
         Ok(id)
     }
 
-    /// Takes a slot under `max_sandboxes`, counting every process's
-    /// sandboxes (from the store) and this process's creates in flight.
-    async fn reserve_slot(&self) -> Result<SlotGuard, CoreError> {
-        let max = self.inner.config.max_sandboxes;
-        let in_flight = self.inner.creating.fetch_add(1, Ordering::SeqCst);
-        let guard = SlotGuard(self.inner.clone());
-        let existing = self.db(|s| s.count_with_vm()).await?;
-        if existing + in_flight >= max {
-            return Err(CoreError::Capacity { max });
-        }
-        Ok(guard)
-    }
-
     /// Adds a sandbox created elsewhere (with [`Sandbox::create`]) to the
     /// manager. On failure the sandbox comes back with the error, so the
     /// caller can destroy it.
     pub async fn register(&self, sandbox: Sandbox) -> Result<SandboxId, (CoreError, Sandbox)> {
         let id = sandbox.id();
-        let slot = match self.reserve_slot().await {
-            Ok(s) => s,
-            Err(e) => return Err((e, sandbox)),
-        };
         let now = now_ms();
         let cfg = sandbox.config();
         let record = SandboxRecord {
@@ -343,10 +323,10 @@ impl SandboxManager {
             reason: None,
             from_snapshot: None,
         };
-        if let Err(e) = self.db(move |s| s.insert(&record)).await {
+        let max = self.inner.config.max_sandboxes;
+        if let Err(e) = self.db(move |s| s.insert(&record, Some(max))).await {
             return Err((e, sandbox));
         }
-        drop(slot);
         self.inner.live.write().await.insert(id, Arc::new(sandbox));
         Ok(id)
     }
@@ -817,15 +797,6 @@ impl SandboxManager {
 
     pub(crate) async fn unpool(&self, id: SandboxId) -> Result<(), CoreError> {
         self.db(move |s| s.unpool(id)).await
-    }
-}
-
-/// Releases a capacity slot when dropped.
-struct SlotGuard(Arc<Inner>);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.0.creating.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

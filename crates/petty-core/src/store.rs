@@ -203,10 +203,28 @@ impl Store {
         f(&conn).map_err(|e| db_err(&self.path, e))
     }
 
-    /// Adds a new sandbox. A taken name is [`CoreError::NameTaken`].
-    pub fn insert(&self, r: &SandboxRecord) -> Result<(), CoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let res = conn.execute(
+    /// Adds a new sandbox. A taken name is [`CoreError::NameTaken`]; with a
+    /// `limit`, one more sandbox holding a VM than it allows is
+    /// [`CoreError::Capacity`]. The count and the insert are one transaction,
+    /// so processes creating at the same time cannot overshoot together.
+    pub fn insert(&self, r: &SandboxRecord, limit: Option<usize>) -> Result<(), CoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| db_err(&self.path, e))?;
+        if let Some(max) = limit {
+            let n: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM sandboxes WHERE state IN ('creating', 'ready', 'paused', 'stopping')",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(|e| db_err(&self.path, e))?;
+            if n as usize >= max {
+                return Err(CoreError::Capacity { max });
+            }
+        }
+        let res = tx.execute(
             "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
                 vmm_pid, run_dir, agent_socket, owner_pid, pooled, created_at, updated_at,
                 last_used_at, ttl_ms, idle_ms, reason, from_snapshot)
@@ -235,7 +253,7 @@ impl Store {
             ],
         );
         match res {
-            Ok(_) => Ok(()),
+            Ok(_) => tx.commit().map_err(|e| db_err(&self.path, e)),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
@@ -535,7 +553,7 @@ mod tests {
         let r = record("alpha");
         {
             let s = Store::open(&path).unwrap();
-            s.insert(&r).unwrap();
+            s.insert(&r, None).unwrap();
             s.set_vm(
                 r.id,
                 42,
@@ -561,8 +579,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("petty.db")).unwrap();
         let a = record("same");
-        s.insert(&a).unwrap();
-        match s.insert(&record("same")) {
+        s.insert(&a, None).unwrap();
+        match s.insert(&record("same"), None) {
             Err(CoreError::NameTaken(n)) => assert_eq!(n, "same"),
             other => panic!("{other:?}"),
         }
@@ -570,6 +588,6 @@ mod tests {
         assert!(s.get("same").unwrap().is_none());
         let h = s.history("same").unwrap();
         assert_eq!((h.len(), h[0].reason.as_str()), (1, "ttl expired"));
-        s.insert(&record("same")).unwrap();
+        s.insert(&record("same"), None).unwrap();
     }
 }

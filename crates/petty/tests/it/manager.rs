@@ -313,3 +313,30 @@ async fn pause_resume_and_idle_timeout() {
         .contains("idle for 3"));
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_fill_the_limit_exactly() {
+    let env = Env::new();
+    let m = env
+        .manager(ManagerConfig {
+            max_sandboxes: 3,
+            ..env.config()
+        })
+        .await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move { m.create_default().await }));
+    }
+    for t in tasks {
+        t.await
+            .unwrap()
+            .expect("all three fit under a limit of three");
+    }
+    assert!(matches!(
+        m.create_default().await,
+        Err(CoreError::Capacity { max: 3 })
+    ));
+    m.destroy_all().await.unwrap();
+    env.assert_clean();
+}

@@ -156,7 +156,7 @@ pub fn choose_backend(
             Ok(_) => Ok((Box::new(fc), "petty: using Firecracker".into())),
             Err(why) => {
                 let accel = AccelChoice::detect();
-                let notice = format!("{} (Firecracker unavailable: {why})", accel.notice());
+                let notice = format!("{}; Firecracker not used: {why}", accel.notice());
                 Ok((Box::new(qemu::QemuVmm::new(accel, root)), notice))
             }
         },

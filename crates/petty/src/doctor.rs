@@ -62,7 +62,9 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
             Ok(p) => format!("usable ({})", p.display()),
             Err(why) => format!("unusable: {why}"),
         },
-        fix: None,
+        fix: fc
+            .is_err()
+            .then(|| "install Firecracker 1.16.1 or later on PATH (or set PETTY_FIRECRACKER), on a host with KVM".into()),
     });
     lines.push(Line {
         ok: qemu.is_ok(),

@@ -70,12 +70,8 @@ impl FirecrackerVmm {
 
     /// The binary, if this host can run Firecracker VMs; else why not.
     pub fn availability(&self) -> Result<PathBuf, String> {
-        let binary = find_on_path(&self.binary).ok_or_else(|| {
-            format!(
-                "no `{}` on PATH (install Firecracker 1.16.1 or later, or set PETTY_FIRECRACKER)",
-                self.binary
-            )
-        })?;
+        let binary =
+            find_on_path(&self.binary).ok_or_else(|| format!("no `{}` on PATH", self.binary))?;
         let accel = AccelChoice::detect();
         if accel.accel != Accel::Kvm {
             return Err(format!("Firecracker needs a working KVM: {}", accel.reason));

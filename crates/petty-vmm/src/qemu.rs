@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use petty_protocol::SERIAL_PORT_NAME;
 
 use crate::qmp::Qmp;
-use crate::rundir::{vmm_alive, DETACHED_MARKER, PID_FILE};
+use crate::rundir::{vmm_alive, DETACHED_MARKER, OWNER_FILE, PID_FILE};
 use crate::{
     Accel, AccelChoice, AgentStream, BoxFuture, MemoryBacking, SnapshotFiles, Vm, VmConfig, Vmm,
     VmmError, SNAPSHOT_DISK, SNAPSHOT_RAM, SNAPSHOT_STATE,
@@ -269,6 +269,9 @@ impl QemuVmm {
             detached: AtomicBool::new(false),
             shared_ram: matches!(config.memory, MemoryBacking::File { shared: true, .. }),
         };
+        // Who made this directory, for the sweep, should we die before
+        // recording the VMM's pid.
+        fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).map_err(prepare)?;
         if !config.die_with_parent {
             fs::write(dir.join(DETACHED_MARKER), b"").map_err(prepare)?;
         }

@@ -7,6 +7,10 @@ use std::time::{Duration, SystemTime};
 /// Name of the file in a run directory that holds the VMM's pid.
 pub const PID_FILE: &str = "vmm.pid";
 
+/// Name of the file in a run directory that holds the pid of the process
+/// that created it, written before the VMM starts.
+pub const OWNER_FILE: &str = "owner.pid";
+
 /// Present in the run directory of a VM that outlives its creator; such a VM
 /// belongs to the sandbox store, which recovers or removes it.
 pub const DETACHED_MARKER: &str = "detached";
@@ -63,9 +67,16 @@ pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
             // Owned by the sandbox store: its recovery decides.
             continue;
         }
-        let stale = match pid {
-            Some(pid) => !vmm_alive(pid, &dir),
-            None => entry
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let stale = match (pid, owner) {
+            (Some(pid), _) => !vmm_alive(pid, &dir),
+            // The creating process died before it could record the VMM:
+            // stale once that process is gone (the VMM dies with it).
+            (None, Some(owner)) => !pid_alive(owner),
+            // No record of anyone: stale after a minute.
+            (None, None) => entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .map(|t| {

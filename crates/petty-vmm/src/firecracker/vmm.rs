@@ -26,7 +26,7 @@ use petty_protocol::VSOCK_PORT;
 
 use super::api::{boot_sequence, pause, resume, snapshot_create, ApiClient, BootSpec};
 use crate::qemu::find_on_path;
-use crate::rundir::{vmm_alive, DETACHED_MARKER, PID_FILE};
+use crate::rundir::{vmm_alive, DETACHED_MARKER, OWNER_FILE, PID_FILE};
 use crate::{
     Accel, AccelChoice, AgentStream, BoxFuture, SnapshotFiles, Vm, VmConfig, Vmm, VmmError,
     SNAPSHOT_STATE,
@@ -119,6 +119,9 @@ impl FirecrackerVmm {
             child: Mutex::new(None),
             detached: AtomicBool::new(false),
         };
+        // Who made this directory, for the sweep, should we die before
+        // recording the VMM's pid.
+        fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).map_err(prepare)?;
         if !config.die_with_parent {
             fs::write(dir.join(DETACHED_MARKER), b"").map_err(prepare)?;
         }

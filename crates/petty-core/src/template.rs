@@ -148,21 +148,14 @@ async fn build(
     vcpus: u32,
     connect_timeout: Duration,
 ) -> Result<(), CoreError> {
-    let config = VmConfig {
-        id: format!("template-{}-{}", &key[..8], std::process::id()),
-        kernel: kernel.to_path_buf(),
-        rootfs: rootfs.to_path_buf(),
+    let config = shared_ram_vm(
+        format!("template-{}-{}", &key[..8], std::process::id()),
+        kernel,
+        rootfs,
         memory_mib,
         vcpus,
-        extra_cmdline: Vec::new(),
-        die_with_parent: true,
-        restore_from: None,
-        memory: MemoryBacking::File {
-            path: tmp.join(SNAPSHOT_RAM),
-            shared: true,
-        },
-        start_paused: false,
-    };
+        tmp.join(SNAPSHOT_RAM),
+    );
     let vm = vmm.start(&config).await?;
     // Dropping `vm` on any error below kills it and removes its files.
     let stream = vm.connect_agent().await?;
@@ -200,21 +193,16 @@ pub(crate) async fn share_ram(
     let _ = std::fs::remove_dir_all(&resave);
     std::fs::create_dir_all(&resave)?;
     let result = async {
-        let config = VmConfig {
-            id: format!("resave-{}", uuid::Uuid::new_v4()),
-            kernel: kernel.to_path_buf(),
-            rootfs: rootfs.to_path_buf(),
+        let mut config = shared_ram_vm(
+            format!("resave-{}", uuid::Uuid::new_v4()),
+            kernel,
+            rootfs,
             memory_mib,
             vcpus,
-            extra_cmdline: Vec::new(),
-            die_with_parent: true,
-            restore_from: Some(dir.to_path_buf()),
-            memory: MemoryBacking::File {
-                path: ram.clone(),
-                shared: true,
-            },
-            start_paused: true,
-        };
+            ram.clone(),
+        );
+        config.restore_from = Some(dir.to_path_buf());
+        config.start_paused = true;
         let vm = vmm.start(&config).await?;
         vm.snapshot(&resave, false).await?;
         vm.stop().await?;
@@ -227,6 +215,32 @@ pub(crate) async fn share_ram(
     let _ = std::fs::remove_dir_all(&resave);
     let _ = std::fs::remove_file(&ram);
     result
+}
+
+/// A throwaway VM (dies with us) whose RAM is `ram`, mapped shared.
+fn shared_ram_vm(
+    id: String,
+    kernel: &Path,
+    rootfs: &Path,
+    memory_mib: u32,
+    vcpus: u32,
+    ram: PathBuf,
+) -> VmConfig {
+    VmConfig {
+        id,
+        kernel: kernel.to_path_buf(),
+        rootfs: rootfs.to_path_buf(),
+        memory_mib,
+        vcpus,
+        extra_cmdline: Vec::new(),
+        die_with_parent: true,
+        restore_from: None,
+        memory: MemoryBacking::File {
+            path: ram,
+            shared: true,
+        },
+        start_paused: false,
+    }
 }
 
 /// Takes an exclusive `flock` on `path`, held until the file is dropped.

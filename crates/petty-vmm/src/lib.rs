@@ -11,6 +11,7 @@
 mod accel;
 mod error;
 pub mod firecracker;
+mod process;
 pub mod qemu;
 pub mod qmp;
 mod rundir;

@@ -7,19 +7,16 @@
 //! socket that QEMU listens on.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use petty_protocol::SERIAL_PORT_NAME;
 
+use crate::process::{tail, VmmProcess};
 use crate::qmp::Qmp;
-use crate::rundir::{vmm_alive, DETACHED_MARKER, OWNER_FILE, PID_FILE};
+use crate::rundir::vmm_alive;
 use crate::{
     Accel, AccelChoice, AgentStream, BoxFuture, MemoryBacking, SnapshotFiles, Vm, VmConfig, Vmm,
     VmmError, SNAPSHOT_DISK, SNAPSHOT_RAM, SNAPSHOT_STATE,
@@ -219,11 +216,7 @@ impl Vmm for QemuVmm {
             return Err(VmmError::Gone { id: id.into(), pid });
         }
         Ok(Box::new(QemuVm {
-            id: id.into(),
-            dir,
-            pid,
-            child: Mutex::new(None),
-            detached: AtomicBool::new(false),
+            proc: VmmProcess::attached(id, dir, pid),
             shared_ram: false,
         }))
     }
@@ -250,31 +243,16 @@ impl QemuVmm {
                 });
             }
         }
-        let dir = self.root.join(&config.id);
+        // From here on, dropping `vm` removes the directory and kills QEMU.
+        let mut vm = QemuVm {
+            proc: VmmProcess::prepare(&self.root, config)?,
+            shared_ram: matches!(config.memory, MemoryBacking::File { shared: true, .. }),
+        };
+        let dir = vm.proc.dir.clone();
         let prepare = |source| VmmError::Prepare {
             dir: dir.clone(),
             source,
         };
-        fs::create_dir_all(&self.root).map_err(prepare)?;
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(prepare)?;
-        // From here on, dropping `vm` removes the directory and kills QEMU.
-        let mut vm = QemuVm {
-            id: config.id.clone(),
-            dir: dir.clone(),
-            pid: 0,
-            child: Mutex::new(None),
-            detached: AtomicBool::new(false),
-            shared_ram: matches!(config.memory, MemoryBacking::File { shared: true, .. }),
-        };
-        // Who made this directory, for the sweep, should we die before
-        // recording the VMM's pid.
-        fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).map_err(prepare)?;
-        if !config.die_with_parent {
-            fs::write(dir.join(DETACHED_MARKER), b"").map_err(prepare)?;
-        }
 
         let overlay = dir.join(OVERLAY);
         // The overlay sits on the base image, or on the snapshot's disk layer.
@@ -319,36 +297,7 @@ impl QemuVmm {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        if config.die_with_parent {
-            // Its own process group: a Ctrl-C aimed at the CLI reaches the
-            // CLI, which then tears the VM down in order.
-            cmd.process_group(0);
-            // SAFETY: prctl is async-signal-safe. PDEATHSIG fires when the
-            // spawning *thread* exits; we spawn from a runtime worker thread,
-            // which lives as long as the process.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        } else {
-            // SAFETY: setsid is async-signal-safe. A session of its own: no
-            // terminal hangup or job-control signal of ours reaches it.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::setsid();
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })?;
-        vm.pid = child.id();
-        *vm.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
-        fs::write(dir.join(PID_FILE), vm.pid.to_string()).map_err(prepare)?;
+        vm.proc.spawn(cmd, config.die_with_parent, &self.binary)?;
 
         // QEMU opens both sockets before the guest runs its first instruction.
         let deadline = Instant::now() + START_TIMEOUT;
@@ -374,7 +323,7 @@ impl QemuVmm {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        tracing::debug!(vm = %config.id, pid = vm.pid, "QEMU sockets ready");
+        tracing::debug!(vm = %config.id, pid = vm.proc.pid, "QEMU sockets ready");
         if let Some(snap) = &config.restore_from {
             vm.load_state(snap, config.start_paused).await?;
             tracing::debug!(vm = %config.id, "snapshot state loaded");
@@ -431,55 +380,19 @@ async fn wait_migration(qmp: &mut Qmp, vm: &QemuVm, timeout: Duration) -> Result
 
 /// A running QEMU VM.
 pub struct QemuVm {
-    id: String,
-    dir: PathBuf,
-    pid: u32,
-    /// Set when this process started QEMU; `None` for an attached VM.
-    child: Mutex<Option<Child>>,
-    /// Set by `detach`: dropping then leaves the VM running.
-    detached: AtomicBool,
+    proc: VmmProcess,
     /// Guest RAM is a file mapped shared (a template being made).
     shared_ram: bool,
 }
 
 impl QemuVm {
-    /// `Some(status)` once QEMU has exited.
     fn try_wait(&self) -> Option<String> {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        match child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            Some(Ok(None)) => None,
-            Some(Err(e)) => Some(format!("unknown ({e})")),
-            None if self.pid != 0 && vmm_alive(self.pid, &self.dir) => None,
-            None => Some("gone".into()),
-        }
-    }
-
-    /// Kills QEMU, reaps it (or, when another process started it, waits for
-    /// it to vanish) and removes the run directory. Idempotent.
-    fn teardown(&self) -> std::io::Result<()> {
-        // The VM's state is being thrown away, overlay included: no need for
-        // a graceful guest shutdown.
-        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = child.kill();
-            child.wait()?;
-        } else if self.pid != 0 && vmm_alive(self.pid, &self.dir) {
-            // SAFETY: the pid was just checked to be this VM's QEMU.
-            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while vmm_alive(self.pid, &self.dir) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        match fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        self.proc.try_wait()
     }
 
     /// Opens a QMP session to this VM.
     pub async fn qmp(&self) -> Result<Qmp, VmmError> {
-        Qmp::connect(&self.dir.join(QMP_SOCKET), Duration::from_secs(5)).await
+        Qmp::connect(&self.proc.dir.join(QMP_SOCKET), Duration::from_secs(5)).await
     }
 
     async fn qmp_command(&self, command: &str) -> Result<(), VmmError> {
@@ -487,7 +400,7 @@ impl QemuVm {
     }
 
     fn stderr_tail(&self) -> String {
-        tail(&self.dir.join(STDERR_LOG), 1024)
+        tail(&self.proc.dir.join(STDERR_LOG), 1024)
     }
 
     /// Loads a snapshot's state into this (`-incoming defer`) QEMU and lets
@@ -559,7 +472,7 @@ impl QemuVm {
             // The migration flushed and released the disk images: the overlay
             // on disk now matches the saved memory exactly.
             let disk = dir.join(SNAPSHOT_DISK);
-            fs::copy(self.dir.join(OVERLAY), &disk)
+            fs::copy(self.proc.dir.join(OVERLAY), &disk)
                 .map_err(|e| fail(format!("copying the disk layer: {e}")))?;
             Ok::<_, VmmError>(())
         }
@@ -580,20 +493,20 @@ impl QemuVm {
 
 impl Vm for QemuVm {
     fn id(&self) -> &str {
-        &self.id
+        &self.proc.id
     }
 
     fn pid(&self) -> u32 {
-        self.pid
+        self.proc.pid
     }
 
     fn run_dir(&self) -> &Path {
-        &self.dir
+        &self.proc.dir
     }
 
     fn connect_agent(&self) -> BoxFuture<'_, Result<AgentStream, VmmError>> {
         Box::pin(async move {
-            let path = self.dir.join(AGENT_SOCKET);
+            let path = self.proc.dir.join(AGENT_SOCKET);
             AgentStream::connect(&path)
                 .await
                 .map_err(|source| VmmError::AgentConnect { path, source })
@@ -601,15 +514,15 @@ impl Vm for QemuVm {
     }
 
     fn is_running(&self) -> bool {
-        self.try_wait().is_none()
+        self.proc.is_running()
     }
 
     fn console_tail(&self) -> String {
-        tail(&self.dir.join(CONSOLE_LOG), 2048)
+        tail(&self.proc.dir.join(CONSOLE_LOG), 2048)
     }
 
     fn detach(self: Box<Self>) {
-        self.detached.store(true, Ordering::Relaxed);
+        self.proc.detach();
     }
 
     fn snapshot<'a>(
@@ -629,38 +542,6 @@ impl Vm for QemuVm {
     }
 
     fn stop(self: Box<Self>) -> BoxFuture<'static, Result<(), VmmError>> {
-        Box::pin(async move {
-            let pid = self.pid;
-            tokio::task::spawn_blocking(move || self.teardown())
-                .await
-                .map_err(|e| VmmError::Stop {
-                    pid,
-                    source: std::io::Error::other(e),
-                })?
-                .map_err(|source| VmmError::Stop { pid, source })
-        })
+        self.proc.stop()
     }
-}
-
-impl Drop for QemuVm {
-    fn drop(&mut self) {
-        if self.detached.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Err(e) = self.teardown() {
-            tracing::warn!(vm = %self.id, "cleaning up VM: {e}");
-        }
-    }
-}
-
-/// The last `max` bytes of a file, lossily decoded.
-fn tail(path: &Path, max: u64) -> String {
-    let Ok(mut f) = fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).trim().to_string()
 }

@@ -13,20 +13,16 @@
 //! is not wired in either.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use petty_protocol::VSOCK_PORT;
 
 use super::api::{boot_sequence, pause, resume, snapshot_create, ApiClient, BootSpec};
+use crate::process::{tail, VmmProcess};
 use crate::qemu::find_on_path;
-use crate::rundir::{vmm_alive, DETACHED_MARKER, OWNER_FILE, PID_FILE};
+use crate::rundir::vmm_alive;
 use crate::{
     Accel, AccelChoice, AgentStream, BoxFuture, SnapshotFiles, Vm, VmConfig, Vmm, VmmError,
     SNAPSHOT_STATE,
@@ -101,30 +97,15 @@ impl FirecrackerVmm {
                 });
             }
         }
-        let dir = self.root.join(&config.id);
+        // From here on, dropping `vm` kills Firecracker and removes the directory.
+        let mut vm = FcVm {
+            proc: VmmProcess::prepare(&self.root, config)?,
+        };
+        let dir = vm.proc.dir.clone();
         let prepare = |source| VmmError::Prepare {
             dir: dir.clone(),
             source,
         };
-        fs::create_dir_all(&self.root).map_err(prepare)?;
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(prepare)?;
-        // From here on, dropping `vm` kills Firecracker and removes the directory.
-        let mut vm = FcVm {
-            id: config.id.clone(),
-            dir: dir.clone(),
-            pid: 0,
-            child: Mutex::new(None),
-            detached: AtomicBool::new(false),
-        };
-        // Who made this directory, for the sweep, should we die before
-        // recording the VMM's pid.
-        fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).map_err(prepare)?;
-        if !config.die_with_parent {
-            fs::write(dir.join(DETACHED_MARKER), b"").map_err(prepare)?;
-        }
         copy_sparse(&config.rootfs, &dir.join(ROOTFS)).await?;
 
         let log = fs::File::create(dir.join(LOG)).map_err(prepare)?;
@@ -137,31 +118,7 @@ impl FirecrackerVmm {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        if config.die_with_parent {
-            cmd.process_group(0);
-            // SAFETY: prctl is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        } else {
-            // SAFETY: setsid is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::setsid();
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })?;
-        vm.pid = child.id();
-        *vm.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
-        fs::write(dir.join(PID_FILE), vm.pid.to_string()).map_err(prepare)?;
+        vm.proc.spawn(cmd, config.die_with_parent, &self.binary)?;
 
         let deadline = Instant::now() + START_TIMEOUT;
         while !dir.join(API_SOCKET).exists() {
@@ -273,45 +230,19 @@ impl Vmm for FirecrackerVmm {
             return Err(VmmError::Gone { id: id.into(), pid });
         }
         Ok(Box::new(FcVm {
-            id: id.into(),
-            dir,
-            pid,
-            child: Mutex::new(None),
-            detached: AtomicBool::new(false),
+            proc: VmmProcess::attached(id, dir, pid),
         }))
     }
 }
 
 /// A running Firecracker VM.
 pub struct FcVm {
-    id: String,
-    dir: PathBuf,
-    pid: u32,
-    child: Mutex<Option<Child>>,
-    detached: AtomicBool,
+    proc: VmmProcess,
 }
 
 impl FcVm {
     fn api(&self) -> ApiClient {
-        ApiClient::new(self.dir.join(API_SOCKET), Duration::from_secs(30))
-    }
-
-    fn teardown(&self) -> std::io::Result<()> {
-        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = child.kill();
-            child.wait()?;
-        } else if self.pid != 0 && vmm_alive(self.pid, &self.dir) {
-            // SAFETY: the pid was just checked to be this VM's Firecracker.
-            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while vmm_alive(self.pid, &self.dir) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        match fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        ApiClient::new(self.proc.dir.join(API_SOCKET), Duration::from_secs(30))
     }
 
     async fn call(&self, req: super::api::Request) -> Result<(), VmmError> {
@@ -334,7 +265,7 @@ impl FcVm {
                 false,
             ))
             .await?;
-            copy_sparse(&self.dir.join(ROOTFS), &out.join(SNAPSHOT_ROOTFS)).await
+            copy_sparse(&self.proc.dir.join(ROOTFS), &out.join(SNAPSHOT_ROOTFS)).await
         }
         .await;
         if resume_after {
@@ -352,20 +283,20 @@ impl FcVm {
 
 impl Vm for FcVm {
     fn id(&self) -> &str {
-        &self.id
+        &self.proc.id
     }
 
     fn pid(&self) -> u32 {
-        self.pid
+        self.proc.pid
     }
 
     fn run_dir(&self) -> &Path {
-        &self.dir
+        &self.proc.dir
     }
 
     fn connect_agent(&self) -> BoxFuture<'_, Result<AgentStream, VmmError>> {
         Box::pin(async move {
-            let path = self.dir.join(VSOCK_SOCKET);
+            let path = self.proc.dir.join(VSOCK_SOCKET);
             crate::vsock::connect(&path, VSOCK_PORT, Duration::from_secs(10))
                 .await
                 .map_err(|e| VmmError::AgentConnect {
@@ -376,39 +307,19 @@ impl Vm for FcVm {
     }
 
     fn is_running(&self) -> bool {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        match child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => self.pid != 0 && vmm_alive(self.pid, &self.dir),
-        }
+        self.proc.is_running()
     }
 
     fn console_tail(&self) -> String {
-        let Ok(mut f) = fs::File::open(self.dir.join(LOG)) else {
-            return String::new();
-        };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = f.seek(SeekFrom::Start(len.saturating_sub(2048)));
-        let mut buf = Vec::new();
-        let _ = f.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).trim().to_string()
+        tail(&self.proc.dir.join(LOG), 2048)
     }
 
     fn stop(self: Box<Self>) -> BoxFuture<'static, Result<(), VmmError>> {
-        Box::pin(async move {
-            let pid = self.pid;
-            tokio::task::spawn_blocking(move || self.teardown())
-                .await
-                .map_err(|e| VmmError::Stop {
-                    pid,
-                    source: std::io::Error::other(e),
-                })?
-                .map_err(|source| VmmError::Stop { pid, source })
-        })
+        self.proc.stop()
     }
 
     fn detach(self: Box<Self>) {
-        self.detached.store(true, Ordering::Relaxed);
+        self.proc.detach();
     }
 
     fn snapshot<'a>(
@@ -425,16 +336,5 @@ impl Vm for FcVm {
 
     fn resume(&self) -> BoxFuture<'_, Result<(), VmmError>> {
         Box::pin(self.call(resume()))
-    }
-}
-
-impl Drop for FcVm {
-    fn drop(&mut self) {
-        if self.detached.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Err(e) = self.teardown() {
-            tracing::warn!(vm = %self.id, "cleaning up VM: {e}");
-        }
     }
 }

@@ -1,0 +1,197 @@
+//! The VMM process and its run directory, whatever the backend: created,
+//! spawned (dying with its parent, or detached in a session of its own),
+//! watched, and torn down on every path.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::rundir::{vmm_alive, DETACHED_MARKER, OWNER_FILE, PID_FILE};
+use crate::{BoxFuture, VmConfig, VmmError};
+
+/// One VMM process and its run directory. Dropping it kills the process and
+/// removes the directory, unless it was detached.
+pub(crate) struct VmmProcess {
+    pub id: String,
+    pub dir: PathBuf,
+    pub pid: u32,
+    /// Set when this process started the VMM; `None` for an attached one.
+    child: Mutex<Option<Child>>,
+    /// Set by `detach`: dropping then leaves the VM running.
+    detached: AtomicBool,
+}
+
+impl VmmProcess {
+    /// Creates the run directory of `config` under `root` (private), records
+    /// who made it, and marks it detached when the VM outlives its creator.
+    /// From here on, dropping the result removes the directory.
+    pub fn prepare(root: &Path, config: &VmConfig) -> Result<Self, VmmError> {
+        let dir = root.join(&config.id);
+        let prepare = |source| VmmError::Prepare {
+            dir: dir.clone(),
+            source,
+        };
+        fs::create_dir_all(root).map_err(prepare)?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(prepare)?;
+        let me = Self {
+            id: config.id.clone(),
+            dir: dir.clone(),
+            pid: 0,
+            child: Mutex::new(None),
+            detached: AtomicBool::new(false),
+        };
+        // Who made this directory, for the sweep, should we die before
+        // recording the VMM's pid.
+        fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).map_err(prepare)?;
+        if !config.die_with_parent {
+            fs::write(dir.join(DETACHED_MARKER), b"").map_err(prepare)?;
+        }
+        Ok(me)
+    }
+
+    /// A VMM another process started, already checked to be alive.
+    pub fn attached(id: &str, dir: PathBuf, pid: u32) -> Self {
+        Self {
+            id: id.into(),
+            dir,
+            pid,
+            child: Mutex::new(None),
+            detached: AtomicBool::new(false),
+        }
+    }
+
+    /// Spawns `cmd` as this VM's VMM and records its pid.
+    ///
+    /// With `die_with_parent` it gets its own process group (a Ctrl-C aimed
+    /// at the CLI reaches the CLI, which then tears the VM down in order) and
+    /// `PR_SET_PDEATHSIG`, which fires when the spawning *thread* exits: we
+    /// spawn from a runtime worker thread, which lives as long as the
+    /// process. Otherwise it gets a session of its own, so no terminal hangup
+    /// or job-control signal of ours reaches it.
+    pub fn spawn(
+        &mut self,
+        mut cmd: Command,
+        die_with_parent: bool,
+        binary: &str,
+    ) -> Result<(), VmmError> {
+        if die_with_parent {
+            cmd.process_group(0);
+            // SAFETY: prctl is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        } else {
+            // SAFETY: setsid is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            binary: binary.into(),
+            source,
+        })?;
+        self.pid = child.id();
+        *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        fs::write(self.dir.join(PID_FILE), self.pid.to_string()).map_err(|source| {
+            VmmError::Prepare {
+                dir: self.dir.clone(),
+                source,
+            }
+        })
+    }
+
+    /// `Some(status)` once the VMM has exited.
+    pub fn try_wait(&self) -> Option<String> {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        match child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            Some(Ok(None)) => None,
+            Some(Err(e)) => Some(format!("unknown ({e})")),
+            None if self.pid != 0 && vmm_alive(self.pid, &self.dir) => None,
+            None => Some("gone".into()),
+        }
+    }
+
+    /// True while the VMM runs.
+    pub fn is_running(&self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    /// Kills the VMM, reaps it (or, when another process started it, waits
+    /// for it to vanish) and removes the run directory. Idempotent. The VM's
+    /// state is being thrown away, disk included: no graceful guest shutdown.
+    fn teardown(&self) -> std::io::Result<()> {
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = child.kill();
+            child.wait()?;
+        } else if self.pid != 0 && vmm_alive(self.pid, &self.dir) {
+            // SAFETY: the pid was just checked to be this VM's VMM.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while vmm_alive(self.pid, &self.dir) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Lets go of the VMM without stopping it.
+    pub fn detach(&self) {
+        self.detached.store(true, Ordering::Relaxed);
+    }
+
+    /// Tears down on the blocking pool.
+    pub fn stop(self) -> BoxFuture<'static, Result<(), VmmError>> {
+        Box::pin(async move {
+            let pid = self.pid;
+            tokio::task::spawn_blocking(move || self.teardown())
+                .await
+                .map_err(|e| VmmError::Stop {
+                    pid,
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(|source| VmmError::Stop { pid, source })
+        })
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if self.detached.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.teardown() {
+            tracing::warn!(vm = %self.id, "cleaning up VM: {e}");
+        }
+    }
+}
+
+/// The last `max` bytes of a file, lossily decoded.
+pub(crate) fn tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}

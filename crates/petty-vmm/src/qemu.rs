@@ -163,25 +163,47 @@ impl QemuVmm {
     }
 }
 
-/// The host's TSC rate in kHz, measured once against the monotonic clock.
+/// The host's TSC rate in kHz, measured against the monotonic clock (20 ms)
+/// once per boot of the host: the result is kept in a file of the temporary
+/// directory, keyed by the host's boot id, so a CLI command does not pay for
+/// it again.
 pub fn host_tsc_khz() -> Option<u64> {
     static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     *KHZ.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: rdtsc has no preconditions on x86_64.
-            let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
-            let (t0, c0) = (Instant::now(), tsc());
-            std::thread::sleep(Duration::from_millis(20));
-            let (t1, c1) = (Instant::now(), tsc());
-            let ns = (t1 - t0).as_nanos() as u64;
-            (ns > 0 && c1 > c0).then(|| (c1 - c0) * 1_000_000 / ns)
+        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let cache = std::env::temp_dir().join(format!("petty-{uid}-tsc-khz"));
+        if let Ok(text) = fs::read_to_string(&cache) {
+            if let Some((id, khz)) = text.split_once(' ') {
+                if id == boot_id.trim() {
+                    if let Ok(khz) = khz.trim().parse() {
+                        return Some(khz);
+                    }
+                }
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            None
-        }
+        let khz = measure_tsc_khz()?;
+        let _ = fs::write(&cache, format!("{} {khz}\n", boot_id.trim()));
+        Some(khz)
     })
+}
+
+fn measure_tsc_khz() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc has no preconditions on x86_64.
+        let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+        let (t0, c0) = (Instant::now(), tsc());
+        std::thread::sleep(Duration::from_millis(20));
+        let (t1, c1) = (Instant::now(), tsc());
+        let ns = (t1 - t0).as_nanos() as u64;
+        (ns > 0 && c1 > c0).then(|| (c1 - c0) * 1_000_000 / ns)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
 }
 
 /// Finds `name` on `PATH` (or checks it when it holds a slash).

@@ -471,8 +471,14 @@ impl AgentClient {
     }
 
     /// Makes a restored or forked guest its own: fresh entropy for its RNG
-    /// (from the host's), the host's clock, and `hostname`.
-    pub async fn refresh_identity(&self, hostname: Option<&str>) -> Result<(), ClientError> {
+    /// (from the host's), the host's clock, and `hostname`; and has it grow
+    /// its root file system to fill its disk (`disk_bytes`: the size the host
+    /// grew the disk to, if it did).
+    pub async fn refresh_identity(
+        &self,
+        hostname: Option<&str>,
+        disk_bytes: Option<u64>,
+    ) -> Result<(), ClientError> {
         let mut entropy = vec![0u8; 64];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))?;
@@ -485,6 +491,7 @@ impl AgentClient {
                 entropy,
                 unix_nanos: now.as_nanos() as u64,
                 hostname: hostname.map(str::to_string),
+                disk_bytes,
             },
         )
         .await

@@ -1,5 +1,6 @@
-//! PID 1 duties: mount the pseudo filesystems, find the host channel, serve
-//! it for the life of the VM, and power off cleanly.
+//! PID 1 duties: mount the pseudo filesystems, grow `/` to fill its disk,
+//! find the host channel, serve it for the life of the VM, and power off
+//! cleanly.
 //!
 //! The kernel command line (read from `/proc/cmdline`) may carry
 //! `petty.mode=poweroff`, which powers off right after mounting (the
@@ -176,6 +177,9 @@ pub fn run_as_init() -> ExitCode {
     {
         power_off();
     }
+    // A root disk larger than the image: grow `/` to fill it before the
+    // host's first request.
+    crate::disk::grow_root(None, Duration::ZERO);
     // Start reaping before anything can be orphaned to us.
     reaper();
     // Firecracker says `petty.transport=vsock`: no virtio-serial port will

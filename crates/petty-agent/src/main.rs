@@ -1,10 +1,10 @@
 //! `petty-agent`: the guest side of Petty.
 //!
 //! Started by the kernel as PID 1 (`init=/sbin/petty-agent`), it mounts the
-//! pseudo filesystems, reaps orphans, finds its channel to the host (the
-//! `petty.agent` virtio-serial port under QEMU, vsock port 52 under
-//! Firecracker) and serves framed requests on it: exec with streamed output,
-//! file operations, ping, clock and power-off.
+//! pseudo filesystems, grows `/` to fill its disk, reaps orphans, finds its
+//! channel to the host (the `petty.agent` virtio-serial port under QEMU,
+//! vsock port 52 under Firecracker) and serves framed requests on it: exec
+//! with streamed output, file operations, ping, clock and power-off.
 //!
 //! `petty-agent --stdio` serves one connection on stdin/stdout instead; the
 //! host-side tests run it that way to feed it hostile input without a VM.
@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+mod disk;
 mod exec;
 mod files;
 mod init;

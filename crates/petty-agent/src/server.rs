@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use petty_protocol::{
     ErrorKind, Frame, FrameDecoder, FrameError, FrameKind, Pong, Request, Response,
@@ -316,9 +317,15 @@ fn handle_request(
             entropy,
             unix_nanos,
             hostname,
+            disk_bytes,
         } => {
             match crate::init::refresh(&entropy, unix_nanos, hostname.as_deref()) {
-                Ok(()) => w.respond(id, &Response::Ok),
+                Ok(()) => {
+                    // Answered after the file system has grown, so the
+                    // sandbox is ready with all of its disk.
+                    crate::disk::grow_root(disk_bytes, Duration::from_secs(5));
+                    w.respond(id, &Response::Ok)
+                }
                 Err(e) => files::send_io_error(w, id, "refresh identity", &e),
             };
         }

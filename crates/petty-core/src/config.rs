@@ -35,6 +35,10 @@ pub struct SandboxConfig {
     /// Destroy the sandbox after this long without an exec or file operation
     /// (managed sandboxes; the manager's default when `None`).
     pub idle_timeout: Option<Duration>,
+    /// Size of the root disk in MiB; the guest's `/` grows to fill it. `None`
+    /// keeps the size of the base image (or, for a restore, of the
+    /// snapshot's disk); a smaller size is refused when the sandbox starts.
+    pub disk_size_mib: Option<u32>,
 }
 
 impl Default for SandboxConfig {
@@ -51,6 +55,7 @@ impl Default for SandboxConfig {
             name: None,
             ttl: None,
             idle_timeout: None,
+            disk_size_mib: None,
         }
     }
 }
@@ -119,6 +124,13 @@ impl SandboxConfig {
                 "ttl and idle_timeout must be greater than zero (leave them unset for none)".into(),
             ));
         }
+        if let Some(mib) = self.disk_size_mib {
+            if mib == 0 || mib > MAX_DISK_SIZE_MIB {
+                return Err(CoreError::InvalidConfig(format!(
+                    "disk_size_mib {mib} is out of range; use 1 to {MAX_DISK_SIZE_MIB} (1 TiB), at least the base image's size, or leave it unset for the base image's size"
+                )));
+            }
+        }
         if self.connect_timeout.is_zero() || self.rpc_timeout.is_zero() {
             return Err(CoreError::InvalidConfig(
                 "timeouts must be greater than zero".into(),
@@ -127,6 +139,9 @@ impl SandboxConfig {
         Ok(())
     }
 }
+
+/// Largest root disk a sandbox may ask for: 1 TiB.
+const MAX_DISK_SIZE_MIB: u32 = 1 << 20;
 
 /// Builds a [`SandboxConfig`].
 #[derive(Debug, Clone)]
@@ -199,6 +214,12 @@ impl SandboxConfigBuilder {
         self
     }
 
+    /// Root disk size in MiB (at least the base image's).
+    pub fn disk_size_mib(mut self, mib: u32) -> Self {
+        self.0.disk_size_mib = Some(mib);
+        self
+    }
+
     /// The validated configuration.
     pub fn build(self) -> Result<SandboxConfig, CoreError> {
         self.0.validate()?;
@@ -230,6 +251,24 @@ mod tests {
     }
 
     #[test]
+    fn disk_size_is_optional_and_bounded() {
+        assert_eq!(
+            SandboxConfig::builder().build().unwrap().disk_size_mib,
+            None
+        );
+        for mib in [1, 1024, MAX_DISK_SIZE_MIB] {
+            let c = SandboxConfig::builder().disk_size_mib(mib).build().unwrap();
+            assert_eq!(c.disk_size_mib, Some(mib));
+        }
+        let e = SandboxConfig::builder()
+            .disk_size_mib(u32::MAX)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disk_size_mib") && e.contains("1 TiB"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_field() {
         let cases = [
             (SandboxConfig::builder().memory_mib(0), "memory_mib 0"),
@@ -242,6 +281,11 @@ mod tests {
             (
                 SandboxConfig::builder().kernel("/no/such/kernel"),
                 "kernel /no/such/kernel",
+            ),
+            (SandboxConfig::builder().disk_size_mib(0), "disk_size_mib 0"),
+            (
+                SandboxConfig::builder().disk_size_mib(MAX_DISK_SIZE_MIB + 1),
+                "disk_size_mib 1048577 is out of range",
             ),
         ];
         for (b, want) in cases {

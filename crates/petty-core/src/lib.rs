@@ -20,8 +20,11 @@ mod template;
 pub use config::{host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder};
 pub use error::CoreError;
 pub use manager::{data_dir, ManagerConfig, SandboxInfo, SandboxManager};
-pub use petty_agent_client::{ExecEvent, ExecOutput, ExecStream, StdinHandle};
-pub use petty_protocol::{ExecRequest, ExitStatus, FileEntry, FileStat};
+pub use petty_agent_client::{ClientError, ExecEvent, ExecOutput, ExecStream, StdinHandle};
+pub use petty_protocol::{
+    Command as ExecCommand, ErrorKind as GuestErrorKind, ExecRequest, ExitStatus, FileEntry,
+    FileStat,
+};
 pub use pool::{PoolConfig, PoolStats, SandboxPool};
 pub use sandbox::{code_argv, ExecResult, Sandbox, SandboxId};
 pub use state::SandboxState;

@@ -196,6 +196,9 @@ impl SandboxManager {
         let name = config.name.clone().unwrap_or_else(|| short_name(id));
         let (kernel, rootfs) =
             crate::sandbox::resolve_assets(&config, self.inner.vmm.wants_elf_kernel())?;
+        // Before a row, a template or a VM: a template's disk is the base
+        // image's size, so the rootfs stands for it.
+        crate::sandbox::check_disk_size(&config, &rootfs, from.as_ref().map(|s| s.dir.as_path()))?;
         let now = now_ms();
         let record = SandboxRecord {
             id,
@@ -218,6 +221,7 @@ impl SandboxManager {
             idle_timeout: config.idle_timeout,
             reason: None,
             from_snapshot: from.as_ref().map(|s| s.name.clone()),
+            disk_size_mib: config.disk_size_mib,
         };
         // The row comes first: it takes a slot under the limit (refused at
         // once past it) and the name, and a crash from here on leaves a
@@ -322,6 +326,7 @@ impl SandboxManager {
             idle_timeout: cfg.idle_timeout.or(self.inner.config.default_idle_timeout),
             reason: None,
             from_snapshot: None,
+            disk_size_mib: cfg.disk_size_mib,
         };
         let max = self.inner.config.max_sandboxes;
         if let Err(e) = self.db(move |s| s.insert(&record, Some(max))).await {
@@ -349,10 +354,14 @@ impl SandboxManager {
     /// process created it.
     pub async fn get(&self, key: &str) -> Result<Arc<Sandbox>, CoreError> {
         let record = self.info(key).await?;
-        if let Some(sb) = self.inner.live.read().await.get(&record.id) {
-            return Ok(sb.clone());
-        }
-        if !matches!(record.state, SandboxState::Ready | SandboxState::Paused) {
+        if matches!(record.state, SandboxState::Ready | SandboxState::Paused) {
+            if let Some(sb) = self.inner.live.read().await.get(&record.id) {
+                return Ok(sb.clone());
+            }
+        } else {
+            // Another process may have stopped it: the store is the truth,
+            // and a connection this process still holds is stale.
+            self.inner.live.write().await.remove(&record.id);
             return Err(CoreError::InvalidState {
                 id: record.name.clone(),
                 state: record.state.to_string(),
@@ -731,12 +740,23 @@ impl SandboxManager {
         snapshot: &str,
         name: Option<&str>,
     ) -> Result<SandboxId, CoreError> {
-        let snap = self.snapshot_info(snapshot).await?;
         let mut b = SandboxConfig::builder();
         if let Some(n) = name {
             b = b.name(n);
         }
-        self.create_inner(b.build()?, false, Some(snap)).await
+        self.restore_with(snapshot, b.build()?).await
+    }
+
+    /// Starts a new sandbox from snapshot `snapshot` with `config`'s name,
+    /// lifetimes and disk size (`disk_size_mib`, at least the snapshot's);
+    /// kernel, memory and vCPUs are the snapshot's.
+    pub async fn restore_with(
+        &self,
+        snapshot: &str,
+        config: SandboxConfig,
+    ) -> Result<SandboxId, CoreError> {
+        let snap = self.snapshot_info(snapshot).await?;
+        self.create_inner(config, false, Some(snap)).await
     }
 
     /// `n` new sandboxes from `source`: a snapshot's name, or a running

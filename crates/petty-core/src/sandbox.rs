@@ -111,6 +111,8 @@ impl Sandbox {
             config.die_with_parent = false;
         }
         let (kernel, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
+        check_disk_size(&config, &rootfs, restore_from.as_deref())?;
+        let disk_bytes = config.disk_size_mib.map(|mib| u64::from(mib) << 20);
         let vm_config = VmConfig {
             id: id.to_string(),
             kernel,
@@ -132,6 +134,7 @@ impl Sandbox {
             },
             restore_from,
             start_paused: false,
+            disk_size_mib: config.disk_size_mib,
         };
         let vm = vmm.start(&vm_config).await?;
         // Any early return below drops `vm`, which kills it and removes its files.
@@ -139,9 +142,10 @@ impl Sandbox {
         tracing::debug!(sandbox = %id, "agent answered");
         if restored {
             // A copy of another guest's memory: give it its own randomness,
-            // the current time and its own name.
+            // the current time and its own name, and let it grow its `/`
+            // onto the disk it now has.
             let hostname: String = name.chars().take(63).collect();
-            agent.refresh_identity(Some(&hostname)).await?;
+            agent.refresh_identity(Some(&hostname), disk_bytes).await?;
         } else {
             // The guest has no battery-backed clock worth trusting: give it ours.
             agent.sync_clock().await?;
@@ -186,6 +190,7 @@ impl Sandbox {
             name: Some(record.name.clone()),
             ttl: record.ttl,
             idle_timeout: record.idle_timeout,
+            disk_size_mib: record.disk_size_mib,
             ..SandboxConfig::default()
         };
         let attached = connect(vm.as_ref(), &config, connect_timeout).await;
@@ -545,6 +550,29 @@ pub fn code_argv(language: &str, code: &str) -> Result<Vec<String>, CoreError> {
     let mut argv: Vec<String> = interpreter.iter().map(|s| s.to_string()).collect();
     argv.push(code.to_string());
     Ok(argv)
+}
+
+/// Refuses, before anything starts, a root disk smaller than what it would
+/// be made from: the base image, or the disk of the snapshot restored.
+pub(crate) fn check_disk_size(
+    config: &SandboxConfig,
+    rootfs: &std::path::Path,
+    restore_from: Option<&std::path::Path>,
+) -> Result<(), CoreError> {
+    let base = match restore_from {
+        Some(dir) => dir.join(petty_vmm::SNAPSHOT_DISK),
+        None => rootfs.to_path_buf(),
+    };
+    if !base.is_file() {
+        // Not there (yet): the VMM says what is missing when it starts.
+        return Ok(());
+    }
+    match petty_vmm::check_disk_size(config.disk_size_mib, &base) {
+        Err(e @ petty_vmm::VmmError::DiskTooSmall { .. }) => {
+            Err(CoreError::InvalidConfig(e.to_string()))
+        }
+        other => Ok(other?),
+    }
 }
 
 pub(crate) fn resolve_assets(

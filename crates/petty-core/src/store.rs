@@ -56,6 +56,8 @@ pub struct SandboxRecord {
     pub reason: Option<String>,
     /// The snapshot it was restored from (its disk layers on that one's).
     pub from_snapshot: Option<String>,
+    /// Root disk size in MiB it was asked for (`None`: the base image's).
+    pub disk_size_mib: Option<u32>,
 }
 
 /// A snapshot as stored: memory, device state and disk of a sandbox at one moment.
@@ -175,17 +177,26 @@ impl Store {
             .map_err(|e| db_err(path, e))?;
         conn.execute_batch(SCHEMA).map_err(|e| db_err(path, e))?;
         // Columns added after the first release of the schema.
-        let has_from_snapshot: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'from_snapshot'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(|e| db_err(path, e))?
-            > 0;
-        if !has_from_snapshot {
-            conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN from_snapshot TEXT")
-                .map_err(|e| db_err(path, e))?;
+        for (column, decl) in [
+            ("from_snapshot", "from_snapshot TEXT"),
+            ("disk_size_mib", "disk_size_mib INTEGER"),
+        ] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = ?1",
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(|e| db_err(path, e))?
+                > 0;
+            if !has {
+                // Another process may add it between the check and here.
+                match conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {decl}")) {
+                    Err(rusqlite::Error::SqliteFailure(_, Some(m)))
+                        if m.contains("duplicate column") => {}
+                    other => other.map_err(|e| db_err(path, e))?,
+                }
+            }
         }
         Ok(Self {
             conn: Mutex::new(conn),
@@ -227,8 +238,8 @@ impl Store {
         let res = tx.execute(
             "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
                 vmm_pid, run_dir, agent_socket, owner_pid, pooled, created_at, updated_at,
-                last_used_at, ttl_ms, idle_ms, reason, from_snapshot)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                last_used_at, ttl_ms, idle_ms, reason, from_snapshot, disk_size_mib)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
             params![
                 r.id.to_string(),
                 r.name,
@@ -250,6 +261,7 @@ impl Store {
                 r.idle_timeout.map(|d| d.as_millis() as i64),
                 r.reason,
                 r.from_snapshot,
+                r.disk_size_mib,
             ],
         );
         match res {
@@ -513,6 +525,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
         idle_timeout: ms(r.get("idle_ms")?),
         reason: r.get("reason")?,
         from_snapshot: r.get("from_snapshot")?,
+        disk_size_mib: r.get("disk_size_mib")?,
     })
 }
 
@@ -543,6 +556,7 @@ mod tests {
             idle_timeout: None,
             reason: None,
             from_snapshot: None,
+            disk_size_mib: Some(2048),
         }
     }
 
@@ -570,8 +584,37 @@ mod tests {
             (r.id, Some(42), SandboxState::Ready)
         );
         assert_eq!(got.ttl, Some(Duration::from_secs(2)));
+        assert_eq!(got.disk_size_mib, Some(2048));
         assert_eq!(s.get(&r.id.to_string()).unwrap().unwrap().name, "alpha");
         assert_eq!(s.count_with_vm().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_database_from_before_new_columns_gains_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petty.db");
+        let r = record("old");
+        {
+            // The first released schema: no from_snapshot, no disk_size_mib.
+            let c = Connection::open(&path).unwrap();
+            let first = SCHEMA.split("CREATE TABLE IF NOT EXISTS history").next();
+            c.execute_batch(first.unwrap()).unwrap();
+            c.execute(
+                "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs,
+                    backend, owner_pid, created_at, updated_at, last_used_at)
+                 VALUES (?1, 'old', 'ready', 256, 2, '/k', '/r', 'qemu', 1, 0, 0, 0)",
+                params![r.id.to_string()],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let got = s.get("old").unwrap().unwrap();
+        assert_eq!((got.from_snapshot, got.disk_size_mib), (None, None));
+        s.insert(&record("new"), None).unwrap();
+        assert_eq!(s.get("new").unwrap().unwrap().disk_size_mib, Some(2048));
+        // Opening again finds the columns there and adds nothing.
+        drop(s);
+        Store::open(&path).unwrap();
     }
 
     #[test]

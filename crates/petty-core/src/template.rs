@@ -240,6 +240,7 @@ fn shared_ram_vm(
             shared: true,
         },
         start_paused: false,
+        disk_size_mib: None,
     }
 }
 

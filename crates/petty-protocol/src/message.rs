@@ -132,6 +132,7 @@ pub enum Request {
     /// Make a restored or forked guest its own: mix `entropy` into the
     /// kernel RNG and force a reseed (so two forks of one snapshot never hand
     /// out the same random numbers), set the clock, and set the hostname.
+    /// Then grow the root file system if its disk is larger than it.
     Refresh {
         /// Fresh random bytes from the host (at least 32).
         entropy: Vec<u8>,
@@ -140,6 +141,11 @@ pub enum Request {
         /// New hostname, if any.
         #[serde(default)]
         hostname: Option<String>,
+        /// The size the host made the root disk, when it grew it after the
+        /// restore: the agent waits (briefly) for the guest kernel to see
+        /// that size before growing the file system.
+        #[serde(default)]
+        disk_bytes: Option<u64>,
     },
     /// Flush disks and power the guest off.
     Shutdown,

@@ -36,6 +36,25 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// The requested root disk is smaller than the image it is made from.
+    #[error("disk_size_mib {requested_mib} is smaller than the disk it is made from ({} is {base_mib} MiB); ask for at least {base_mib} MiB or leave disk_size_mib unset", base.display())]
+    DiskTooSmall {
+        /// What was asked for, in MiB.
+        requested_mib: u32,
+        /// Size of the base image or snapshot disk, in MiB (rounded up).
+        base_mib: u64,
+        /// The base image or snapshot disk.
+        base: PathBuf,
+    },
+    /// The size of a disk image could not be read.
+    #[error("reading the size of disk image {}", path.display())]
+    DiskImage {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// `qemu-img create` failed.
     #[error("creating the copy-on-write disk overlay failed: {0}")]
     Overlay(String),

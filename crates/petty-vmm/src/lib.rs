@@ -60,6 +60,12 @@ pub struct VmConfig {
     pub memory: MemoryBacking,
     /// With `restore_from`: leave the guest paused once its state is loaded.
     pub start_paused: bool,
+    /// Size of the guest's root disk in MiB; `None` keeps the size of what it
+    /// is made from (the base image, or the snapshot's disk). Never smaller
+    /// than that. The guest grows its file system to fill the disk; after a
+    /// restore the disk is grown once the state is loaded, so the guest sees
+    /// it change size.
+    pub disk_size_mib: Option<u32>,
 }
 
 /// Where a VM's RAM lives.
@@ -99,6 +105,41 @@ pub const SNAPSHOT_DISK: &str = "disk.qcow2";
 /// holds no RAM, and restores map this file privately.
 pub const SNAPSHOT_RAM: &str = "ram";
 
+/// The size in bytes a disk image shows the guest: a qcow2 image's virtual
+/// size (from its header), else the file's length (raw).
+pub fn disk_image_size(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    // qcow2 header: magic "QFI\xfb" at 0, virtual size (big-endian u64) at 24.
+    let mut header = [0u8; 32];
+    if len >= 32 && f.read_exact(&mut header).is_ok() && header[..4] == *b"QFI\xfb" {
+        let size: [u8; 8] = header[24..32].try_into().expect("8 bytes");
+        return Ok(u64::from_be_bytes(size));
+    }
+    Ok(len)
+}
+
+/// Checks a requested root disk size against the image the disk is made
+/// from; the error names `disk_size_mib`, the image and its size.
+pub fn check_disk_size(requested_mib: Option<u32>, base: &Path) -> Result<(), VmmError> {
+    let Some(mib) = requested_mib else {
+        return Ok(());
+    };
+    let base_bytes = disk_image_size(base).map_err(|source| VmmError::DiskImage {
+        path: base.to_path_buf(),
+        source,
+    })?;
+    if u64::from(mib) << 20 < base_bytes {
+        return Err(VmmError::DiskTooSmall {
+            requested_mib: mib,
+            base_mib: base_bytes.div_ceil(1 << 20),
+            base: base.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 /// A VMM backend.
 pub trait Vmm: Send + Sync {
     /// Short name, e.g. `qemu`.
@@ -137,14 +178,43 @@ pub fn choose_backend(
     choice: Option<&str>,
     root: PathBuf,
 ) -> Result<(Box<dyn Vmm>, String), VmmError> {
+    choose_backend_with(choice, root, &BackendBinaries::default())
+}
+
+/// VMM binaries to use instead of the defaults (`PETTY_QEMU`,
+/// `PETTY_FIRECRACKER`, else the names on `PATH`).
+#[derive(Debug, Clone, Default)]
+pub struct BackendBinaries {
+    /// `qemu-system-x86_64` or a path to it.
+    pub qemu: Option<String>,
+    /// `firecracker` or a path to it.
+    pub firecracker: Option<String>,
+}
+
+/// [`choose_backend`] with the VMM binaries given.
+pub fn choose_backend_with(
+    choice: Option<&str>,
+    root: PathBuf,
+    binaries: &BackendBinaries,
+) -> Result<(Box<dyn Vmm>, String), VmmError> {
     let from_env = std::env::var("PETTY_BACKEND").ok();
     let choice = choice.or(from_env.as_deref()).unwrap_or("auto");
-    let fc = firecracker::FirecrackerVmm::new(root.clone());
+    let mut fc = firecracker::FirecrackerVmm::new(root.clone());
+    if let Some(b) = &binaries.firecracker {
+        fc = fc.with_binary(b.clone());
+    }
+    let make_qemu = |accel: AccelChoice, root: PathBuf| {
+        let q = qemu::QemuVmm::new(accel, root);
+        match &binaries.qemu {
+            Some(b) => q.with_binary(b.clone()),
+            None => q,
+        }
+    };
     match choice {
         "qemu" => {
             let accel = AccelChoice::detect();
             let why = accel.notice();
-            Ok((Box::new(qemu::QemuVmm::new(accel, root)), why))
+            Ok((Box::new(make_qemu(accel, root)), why))
         }
         "firecracker" => match fc.availability() {
             Ok(_) => Ok((Box::new(fc), "petty: using Firecracker".into())),
@@ -158,7 +228,7 @@ pub fn choose_backend(
             Err(why) => {
                 let accel = AccelChoice::detect();
                 let notice = format!("{}; Firecracker not used: {why}", accel.notice());
-                Ok((Box::new(qemu::QemuVmm::new(accel, root)), notice))
+                Ok((Box::new(make_qemu(accel, root)), notice))
             }
         },
         other => Err(VmmError::Unavailable {
@@ -209,4 +279,38 @@ pub trait Vm: Send + Sync {
 
     /// Lets a paused guest run again.
     fn resume(&self) -> BoxFuture<'_, Result<(), VmmError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_sizes_of_raw_and_qcow2_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("rootfs.ext4");
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(100 << 20)
+            .unwrap();
+        assert_eq!(disk_image_size(&raw).unwrap(), 100 << 20);
+        // A qcow2 header: its virtual size, not the file's length, counts.
+        let mut header = vec![0u8; 512];
+        header[..4].copy_from_slice(b"QFI\xfb");
+        header[24..32].copy_from_slice(&(300u64 << 20).to_be_bytes());
+        let qcow2 = dir.path().join("disk.qcow2");
+        std::fs::write(&qcow2, &header).unwrap();
+        assert_eq!(disk_image_size(&qcow2).unwrap(), 300 << 20);
+
+        check_disk_size(None, &raw).unwrap();
+        check_disk_size(Some(100), &raw).unwrap();
+        check_disk_size(Some(300), &qcow2).unwrap();
+        let e = check_disk_size(Some(299), &qcow2).unwrap_err().to_string();
+        assert!(
+            e.contains("disk_size_mib 299") && e.contains("300 MiB"),
+            "{e}"
+        );
+        let e = check_disk_size(Some(1), &dir.path().join("none")).unwrap_err();
+        assert!(matches!(e, VmmError::DiskImage { .. }), "{e}");
+    }
 }

@@ -18,8 +18,8 @@ use crate::process::{tail, VmmProcess};
 use crate::qmp::Qmp;
 use crate::rundir::vmm_alive;
 use crate::{
-    Accel, AccelChoice, AgentStream, BoxFuture, MemoryBacking, SnapshotFiles, Vm, VmConfig, Vmm,
-    VmmError, SNAPSHOT_DISK, SNAPSHOT_RAM, SNAPSHOT_STATE,
+    check_disk_size, disk_image_size, Accel, AccelChoice, AgentStream, BoxFuture, MemoryBacking,
+    SnapshotFiles, Vm, VmConfig, Vmm, VmmError, SNAPSHOT_DISK, SNAPSHOT_RAM, SNAPSHOT_STATE,
 };
 
 /// Socket the agent's virtio-serial port is bound to, inside the run directory.
@@ -58,6 +58,12 @@ impl QemuVmm {
             accel,
             root,
         }
+    }
+
+    /// Uses `binary` (a name on `PATH` or a path) instead of the default.
+    pub fn with_binary(mut self, binary: impl Into<String>) -> Self {
+        self.binary = binary.into();
+        self
     }
 
     /// The accelerator in use.
@@ -265,18 +271,6 @@ impl QemuVmm {
                 });
             }
         }
-        // From here on, dropping `vm` removes the directory and kills QEMU.
-        let mut vm = QemuVm {
-            proc: VmmProcess::prepare(&self.root, config)?,
-            shared_ram: matches!(config.memory, MemoryBacking::File { shared: true, .. }),
-        };
-        let dir = vm.proc.dir.clone();
-        let prepare = |source| VmmError::Prepare {
-            dir: dir.clone(),
-            source,
-        };
-
-        let overlay = dir.join(OVERLAY);
         // The overlay sits on the base image, or on the snapshot's disk layer.
         let (backing, backing_format) = match &config.restore_from {
             Some(snap) => (snap.join(SNAPSHOT_DISK), "qcow2"),
@@ -293,16 +287,33 @@ impl QemuVmm {
                 }
             }
         }
-        let out = tokio::process::Command::new("qemu-img")
+        check_disk_size(config.disk_size_mib, &backing)?;
+        // From here on, dropping `vm` removes the directory and kills QEMU.
+        let mut vm = QemuVm {
+            proc: VmmProcess::prepare(&self.root, config)?,
+            shared_ram: matches!(config.memory, MemoryBacking::File { shared: true, .. }),
+        };
+        let dir = vm.proc.dir.clone();
+        let prepare = |source| VmmError::Prepare {
+            dir: dir.clone(),
+            source,
+        };
+
+        let overlay = dir.join(OVERLAY);
+        let mut qemu_img = tokio::process::Command::new("qemu-img");
+        qemu_img
             .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
             .arg(&backing)
-            .arg(&overlay)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| {
-                VmmError::Overlay(format!("running qemu-img: {e} (install qemu-utils)"))
-            })?;
+            .arg(&overlay);
+        // A booting guest sees the disk's size when it probes it. A restored
+        // one already knows its disk: it is grown after the state is loaded
+        // (below), so the guest is told of the change.
+        if let (Some(mib), None) = (config.disk_size_mib, &config.restore_from) {
+            qemu_img.arg(format!("{mib}M"));
+        }
+        let out = qemu_img.stdin(Stdio::null()).output().await.map_err(|e| {
+            VmmError::Overlay(format!("running qemu-img: {e} (install qemu-utils)"))
+        })?;
         if !out.status.success() {
             return Err(VmmError::Overlay(
                 String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -349,6 +360,9 @@ impl QemuVmm {
         if let Some(snap) = &config.restore_from {
             vm.load_state(snap, config.start_paused).await?;
             tracing::debug!(vm = %config.id, "snapshot state loaded");
+            if let Some(mib) = config.disk_size_mib {
+                vm.grow_disk(&backing, u64::from(mib) << 20).await?;
+            }
         }
         Ok(vm)
     }
@@ -469,6 +483,29 @@ impl QemuVm {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// Grows the root disk of a running (restored) guest to `bytes`, unless
+    /// `backing` (what its overlay was made on) is that large already. QEMU
+    /// raises a config-change interrupt and the guest kernel reads the new
+    /// size; the agent then grows the file system.
+    async fn grow_disk(&self, backing: &Path, bytes: u64) -> Result<(), VmmError> {
+        let current = disk_image_size(backing).map_err(|source| VmmError::DiskImage {
+            path: backing.to_path_buf(),
+            source,
+        })?;
+        if bytes <= current {
+            return Ok(());
+        }
+        self.qmp()
+            .await?
+            .execute(
+                "block_resize",
+                Some(serde_json::json!({ "device": "root", "size": bytes })),
+            )
+            .await?;
+        tracing::debug!(vm = %self.proc.id, bytes, "root disk grown");
+        Ok(())
     }
 
     async fn save_snapshot(&self, dir: &Path, resume: bool) -> Result<SnapshotFiles, VmmError> {

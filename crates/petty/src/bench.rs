@@ -12,12 +12,12 @@ use petty_vmm::{runtime_root, AccelChoice, VmConfig};
 
 use crate::cli::ensure_assets;
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
@@ -56,6 +56,7 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
             restore_from: None,
             memory: Default::default(),
             start_paused: false,
+            disk_size_mib: None,
         };
         let args = vmm.args(&config, dir.path(), &overlay);
         let t = Instant::now();

@@ -90,6 +90,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// Run the daemon: REST API under /v1, MCP over streamable HTTP at /mcp,
+    /// /metrics, /healthz, /readyz. Stops on SIGTERM or Ctrl-C.
+    Serve(ServerArgs),
+    /// Serve MCP over stdin/stdout, for a desktop or IDE agent to launch.
+    Mcp(ServerArgs),
     /// Say what this host has and lacks for running sandboxes, and how to fix each gap.
     Doctor,
     /// Benchmarks (figures beside a baseline measured in the same run).
@@ -145,6 +150,19 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         forks: usize,
     },
+    /// Exec round trip through the REST API against the in-process round
+    /// trip, and the throughput of many concurrent REST clients.
+    Serve {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Concurrent clients in the throughput measurement.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Commands each client runs.
+        #[arg(long, default_value_t = 10)]
+        per_client: usize,
+    },
     /// Start many idle sandboxes, check each answers, and report host memory per sandbox.
     Density {
         /// How many sandboxes.
@@ -156,6 +174,79 @@ enum BenchCmd {
     },
 }
 
+/// Options of `petty serve` and `petty mcp`; each overrides the config
+/// file and the environment (`PETTY_<SECTION>_<KEY>`).
+#[derive(Args)]
+pub struct ServerArgs {
+    /// TOML config file (see petty.example.toml).
+    #[arg(long, short, value_name = "FILE", env = "PETTY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (server.listen), e.g. 127.0.0.1:8080; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Accept this bearer API key (server.api_keys; repeatable).
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_keys: Vec<String>,
+    /// VMM backend (backend.kind): auto, qemu or firecracker.
+    #[arg(long, value_name = "KIND")]
+    pub backend: Option<String>,
+    /// Warm sandboxes to keep ready (pool.size; 0 turns the pool off).
+    #[arg(long, value_name = "N")]
+    pub pool_size: Option<usize>,
+    /// Most sandboxes at once (limits.max_concurrent_sandboxes).
+    #[arg(long, value_name = "N")]
+    pub max_sandboxes: Option<usize>,
+    /// On SIGTERM, keep sandboxes running or destroy them (server.on_shutdown).
+    #[arg(long, value_name = "keep|destroy")]
+    pub on_shutdown: Option<String>,
+}
+
+impl ServerArgs {
+    /// The configuration: file, then environment, then these flags.
+    pub fn load(&self) -> anyhow::Result<petty_server::Config> {
+        use petty_server::config::{env_overrides, Override};
+        let mut overrides = env_overrides(std::env::vars());
+        let mut flag = |key: &str, raw: String, name: &str| {
+            overrides.push(Override::parse(key, &raw, name));
+        };
+        if let Some(v) = &self.listen {
+            flag("server.listen", format!("{v:?}"), "--listen");
+        }
+        if let Some(v) = &self.backend {
+            flag("backend.kind", format!("{v:?}"), "--backend");
+        }
+        if let Some(v) = self.pool_size {
+            flag("pool.size", v.to_string(), "--pool-size");
+        }
+        if let Some(v) = self.max_sandboxes {
+            flag(
+                "limits.max_concurrent_sandboxes",
+                v.to_string(),
+                "--max-sandboxes",
+            );
+        }
+        if let Some(v) = &self.on_shutdown {
+            flag("server.on_shutdown", format!("{v:?}"), "--on-shutdown");
+        }
+        if !self.api_keys.is_empty() {
+            overrides.push(Override {
+                key: "server.api_keys".into(),
+                value: toml::Value::Array(
+                    self.api_keys
+                        .iter()
+                        .map(|k| toml::Value::String(k.clone()))
+                        .collect(),
+                ),
+                source: "--api-key".into(),
+            });
+        }
+        Ok(petty_server::Config::load(
+            self.config.as_deref(),
+            &overrides,
+        )?)
+    }
+}
+
 /// Arguments of `petty run`.
 #[derive(Args)]
 pub struct RunArgs {
@@ -165,6 +256,9 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub vcpus: u32,
+    /// Root disk size in MiB (default: the image's size); the guest's / grows to fill it.
+    #[arg(long, value_name = "N")]
+    pub disk_mib: Option<u32>,
     #[command(flatten)]
     pub exec: ExecOpts,
     /// Run this Python code (python3 -c).
@@ -227,8 +321,27 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+impl Cli {
+    /// For `serve` and `mcp`: the loaded configuration (its log format
+    /// decides how logging is set up, before anything runs).
+    pub fn server_config(&self) -> Option<anyhow::Result<petty_server::Config>> {
+        match &self.cmd {
+            Cmd::Serve(a) | Cmd::Mcp(a) => Some(a.load()),
+            _ => None,
+        }
+    }
+}
+
+pub async fn dispatch(cli: Cli, server: Option<petty_server::Config>) -> anyhow::Result<ExitCode> {
     match cli.cmd {
+        Cmd::Serve(_) => {
+            petty_server::serve(server.expect("loaded in main")).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Mcp(_) => {
+            petty_server::serve_stdio(server.expect("loaded in main")).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Run(args) => crate::run::run(args).await,
         Cmd::Create(args) => crate::manage::create(args).await,
         Cmd::Exec(args) => crate::manage::exec(args).await,
@@ -250,6 +363,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCmd::Boot { runs } => crate::bench::boot(runs).await,
             BenchCmd::Pool { runs } => crate::bench::pool(runs).await,
             BenchCmd::Snapshot { runs, forks } => crate::bench::snapshot(runs, forks).await,
+            BenchCmd::Serve {
+                runs,
+                clients,
+                per_client,
+            } => crate::bench_serve::serve(runs, clients, per_client).await,
             BenchCmd::Density { count, memory_mib } => {
                 crate::bench::density(count, memory_mib).await
             }

@@ -33,6 +33,9 @@ pub struct CreateArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub vcpus: u32,
+    /// Root disk size in MiB (default: the image's size); the guest's / grows to fill it.
+    #[arg(long, value_name = "N")]
+    pub disk_mib: Option<u32>,
     /// Destroy it this many seconds after creation.
     #[arg(long, value_name = "SECS")]
     pub ttl: Option<f64>,
@@ -57,6 +60,9 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         .vcpu_count(args.vcpus);
     if let Some(n) = args.name {
         b = b.name(n);
+    }
+    if let Some(d) = args.disk_mib {
+        b = b.disk_size_mib(d);
     }
     if let Some(t) = secs("ttl", args.ttl)? {
         b = b.ttl(t);

@@ -32,6 +32,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(r) = &args.rootfs {
         builder = builder.rootfs(r);
     }
+    if let Some(d) = args.disk_mib {
+        builder = builder.disk_size_mib(d);
+    }
     let config = builder.build()?;
     let (vmm, notice) = choose_backend(None, runtime_root())?;
     vmm.check()?;

@@ -24,8 +24,8 @@ use crate::process::{tail, VmmProcess};
 use crate::qemu::find_on_path;
 use crate::rundir::vmm_alive;
 use crate::{
-    Accel, AccelChoice, AgentStream, BoxFuture, SnapshotFiles, Vm, VmConfig, Vmm, VmmError,
-    SNAPSHOT_STATE,
+    check_disk_size, Accel, AccelChoice, AgentStream, BoxFuture, SnapshotFiles, Vm, VmConfig, Vmm,
+    VmmError, SNAPSHOT_STATE,
 };
 
 /// API socket, inside the run directory.
@@ -64,6 +64,12 @@ impl FirecrackerVmm {
         }
     }
 
+    /// Uses `binary` (a name on `PATH` or a path) instead of the default.
+    pub fn with_binary(mut self, binary: impl Into<String>) -> Self {
+        self.binary = binary.into();
+        self
+    }
+
     /// The binary, if this host can run Firecracker VMs; else why not.
     pub fn availability(&self) -> Result<PathBuf, String> {
         let binary =
@@ -97,6 +103,7 @@ impl FirecrackerVmm {
                 });
             }
         }
+        check_disk_size(config.disk_size_mib, &config.rootfs)?;
         // From here on, dropping `vm` kills Firecracker and removes the directory.
         let mut vm = FcVm {
             proc: VmmProcess::prepare(&self.root, config)?,
@@ -107,6 +114,17 @@ impl FirecrackerVmm {
             source,
         };
         copy_sparse(&config.rootfs, &dir.join(ROOTFS)).await?;
+        if let Some(mib) = config.disk_size_mib {
+            // A larger disk is the copy extended with a hole; the guest grows
+            // its file system into it at boot. (`cp` gave the copy the cached
+            // image's read-only mode.)
+            use std::os::unix::fs::PermissionsExt;
+            let disk = dir.join(ROOTFS);
+            fs::set_permissions(&disk, fs::Permissions::from_mode(0o644))
+                .and_then(|()| fs::OpenOptions::new().write(true).open(&disk))
+                .and_then(|f| f.set_len(u64::from(mib) << 20))
+                .map_err(prepare)?;
+        }
 
         let log = fs::File::create(dir.join(LOG)).map_err(prepare)?;
         let log2 = log.try_clone().map_err(prepare)?;

@@ -65,6 +65,7 @@ async fn a_restore_is_refused_with_a_clear_error_and_leaves_nothing() {
         restore_from: Some(snap.path().to_path_buf()),
         memory: Default::default(),
         start_paused: false,
+        disk_size_mib: None,
     };
     let err = petty_vmm::Vmm::start(&fc, &config)
         .await

@@ -11,6 +11,7 @@ mod cli_manage;
 mod firecracker;
 mod manager;
 mod sandbox;
+mod serve;
 mod snapshots;
 mod teardown;
 
@@ -30,6 +31,25 @@ pub fn assets() -> &'static petty_image::Assets {
             .expect("guest assets (run scripts/install-deps, then petty image build)")
     })
 }
+
+/// Size of the base rootfs image in MiB: a sandbox's root disk unless it
+/// asks for more (`disk_size_mib`).
+pub fn base_image_mib() -> u32 {
+    let bytes = std::fs::metadata(&assets().rootfs).unwrap().len();
+    u32::try_from(bytes.div_ceil(1 << 20)).unwrap()
+}
+
+/// Parses `df -m --output=size /` (header, then the size of `/` in MiB).
+pub fn df_size_mib(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df printed {stdout:?}"))
+}
+
+/// The shell command whose output [`df_size_mib`] reads.
+pub const DF_ROOT: &str = "df -m --output=size /";
 
 /// A QEMU backend whose run directories live under `root`.
 pub fn vmm(root: &Path) -> QemuVmm {

@@ -6,7 +6,7 @@ use petty_core::{
     CoreError, ManagerConfig, PoolConfig, SandboxConfig, SandboxManager, SandboxPool, SandboxState,
 };
 
-use crate::{leftovers, processes_mentioning, vmm, Env};
+use crate::{base_image_mib, df_size_mib, leftovers, processes_mentioning, vmm, Env, DF_ROOT};
 
 /// Polls (bounded) until `f` holds; the bound only stops a broken build hanging.
 async fn eventually<F, Fut>(what: &str, mut f: F)
@@ -337,6 +337,57 @@ async fn concurrent_creates_fill_the_limit_exactly() {
         m.create_default().await,
         Err(CoreError::Capacity { max: 3 })
     ));
+    m.destroy_all().await.unwrap();
+    env.assert_clean();
+}
+
+/// Size of `/` in MiB in sandbox `key`, as `df` reports it.
+async fn root_fs_mib(m: &SandboxManager, key: &str) -> u64 {
+    let r = m.execute(key, DF_ROOT).await.unwrap();
+    assert!(r.success(), "{r:?}");
+    df_size_mib(&r.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_creates_get_the_disk_size_asked_for() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    let base = base_image_mib();
+    let named = |n: &str| SandboxConfig::builder().name(n);
+    m.create(named("plain").build().unwrap()).await.unwrap();
+    m.create(named("big").disk_size_mib(base + 512).build().unwrap())
+        .await
+        .unwrap();
+    let info = m.info("big").await.unwrap();
+    assert_eq!(info.disk_size_mib, Some(base + 512));
+    // It was restored from the template (the grown disk is the restore
+    // path's), not booted.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", info.vmm_pid.unwrap())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(
+        cmdline.contains(&*info.run_dir.unwrap().to_string_lossy())
+            && cmdline.contains("-incoming"),
+        "not restored from the template: {cmdline}"
+    );
+    let (before, after) = (root_fs_mib(&m, "plain").await, root_fs_mib(&m, "big").await);
+    eprintln!(
+        "df -m / after template restores: {before} MiB plain, {after} MiB with disk_size_mib {}",
+        base + 512
+    );
+    assert!(
+        (480..=512).contains(&after.saturating_sub(before)),
+        "/ grew from {before} to {after} MiB on a disk 512 MiB larger"
+    );
+    // A disk smaller than the image is refused before any row or VM.
+    let err = m
+        .create(named("small").disk_size_mib(base - 1).build().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CoreError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("disk_size_mib"), "{err}");
+    assert!(!m.exists("small").await.unwrap());
+    assert!(m.history("small").await.unwrap().is_empty());
+    assert_eq!(leftovers(env.root.path()).len(), 2);
     m.destroy_all().await.unwrap();
     env.assert_clean();
 }

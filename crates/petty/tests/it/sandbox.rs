@@ -1,9 +1,10 @@
 //! The `petty-core` library against a real VM: one sandbox, many operations.
 
-use petty_core::{ExecRequest, Sandbox, SandboxConfig};
+use petty_core::{CoreError, ExecRequest, Sandbox, SandboxConfig};
+use petty_vmm::Vmm;
 use sha2::{Digest, Sha256};
 
-use crate::{leftovers, run_root, vmm};
+use crate::{base_image_mib, df_size_mib, leftovers, processes_mentioning, run_root, vmm, DF_ROOT};
 
 async fn sandbox(root: &std::path::Path) -> Sandbox {
     Sandbox::create(&vmm(root), SandboxConfig::builder().build().unwrap())
@@ -168,4 +169,92 @@ async fn guest_reports_its_own_kernel_and_limits() {
         "MemTotal {mem_kib} kB"
     );
     sb.destroy().await.unwrap();
+}
+
+/// Size of the guest's `/` in MiB, as `df` reports it.
+async fn root_fs_mib(sb: &Sandbox) -> u64 {
+    let r = sb.execute(DF_ROOT).await.unwrap();
+    assert!(r.success(), "{r:?}");
+    df_size_mib(&r.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_larger_disk_grows_the_root_file_system_at_boot() {
+    let root = run_root();
+    let vmm = vmm(root.path());
+    let disk_mib = base_image_mib() + 512;
+    let big = SandboxConfig::builder()
+        .disk_size_mib(disk_mib)
+        .build()
+        .unwrap();
+    let (plain, big) = tokio::join!(
+        Sandbox::create(&vmm, SandboxConfig::builder().build().unwrap()),
+        Sandbox::create(&vmm, big),
+    );
+    let (plain, big) = (plain.unwrap(), big.unwrap());
+    let (before, after) = (root_fs_mib(&plain).await, root_fs_mib(&big).await);
+    eprintln!(
+        "df -m /: {before} MiB on the base image's disk, {after} MiB on a {disk_mib} MiB disk"
+    );
+    // 512 MiB more disk, less the new block groups' bitmaps and inode tables.
+    assert!(
+        (480..=512).contains(&after.saturating_sub(before)),
+        "/ grew from {before} to {after} MiB on a disk 512 MiB larger"
+    );
+    let r = big.execute("cat /sys/block/vda/size").await.unwrap();
+    assert_eq!(r.stdout.trim(), (u64::from(disk_mib) * 2048).to_string());
+    // The space is there to use: more than the base image has free.
+    let r = big
+        .execute_code(
+            "python",
+            "import os\nfd = os.open('/root/fill', os.O_CREAT | os.O_WRONLY)\nos.posix_fallocate(fd, 0, 800 << 20)",
+        )
+        .await
+        .unwrap();
+    assert!(r.success(), "{r:?}");
+    plain.destroy().await.unwrap();
+    big.destroy().await.unwrap();
+    assert!(leftovers(root.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_smaller_than_the_image_is_refused_and_leaves_nothing() {
+    let root = run_root();
+    let vmm = vmm(root.path());
+    let base = base_image_mib();
+    let small = SandboxConfig::builder()
+        .disk_size_mib(base - 1)
+        .build()
+        .unwrap();
+    let err = Sandbox::create(&vmm, small).await.err().expect("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, CoreError::InvalidConfig(_)), "{err:?}");
+    assert!(
+        msg.contains(&format!("disk_size_mib {}", base - 1))
+            && msg.contains(&format!("{base} MiB")),
+        "{msg}"
+    );
+    // The VMM refuses it as well when asked directly.
+    let assets = crate::assets();
+    let config = petty_vmm::VmConfig {
+        id: "too-small".into(),
+        kernel: assets.kernel.clone(),
+        rootfs: assets.rootfs.clone(),
+        memory_mib: 256,
+        vcpus: 1,
+        extra_cmdline: Vec::new(),
+        die_with_parent: true,
+        restore_from: None,
+        memory: Default::default(),
+        start_paused: false,
+        disk_size_mib: Some(base - 1),
+    };
+    let err = vmm.start(&config).await.err().expect("refused");
+    assert!(
+        matches!(err, petty_vmm::VmmError::DiskTooSmall { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("disk_size_mib"), "{err}");
+    assert!(leftovers(root.path()).is_empty());
+    assert!(processes_mentioning(&root.path().display().to_string()).is_empty());
 }

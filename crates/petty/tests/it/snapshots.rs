@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use petty_core::{CoreError, SandboxConfig, SandboxManager};
 
-use crate::Env;
+use crate::{base_image_mib, df_size_mib, Env, DF_ROOT};
 
 async fn named(m: &SandboxManager, name: &str) -> String {
     let id = m
@@ -210,4 +210,49 @@ fn shared_kib_of_mapping(pid: u32, file: &std::path::Path) -> u64 {
         }
     }
     shared
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_keep_or_grow_the_snapshot_disk_never_shrink_it() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    let base = base_image_mib();
+    let named = |n: &str| SandboxConfig::builder().name(n);
+    let df = |key: &'static str| {
+        let m = m.clone();
+        async move { df_size_mib(&sh(&m, key, DF_ROOT).await) }
+    };
+    m.create(named("big").disk_size_mib(base + 512).build().unwrap())
+        .await
+        .unwrap();
+    sh(&m, "big", "echo kept > /root/kept").await;
+    let big = df("big").await;
+    m.snapshot("big", "big-snap").await.unwrap();
+    // Without a size, a restore has the snapshot's disk.
+    m.restore("big-snap", Some("same")).await.unwrap();
+    assert_eq!(df("same").await, big);
+    // With a larger one, the restored guest grows its `/` onto it.
+    let bigger = named("bigger").disk_size_mib(base + 1024).build().unwrap();
+    m.restore_with("big-snap", bigger).await.unwrap();
+    let grown = df("bigger").await;
+    eprintln!("df -m /: {big} MiB in the snapshot, {grown} MiB restored onto 512 MiB more disk");
+    assert!(
+        (480..=512).contains(&grown.saturating_sub(big)),
+        "/ grew from {big} to {grown} MiB on a disk 512 MiB larger"
+    );
+    assert_eq!(sh(&m, "bigger", "cat /root/kept").await, "kept\n");
+    // Smaller than the snapshot's disk (though larger than the image): refused.
+    let small = named("small").disk_size_mib(base + 100).build().unwrap();
+    let err = m.restore_with("big-snap", small).await.unwrap_err();
+    assert!(matches!(err, CoreError::InvalidConfig(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("disk_size_mib {}", base + 100))
+            && msg.contains(&format!("{} MiB", base + 512)),
+        "{msg}"
+    );
+    assert!(!m.exists("small").await.unwrap());
+    m.destroy_all().await.unwrap();
+    m.delete_snapshot("big-snap").await.unwrap();
+    env.assert_clean();
 }

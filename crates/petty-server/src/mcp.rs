@@ -1,0 +1,398 @@
+//! The MCP server: Petty's operations as tools, over stdio (`petty mcp`)
+//! and streamable HTTP (`/mcp` on the daemon), with the official Rust SDK.
+//!
+//! A failed operation is a tool result with `isError: true` and a message
+//! that names the sandbox and says what to try, so the model can read it
+//! and recover; the connection stays up.
+
+use base64::Engine as _;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::service::{ApiError, ApiResult, CreateSpec, ExecSpec, Service};
+
+/// The tools, over one [`Service`].
+#[derive(Clone)]
+pub struct PettyMcp {
+    service: Service,
+    tool_router: ToolRouter<Self>,
+}
+
+/// Arguments naming one sandbox.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct SandboxParams {
+    /// The sandbox's id or name, as create_sandbox or list_sandboxes returned it.
+    pub sandbox: String,
+}
+
+/// `execute_command` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct ExecuteCommandParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// Shell command line, run with /bin/sh -c as root (e.g. "ls -la /root && python3 --version").
+    pub command: String,
+    /// Extra environment variables for the command.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory (default /root).
+    pub cwd: Option<String>,
+    /// Text to feed to the command's standard input.
+    pub stdin: Option<String>,
+    /// Kill the command after this many seconds (default from the server's config, usually 300).
+    pub timeout_secs: Option<f64>,
+}
+
+/// `execute_code` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct ExecuteCodeParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// Language of the code: "python", "bash" or "sh".
+    pub language: String,
+    /// The program text.
+    pub code: String,
+    /// Kill the program after this many seconds (default from the server's config).
+    pub timeout_secs: Option<f64>,
+}
+
+/// `upload_file` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct UploadFileParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// Absolute path to write in the sandbox (parent directories are created).
+    pub path: String,
+    /// The file's content: text, or base64 when encoding is "base64".
+    pub content: String,
+    /// "utf8" (default) or "base64" for binary content.
+    pub encoding: Option<String>,
+}
+
+/// `download_file` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct DownloadFileParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// Absolute path of the file in the sandbox.
+    pub path: String,
+    /// "utf8" (default; invalid bytes are replaced) or "base64" for the exact bytes.
+    pub encoding: Option<String>,
+}
+
+/// `list_files` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct ListFilesParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// Absolute directory path (default /root).
+    pub path: Option<String>,
+}
+
+/// `snapshot_sandbox` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct SnapshotParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// Name for the snapshot (letters, digits, '-', '_', '.'); restore_snapshot and fork_sandbox take it.
+    pub snapshot: String,
+}
+
+/// `restore_snapshot` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct RestoreParams {
+    /// The snapshot's name.
+    pub snapshot: String,
+    /// Optional name for the new sandbox.
+    pub name: Option<String>,
+}
+
+/// `fork_sandbox` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct ForkParams {
+    /// A running sandbox's id or name (snapshotted first), or a snapshot's name.
+    pub source: String,
+    /// How many children to start (1 to 64). Each starts exactly where the source was and then diverges.
+    pub count: usize,
+}
+
+/// Empty arguments.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+pub struct NoParams {}
+
+fn ok_json<T: Serialize>(v: &T) -> Result<CallToolResult, ErrorData> {
+    let value =
+        serde_json::to_value(v).map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+    // MCP structured content must be an object.
+    let value = match value {
+        serde_json::Value::Object(_) => value,
+        other => serde_json::json!({ "items": other }),
+    };
+    Ok(CallToolResult::structured(value))
+}
+
+fn tool_error(what: &str, e: ApiError) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "{what} failed ({}): {}",
+        e.kind, e.message
+    ))])
+}
+
+fn respond<T: Serialize>(what: &str, r: ApiResult<T>) -> Result<CallToolResult, ErrorData> {
+    match r {
+        Ok(v) => ok_json(&v),
+        Err(e) => Ok(tool_error(what, e)),
+    }
+}
+
+fn decode(content: String, encoding: Option<&str>) -> ApiResult<Vec<u8>> {
+    match encoding.unwrap_or("utf8") {
+        "utf8" | "utf-8" | "text" => Ok(content.into_bytes()),
+        "base64" => base64::engine::general_purpose::STANDARD
+            .decode(content.trim())
+            .map_err(|e| ApiError::bad_request(format!("content is not valid base64: {e}"))),
+        other => Err(ApiError::bad_request(format!(
+            "encoding {other:?} is not supported; use \"utf8\" or \"base64\""
+        ))),
+    }
+}
+
+#[tool_router]
+impl PettyMcp {
+    /// Tools over `service`.
+    pub fn new(service: Service) -> Self {
+        Self {
+            service,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(
+        description = "Create a new sandbox: an isolated Linux microVM (Debian, python3) with its own kernel, disk, memory and CPUs. Returns its id and name; pass either as `sandbox` to the other tools. Destroy it with destroy_sandbox when done."
+    )]
+    async fn create_sandbox(
+        &self,
+        Parameters(spec): Parameters<CreateSpec>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond("create_sandbox", self.service.create(spec).await)
+    }
+
+    #[tool(
+        description = "Run a shell command in a sandbox and wait for it. Returns exit_code, stdout, stderr and whether it timed out. A non-zero exit code is a normal result, not a tool error."
+    )]
+    async fn execute_command(
+        &self,
+        Parameters(p): Parameters<ExecuteCommandParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let spec = ExecSpec {
+            command: Some(p.command),
+            argv: None,
+            env: p.env,
+            cwd: p.cwd,
+            stdin: p.stdin.map(String::into_bytes),
+            timeout_secs: p.timeout_secs,
+        };
+        respond(
+            &format!("execute_command in sandbox {}", p.sandbox),
+            self.service.exec(&p.sandbox, spec).await,
+        )
+    }
+
+    #[tool(
+        description = "Run a program in a sandbox with the language's interpreter (python, bash or sh) and wait for it. Returns exit_code, stdout and stderr."
+    )]
+    async fn execute_code(
+        &self,
+        Parameters(p): Parameters<ExecuteCodeParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("execute_code in sandbox {}", p.sandbox),
+            self.service
+                .run_code(&p.sandbox, &p.language, &p.code, p.timeout_secs)
+                .await,
+        )
+    }
+
+    #[tool(
+        description = "Write a file into a sandbox (creating parent directories). Content is text, or base64 with encoding \"base64\" for binary files."
+    )]
+    async fn upload_file(
+        &self,
+        Parameters(p): Parameters<UploadFileParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let what = format!("upload_file to {} in sandbox {}", p.path, p.sandbox);
+        let data = match decode(p.content, p.encoding.as_deref()) {
+            Ok(d) => d,
+            Err(e) => return Ok(tool_error(&what, e)),
+        };
+        let bytes = data.len();
+        let r = self
+            .service
+            .write_file(&p.sandbox, &p.path, &data)
+            .await
+            .map(|()| serde_json::json!({ "path": p.path, "bytes": bytes }));
+        respond(&what, r)
+    }
+
+    #[tool(
+        description = "Read a file from a sandbox. Returns its content as text (encoding \"utf8\", the default) or base64 (encoding \"base64\") and its size in bytes."
+    )]
+    async fn download_file(
+        &self,
+        Parameters(p): Parameters<DownloadFileParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let what = format!("download_file {} from sandbox {}", p.path, p.sandbox);
+        let encoding = p.encoding.unwrap_or_else(|| "utf8".into());
+        if !["utf8", "utf-8", "text", "base64"].contains(&encoding.as_str()) {
+            return Ok(tool_error(
+                &what,
+                ApiError::bad_request(format!(
+                    "encoding {encoding:?} is not supported; use \"utf8\" or \"base64\""
+                )),
+            ));
+        }
+        let r = self
+            .service
+            .read_file(&p.sandbox, &p.path)
+            .await
+            .map(|data| {
+                let content = if encoding == "base64" {
+                    base64::engine::general_purpose::STANDARD.encode(&data)
+                } else {
+                    String::from_utf8_lossy(&data).into_owned()
+                };
+                serde_json::json!({
+                    "path": p.path, "bytes": data.len(), "encoding": encoding, "content": content,
+                })
+            });
+        respond(&what, r)
+    }
+
+    #[tool(
+        description = "List a directory in a sandbox: each entry's name, full path, whether it is a directory, and size."
+    )]
+    async fn list_files(
+        &self,
+        Parameters(p): Parameters<ListFilesParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let path = p.path.unwrap_or_else(|| "/root".into());
+        respond(
+            &format!("list_files {path} in sandbox {}", p.sandbox),
+            self.service
+                .list_files(&p.sandbox, &path)
+                .await
+                .map(|entries| serde_json::json!({ "path": path, "entries": entries })),
+        )
+    }
+
+    #[tool(description = "Destroy a sandbox: stop its VM and delete its disk. Its snapshots stay.")]
+    async fn destroy_sandbox(
+        &self,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("destroy_sandbox {}", p.sandbox),
+            self.service
+                .destroy(&p.sandbox)
+                .await
+                .map(|()| serde_json::json!({ "destroyed": p.sandbox })),
+        )
+    }
+
+    #[tool(description = "List the sandboxes that exist, with their id, name, state and size.")]
+    async fn list_sandboxes(
+        &self,
+        Parameters(_): Parameters<NoParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            "list_sandboxes",
+            self.service
+                .list()
+                .await
+                .map(|s| serde_json::json!({ "sandboxes": s })),
+        )
+    }
+
+    #[tool(
+        description = "Snapshot a running sandbox under a name: its memory, running processes and disk. The sandbox keeps running. Use restore_snapshot or fork_sandbox to go back to this point later."
+    )]
+    async fn snapshot_sandbox(
+        &self,
+        Parameters(p): Parameters<SnapshotParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("snapshot_sandbox {} as {}", p.sandbox, p.snapshot),
+            self.service.snapshot(&p.sandbox, &p.snapshot).await,
+        )
+    }
+
+    #[tool(
+        description = "Start a new sandbox from a snapshot, exactly as the snapshotted sandbox was (files, memory, running processes)."
+    )]
+    async fn restore_snapshot(
+        &self,
+        Parameters(p): Parameters<RestoreParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("restore_snapshot {}", p.snapshot),
+            self.service.restore(&p.snapshot, p.name.as_deref()).await,
+        )
+    }
+
+    #[tool(
+        description = "Fork a running sandbox (or a snapshot) into `count` new sandboxes that start from the same state and then diverge: for trying several actions from one point and keeping the best."
+    )]
+    async fn fork_sandbox(
+        &self,
+        Parameters(p): Parameters<ForkParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("fork_sandbox {}", p.source),
+            self.service
+                .fork(&p.source, p.count)
+                .await
+                .map(|s| serde_json::json!({ "sandboxes": s })),
+        )
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for PettyMcp {
+    /// Routes the call; arguments that do not fit a tool's schema come back
+    /// as a tool error the model can read and correct (MCP's advice for
+    /// input validation), not as a protocol error a client may hide.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let known = self.tool_router.has_route(&name);
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        match self.tool_router.call(tcc).await {
+            Err(e) if known && e.code == rmcp::model::ErrorCode::INVALID_PARAMS => {
+                Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "{name} failed (bad_request): the arguments do not fit the tool's schema: {}",
+                    e.message
+                ))])
+                .into())
+            }
+            other => other,
+        }
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("petty", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Petty runs code in sandboxes: real microVMs, each with its own Linux kernel. \
+                 create_sandbox, then execute_command / execute_code / upload_file / download_file / list_files \
+                 with its id or name, and destroy_sandbox when done. snapshot_sandbox, restore_snapshot and \
+                 fork_sandbox branch and backtrack.",
+            )
+    }
+}

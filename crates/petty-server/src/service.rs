@@ -1,0 +1,859 @@
+//! What the REST API and the MCP tools both call: the manager and pool
+//! behind one set of operations, with the daemon's defaults and limits
+//! applied, errors mapped to a kind and status, and every operation counted
+//! and logged with its sandbox.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use petty_core::store::SnapshotRecord;
+use petty_core::{
+    ClientError, CoreError, ExecRequest, ExecResult, ExecStream, FileEntry, GuestErrorKind,
+    SandboxConfig, SandboxInfo, SandboxManager, SandboxPool, SandboxState,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::metrics::{Gauges, Metrics};
+
+/// A failed operation: an HTTP status, a stable kind, and a message that
+/// says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable machine-readable kind (`not_found`, `conflict`, `capacity`, ...).
+    pub kind: &'static str,
+    /// For people (and models): which sandbox, what went wrong, what to try.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "bad_request", message)
+    }
+
+    /// Any status.
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// True for failures of the guest agent link (counted in metrics).
+    fn is_agent_error(e: &CoreError) -> bool {
+        matches!(
+            e,
+            CoreError::AgentTimeout { .. }
+                | CoreError::Connection { .. }
+                | CoreError::Rpc(
+                    ClientError::Disconnected(_)
+                        | ClientError::Timeout { .. }
+                        | ClientError::Protocol(_)
+                        | ClientError::Version { .. }
+                        | ClientError::Io(_)
+                )
+        )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind)
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        let message = error_chain(&e);
+        let (status, kind) = match &e {
+            CoreError::InvalidConfig(_) | CoreError::Json(_) => (400, "bad_request"),
+            CoreError::NotFound(_) | CoreError::SnapshotNotFound(_) => (404, "not_found"),
+            CoreError::InvalidState { .. }
+            | CoreError::SnapshotInUse { .. }
+            | CoreError::NameTaken(_) => (409, "conflict"),
+            CoreError::Capacity { .. } => (429, "capacity"),
+            CoreError::Rpc(ClientError::Remote { kind, .. }) => match kind {
+                GuestErrorKind::NotFound => (404, "not_found"),
+                GuestErrorKind::AlreadyExists => (409, "conflict"),
+                GuestErrorKind::Io => (500, "guest_error"),
+                _ => (400, "bad_request"),
+            },
+            CoreError::Rpc(ClientError::TooLarge { .. }) => (413, "too_large"),
+            CoreError::Rpc(_) | CoreError::AgentTimeout { .. } | CoreError::Connection { .. } => {
+                (502, "agent_error")
+            }
+            CoreError::Image(_) => (503, "unavailable"),
+            CoreError::Vm(petty_vmm::VmmError::BinaryMissing { .. })
+            | CoreError::Vm(petty_vmm::VmmError::Unavailable { .. }) => (503, "unavailable"),
+            CoreError::Vm(_) => (500, "vm_error"),
+            CoreError::Store { .. } | CoreError::Io(_) => (500, "internal"),
+        };
+        Self {
+            status,
+            kind,
+            message,
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
+/// Result of the service's operations.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// What a create may ask for (the body of `POST /v1/sandboxes` and the
+/// arguments of the `create_sandbox` tool); anything left out takes the
+/// configured default.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSpec {
+    /// Optional unique name (letters, digits, '-', '_', '.'); later calls can use it instead of the id.
+    pub name: Option<String>,
+    /// Number of virtual CPUs (default from the server's config, usually 2).
+    pub vcpu: Option<u32>,
+    /// Guest memory in MiB (default from the server's config, usually 256).
+    pub memory_mb: Option<u32>,
+    /// Root disk size in MiB (default: the image's size); the guest's / grows to fill it.
+    pub disk_size_mb: Option<u32>,
+    /// Destroy the sandbox automatically this many seconds after creation.
+    pub ttl_secs: Option<u64>,
+    /// Destroy the sandbox after this many seconds without a command or file operation.
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// A sandbox as the API shows it.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+pub struct SandboxView {
+    /// Unique id (a UUID).
+    pub id: String,
+    /// Unique name; any call takes it in place of the id.
+    pub name: String,
+    /// `creating`, `ready`, `paused`, `stopping`, `stopped` or `failed`.
+    pub state: String,
+    /// vCPUs.
+    pub vcpu: u32,
+    /// Guest memory in MiB.
+    pub memory_mb: u32,
+    /// VMM backend (`qemu` or `firecracker`).
+    pub backend: String,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Last exec or file operation, ms since the Unix epoch.
+    pub last_used_at_ms: i64,
+    /// Lifetime in seconds, if any.
+    pub ttl_secs: Option<u64>,
+    /// Idle timeout in seconds, if any.
+    pub idle_timeout_secs: Option<u64>,
+    /// The snapshot it was restored from, if any.
+    pub from_snapshot: Option<String>,
+    /// Why it is stopped or failed.
+    pub reason: Option<String>,
+}
+
+impl From<SandboxInfo> for SandboxView {
+    fn from(r: SandboxInfo) -> Self {
+        Self {
+            id: r.id.to_string(),
+            name: r.name,
+            state: r.state.to_string(),
+            vcpu: r.vcpus,
+            memory_mb: r.memory_mib,
+            backend: r.backend,
+            created_at_ms: r.created_at_ms,
+            last_used_at_ms: r.last_used_ms,
+            ttl_secs: r.ttl.map(|d| d.as_secs()),
+            idle_timeout_secs: r.idle_timeout.map(|d| d.as_secs()),
+            from_snapshot: r.from_snapshot,
+            reason: r.reason,
+        }
+    }
+}
+
+/// A snapshot as the API shows it.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+pub struct SnapshotView {
+    /// Unique name.
+    pub name: String,
+    /// The snapshot this one's disk layers on, if its sandbox was itself restored.
+    pub parent: Option<String>,
+    /// The sandbox it was taken from.
+    pub source_sandbox: String,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// Guest memory in MiB (restores get the same).
+    pub memory_mb: u32,
+    /// vCPUs (restores get the same).
+    pub vcpu: u32,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+impl From<SnapshotRecord> for SnapshotView {
+    fn from(r: SnapshotRecord) -> Self {
+        Self {
+            name: r.name,
+            parent: r.parent,
+            source_sandbox: r.source_sandbox,
+            size_bytes: r.size_bytes,
+            memory_mb: r.memory_mib,
+            vcpu: r.vcpus,
+            created_at_ms: r.created_at_ms,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecSpec {
+    /// A shell command line (`/bin/sh -c`); or
+    pub command: Option<String>,
+    /// an argv, run directly.
+    pub argv: Option<Vec<String>>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default `/root`).
+    pub cwd: Option<String>,
+    /// Bytes for the command's stdin (default: none, stdin is /dev/null).
+    pub stdin: Option<Vec<u8>>,
+    /// Kill the command after this many seconds (default: `defaults.exec_timeout_secs`).
+    pub timeout_secs: Option<f64>,
+}
+
+/// How a command ended and what it printed.
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+pub struct ExecView {
+    /// Exit code: 128+N when killed by signal N, 124 on timeout, 127 not found.
+    pub exit_code: i32,
+    /// Standard output (UTF-8, invalid bytes replaced).
+    pub stdout: String,
+    /// Standard error (UTF-8, invalid bytes replaced).
+    pub stderr: String,
+    /// True when the timeout killed it.
+    pub timed_out: bool,
+    /// True when output beyond the collection cap was dropped (use the streaming form).
+    pub truncated: bool,
+    /// Wall time from start to exit, in milliseconds.
+    pub duration_ms: f64,
+}
+
+impl ExecView {
+    fn new(r: ExecResult, took: Duration) -> Self {
+        Self {
+            exit_code: r.exit_code,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            timed_out: r.timed_out,
+            truncated: r.truncated,
+            duration_ms: took.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// One directory entry.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+pub struct EntryView {
+    /// File name.
+    pub name: String,
+    /// Full path.
+    pub path: String,
+    /// True for a directory.
+    pub is_dir: bool,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The warm pool's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolView {
+    /// False when `pool.size` is 0.
+    pub enabled: bool,
+    /// Target number of warm sandboxes.
+    pub target_size: usize,
+    /// Warm sandboxes ready now.
+    pub ready: usize,
+    /// Creates served warm.
+    pub hits: u64,
+    /// Pool acquires that had to create.
+    pub misses: u64,
+    /// hits / (hits + misses).
+    pub hit_rate: f64,
+}
+
+/// The operations, shared by REST and MCP. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: SandboxManager,
+    pool: Option<SandboxPool>,
+    metrics: Arc<Metrics>,
+    config: Config,
+}
+
+impl Service {
+    /// A service over `manager`, with a warm pool when `pool` is given.
+    pub fn new(
+        manager: SandboxManager,
+        pool: Option<SandboxPool>,
+        metrics: Arc<Metrics>,
+        config: Config,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                manager,
+                pool,
+                metrics,
+                config,
+            }),
+        }
+    }
+
+    /// The manager underneath.
+    pub fn manager(&self) -> &SandboxManager {
+        &self.inner.manager
+    }
+
+    /// The warm pool, if on.
+    pub fn pool(&self) -> Option<&SandboxPool> {
+        self.inner.pool.as_ref()
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn fail(&self, e: CoreError) -> ApiError {
+        if ApiError::is_agent_error(&e) {
+            self.inner
+                .metrics
+                .agent_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let e = ApiError::from(e);
+        if e.status >= 500 {
+            tracing::warn!(kind = e.kind, "{}", e.message);
+        } else {
+            tracing::debug!(kind = e.kind, "{}", e.message);
+        }
+        e
+    }
+
+    /// The sandbox config a create spec asks for, checked against the limits.
+    pub fn sandbox_config(&self, spec: &CreateSpec) -> ApiResult<SandboxConfig> {
+        let c = &self.inner.config;
+        let vcpu = spec.vcpu.unwrap_or(c.defaults.vcpu);
+        let memory = spec.memory_mb.unwrap_or(c.defaults.memory_mb);
+        if vcpu == 0 || vcpu > c.limits.max_vcpu {
+            return Err(ApiError::bad_request(format!(
+                "vcpu {vcpu} is out of range; ask for 1 to {} (limits.max_vcpu)",
+                c.limits.max_vcpu
+            )));
+        }
+        if memory > c.limits.max_memory_mb {
+            return Err(ApiError::bad_request(format!(
+                "memory_mb {memory} is more than this server allows ({} MiB, limits.max_memory_mb); ask for less",
+                c.limits.max_memory_mb
+            )));
+        }
+        let mut b = SandboxConfig::builder().vcpu_count(vcpu).memory_mib(memory);
+        if let Some(disk) = spec.disk_size_mb.or(c.defaults.disk_size_mb) {
+            b = b.disk_size_mib(disk);
+        }
+        if let Some(k) = &c.backend.kernel {
+            b = b.kernel(k);
+        }
+        if let Some(r) = &c.backend.rootfs {
+            b = b.rootfs(r);
+        }
+        if let Some(n) = &spec.name {
+            b = b.name(n);
+        }
+        if let Some(t) = spec.ttl_secs {
+            b = b.ttl(Duration::from_secs(t));
+        }
+        if let Some(t) = spec.idle_timeout_secs {
+            b = b.idle_timeout(Duration::from_secs(t));
+        }
+        b.build().map_err(|e| self.fail(e))
+    }
+
+    /// True when a create with `spec` can take a warm pool sandbox as is.
+    fn poolable(&self, spec: &CreateSpec) -> bool {
+        let d = &self.inner.config.defaults;
+        spec.name.is_none()
+            && spec.ttl_secs.is_none()
+            && spec.idle_timeout_secs.is_none()
+            && spec.vcpu.is_none_or(|v| v == d.vcpu)
+            && spec.memory_mb.is_none_or(|m| m == d.memory_mb)
+            && spec.disk_size_mb.is_none_or(|s| Some(s) == d.disk_size_mb)
+    }
+
+    /// Creates a sandbox: from the warm pool when the spec allows, else new.
+    #[tracing::instrument(skip_all, fields(name = spec.name.as_deref().unwrap_or("")))]
+    pub async fn create(&self, spec: CreateSpec) -> ApiResult<SandboxView> {
+        let config = self.sandbox_config(&spec)?;
+        let started = Instant::now();
+        let id = match (&self.inner.pool, self.poolable(&spec)) {
+            (Some(pool), true) => pool.acquire().await,
+            _ => self.inner.manager.create(config).await,
+        };
+        let m = &self.inner.metrics;
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => {
+                m.create_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(self.fail(e));
+            }
+        };
+        m.boot_latency.observe(started.elapsed());
+        m.creates.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(sandbox = %id, ms = started.elapsed().as_millis() as u64, "created");
+        self.get(&id.to_string()).await
+    }
+
+    /// Every sandbox handed out (warm pool sandboxes are not listed).
+    pub async fn list(&self) -> ApiResult<Vec<SandboxView>> {
+        let all = self.inner.manager.list().await.map_err(|e| self.fail(e))?;
+        Ok(all
+            .into_iter()
+            .filter(|r| !r.pooled)
+            .map(SandboxView::from)
+            .collect())
+    }
+
+    /// One sandbox by id or name.
+    pub async fn get(&self, key: &str) -> ApiResult<SandboxView> {
+        let info = self
+            .inner
+            .manager
+            .info(key)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if info.pooled {
+            return Err(ApiError::new(
+                404,
+                "not_found",
+                format!("no sandbox named {key}"),
+            ));
+        }
+        Ok(info.into())
+    }
+
+    /// Destroys a sandbox: its VM, its files and its record.
+    #[tracing::instrument(skip(self))]
+    pub async fn destroy(&self, sandbox: &str) -> ApiResult<()> {
+        self.get(sandbox).await?;
+        self.inner
+            .manager
+            .destroy(sandbox)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.inner.metrics.destroys.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("destroyed");
+        Ok(())
+    }
+
+    fn exec_request(&self, spec: &ExecSpec) -> ApiResult<ExecRequest> {
+        let mut req = match (&spec.command, &spec.argv) {
+            (Some(cmd), None) if !cmd.trim().is_empty() => ExecRequest::shell(cmd.clone()),
+            (None, Some(argv)) if !argv.is_empty() && !argv[0].is_empty() => {
+                ExecRequest::argv(argv.clone())
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "give either command (a shell line) or argv (a list), not both",
+                ))
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "nothing to run: give command (a shell line, e.g. \"ls -l /\") or argv (e.g. [\"ls\", \"-l\"])",
+                ))
+            }
+        };
+        req.env = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        req.cwd = spec.cwd.clone();
+        req.stdin = spec.stdin.is_some();
+        let secs = spec
+            .timeout_secs
+            .unwrap_or(self.inner.config.defaults.exec_timeout_secs as f64);
+        if !(secs > 0.0 && secs <= 86_400.0) {
+            return Err(ApiError::bad_request(format!(
+                "timeout_secs {secs} is out of range; use more than 0 and at most 86400"
+            )));
+        }
+        req.timeout_ms = Some((secs * 1000.0).ceil() as u64);
+        Ok(req)
+    }
+
+    /// Runs a command to completion.
+    #[tracing::instrument(skip(self, spec))]
+    pub async fn exec(&self, sandbox: &str, spec: ExecSpec) -> ApiResult<ExecView> {
+        let req = self.exec_request(&spec)?;
+        self.get(sandbox).await?;
+        let started = Instant::now();
+        let out = self.inner.manager.exec(sandbox, req, spec.stdin).await;
+        self.finish_exec(out, started)
+    }
+
+    fn finish_exec(
+        &self,
+        out: Result<ExecResult, CoreError>,
+        started: Instant,
+    ) -> ApiResult<ExecView> {
+        let took = started.elapsed();
+        let m = &self.inner.metrics;
+        m.execs.fetch_add(1, Ordering::Relaxed);
+        m.exec_latency.observe(took);
+        let out = out.map_err(|e| self.fail(e))?;
+        tracing::info!(
+            exit_code = out.exit_code,
+            timed_out = out.timed_out,
+            ms = took.as_secs_f64() * 1000.0,
+            "exec"
+        );
+        Ok(ExecView::new(out, took))
+    }
+
+    /// Runs `code` in `language` (`python`, `bash` or `sh`).
+    #[tracing::instrument(skip(self, code))]
+    pub async fn run_code(
+        &self,
+        sandbox: &str,
+        language: &str,
+        code: &str,
+        timeout_secs: Option<f64>,
+    ) -> ApiResult<ExecView> {
+        let argv = petty_core::code_argv(language, code).map_err(|e| self.fail(e))?;
+        self.exec(
+            sandbox,
+            ExecSpec {
+                argv: Some(argv),
+                timeout_secs,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts a command and returns its output stream; the caller reads it
+    /// to the end and reports the end with [`Service::exec_stream_done`].
+    #[tracing::instrument(skip(self, spec))]
+    pub async fn exec_stream(&self, sandbox: &str, spec: ExecSpec) -> ApiResult<ExecStream> {
+        let req = self.exec_request(&spec)?;
+        self.get(sandbox).await?;
+        let sb = self
+            .inner
+            .manager
+            .get(sandbox)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let stream = sb.exec_stream(req).await.map_err(|e| self.fail(e))?;
+        if let Some(data) = spec.stdin {
+            let stdin = stream.stdin();
+            if !data.is_empty() {
+                stdin.write(&data).await.map_err(|e| self.fail(e.into()))?;
+            }
+            stdin.close().await.map_err(|e| self.fail(e.into()))?;
+        }
+        // Idle timeouts count from the start of the stream.
+        let _ = self
+            .inner
+            .manager
+            .with_sandbox_async(sandbox, |_| async { Ok(()) })
+            .await;
+        Ok(stream)
+    }
+
+    /// Records the end of a streamed command.
+    pub fn exec_stream_done(&self, started: Instant, failed: Option<CoreError>) {
+        let m = &self.inner.metrics;
+        m.execs.fetch_add(1, Ordering::Relaxed);
+        m.exec_latency.observe(started.elapsed());
+        if let Some(e) = failed {
+            let _ = self.fail(e);
+        }
+    }
+
+    /// A whole file.
+    #[tracing::instrument(skip(self))]
+    pub async fn read_file(&self, sandbox: &str, path: &str) -> ApiResult<Vec<u8>> {
+        check_path(path)?;
+        self.get(sandbox).await?;
+        self.inner
+            .manager
+            .read_file(sandbox, path)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Writes a whole file (creating parent directories).
+    #[tracing::instrument(skip(self, data), fields(bytes = data.len()))]
+    pub async fn write_file(&self, sandbox: &str, path: &str, data: &[u8]) -> ApiResult<()> {
+        check_path(path)?;
+        self.get(sandbox).await?;
+        self.inner
+            .manager
+            .write_file(sandbox, path, data)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// A directory's entries.
+    #[tracing::instrument(skip(self))]
+    pub async fn list_files(&self, sandbox: &str, path: &str) -> ApiResult<Vec<EntryView>> {
+        check_path(path)?;
+        self.get(sandbox).await?;
+        let entries: Vec<FileEntry> = self
+            .inner
+            .manager
+            .list_dir(sandbox, path)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let base = path.trim_end_matches('/');
+        Ok(entries
+            .into_iter()
+            .map(|e| EntryView {
+                path: format!("{base}/{}", e.name),
+                name: e.name,
+                is_dir: e.is_dir,
+                size: e.size,
+            })
+            .collect())
+    }
+
+    /// Removes a file, or a directory (with `recursive` when not empty).
+    #[tracing::instrument(skip(self))]
+    pub async fn remove_file(&self, sandbox: &str, path: &str, recursive: bool) -> ApiResult<()> {
+        check_path(path)?;
+        if path.trim_end_matches('/').is_empty() {
+            return Err(ApiError::bad_request("refusing to remove /"));
+        }
+        self.get(sandbox).await?;
+        let p = path.to_string();
+        self.inner
+            .manager
+            .with_sandbox_async(sandbox, |sb| async move { sb.remove(&p, recursive).await })
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Creates a directory and its parents.
+    #[tracing::instrument(skip(self))]
+    pub async fn mkdir(&self, sandbox: &str, path: &str) -> ApiResult<()> {
+        check_path(path)?;
+        self.get(sandbox).await?;
+        let p = path.to_string();
+        self.inner
+            .manager
+            .with_sandbox_async(sandbox, |sb| async move { sb.mkdir(&p).await })
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Snapshots a sandbox as `name`.
+    #[tracing::instrument(skip(self))]
+    pub async fn snapshot(&self, sandbox: &str, name: &str) -> ApiResult<SnapshotView> {
+        self.get(sandbox).await?;
+        let r = self
+            .inner
+            .manager
+            .snapshot(sandbox, name)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.inner.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        Ok(r.into())
+    }
+
+    /// Every snapshot (templates are not listed).
+    pub async fn list_snapshots(&self) -> ApiResult<Vec<SnapshotView>> {
+        let all = self
+            .inner
+            .manager
+            .list_snapshots()
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(all.into_iter().map(SnapshotView::from).collect())
+    }
+
+    /// One snapshot.
+    pub async fn get_snapshot(&self, name: &str) -> ApiResult<SnapshotView> {
+        self.inner
+            .manager
+            .snapshot_info(name)
+            .await
+            .map(Into::into)
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Deletes a snapshot (refused while something depends on it).
+    #[tracing::instrument(skip(self))]
+    pub async fn delete_snapshot(&self, name: &str) -> ApiResult<()> {
+        self.inner
+            .manager
+            .delete_snapshot(name)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// A new sandbox from a snapshot.
+    #[tracing::instrument(skip(self))]
+    pub async fn restore(&self, snapshot: &str, name: Option<&str>) -> ApiResult<SandboxView> {
+        let started = Instant::now();
+        let id = self.inner.manager.restore(snapshot, name).await;
+        let id = self.created(id, started, 1)?;
+        self.get(&id.to_string()).await
+    }
+
+    /// `count` new sandboxes from a snapshot or a running sandbox.
+    #[tracing::instrument(skip(self))]
+    pub async fn fork(&self, source: &str, count: usize) -> ApiResult<Vec<SandboxView>> {
+        if count == 0 || count > 64 {
+            return Err(ApiError::bad_request(format!(
+                "count {count} is out of range; fork 1 to 64 children at a time"
+            )));
+        }
+        let started = Instant::now();
+        let ids = self.inner.manager.fork(source, count).await;
+        let ids = self.created(ids, started, count)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.get(&id.to_string()).await?);
+        }
+        Ok(out)
+    }
+
+    fn created<T>(&self, r: Result<T, CoreError>, started: Instant, count: usize) -> ApiResult<T> {
+        let m = &self.inner.metrics;
+        match r {
+            Ok(v) => {
+                let each = started.elapsed() / count.max(1) as u32;
+                for _ in 0..count {
+                    m.restore_latency.observe(each);
+                }
+                m.creates.fetch_add(count as u64, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => {
+                m.create_failures.fetch_add(1, Ordering::Relaxed);
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    /// The warm pool's figures.
+    pub fn pool_stats(&self) -> PoolView {
+        let target = self.inner.config.pool.size;
+        match &self.inner.pool {
+            Some(p) => {
+                let s = p.stats();
+                PoolView {
+                    enabled: true,
+                    target_size: target,
+                    ready: p.size(),
+                    hits: s.warm_hits,
+                    misses: s.cold_misses,
+                    hit_rate: s.hit_rate,
+                }
+            }
+            None => PoolView {
+                enabled: false,
+                target_size: 0,
+                ready: 0,
+                hits: 0,
+                misses: 0,
+                hit_rate: 0.0,
+            },
+        }
+    }
+
+    /// The metrics text.
+    pub async fn render_metrics(&self) -> ApiResult<String> {
+        let all = self.inner.manager.list().await.map_err(|e| self.fail(e))?;
+        let states = [
+            SandboxState::Creating,
+            SandboxState::Ready,
+            SandboxState::Paused,
+            SandboxState::Stopping,
+            SandboxState::Stopped,
+            SandboxState::Failed,
+        ];
+        let pool = self.pool_stats();
+        let g = Gauges {
+            by_state: states
+                .iter()
+                .map(|s| {
+                    (
+                        s.as_str(),
+                        all.iter().filter(|r| r.state == *s).count() as u64,
+                    )
+                })
+                .collect(),
+            pool_ready: pool.ready as u64,
+            pool_hits: pool.hits,
+            pool_misses: pool.misses,
+        };
+        Ok(self.inner.metrics.render(&g))
+    }
+}
+
+/// Guest paths are absolute.
+fn check_path(path: &str) -> ApiResult<()> {
+    if !path.starts_with('/') {
+        return Err(ApiError::bad_request(format!(
+            "path {path:?} is not absolute; give a path starting with / (e.g. /root/{path})"
+        )));
+    }
+    if path.contains('\0') {
+        return Err(ApiError::bad_request("path contains a NUL byte"));
+    }
+    Ok(())
+}

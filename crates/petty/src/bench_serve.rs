@@ -1,0 +1,231 @@
+//! `petty bench serve`: exec round trip through the REST API against the
+//! same call made in-process on the library, and the throughput of many
+//! concurrent REST clients against the same done in-process, all in one
+//! run on the same sandboxes. A benchmark, not a test: it prints, never asserts.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use petty_core::ExecRequest;
+
+use crate::bench::{median, ms};
+use crate::cli::ensure_assets;
+
+/// Sandboxes the throughput clients spread over.
+const SANDBOXES: usize = 4;
+
+pub async fn serve(runs: usize, clients: usize, per_client: usize) -> anyhow::Result<ExitCode> {
+    if runs == 0 || clients == 0 || per_client == 0 {
+        bail!("--runs, --clients and --per-client must be at least 1");
+    }
+    ensure_assets(true).await?;
+    let scratch = tempfile::Builder::new().prefix("petty-bench-").tempdir()?;
+    let mut config = petty_server::Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.pool.size = 0;
+    config.backend.kind = petty_server::config::BackendKind::Qemu;
+    config.backend.data_dir = Some(scratch.path().join("data"));
+    config.backend.run_dir = Some(scratch.path().join("run"));
+    let (service, notice) = petty_server::build_service(&config, false).await?;
+    eprintln!("{notice}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = petty_server::app(
+        service.clone(),
+        Arc::new(AtomicBool::new(false)),
+        tokio_util_token(),
+    );
+    let server = tokio::spawn(async move { axum_serve(listener, app).await });
+
+    let result = measure(&service, &base, runs, clients, per_client).await;
+    server.abort();
+    service.manager().destroy_all().await?;
+    result
+}
+
+fn tokio_util_token() -> petty_server::CancellationToken {
+    petty_server::CancellationToken::new()
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, app: petty_server::Router) {
+    let _ = petty_server::serve_router(listener, app).await;
+}
+
+async fn measure(
+    service: &petty_server::Service,
+    base: &str,
+    runs: usize,
+    clients: usize,
+    per_client: usize,
+) -> anyhow::Result<ExitCode> {
+    let http = reqwest::Client::new();
+    let mut names = Vec::new();
+    for i in 0..SANDBOXES {
+        let name = format!("bench-{i}");
+        let resp = http
+            .post(format!("{base}/v1/sandboxes"))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!(
+                "create through REST: {} {}",
+                resp.status(),
+                resp.text().await?
+            );
+        }
+        names.push(name);
+        eprint!("\rsandboxes: {}/{SANDBOXES}", i + 1);
+    }
+    eprintln!();
+    let manager = service.manager().clone();
+    let base = base.to_string();
+    let base_url = base.clone();
+    let client = http.clone();
+    let rest_exec = move |name: String| {
+        let http = client.clone();
+        let url = format!("{base}/v1/sandboxes/{name}/exec");
+        async move {
+            let t = Instant::now();
+            let resp = http
+                .post(url)
+                .json(&serde_json::json!({ "argv": ["true"] }))
+                .send()
+                .await?;
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await?;
+            if !status.is_success() || body["exit_code"] != 0 {
+                bail!("REST exec: {status} {body}");
+            }
+            Ok::<_, anyhow::Error>(t.elapsed())
+        }
+    };
+    let lib_exec = move |name: String| {
+        let manager = manager.clone();
+        async move {
+            let t = Instant::now();
+            let r = manager
+                .exec(&name, ExecRequest::argv(["true"]), None)
+                .await
+                .context("in-process exec")?;
+            if r.exit_code != 0 {
+                bail!("in-process exec exited {}", r.exit_code);
+            }
+            Ok::<_, anyhow::Error>(t.elapsed())
+        }
+    };
+    // Warm both paths (first-use translation under TCG, HTTP connection).
+    for _ in 0..3 {
+        rest_exec(names[0].clone()).await?;
+        lib_exec(names[0].clone()).await?;
+    }
+    // Alternate the two so drift in the guest hits both alike.
+    let (mut rest, mut lib) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        rest.push(rest_exec(names[0].clone()).await?);
+        lib.push(lib_exec(names[0].clone()).await?);
+        eprint!("\rround trips: {}/{runs}", i + 1);
+    }
+    eprintln!();
+    let (rest_med, lib_med) = (median(rest), median(lib));
+    // The HTTP layer alone: a lookup that touches no VM (SQLite read), both ways.
+    let (mut rest_get, mut lib_get) = (Vec::new(), Vec::new());
+    for _ in 0..runs * 10 {
+        let t = Instant::now();
+        let resp = http
+            .get(format!("{base_url}/v1/sandboxes/{}", names[0]))
+            .send()
+            .await?;
+        let _: serde_json::Value = resp.error_for_status()?.json().await?;
+        rest_get.push(t.elapsed());
+        let t = Instant::now();
+        service
+            .get(&names[0])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        lib_get.push(t.elapsed());
+    }
+    let (rest_get, lib_get) = (median(rest_get), median(lib_get));
+
+    let total = clients * per_client;
+    let lib_tp = {
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let name = names[c % SANDBOXES].clone();
+            let lib_exec = lib_exec.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_client {
+                    lib_exec(name.clone()).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        t.elapsed()
+    };
+    eprintln!("in-process throughput run done");
+    let (rest_tp, rest_lat) = {
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let name = names[c % SANDBOXES].clone();
+            let rest_exec = rest_exec.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                for _ in 0..per_client {
+                    lat.push(rest_exec(name.clone()).await?);
+                }
+                Ok::<_, anyhow::Error>(lat)
+            }));
+        }
+        let mut lat = Vec::new();
+        for task in tasks {
+            lat.extend(task.await??);
+        }
+        (t.elapsed(), lat)
+    };
+    eprintln!("REST throughput run done");
+    let per_sec = |d: Duration| total as f64 / d.as_secs_f64();
+    let overhead = rest_med.as_secs_f64() / lib_med.as_secs_f64() - 1.0;
+    println!("petty bench serve ({runs} runs; exec `true`; 256 MiB, 2 vCPUs; daemon in this process on 127.0.0.1)");
+    println!(
+        "  exec round trip, in-process library call        median {}",
+        ms(lib_med)
+    );
+    println!(
+        "  exec round trip, REST POST /v1/sandboxes/*/exec median {}",
+        ms(rest_med)
+    );
+    println!(
+        "  REST overhead                                   {:+.1}% (target <= 20%)",
+        overhead * 100.0
+    );
+    println!(
+        "  sandbox lookup (no VM work), in-process         median {:.3} ms",
+        lib_get.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  sandbox lookup, REST GET /v1/sandboxes/*        median {:.3} ms (HTTP + JSON cost {:+.3} ms)",
+        rest_get.as_secs_f64() * 1000.0,
+        (rest_get.as_secs_f64() - lib_get.as_secs_f64()) * 1000.0
+    );
+    println!("  {clients} concurrent clients x {per_client} execs over {SANDBOXES} sandboxes:");
+    println!(
+        "    in-process                                    {:.0} execs/s ({} total)",
+        per_sec(lib_tp),
+        ms(lib_tp)
+    );
+    println!(
+        "    REST                                          {:.0} execs/s ({} total; median latency {})",
+        per_sec(rest_tp),
+        ms(rest_tp),
+        ms(median(rest_lat))
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,851 @@
+//! The daemon end to end: the real `petty serve` on 127.0.0.1:0 with real
+//! VMs behind it, driven by a real HTTP client (reqwest) and a real MCP
+//! client (rmcp) over stdio (`petty mcp`) and streamable HTTP.
+
+use std::io::BufRead as _;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::ServiceExt as _;
+use serde_json::{json, Value};
+
+use crate::Env;
+
+const KEY: &str = "test-key-0123456789abcdef";
+
+/// A running `petty serve`; killed on drop (its VMs die with the `Env`).
+struct Daemon {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+    key: Option<String>,
+}
+
+impl Daemon {
+    fn start(env: &Env, args: &[&str]) -> Self {
+        let mut cmd = env.cmd();
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("PETTY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn petty serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("daemon's first line");
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        let key = args
+            .windows(2)
+            .find(|w| w[0] == "--api-key")
+            .map(|w| w[1].to_string());
+        Self {
+            child,
+            base,
+            http: reqwest::Client::new(),
+            key,
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+
+    /// Sends and returns status and JSON body (Null when empty or not JSON).
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.req(method.parse().unwrap(), path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .req(reqwest::Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling the daemon this test spawned.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (at most 60 s) for the daemon to exit; its exit code.
+    fn wait(&mut self) -> i32 {
+        for _ in 0..600 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("daemon did not exit within 60 s");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_drives_every_route_with_real_vms() {
+    let env = Env::new();
+    let d = Daemon::start(&env, &["--pool-size", "1"]);
+
+    assert_eq!(d.ok("GET", "/readyz", None).await["status"], "ok");
+    let doc = d.ok("GET", "/openapi.json", None).await;
+    assert!(doc["paths"]["/v1/sandboxes/{id}/exec"]["post"].is_object());
+
+    // A create asking for nothing special is served by the warm pool once it is warm.
+    for _ in 0..600 {
+        if d.ok("GET", "/v1/pool", None).await["ready"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pooled = d.ok("POST", "/v1/sandboxes", None).await;
+    assert_eq!(pooled["state"], "ready");
+    let pool = d.ok("GET", "/v1/pool", None).await;
+    assert_eq!(pool["hits"], 1, "{pool}");
+    assert_eq!(d.metric("petty_pool_hits_total").await, 1.0);
+
+    let (status, sb) = d
+        .call(
+            "POST",
+            "/v1/sandboxes",
+            Some(json!({"name": "web", "memory_mb": 256, "vcpu": 1, "ttl_secs": 3600, "disk_size_mb": 1024})),
+        )
+        .await;
+    assert_eq!(status, 201, "{sb}");
+    assert_eq!(
+        (sb["name"].clone(), sb["vcpu"].clone()),
+        (json!("web"), json!(1))
+    );
+    assert_eq!(d.ok("GET", "/v1/sandboxes/web", None).await["id"], sb["id"]);
+    let names: Vec<String> = d
+        .ok("GET", "/v1/sandboxes", None)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        names.contains(&"web".to_string()) && names.len() == 2,
+        "{names:?}"
+    );
+    let ready_before = d.metric("petty_sandboxes{state=\"ready\"}").await;
+    let execs_before = d.metric("petty_exec_total").await;
+
+    // exec: env, cwd, stdin, exit code, timeout.
+    let r = d
+        .ok(
+            "POST",
+            "/v1/sandboxes/web/exec",
+            Some(
+                json!({"command": "cat; echo $FOO; pwd; exit 7", "env": {"FOO": "bar"},
+                        "cwd": "/tmp", "stdin": "in\n"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (r["exit_code"].clone(), r["stdout"].clone()),
+        (json!(7), json!("in\nbar\n/tmp\n"))
+    );
+    let r = d
+        .ok(
+            "POST",
+            "/v1/sandboxes/web/exec",
+            Some(json!({"argv": ["sleep", "30"], "timeout_secs": 0.5})),
+        )
+        .await;
+    assert_eq!(r["timed_out"], true);
+    let r = d
+        .ok(
+            "POST",
+            "/v1/sandboxes/web/code",
+            Some(json!({"language": "python", "code": "print(6*7)"})),
+        )
+        .await;
+    assert_eq!(r["stdout"], "42\n");
+    assert!(d.metric("petty_exec_total").await >= execs_before + 3.0);
+    // The root disk is the size asked for (the image alone is about 640 MiB).
+    let r = d
+        .ok(
+            "POST",
+            "/v1/sandboxes/web/exec",
+            Some(json!({"command": "df -m --output=size / | tail -1"})),
+        )
+        .await;
+    let size: u64 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
+    assert!((950..=1024).contains(&size), "root is {size} MiB");
+
+    // Streaming exec: lines arrive as NDJSON, the last one is the exit.
+    let resp = d
+        .req(reqwest::Method::POST, "/v1/sandboxes/web/exec/stream")
+        .json(&json!({"command": "echo one; echo two >&2; echo three; exit 3"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    let lines: Vec<Value> = resp
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let out: String = lines
+        .iter()
+        .filter(|l| l["type"] == "stdout")
+        .map(|l| l["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(out, "one\nthree\n");
+    assert!(lines
+        .iter()
+        .any(|l| l["type"] == "stderr" && l["data"] == "two\n"));
+    assert_eq!(lines.last().unwrap()["type"], "exit");
+    assert_eq!(lines.last().unwrap()["exit_code"], 3);
+
+    // Files: binary upload without base64, download, list, mkdir, delete.
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let resp = d
+        .req(
+            reqwest::Method::PUT,
+            "/v1/sandboxes/web/files/content?path=/root/data/blob.bin",
+        )
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let got = d
+        .req(
+            reqwest::Method::GET,
+            "/v1/sandboxes/web/files/content?path=/root/data/blob.bin",
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.as_ref(), bytes.as_slice());
+    let (status, _) = d
+        .call(
+            "POST",
+            "/v1/sandboxes/web/directories?path=/root/data/sub/deep",
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let list = d
+        .ok("GET", "/v1/sandboxes/web/files?path=/root/data", None)
+        .await;
+    let entries = list.as_array().unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e["name"] == "blob.bin" && e["size"] == 300_000 && e["is_dir"] == false));
+    assert!(entries
+        .iter()
+        .any(|e| e["name"] == "sub" && e["is_dir"] == true));
+    let (status, _) = d
+        .call(
+            "DELETE",
+            "/v1/sandboxes/web/files?path=/root/data&recursive=true",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, e) = d
+        .call(
+            "GET",
+            "/v1/sandboxes/web/files/content?path=/root/data/blob.bin",
+            None,
+        )
+        .await;
+    assert_eq!((status, e["kind"].clone()), (404, json!("not_found")));
+
+    // Snapshots: take, list, get, restore, fork both ways, delete refused then allowed.
+    d.ok(
+        "POST",
+        "/v1/sandboxes/web/exec",
+        Some(json!({"command": "echo kept > /root/mark"})),
+    )
+    .await;
+    let (status, snap) = d
+        .call(
+            "POST",
+            "/v1/sandboxes/web/snapshots",
+            Some(json!({"name": "snap1"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{snap}");
+    assert_eq!(snap["source_sandbox"], "web");
+    assert_eq!(d.ok("GET", "/v1/snapshots", None).await[0]["name"], "snap1");
+    assert!(
+        d.ok("GET", "/v1/snapshots/snap1", None).await["size_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let (status, restored) = d
+        .call(
+            "POST",
+            "/v1/snapshots/snap1/restore",
+            Some(json!({"name": "back"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{restored}");
+    assert_eq!(restored["from_snapshot"], "snap1");
+    let r = d
+        .ok(
+            "POST",
+            "/v1/sandboxes/back/exec",
+            Some(json!({"command": "cat /root/mark"})),
+        )
+        .await;
+    assert_eq!(r["stdout"], "kept\n");
+    let kids = d
+        .ok(
+            "POST",
+            "/v1/snapshots/snap1/fork",
+            Some(json!({"count": 2})),
+        )
+        .await;
+    assert_eq!(kids.as_array().unwrap().len(), 2);
+    let kids2 = d
+        .ok("POST", "/v1/sandboxes/web/fork", Some(json!({"count": 1})))
+        .await;
+    assert_eq!(kids2.as_array().unwrap().len(), 1);
+    assert!(d.metric("petty_sandbox_restore_seconds_count").await >= 4.0);
+    let (status, e) = d.call("DELETE", "/v1/snapshots/snap1", None).await;
+    assert_eq!((status, e["kind"].clone()), (409, json!("conflict")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("back"), "{e}");
+    for k in kids.as_array().unwrap().iter().chain([&restored]) {
+        let (status, _) = d
+            .call(
+                "DELETE",
+                &format!("/v1/sandboxes/{}", k["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+    }
+    let (status, _) = d.call("DELETE", "/v1/snapshots/snap1", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = d.call("GET", "/v1/snapshots/snap1", None).await;
+    assert_eq!(status, 404);
+
+    // Metrics move as sandboxes go.
+    let ready = d.metric("petty_sandboxes{state=\"ready\"}").await;
+    let destroyed = d.metric("petty_sandboxes_destroyed_total").await;
+    let (status, _) = d.call("DELETE", "/v1/sandboxes/web", None).await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        d.metric("petty_sandboxes{state=\"ready\"}").await,
+        ready - 1.0
+    );
+    assert_eq!(
+        d.metric("petty_sandboxes_destroyed_total").await,
+        destroyed + 1.0
+    );
+    assert!(ready_before >= 2.0);
+    assert!(d.metric("petty_sandbox_boot_seconds_count").await >= 2.0);
+    let (status, e) = d.call("GET", "/v1/sandboxes/web", None).await;
+    assert_eq!((status, e["kind"].clone()), (404, json!("not_found")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_errors_auth_limits_and_bad_config() {
+    let env = Env::new();
+    let d = Daemon::start(
+        &env,
+        &["--api-key", KEY, "--pool-size", "0", "--max-sandboxes", "2"],
+    );
+    let url = |p: &str| format!("{}{p}", d.base);
+    // 401 without a key, 403 with a wrong one; health stays open.
+    let r = d.http.get(url("/v1/sandboxes")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["kind"], "unauthorized");
+    let r = d
+        .http
+        .get(url("/v1/sandboxes"))
+        .bearer_auth("wrong-key-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = d.http.post(url("/mcp")).body("{}").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "MCP over HTTP needs the key too");
+    assert_eq!(
+        d.http.get(url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+
+    // 400: malformed JSON, unknown field, wrong type, relative path, nothing to run.
+    let r = d
+        .req(reqwest::Method::POST, "/v1/sandboxes")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["kind"], "bad_request");
+    let (status, e) = d
+        .call("POST", "/v1/sandboxes", Some(json!({"memory": 512})))
+        .await;
+    assert_eq!(status, 400);
+    assert!(e["message"].as_str().unwrap().contains("memory"), "{e}");
+    let (status, e) = d
+        .call("POST", "/v1/sandboxes", Some(json!({"vcpu": 99})))
+        .await;
+    assert_eq!(status, 400);
+    assert!(e["message"].as_str().unwrap().contains("vcpu"), "{e}");
+    // 404: unknown sandbox and route.
+    let (status, e) = d
+        .call(
+            "POST",
+            "/v1/sandboxes/nosuch/exec",
+            Some(json!({"command": "true"})),
+        )
+        .await;
+    assert_eq!((status, e["kind"].clone()), (404, json!("not_found")));
+    assert!(e["message"].as_str().unwrap().contains("nosuch"));
+    let (status, _) = d.call("GET", "/v1/nothing", None).await;
+    assert_eq!(status, 404);
+
+    // 409 on a taken name; 429 past the limit, answered at once.
+    d.ok("POST", "/v1/sandboxes", Some(json!({"name": "a"})))
+        .await;
+    let (status, e) = d
+        .call("POST", "/v1/sandboxes", Some(json!({"name": "a"})))
+        .await;
+    assert_eq!((status, e["kind"].clone()), (409, json!("conflict")), "{e}");
+    d.ok("POST", "/v1/sandboxes", Some(json!({"name": "b"})))
+        .await;
+    let (status, e) = d
+        .call("POST", "/v1/sandboxes", Some(json!({"name": "c"})))
+        .await;
+    assert_eq!((status, e["kind"].clone()), (429, json!("capacity")), "{e}");
+    // The taken name and the capacity refusal: two failed creates.
+    assert_eq!(d.metric("petty_sandbox_create_failures_total").await, 2.0);
+    let (status, _) = d
+        .call("POST", "/v1/sandboxes/a/exec", Some(json!({})))
+        .await;
+    assert_eq!(status, 400, "an exec with nothing to run");
+    let (status, _) = d
+        .call("GET", "/v1/sandboxes/a/files?path=relative", None)
+        .await;
+    assert_eq!(status, 400);
+
+    // 409 on the wrong state: a stopped sandbox takes no exec.
+    let out = env.run(&["stop", "b"]);
+    assert!(out.status.success(), "{out:?}");
+    let (status, e) = d
+        .call(
+            "POST",
+            "/v1/sandboxes/b/exec",
+            Some(json!({"command": "true"})),
+        )
+        .await;
+    assert_eq!((status, e["kind"].clone()), (409, json!("conflict")), "{e}");
+
+    // 413: a body past server.max_body_mib (100 MiB by default; this daemon keeps the default,
+    // so send 101 MiB).
+    let big = vec![b'x'; 101 * 1024 * 1024];
+    let r = d
+        .req(
+            reqwest::Method::PUT,
+            "/v1/sandboxes/a/files/content?path=/root/big",
+        )
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["kind"], "too_large");
+    drop(d);
+
+    // Bad configs are refused at start, naming the key; so is listening
+    // beyond loopback without a key.
+    let out = env.run(&["serve", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.listen") && err.contains("API key"),
+        "{err}"
+    );
+    let cfg = env.data.path().join("bad.toml");
+    std::fs::write(&cfg, "[limits]\nmax_concurrent_sandboxs = 3\n").unwrap();
+    let out = env.run(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_concurrent_sandboxs"), "{err}");
+    let out = env
+        .cmd()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PETTY_DEFAULTS_VCPU", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("defaults.vcpu"));
+}
+
+fn text_of(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+fn structured(r: &CallToolResult) -> Value {
+    assert_ne!(r.is_error, Some(true), "tool failed: {}", text_of(r));
+    r.structured_content.clone().expect("structured content")
+}
+
+fn args(v: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new("x").with_arguments(v.as_object().unwrap().clone())
+}
+
+async fn call(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    tool: &'static str,
+    arguments: Value,
+) -> CallToolResult {
+    let mut p = args(arguments);
+    p.name = tool.into();
+    client.call_tool(p).await.expect("tool call transport")
+}
+
+const TOOLS: &[&str] = &[
+    "create_sandbox",
+    "execute_command",
+    "execute_code",
+    "upload_file",
+    "download_file",
+    "list_files",
+    "destroy_sandbox",
+    "list_sandboxes",
+    "snapshot_sandbox",
+    "restore_snapshot",
+    "fork_sandbox",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_stdio_runs_every_tool() {
+    let env = Env::new();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_petty"));
+    cmd.arg("mcp")
+        .env("PETTY_RUN_DIR", env.root.path())
+        .env("PETTY_DATA_DIR", env.data.path())
+        .stderr(Stdio::inherit());
+    crate::assets();
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+    let client = ().serve(transport).await.expect("MCP handshake with petty mcp");
+
+    // Every tool is listed, and every argument is described.
+    let tools = client.list_all_tools().await.unwrap();
+    for name in TOOLS {
+        let t = tools
+            .iter()
+            .find(|t| t.name == *name)
+            .unwrap_or_else(|| panic!("{name} not listed"));
+        assert!(
+            t.description.as_ref().is_some_and(|d| d.len() > 20),
+            "{name}"
+        );
+        let props = t.input_schema.get("properties").and_then(|p| p.as_object());
+        for (arg, schema) in props.into_iter().flatten() {
+            assert!(
+                schema.get("description").is_some(),
+                "{name}.{arg} has no description"
+            );
+        }
+    }
+
+    let sb = structured(&call(&client, "create_sandbox", json!({"name": "m1"})).await);
+    assert_eq!(sb["name"], "m1");
+    let r = structured(
+        &call(
+            &client,
+            "execute_command",
+            json!({"sandbox": "m1", "command": "echo $X; cat", "env": {"X": "y"}, "stdin": "z"}),
+        )
+        .await,
+    );
+    assert_eq!(r["stdout"], "y\nz");
+    let r = structured(
+        &call(
+            &client,
+            "execute_code",
+            json!({"sandbox": "m1", "language": "python", "code": "import sys; print(sys.version_info[0]); sys.exit(4)"}),
+        )
+        .await,
+    );
+    assert_eq!(
+        (r["stdout"].clone(), r["exit_code"].clone()),
+        (json!("3\n"), json!(4))
+    );
+    structured(
+        &call(
+            &client,
+            "upload_file",
+            json!({"sandbox": "m1", "path": "/root/a/b.txt", "content": "hello"}),
+        )
+        .await,
+    );
+    structured(
+        &call(
+            &client,
+            "upload_file",
+            json!({"sandbox": "m1", "path": "/root/a/bin", "content": "AAEC/w==", "encoding": "base64"}),
+        )
+        .await,
+    );
+    let f = structured(
+        &call(
+            &client,
+            "download_file",
+            json!({"sandbox": "m1", "path": "/root/a/b.txt"}),
+        )
+        .await,
+    );
+    assert_eq!(f["content"], "hello");
+    let f = structured(
+        &call(
+            &client,
+            "download_file",
+            json!({"sandbox": "m1", "path": "/root/a/bin", "encoding": "base64"}),
+        )
+        .await,
+    );
+    assert_eq!(
+        (f["content"].clone(), f["bytes"].clone()),
+        (json!("AAEC/w=="), json!(4))
+    );
+    let l = structured(
+        &call(
+            &client,
+            "list_files",
+            json!({"sandbox": "m1", "path": "/root/a"}),
+        )
+        .await,
+    );
+    let names: Vec<&str> = l["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"b.txt") && names.contains(&"bin"),
+        "{names:?}"
+    );
+    let s = structured(&call(&client, "list_sandboxes", json!({})).await);
+    assert_eq!(s["sandboxes"][0]["name"], "m1");
+    structured(
+        &call(
+            &client,
+            "snapshot_sandbox",
+            json!({"sandbox": "m1", "snapshot": "ms"}),
+        )
+        .await,
+    );
+    let r = structured(
+        &call(
+            &client,
+            "restore_snapshot",
+            json!({"snapshot": "ms", "name": "m2"}),
+        )
+        .await,
+    );
+    assert_eq!(r["from_snapshot"], "ms");
+    let f = structured(&call(&client, "fork_sandbox", json!({"source": "ms", "count": 2})).await);
+    assert_eq!(f["sandboxes"].as_array().unwrap().len(), 2);
+    let f2 = structured(
+        &call(
+            &client,
+            "download_file",
+            json!({"sandbox": f["sandboxes"][1]["name"], "path": "/root/a/b.txt"}),
+        )
+        .await,
+    );
+    assert_eq!(f2["content"], "hello", "a fork has its source's files");
+
+    // Failures are tool errors the model can read; the session goes on.
+    let e = call(
+        &client,
+        "execute_command",
+        json!({"sandbox": "ghost", "command": "true"}),
+    )
+    .await;
+    assert_eq!(e.is_error, Some(true));
+    let msg = text_of(&e);
+    assert!(msg.contains("ghost") && msg.contains("not_found"), "{msg}");
+    let e = call(
+        &client,
+        "execute_code",
+        json!({"sandbox": "m1", "language": "cobol", "code": "x"}),
+    )
+    .await;
+    assert_eq!(e.is_error, Some(true));
+    assert!(text_of(&e).contains("python"), "{}", text_of(&e));
+    let e = call(
+        &client,
+        "download_file",
+        json!({"sandbox": "m1", "path": "/nope"}),
+    )
+    .await;
+    assert_eq!(e.is_error, Some(true));
+    let e = call(&client, "execute_command", json!({"sandbox": "m1"})).await;
+    assert_eq!(e.is_error, Some(true), "a missing argument is a tool error");
+    assert!(text_of(&e).contains("command"), "{}", text_of(&e));
+
+    for name in ["m1", "m2"] {
+        structured(&call(&client, "destroy_sandbox", json!({"sandbox": name})).await);
+    }
+    for k in f["sandboxes"].as_array().unwrap() {
+        structured(&call(&client, "destroy_sandbox", json!({"sandbox": k["name"]})).await);
+    }
+    let s = structured(&call(&client, "list_sandboxes", json!({})).await);
+    assert_eq!(s["sandboxes"], json!([]));
+    client.cancel().await.unwrap();
+    // Give the server its exit, then nothing may be left.
+    for _ in 0..100 {
+        if crate::leftovers(env.root.path()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_with_a_key() {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    let env = Env::new();
+    let d = Daemon::start(&env, &["--api-key", KEY, "--pool-size", "0"]);
+    let mcp_url = format!("{}/mcp", d.base);
+
+    // Without the key the handshake is refused.
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(mcp_url.clone()),
+    );
+    assert!(().serve(transport).await.is_err());
+
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(mcp_url).auth_header(KEY),
+    );
+    let client = ().serve(transport).await.expect("MCP over HTTP handshake");
+    let tools = client.list_all_tools().await.unwrap();
+    assert_eq!(tools.len(), TOOLS.len());
+    let sb = structured(&call(&client, "create_sandbox", json!({})).await);
+    let id = sb["id"].as_str().unwrap().to_string();
+    let r = structured(
+        &call(
+            &client,
+            "execute_code",
+            json!({"sandbox": id, "language": "sh", "code": "echo via-http"}),
+        )
+        .await,
+    );
+    assert_eq!(r["stdout"], "via-http\n");
+    // The REST side sees what MCP did.
+    assert_eq!(
+        d.ok("GET", &format!("/v1/sandboxes/{id}"), None).await["state"],
+        "ready"
+    );
+    assert_eq!(d.metric("petty_exec_total").await, 1.0);
+    let e = call(&client, "destroy_sandbox", json!({"sandbox": "nope"})).await;
+    assert_eq!(e.is_error, Some(true));
+    structured(&call(&client, "destroy_sandbox", json!({"sandbox": id})).await);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_keeps_or_destroys_sandboxes_as_configured() {
+    let env = Env::new();
+    let mut d = Daemon::start(&env, &["--pool-size", "0", "--on-shutdown", "keep"]);
+    d.ok("POST", "/v1/sandboxes", Some(json!({"name": "survivor"})))
+        .await;
+    d.ok(
+        "POST",
+        "/v1/sandboxes/survivor/exec",
+        Some(json!({"command": "echo before > /root/state"})),
+    )
+    .await;
+    // A call in flight when SIGTERM lands still gets its answer.
+    let slow = {
+        let r = d
+            .req(reqwest::Method::POST, "/v1/sandboxes/survivor/exec")
+            .json(&json!({"command": "sleep 1; echo finished"}));
+        tokio::spawn(async move { r.send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.signal(libc::SIGTERM);
+    let answer = slow.await.unwrap();
+    assert_eq!(answer["stdout"], "finished\n", "{answer}");
+    assert_eq!(d.wait(), 0);
+    drop(d);
+
+    // The next start finds it, running, with its state.
+    let mut d = Daemon::start(&env, &["--pool-size", "0", "--on-shutdown", "destroy"]);
+    let sb = d.ok("GET", "/v1/sandboxes/survivor", None).await;
+    assert_eq!(sb["state"], "ready");
+    let r = d
+        .ok(
+            "POST",
+            "/v1/sandboxes/survivor/exec",
+            Some(json!({"command": "cat /root/state"})),
+        )
+        .await;
+    assert_eq!(r["stdout"], "before\n");
+    // With on_shutdown = destroy, SIGTERM takes it down and leaves nothing.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(), 0);
+    drop(d);
+    env.assert_clean();
+    let out = env.ok(&["ls", "--all"]);
+    assert!(!out.contains("survivor"), "{out}");
+}

@@ -20,17 +20,27 @@ struct Daemon {
     base: String,
     http: reqwest::Client,
     key: Option<String>,
+    log: std::path::PathBuf,
 }
 
 impl Daemon {
     fn start(env: &Env, args: &[&str]) -> Self {
+        Self::start_with(env, args, &[])
+    }
+
+    /// Starts `petty serve` with `args` and environment `vars`; its log
+    /// (stderr) goes to a file in the data directory.
+    fn start_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = env.data.path().join(format!("daemon-{n}.log"));
         let mut cmd = env.cmd();
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
-            .env("PETTY_LOG", "info")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(std::fs::File::create(&log).unwrap());
         let mut child = cmd.spawn().expect("spawn petty serve");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
@@ -51,7 +61,12 @@ impl Daemon {
             base,
             http: reqwest::Client::new(),
             key,
+            log,
         }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -118,6 +133,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", self.log());
+        }
     }
 }
 
@@ -186,6 +204,13 @@ async fn rest_drives_every_route_with_real_vms() {
         (r["exit_code"].clone(), r["stdout"].clone()),
         (json!(7), json!("in\nbar\n/tmp\n"))
     );
+    // Each log line of a call names its sandbox.
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("exit_code=7"))
+        .unwrap_or_else(|| panic!("no exec line in the log:\n{log}"));
+    assert!(line.contains("sandbox=\"web\""), "{line}");
     let r = d
         .ok(
             "POST",
@@ -830,7 +855,11 @@ async fn sigterm_keeps_or_destroys_sandboxes_as_configured() {
     drop(d);
 
     // The next start finds it, running, with its state.
-    let mut d = Daemon::start(&env, &["--pool-size", "0", "--on-shutdown", "destroy"]);
+    let mut d = Daemon::start_with(
+        &env,
+        &["--pool-size", "0", "--on-shutdown", "destroy"],
+        &[("PETTY_SERVER_LOG_FORMAT", "json")],
+    );
     let sb = d.ok("GET", "/v1/sandboxes/survivor", None).await;
     assert_eq!(sb["state"], "ready");
     let r = d
@@ -841,6 +870,14 @@ async fn sigterm_keeps_or_destroys_sandboxes_as_configured() {
         )
         .await;
     assert_eq!(r["stdout"], "before\n");
+    // JSON logs: one object per line, the sandbox in the span.
+    let log = d.log();
+    let exec_line: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "exec")
+        .unwrap_or_else(|| panic!("no JSON exec line in:\n{log}"));
+    assert_eq!(exec_line["span"]["sandbox"], "survivor", "{exec_line}");
     // With on_shutdown = destroy, SIGTERM takes it down and leaves nothing.
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(), 0);

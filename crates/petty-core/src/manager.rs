@@ -615,7 +615,7 @@ impl SandboxManager {
                         }
                     }
                 }
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = petty_vmm::remove_run_dir(&dir);
             }
         }
         Ok(())
@@ -683,6 +683,10 @@ impl SandboxManager {
         std::fs::create_dir_all(&dir)?;
         let saved = async {
             sb.snapshot_to(&dir).await?;
+            if self.inner.vmm.snapshot_ram_is_file() {
+                // Its children map the snapshot's memory file already.
+                return Ok(());
+            }
             // The sandbox runs on already; now give the snapshot a RAM file
             // that its children will share.
             crate::template::share_ram(
@@ -858,10 +862,11 @@ fn short_name(id: SandboxId) -> String {
     format!("sb-{}", &id.to_string()[..8])
 }
 
+/// Removes a run (or snapshot) directory, and the VM's jail if it had one.
 fn remove_run_dir(dir: Option<&Path>) -> Result<(), CoreError> {
-    match dir.map(std::fs::remove_dir_all) {
-        Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
+    match dir {
+        Some(dir) => Ok(petty_vmm::remove_run_dir(dir)?),
+        None => Ok(()),
     }
 }
 

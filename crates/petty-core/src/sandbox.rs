@@ -560,7 +560,15 @@ pub(crate) fn check_disk_size(
     restore_from: Option<&std::path::Path>,
 ) -> Result<(), CoreError> {
     let base = match restore_from {
-        Some(dir) => dir.join(petty_vmm::SNAPSHOT_DISK),
+        // QEMU's disk layer, or Firecracker's disk copy.
+        Some(dir) => [
+            petty_vmm::SNAPSHOT_DISK,
+            petty_vmm::firecracker::SNAPSHOT_ROOTFS,
+        ]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join(petty_vmm::SNAPSHOT_DISK)),
         None => rootfs.to_path_buf(),
     };
     if !base.is_file() {

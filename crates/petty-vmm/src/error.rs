@@ -120,6 +120,9 @@ pub enum VmmError {
         /// QEMU's error text, verbatim.
         message: String,
     },
+    /// A Firecracker API call failed; Firecracker's own words are kept.
+    #[error(transparent)]
+    Firecracker(#[from] crate::firecracker::ApiError),
     /// Talking to QMP failed at the I/O level.
     #[error("QMP connection")]
     QmpIo(#[source] std::io::Error),

@@ -1,6 +1,6 @@
 //! The VMM layer: start, supervise and kill the process that runs one VM.
 //!
-//! [`Vmm`] is the swappable backend (QEMU here; Firecracker later), [`Vm`] one
+//! [`Vmm`] is the swappable backend (QEMU, or Firecracker), [`Vm`] one
 //! running machine. A backend gives back a byte stream to the guest agent and
 //! guarantees teardown: [`Vm::stop`] on the normal path, and `Drop` (kill the
 //! VMM, remove its sockets and disk overlay) on every other one, panics
@@ -24,7 +24,8 @@ use std::pin::Pin;
 pub use accel::{Accel, AccelChoice};
 pub use error::VmmError;
 pub use rundir::{
-    pid_alive, runtime_root, sweep_stale_run_dirs, vmm_alive, DETACHED_MARKER, PID_FILE,
+    pid_alive, remove_run_dir, runtime_root, sweep_stale_run_dirs, vmm_alive, DETACHED_MARKER,
+    JAIL_FILE, PID_FILE,
 };
 
 /// A boxed future, so the traits stay object-safe.
@@ -167,6 +168,15 @@ pub trait Vmm: Send + Sync {
     /// ([`VmConfig::restore_from`]), which template-based creation needs.
     fn can_restore(&self) -> bool {
         true
+    }
+
+    /// True when [`Vm::snapshot`] already leaves guest RAM in a file of its
+    /// own that restores map privately (Firecracker's memory file), so a
+    /// snapshot needs no second pass to give its children shared pages.
+    /// False when RAM is saved inside the state (QEMU), which the caller
+    /// moves out by loading and re-saving it with shared file RAM.
+    fn snapshot_ram_is_file(&self) -> bool {
+        false
     }
 }
 

@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use crate::rundir::{vmm_alive, DETACHED_MARKER, OWNER_FILE, PID_FILE};
+use crate::rundir::{kill_vmm, remove_run_dir, vmm_alive, DETACHED_MARKER, OWNER_FILE, PID_FILE};
 use crate::{BoxFuture, VmConfig, VmmError};
 
 /// One VMM process and its run directory. Dropping it kills the process and
@@ -133,24 +132,18 @@ impl VmmProcess {
     }
 
     /// Kills the VMM, reaps it (or, when another process started it, waits
-    /// for it to vanish) and removes the run directory. Idempotent. The VM's
+    /// for it to vanish) and removes the run directory (and the VM's jail,
+    /// if it had one). Idempotent. The VM's
     /// state is being thrown away, disk included: no graceful guest shutdown.
     fn teardown(&self) -> std::io::Result<()> {
         if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = child.kill();
             child.wait()?;
-        } else if self.pid != 0 && vmm_alive(self.pid, &self.dir) {
-            // SAFETY: the pid was just checked to be this VM's VMM.
-            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while vmm_alive(self.pid, &self.dir) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        } else if self.pid != 0 {
+            kill_vmm(self.pid, &self.dir);
         }
-        match fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        // The jail too, when the VM ran in one.
+        remove_run_dir(&self.dir)
     }
 
     /// Lets go of the VMM without stopping it.
@@ -194,4 +187,68 @@ pub(crate) fn tail(path: &Path, max: u64) -> String {
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rundir::tests::{jailed_run_dir, tagged_process};
+    use crate::rundir::JailRecord;
+
+    fn config(id: &str) -> VmConfig {
+        VmConfig {
+            id: id.into(),
+            kernel: "/k".into(),
+            rootfs: "/r".into(),
+            memory_mib: 256,
+            vcpus: 1,
+            extra_cmdline: Vec::new(),
+            die_with_parent: true,
+            restore_from: None,
+            memory: Default::default(),
+            start_paused: false,
+            disk_size_mib: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_a_jailed_vm_kills_it_and_removes_its_jail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("run");
+        let tag = format!("tag-{}", uuid::Uuid::new_v4());
+        let mut p = VmmProcess::prepare(&root, &config(&tag)).unwrap();
+        let jail = tmp.path().join("jails/firecracker").join(&tag);
+        fs::create_dir_all(jail.join("root/run")).unwrap();
+        JailRecord {
+            dir: jail.clone(),
+            cgroup: None,
+            cmdline_tag: tag.clone(),
+        }
+        .write(&p.dir)
+        .unwrap();
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!("exec -a 'fake-firecracker --id={tag}' sleep 1000"));
+        p.spawn(cmd, true, "fake-firecracker").unwrap();
+        let (pid, dir) = (p.pid, p.dir.clone());
+        p.stop().await.unwrap();
+        assert!(!crate::pid_alive(pid) || !vmm_alive(pid, &dir));
+        assert!(!dir.exists() && !jail.exists());
+    }
+
+    #[test]
+    fn dropping_an_attached_jailed_vm_kills_it_and_removes_its_jail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tag = format!("tag-{}", uuid::Uuid::new_v4());
+        let (dir, jail) = jailed_run_dir(&tmp.path().join("run"), &tmp.path().join("jails"), &tag);
+        let mut vmm = tagged_process(&tag);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !vmm_alive(vmm.id(), &dir) {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(VmmProcess::attached(&tag, dir.clone(), vmm.id()));
+        assert!(!vmm.wait().unwrap().success());
+        assert!(!dir.exists() && !jail.exists());
+    }
 }

@@ -15,6 +15,47 @@ pub const OWNER_FILE: &str = "owner.pid";
 /// belongs to the sandbox store, which recovers or removes it.
 pub const DETACHED_MARKER: &str = "detached";
 
+/// File of the run directory of a VM whose VMM runs in a jail (Firecracker's
+/// jailer): where the jail is, so that whoever removes the run directory
+/// removes the jail too, and how to recognise the VMM's process.
+pub const JAIL_FILE: &str = "jail.json";
+
+/// What [`JAIL_FILE`] records. Written before the VMM starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JailRecord {
+    /// The jail's own directory (`<chroot base>/firecracker/<id>`), removed
+    /// with the run directory.
+    pub dir: PathBuf,
+    /// The VM's cgroup, removed (it is empty by then) once the VMM is gone.
+    pub cgroup: Option<PathBuf>,
+    /// A string the VMM's command line holds: the jailer execs Firecracker
+    /// with arguments of its own, which do not name the run directory.
+    pub cmdline_tag: String,
+}
+
+impl JailRecord {
+    /// The record of run directory `run_dir`, if its VM is jailed.
+    pub fn read(run_dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(run_dir.join(JAIL_FILE)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(Self {
+            dir: PathBuf::from(v.get("dir")?.as_str()?),
+            cgroup: v.get("cgroup").and_then(|c| c.as_str()).map(PathBuf::from),
+            cmdline_tag: v.get("cmdline_tag")?.as_str()?.to_string(),
+        })
+    }
+
+    /// Writes the record into `run_dir`.
+    pub fn write(&self, run_dir: &Path) -> std::io::Result<()> {
+        let v = serde_json::json!({
+            "dir": self.dir.to_string_lossy(),
+            "cgroup": self.cgroup.as_ref().map(|c| c.to_string_lossy()),
+            "cmdline_tag": self.cmdline_tag,
+        });
+        std::fs::write(run_dir.join(JAIL_FILE), v.to_string())
+    }
+}
+
 /// Root of the run directories: `$PETTY_RUN_DIR`, else
 /// `$XDG_RUNTIME_DIR/petty`, else `/tmp/petty-<uid>`. Kept short because unix
 /// socket paths are limited to 107 bytes.
@@ -38,7 +79,8 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 /// True when `pid` is alive and is the VMM of `dir` (its command line names
-/// the directory), so a recycled pid is not mistaken for the VMM.
+/// the directory, or holds the tag its jail record gives), so a recycled pid
+/// is not mistaken for the VMM.
 pub fn vmm_alive(pid: u32, dir: &Path) -> bool {
     if !pid_alive(pid) {
         return false;
@@ -46,13 +88,59 @@ pub fn vmm_alive(pid: u32, dir: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let needle = dir.as_os_str().as_encoded_bytes();
+    let tag = JailRecord::read(dir).map(|j| j.cmdline_tag);
+    let needle = match &tag {
+        Some(tag) if !tag.is_empty() => tag.as_bytes(),
+        _ => dir.as_os_str().as_encoded_bytes(),
+    };
     cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Removes a run directory and, when its VM was jailed, the jail (its
+/// directory, and its cgroup once empty). The VMM must be gone already.
+/// A directory that does not exist is not an error.
+pub fn remove_run_dir(dir: &Path) -> std::io::Result<()> {
+    if let Some(jail) = JailRecord::read(dir) {
+        match std::fs::remove_dir_all(&jail.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if let Some(cgroup) = &jail.cgroup {
+            // Only an empty cgroup can go; one still populated is left (and
+            // said) rather than failing the teardown.
+            if let Err(e) = std::fs::remove_dir(cgroup) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(cgroup = %cgroup.display(), "removing the VM's cgroup: {e}");
+                }
+            }
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Kills `pid` (checked to be the VMM of `dir`) and waits, bounded, until it
+/// is gone.
+pub(crate) fn kill_vmm(pid: u32, dir: &Path) {
+    if !vmm_alive(pid, dir) {
+        return;
+    }
+    // SAFETY: the pid was just checked to be this directory's VMM.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while vmm_alive(pid, dir) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Removes run directories whose VMM is gone (its owner was killed before it
-/// could clean up). Directories without a pid file are left alone for a
-/// minute, since their VM may be starting right now. Returns what was removed.
+/// could clean up), and kills the VMM first when it outlived an owner it was
+/// meant to die with (a jailed Firecracker: the jailer's change of user
+/// clears the parent-death signal). Jails go with their run directories.
+/// Directories without a pid file are left alone for a minute, since their
+/// VM may be starting right now. Returns what was removed.
 pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(root) else {
@@ -71,6 +159,11 @@ pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok());
         let stale = match (pid, owner) {
+            (Some(pid), Some(owner)) if vmm_alive(pid, &dir) && !pid_alive(owner) => {
+                // Not detached, so it was to die with its owner, who is gone.
+                kill_vmm(pid, &dir);
+                !vmm_alive(pid, &dir)
+            }
             (Some(pid), _) => !vmm_alive(pid, &dir),
             // The creating process died before it could record the VMM:
             // stale once that process is gone (the VMM dies with it).
@@ -85,9 +178,112 @@ pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
                 })
                 .unwrap_or(false),
         };
-        if stale && std::fs::remove_dir_all(&dir).is_ok() {
+        if stale && remove_run_dir(&dir).is_ok() {
             removed.push(dir);
         }
     }
     removed
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::process::{Child, Command};
+
+    /// A process standing in for a jailed VMM: its command line holds `tag`
+    /// (as a jailed Firecracker's holds its id), not any run directory.
+    pub(crate) fn tagged_process(tag: &str) -> Child {
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!("exec -a 'fake-firecracker --id={tag}' sleep 1000"))
+            .spawn()
+            .expect("bash")
+    }
+
+    /// A pid that no process has (one that just exited).
+    fn dead_pid() -> u32 {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    }
+
+    /// A run directory under `root` with a jail under `jails`, recorded.
+    pub(crate) fn jailed_run_dir(root: &Path, jails: &Path, tag: &str) -> (PathBuf, PathBuf) {
+        let dir = root.join(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let jail = jails.join("firecracker").join(tag);
+        std::fs::create_dir_all(jail.join("root/run")).unwrap();
+        std::fs::write(jail.join("root/rootfs.ext4"), b"disk").unwrap();
+        JailRecord {
+            dir: jail.clone(),
+            cgroup: None,
+            cmdline_tag: tag.into(),
+        }
+        .write(&dir)
+        .unwrap();
+        (dir, jail)
+    }
+
+    fn wait_alive(pid: u32, dir: &Path) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !vmm_alive(pid, dir) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in never ran"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_jailed_vmm_is_recognised_by_its_tag_not_its_run_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tag = format!("tag-{}", uuid::Uuid::new_v4());
+        let (dir, _) = jailed_run_dir(&tmp.path().join("run"), &tmp.path().join("jails"), &tag);
+        let mut vmm = tagged_process(&tag);
+        wait_alive(vmm.id(), &dir);
+        let other = tmp.path().join("run/other");
+        std::fs::create_dir_all(&other).unwrap();
+        assert!(!vmm_alive(vmm.id(), &other), "no tag, no run dir named");
+        vmm.kill().unwrap();
+        vmm.wait().unwrap();
+        assert!(!vmm_alive(vmm.id(), &dir));
+    }
+
+    #[test]
+    fn the_sweep_kills_a_jailed_vmm_that_outlived_its_owner_and_removes_its_jail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("run");
+        let tag = format!("tag-{}", uuid::Uuid::new_v4());
+        let (dir, jail) = jailed_run_dir(&root, &tmp.path().join("jails"), &tag);
+        let mut vmm = tagged_process(&tag);
+        wait_alive(vmm.id(), &dir);
+        std::fs::write(dir.join(PID_FILE), vmm.id().to_string()).unwrap();
+
+        // Its owner is alive: the sweep leaves it.
+        std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).unwrap();
+        assert!(sweep_stale_run_dirs(&root).is_empty());
+        assert!(vmm_alive(vmm.id(), &dir) && jail.is_dir());
+
+        // Its owner was SIGKILLed (the jailer's change of user had cleared
+        // the parent-death signal): the sweep kills it and removes both.
+        std::fs::write(dir.join(OWNER_FILE), dead_pid().to_string()).unwrap();
+        assert_eq!(sweep_stale_run_dirs(&root), std::slice::from_ref(&dir));
+        let status = vmm.wait().unwrap();
+        assert!(!status.success(), "killed: {status}");
+        assert!(!dir.exists() && !jail.exists(), "run dir and jail removed");
+        assert!(tmp.path().join("jails/firecracker").is_dir());
+    }
+
+    #[test]
+    fn the_sweep_removes_the_jail_of_a_vm_that_never_started() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("run");
+        let (dir, jail) = jailed_run_dir(&root, &tmp.path().join("jails"), "vm-2");
+        // Killed before the VMM's pid was recorded.
+        std::fs::write(dir.join(OWNER_FILE), dead_pid().to_string()).unwrap();
+        assert_eq!(sweep_stale_run_dirs(&root), std::slice::from_ref(&dir));
+        assert!(!dir.exists() && !jail.exists());
+    }
 }

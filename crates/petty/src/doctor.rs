@@ -53,19 +53,25 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         detail: accel.reason.clone(),
         fix: None,
     });
-    let fc = petty_vmm::firecracker::FirecrackerVmm::new(runtime_root()).availability();
+    let fc_vmm = petty_vmm::firecracker::FirecrackerVmm::new(runtime_root());
+    let fc = fc_vmm.availability();
     lines.push(Line {
         ok: fc.is_ok(),
         needed: false,
         name: "backend: firecracker".into(),
         detail: match &fc {
-            Ok(p) => format!("usable ({})", p.display()),
+            Ok(p) => format!(
+                "usable ({}, {})",
+                p.display(),
+                version_of(&p.display().to_string())
+            ),
             Err(why) => format!("unusable: {why}"),
         },
-        fix: fc
-            .is_err()
+        // A setting that is wrong is said (and fixed) on the jailer's line.
+        fix: (fc.is_err() && fc_vmm.settings_error().is_none())
             .then(|| "install Firecracker 1.16.1 or later on PATH (or set PETTY_FIRECRACKER), on a host with KVM".into()),
     });
+    lines.extend(firecracker_settings(&fc_vmm));
     lines.push(Line {
         ok: qemu.is_ok(),
         needed: false,
@@ -140,6 +146,88 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// What the Firecracker backend would do with its settings: snapshots,
+/// jailer, network.
+fn firecracker_settings(fc: &petty_vmm::firecracker::FirecrackerVmm) -> Vec<Line> {
+    let mut lines = vec![Line {
+        ok: true,
+        needed: false,
+        name: "firecracker: snapshots".into(),
+        detail: if fc.diff_snapshots() {
+            "restore, fork and templates; Diff snapshots of restored VMs (PETTY_FIRECRACKER_DIFF)"
+                .into()
+        } else {
+            "restore, fork and templates; Full snapshots (PETTY_FIRECRACKER_DIFF=1 for Diffs)"
+                .into()
+        },
+        fix: None,
+    }];
+    let jailer = match (fc.settings_error(), fc.jailer()) {
+        (Some(e), _) => Err((e.to_string(), None)),
+        (None, None) => Ok(
+            "off: VMs run unjailed (PETTY_JAILER, PETTY_JAILER_UID and PETTY_JAILER_GID turn it on)"
+                .to_string(),
+        ),
+        (None, Some(j)) => {
+            let cgroups = if j.cgroups.is_empty() {
+                "no cgroup limits".to_string()
+            } else {
+                j.cgroups
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            // SAFETY: geteuid cannot fail.
+            let root = unsafe { libc::geteuid() } == 0;
+            match find_on_path(&j.binary) {
+                None => Err((
+                    format!("PETTY_JAILER is {} but it is not on PATH", j.binary),
+                    Some("install the jailer of the same release as firecracker".to_string()),
+                )),
+                Some(_) if !root => Err((
+                    "the jailer needs petty to run as root".to_string(),
+                    Some("run petty as root, or unset PETTY_JAILER".to_string()),
+                )),
+                Some(p) => Ok(format!(
+                    "on: {} as uid {} gid {}, jails under {}, {cgroups}",
+                    p.display(),
+                    j.uid,
+                    j.gid,
+                    j.chroot_base.display()
+                )),
+            }
+        }
+    };
+    lines.push(match jailer {
+        Ok(detail) => Line {
+            ok: true,
+            needed: false,
+            name: "firecracker: jailer".into(),
+            detail,
+            fix: None,
+        },
+        Err((detail, fix)) => Line {
+            ok: false,
+            needed: false,
+            name: "firecracker: jailer".into(),
+            detail,
+            fix,
+        },
+    });
+    lines.push(Line {
+        ok: true,
+        needed: false,
+        name: "firecracker: network".into(),
+        detail: match fc.tap() {
+            Some(tap) => format!("eth0 on TAP device {tap} (one VM at a time)"),
+            None => "none (PETTY_FIRECRACKER_TAP gives VMs eth0 on a TAP device)".into(),
+        },
+        fix: None,
+    });
+    lines
 }
 
 fn version_of(binary: &str) -> String {

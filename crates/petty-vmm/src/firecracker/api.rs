@@ -28,7 +28,23 @@ impl Request {
     }
 }
 
-/// What a VM boots with.
+/// The id of the root drive.
+pub const ROOT_DRIVE: &str = "rootfs";
+/// The id of the optional network interface.
+pub const NET_IFACE: &str = "eth0";
+
+/// A network interface backed by a host TAP device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// The host TAP device.
+    pub tap: String,
+    /// The guest's MAC address.
+    pub guest_mac: String,
+}
+
+/// What a VM boots with. Paths are as Firecracker sees them: relative ones
+/// resolve against its working directory (the run directory, or the jail's
+/// root), which is how snapshots stay restorable by many clones at once.
 #[derive(Debug, Clone)]
 pub struct BootSpec {
     /// ELF `vmlinux`.
@@ -45,8 +61,10 @@ pub struct BootSpec {
     pub vsock_cid: u32,
     /// Host side of the hybrid vsock.
     pub vsock_uds: PathBuf,
-    /// Host TAP device for an optional network interface.
-    pub tap: Option<String>,
+    /// An optional network interface.
+    pub network: Option<Network>,
+    /// Track dirty pages, so that later snapshots can be Diffs.
+    pub track_dirty_pages: bool,
 }
 
 /// The calls that configure and start a VM, in order.
@@ -54,7 +72,12 @@ pub fn boot_sequence(spec: &BootSpec) -> Vec<Request> {
     let mut seq = vec![
         Request::put(
             "/machine-config",
-            json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib, "smt": false }),
+            json!({
+                "vcpu_count": spec.vcpus,
+                "mem_size_mib": spec.memory_mib,
+                "smt": false,
+                "track_dirty_pages": spec.track_dirty_pages,
+            }),
         ),
         Request::put(
             "/boot-source",
@@ -64,9 +87,9 @@ pub fn boot_sequence(spec: &BootSpec) -> Vec<Request> {
             }),
         ),
         Request::put(
-            "/drives/rootfs",
+            format!("/drives/{ROOT_DRIVE}"),
             json!({
-                "drive_id": "rootfs",
+                "drive_id": ROOT_DRIVE,
                 "path_on_host": spec.rootfs.display().to_string(),
                 "is_root_device": true,
                 "is_read_only": false,
@@ -77,10 +100,14 @@ pub fn boot_sequence(spec: &BootSpec) -> Vec<Request> {
             json!({ "guest_cid": spec.vsock_cid, "uds_path": spec.vsock_uds.display().to_string() }),
         ),
     ];
-    if let Some(tap) = &spec.tap {
+    if let Some(net) = &spec.network {
         seq.push(Request::put(
-            "/network-interfaces/eth0",
-            json!({ "iface_id": "eth0", "host_dev_name": tap }),
+            format!("/network-interfaces/{NET_IFACE}"),
+            json!({
+                "iface_id": NET_IFACE,
+                "host_dev_name": net.tap,
+                "guest_mac": net.guest_mac,
+            }),
         ));
     }
     seq.push(Request::put(
@@ -120,19 +147,48 @@ pub fn snapshot_create(state: &Path, memory: &Path, diff: bool) -> Request {
     )
 }
 
-/// Loads a snapshot into a fresh Firecracker process, its memory file
-/// mapped privately (so clones share its pages), with the vsock socket
-/// moved to `vsock_uds` so many clones of one snapshot coexist.
-pub fn snapshot_load(state: &Path, memory: &Path, vsock_uds: &Path) -> Request {
-    Request::put(
-        "/snapshot/load",
-        json!({
-            "snapshot_path": state.display().to_string(),
-            "mem_backend": { "backend_type": "File", "backend_path": memory.display().to_string() },
-            "vsock_override": { "uds_path": vsock_uds.display().to_string() },
-            "resume_vm": true,
-        }),
-    )
+/// What a fresh Firecracker process loads.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// The snapshot's state file.
+    pub state: PathBuf,
+    /// Its (full) memory file, mapped privately: clones of one snapshot
+    /// share its page-cache pages and copy only those they write.
+    pub memory: PathBuf,
+    /// This clone's own vsock socket, so many clones coexist.
+    pub vsock_uds: PathBuf,
+    /// Track dirty pages, so that snapshots of the clone can be Diffs.
+    pub track_dirty_pages: bool,
+    /// The TAP device this clone's network interface uses instead of the
+    /// snapshot's, when the snapshot has one.
+    pub tap: Option<String>,
+}
+
+/// Loads a snapshot into a fresh Firecracker process and leaves it paused
+/// (`resume_vm: false`): the root drive is pointed at the clone's own disk
+/// ([`patch_drive`]) before the guest runs ([`resume`]).
+pub fn snapshot_load(spec: &LoadSpec) -> Request {
+    let mut body = json!({
+        "snapshot_path": spec.state.display().to_string(),
+        "mem_backend": { "backend_type": "File", "backend_path": spec.memory.display().to_string() },
+        "vsock_override": { "uds_path": spec.vsock_uds.display().to_string() },
+        "track_dirty_pages": spec.track_dirty_pages,
+        "resume_vm": false,
+    });
+    if let Some(tap) = &spec.tap {
+        body["network_overrides"] = json!([{ "iface_id": NET_IFACE, "host_dev_name": tap }]);
+    }
+    Request::put("/snapshot/load", body)
+}
+
+/// Points a running (or loaded, paused) VM's drive at `path`: Firecracker
+/// reopens it and tells the guest its size, which may have grown.
+pub fn patch_drive(drive_id: &str, path: &Path) -> Request {
+    Request {
+        method: "PATCH",
+        path: format!("/drives/{drive_id}"),
+        body: Some(json!({ "drive_id": drive_id, "path_on_host": path.display().to_string() })),
+    }
 }
 
 /// Why an API call failed.

@@ -9,17 +9,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use petty_vmm::firecracker::{
-    boot_sequence, pause, resume, snapshot_create, snapshot_load, ApiClient, ApiError, BootSpec,
-    Request,
+    boot_sequence, patch_drive, pause, resume, snapshot_create, snapshot_load, ApiClient, ApiError,
+    BootSpec, LoadSpec, Network, Request,
 };
 use serde_json::{json, Value as Json};
 use serde_yaml::Value as Yaml;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Spec(Yaml);
+pub struct Spec(Yaml);
 
 impl Spec {
-    fn load() -> Self {
+    pub fn load() -> Self {
         // The spec lives in the project's shared/ folder, beside the
         // repository (as CI checks it out); PETTY_SHARED_DIR overrides.
         let shared = std::env::var_os("PETTY_SHARED_DIR")
@@ -71,7 +71,7 @@ impl Spec {
     }
 
     /// Checks `req` against the spec; the first violation found.
-    fn check(&self, req: &Request) -> Result<(), String> {
+    pub fn check(&self, req: &Request) -> Result<(), String> {
         let op = self.operation(req.method, &req.path)?;
         let params = Self::get(op, "parameters").and_then(Yaml::as_sequence);
         let body_param = params.and_then(|ps| {
@@ -166,15 +166,31 @@ impl Spec {
     }
 }
 
-fn spec_for_boot(tap: Option<&str>) -> BootSpec {
+fn spec_for_boot(tap: Option<&str>, track_dirty_pages: bool) -> BootSpec {
     BootSpec {
         kernel: "/var/cache/petty/vmlinux".into(),
         boot_args: "console=ttyS0 reboot=k panic=1 init=/sbin/petty-agent".into(),
-        rootfs: "/run/petty/vm/rootfs.ext4".into(),
+        // Relative, as the backend sends them: resolved in the VM's own
+        // directory, so a snapshot names no particular VM's files.
+        rootfs: "rootfs.ext4".into(),
         memory_mib: 256,
         vcpus: 2,
         vsock_cid: 3,
-        vsock_uds: "/run/petty/vm/vsock.sock".into(),
+        vsock_uds: "vsock.sock".into(),
+        network: tap.map(|tap| Network {
+            tap: tap.into(),
+            guest_mac: "06:00:12:34:56:78".into(),
+        }),
+        track_dirty_pages,
+    }
+}
+
+fn load_spec(tap: Option<&str>, track_dirty_pages: bool) -> LoadSpec {
+    LoadSpec {
+        state: "/s/state".into(),
+        memory: "/s/memory".into(),
+        vsock_uds: "vsock.sock".into(),
+        track_dirty_pages,
         tap: tap.map(str::to_string),
     }
 }
@@ -182,28 +198,70 @@ fn spec_for_boot(tap: Option<&str>) -> BootSpec {
 #[test]
 fn every_request_petty_sends_is_valid_for_the_spec() {
     let spec = Spec::load();
-    let mut all = boot_sequence(&spec_for_boot(None));
-    all.extend(boot_sequence(&spec_for_boot(Some("tap0"))));
+    let mut all = Vec::new();
+    for (tap, track) in [
+        (None, false),
+        (Some("tap0"), false),
+        (None, true),
+        (Some("tap0"), true),
+    ] {
+        all.extend(boot_sequence(&spec_for_boot(tap, track)));
+        all.push(snapshot_load(&load_spec(tap, track)));
+    }
     all.extend([
         pause(),
         resume(),
         snapshot_create(Path::new("/s/state"), Path::new("/s/mem"), false),
-        snapshot_create(Path::new("/s/state"), Path::new("/s/mem"), true),
-        snapshot_load(
-            Path::new("/s/state"),
-            Path::new("/s/mem"),
-            Path::new("/run/clone/vsock.sock"),
+        snapshot_create(
+            Path::new("saved.state"),
+            Path::new("saved.memory.diff"),
+            true,
         ),
+        patch_drive("rootfs", Path::new("rootfs.ext4")),
     ]);
     for req in &all {
         spec.check(req)
             .unwrap_or_else(|e| panic!("{} {}: {e}", req.method, req.path));
     }
-    let boot = boot_sequence(&spec_for_boot(None));
+    let boot = boot_sequence(&spec_for_boot(None, false));
     assert_eq!(
         boot.last().unwrap().body,
         Some(json!({ "action_type": "InstanceStart" }))
     );
+    // The network interface is configured before the start, with its MAC.
+    let net = boot_sequence(&spec_for_boot(Some("tap0"), false));
+    let eth0 = &net[net.len() - 2];
+    assert_eq!(eth0.path, "/network-interfaces/eth0");
+    assert_eq!(
+        eth0.body,
+        Some(
+            json!({ "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:12:34:56:78" })
+        )
+    );
+    assert_eq!(
+        boot_sequence(&spec_for_boot(None, true))[0]
+            .body
+            .as_ref()
+            .unwrap()["track_dirty_pages"],
+        json!(true)
+    );
+    // A load leaves the VM paused, its vsock socket its own, its TAP moved.
+    let load = snapshot_load(&load_spec(Some("tap1"), true)).body.unwrap();
+    assert_eq!(load["resume_vm"], json!(false));
+    assert_eq!(load["vsock_override"], json!({ "uds_path": "vsock.sock" }));
+    assert_eq!(
+        load["mem_backend"],
+        json!({ "backend_type": "File", "backend_path": "/s/memory" })
+    );
+    assert_eq!(
+        load["network_overrides"],
+        json!([{ "iface_id": "eth0", "host_dev_name": "tap1" }])
+    );
+    assert!(snapshot_load(&load_spec(None, false))
+        .body
+        .unwrap()
+        .get("network_overrides")
+        .is_none());
 }
 
 #[test]
@@ -257,6 +315,39 @@ fn the_checker_rejects_what_firecracker_would() {
                 body: None,
             },
             "not in the spec",
+        ),
+        (
+            // After boot only the path (and rate limits) of a drive change.
+            Request {
+                method: "PATCH",
+                path: "/drives/rootfs".into(),
+                body: Some(
+                    json!({ "drive_id": "rootfs", "path_on_host": "d", "is_read_only": true }),
+                ),
+            },
+            "unknown field is_read_only",
+        ),
+        (
+            Request {
+                method: "PUT",
+                path: "/snapshot/load".into(),
+                body: Some(json!({
+                    "snapshot_path": "s",
+                    "mem_backend": { "backend_type": "Anonymous", "backend_path": "m" },
+                })),
+            },
+            "is not one of",
+        ),
+        (
+            Request {
+                method: "PUT",
+                path: "/snapshot/load".into(),
+                body: Some(json!({
+                    "snapshot_path": "s",
+                    "network_overrides": [{ "iface_id": "eth0" }],
+                })),
+            },
+            "host_dev_name is missing",
         ),
         (
             Request {
@@ -326,14 +417,7 @@ async fn client_sends_http_and_surfaces_firecracker_faults_verbatim() {
     std::fs::remove_file(&sock).unwrap();
     let fault = r#"{"fault_message":"The requested operation is not supported after starting the microVM."}"#;
     let server = stand_in(sock.clone(), "400 Bad Request", fault).await;
-    match client
-        .send(&snapshot_load(
-            Path::new("/s"),
-            Path::new("/m"),
-            Path::new("/v"),
-        ))
-        .await
-    {
+    match client.send(&snapshot_load(&load_spec(None, false))).await {
         Err(e @ ApiError::Refused { status: 400, .. }) => assert!(
             e.to_string()
                 .contains("The requested operation is not supported after starting the microVM."),

@@ -191,7 +191,7 @@ async fn a_corrupt_or_truncated_snapshot_fails_clearly_and_leaves_nothing() {
 }
 
 /// KiB of a process's mapping of `file` that are shared with other processes.
-fn shared_kib_of_mapping(pid: u32, file: &std::path::Path) -> u64 {
+pub(crate) fn shared_kib_of_mapping(pid: u32, file: &std::path::Path) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
     let name = file.display().to_string();
     let mut in_mapping = false;

@@ -246,6 +246,10 @@ fn handle_request(
             // A new client: what earlier clients left running is orphaned.
             kill_execs(conn);
             uploads.clear();
+            static BOOTED: AtomicBool = AtomicBool::new(false);
+            if !BOOTED.swap(true, Ordering::SeqCst) {
+                warm_exec_path();
+            }
             w.respond(id, &pong());
         }
         Request::Ping => {
@@ -319,11 +323,19 @@ fn handle_request(
             hostname,
             disk_bytes,
         } => {
+            // Sent once after every restore or fork: the user's first
+            // command comes right after it.
+            warm_exec_path();
             match crate::init::refresh(&entropy, unix_nanos, hostname.as_deref()) {
                 Ok(()) => {
                     // Answered after the file system has grown, so the
                     // sandbox is ready with all of its disk.
-                    crate::disk::grow_root(disk_bytes, Duration::from_secs(5));
+                    // Only when the host grew the disk: otherwise the file
+                    // system fits its disk already (reading the superblock
+                    // is a first-use disk path, slow under emulation).
+                    if disk_bytes.is_some() {
+                        crate::disk::grow_root(disk_bytes, Duration::from_secs(5));
+                    }
                     w.respond(id, &Response::Ok)
                 }
                 Err(e) => files::send_io_error(w, id, "refresh identity", &e),
@@ -335,6 +347,29 @@ fn handle_request(
         }
     }
     false
+}
+
+/// Runs `true` once through the exec path in the background, output
+/// discarded. A VMM process that just booted or restored a guest has run
+/// little of its code; under software emulation it translates each guest
+/// code path (spawn, the dynamic loader, libc start-up, exit, wait) on first
+/// use, so the host's first command would pay for that. Started when a guest
+/// is first greeted after boot and at each refresh after a restore, it
+/// overlaps with the host's remaining set-up; on the guest it costs one spawn.
+fn warm_exec_path() {
+    let conn = Arc::new(Conn {
+        writer: Writer::new(Box::new(std::io::sink())),
+        execs: Mutex::new(HashMap::from([(
+            0,
+            ExecSlot {
+                pgid: None,
+                stdin: None,
+            },
+        )])),
+    });
+    let mut req = petty_protocol::ExecRequest::argv(["true"]);
+    req.timeout_ms = Some(10_000);
+    exec::start(conn, 0, req, None);
 }
 
 fn kernel_release() -> String {

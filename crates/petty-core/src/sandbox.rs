@@ -138,15 +138,15 @@ impl Sandbox {
         };
         let vm = vmm.start(&vm_config).await?;
         // Any early return below drops `vm`, which kills it and removes its files.
-        let (agent, pong) = connect(vm.as_ref(), &config, config.connect_timeout).await?;
+        // A restored guest is a copy of another guest's memory: it gets its
+        // own randomness, the current time and its own name, and grows its
+        // `/` onto the disk it now has. The refresh goes out right behind
+        // the greeting, not a round trip later.
+        let hostname: String = name.chars().take(63).collect();
+        let refresh = restored.then_some((hostname.as_str(), disk_bytes));
+        let (agent, pong) = connect(vm.as_ref(), &config, config.connect_timeout, refresh).await?;
         tracing::debug!(sandbox = %id, "agent answered");
-        if restored {
-            // A copy of another guest's memory: give it its own randomness,
-            // the current time and its own name, and let it grow its `/`
-            // onto the disk it now has.
-            let hostname: String = name.chars().take(63).collect();
-            agent.refresh_identity(Some(&hostname), disk_bytes).await?;
-        } else {
+        if !restored {
             // The guest has no battery-backed clock worth trusting: give it ours.
             agent.sync_clock().await?;
         }
@@ -193,7 +193,7 @@ impl Sandbox {
             disk_size_mib: record.disk_size_mib,
             ..SandboxConfig::default()
         };
-        let attached = connect(vm.as_ref(), &config, connect_timeout).await;
+        let attached = connect(vm.as_ref(), &config, connect_timeout, None).await;
         let (agent, pong) = match attached {
             Ok(ok) => ok,
             Err(e) => {
@@ -507,6 +507,7 @@ async fn connect(
     vm: &dyn Vm,
     config: &SandboxConfig,
     timeout: Duration,
+    refresh: Option<(&str, Option<u64>)>,
 ) -> Result<(AgentClient, Pong), CoreError> {
     let deadline = tokio::time::Instant::now() + timeout;
     // The socket can be briefly missing or refusing (a VMM still starting):
@@ -522,7 +523,18 @@ async fn connect(
     };
     let agent = AgentClient::new(stream, config.rpc_timeout);
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    match agent.handshake(remaining).await {
+    let greeted = match refresh {
+        None => agent.handshake(remaining).await,
+        Some((hostname, disk_bytes)) => {
+            let (pong, refreshed) = tokio::join!(
+                agent.handshake(remaining),
+                agent.refresh_identity(Some(hostname), disk_bytes)
+            );
+            // A version mismatch explains a failed refresh: report it first.
+            pong.and_then(|p| refreshed.map(|()| p))
+        }
+    };
+    match greeted {
         Ok(p) => Ok((agent, p)),
         Err(ClientError::Timeout { .. }) => Err(CoreError::AgentTimeout {
             secs: timeout.as_secs(),

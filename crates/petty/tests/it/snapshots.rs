@@ -30,7 +30,8 @@ async fn files_and_a_running_process_survive_snapshot_and_restore() {
     let m = env.manager(env.config()).await;
     named(&m, "origin").await;
     // A Python process counting in memory, publishing its count on tmpfs.
-    sh(&m, "origin", "echo on-disk > /root/kept; nohup python3 -c '\nimport time\nc = 0\nwhile True:\n    c += 1\n    open(\"/tmp/count\", \"w\").write(str(c))\n    time.sleep(0.02)\n' >/dev/null 2>&1 &").await;
+    // (Written to a temporary file and renamed, so a reader never sees it empty.)
+    sh(&m, "origin", "echo on-disk > /root/kept; nohup python3 -c '\nimport os, time\nc = 0\nwhile True:\n    c += 1\n    open(\"/tmp/count.new\", \"w\").write(str(c))\n    os.replace(\"/tmp/count.new\", \"/tmp/count\")\n    time.sleep(0.02)\n' >/dev/null 2>&1 &").await;
     sh(
         &m,
         "origin",

@@ -116,7 +116,7 @@ async fn a_snapshot_restores_with_its_files_and_its_running_processes() {
             .any(|e| e.path().join(petty_vmm::SNAPSHOT_STATE).is_file()),
         "the first create made a template"
     );
-    sh(&m, "origin", "echo on-disk > /root/kept; nohup python3 -c '\nimport time\nc = 0\nwhile True:\n    c += 1\n    open(\"/tmp/count\", \"w\").write(str(c))\n    time.sleep(0.02)\n' >/dev/null 2>&1 &").await;
+    sh(&m, "origin", "echo on-disk > /root/kept; nohup python3 -c '\nimport os, time\nc = 0\nwhile True:\n    c += 1\n    open(\"/tmp/count.new\", \"w\").write(str(c))\n    os.replace(\"/tmp/count.new\", \"/tmp/count\")\n    time.sleep(0.02)\n' >/dev/null 2>&1 &").await;
     sh(
         &m,
         "origin",

@@ -39,6 +39,9 @@ pub struct SandboxConfig {
     /// keeps the size of the base image (or, for a restore, of the
     /// snapshot's disk); a smaller size is refused when the sandbox starts.
     pub disk_size_mib: Option<u32>,
+    /// VMM backend: `qemu` or `firecracker` (`auto` or `None`: the
+    /// manager's default). Restores always use their snapshot's.
+    pub backend: Option<String>,
 }
 
 impl Default for SandboxConfig {
@@ -56,6 +59,7 @@ impl Default for SandboxConfig {
             ttl: None,
             idle_timeout: None,
             disk_size_mib: None,
+            backend: None,
         }
     }
 }
@@ -123,6 +127,13 @@ impl SandboxConfig {
             return Err(CoreError::InvalidConfig(
                 "ttl and idle_timeout must be greater than zero (leave them unset for none)".into(),
             ));
+        }
+        if let Some(b) = &self.backend {
+            if !["auto", "qemu", "firecracker"].contains(&b.as_str()) {
+                return Err(CoreError::InvalidConfig(format!(
+                    "backend {b:?} is not one Petty has; use qemu, firecracker or auto"
+                )));
+            }
         }
         if let Some(mib) = self.disk_size_mib {
             if mib == 0 || mib > MAX_DISK_SIZE_MIB {
@@ -217,6 +228,12 @@ impl SandboxConfigBuilder {
     /// Root disk size in MiB (at least the base image's).
     pub fn disk_size_mib(mut self, mib: u32) -> Self {
         self.0.disk_size_mib = Some(mib);
+        self
+    }
+
+    /// VMM backend for this sandbox (`qemu`, `firecracker` or `auto`).
+    pub fn backend(mut self, name: impl Into<String>) -> Self {
+        self.0.backend = Some(name.into());
         self
     }
 

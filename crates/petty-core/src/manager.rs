@@ -94,7 +94,11 @@ pub struct SandboxManager {
 }
 
 struct Inner {
+    /// The default backend.
     vmm: Arc<dyn Vmm>,
+    /// Other backends sandboxes asked for (or their snapshots were taken
+    /// with), made on first use.
+    backends: std::sync::Mutex<HashMap<String, Arc<dyn Vmm>>>,
     store: Arc<Store>,
     config: ManagerConfig,
     /// Sandboxes this process holds a connection to.
@@ -121,6 +125,7 @@ impl SandboxManager {
         let store = Arc::new(blocking(move || Store::open(&path)).await?);
         let inner = Arc::new(Inner {
             vmm,
+            backends: std::sync::Mutex::new(HashMap::new()),
             store,
             config: config.clone(),
             live: RwLock::new(HashMap::new()),
@@ -147,6 +152,30 @@ impl SandboxManager {
     /// The SQLite file.
     pub fn store_path(&self) -> &Path {
         self.inner.store.path()
+    }
+
+    /// The backend called `name` (`None` or `auto`: the default), made on
+    /// first use with its run directories beside the default's. An error
+    /// says why the backend cannot run here.
+    fn vmm_for(&self, name: Option<&str>) -> Result<Arc<dyn Vmm>, CoreError> {
+        let default = &self.inner.vmm;
+        let name = match name {
+            None | Some("auto") => return Ok(default.clone()),
+            Some(n) if n == default.name() => return Ok(default.clone()),
+            Some(n) => n,
+        };
+        let mut made = self
+            .inner
+            .backends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = made.get(name) {
+            return Ok(v.clone());
+        }
+        let (vmm, _) = petty_vmm::choose_backend(Some(name), default.root().to_path_buf())?;
+        let vmm: Arc<dyn Vmm> = Arc::from(vmm);
+        made.insert(name.to_string(), vmm.clone());
+        Ok(vmm)
     }
 
     async fn db<T: Send + 'static>(
@@ -192,10 +221,14 @@ impl SandboxManager {
             .config
             .connect_timeout
             .min(config.connect_timeout);
+        // A restore runs on the backend its snapshot was taken with.
+        let vmm = self.vmm_for(match &from {
+            Some(snap) => Some(snap.backend.as_str()),
+            None => config.backend.as_deref(),
+        })?;
         let id = SandboxId::new();
         let name = config.name.clone().unwrap_or_else(|| short_name(id));
-        let (kernel, rootfs) =
-            crate::sandbox::resolve_assets(&config, self.inner.vmm.wants_elf_kernel())?;
+        let (kernel, rootfs) = crate::sandbox::resolve_assets(&config, vmm.wants_elf_kernel())?;
         // Before a row, a template or a VM: a template's disk is the base
         // image's size, so the rootfs stands for it.
         crate::sandbox::check_disk_size(&config, &rootfs, from.as_ref().map(|s| s.dir.as_path()))?;
@@ -208,7 +241,7 @@ impl SandboxManager {
             vcpus: config.vcpu_count,
             kernel: kernel.clone(),
             rootfs: rootfs.clone(),
-            backend: self.inner.vmm.name().into(),
+            backend: vmm.name().into(),
             vmm_pid: None,
             run_dir: None,
             agent_socket: None,
@@ -233,11 +266,11 @@ impl SandboxManager {
         let booted = async {
             let restore_from = match &from {
                 Some(snap) => Some(snap.dir.clone()),
-                None if self.inner.config.templates && self.inner.vmm.can_restore() => Some(
+                None if self.inner.config.templates && vmm.can_restore() => Some(
                     self.inner
                         .templates
                         .ensure(
-                            self.inner.vmm.as_ref(),
+                            vmm.as_ref(),
                             config.kernel.as_deref().expect("resolved above"),
                             config.rootfs.as_deref().expect("resolved above"),
                             config.memory_mib,
@@ -254,15 +287,7 @@ impl SandboxManager {
                 .acquire()
                 .await
                 .expect("semaphore never closed");
-            Sandbox::boot(
-                self.inner.vmm.as_ref(),
-                config,
-                id,
-                name,
-                true,
-                restore_from,
-            )
-            .await
+            Sandbox::boot(vmm.as_ref(), config, id, name, true, restore_from).await
         }
         .await;
         let sandbox = match booted {
@@ -373,8 +398,9 @@ impl SandboxManager {
                 },
             });
         }
+        let vmm = self.vmm_for(Some(&record.backend))?;
         let attached = Sandbox::attach(
-            self.inner.vmm.as_ref(),
+            vmm.as_ref(),
             &record,
             self.inner.config.connect_timeout,
             self.inner.config.rpc_timeout,
@@ -518,11 +544,16 @@ impl SandboxManager {
     /// Stops the VM of `record`, whether this process holds it or not.
     async fn stop_vm(&self, record: &SandboxRecord, graceful: bool) -> Result<(), CoreError> {
         let mut held = self.inner.live.write().await.remove(&record.id);
+        // A backend that cannot be made here any more: its VMM process is
+        // still killed and its files removed through the default's.
+        let vmm = self
+            .vmm_for(Some(&record.backend))
+            .unwrap_or_else(|_| self.inner.vmm.clone());
         if held.is_none() && graceful && record.state == SandboxState::Ready {
             // A clean shutdown needs the agent: attach (it may be another
             // process's sandbox); if that fails, fall back to killing.
             held = Sandbox::attach(
-                self.inner.vmm.as_ref(),
+                vmm.as_ref(),
                 record,
                 self.inner.config.connect_timeout,
                 self.inner.config.rpc_timeout,
@@ -535,7 +566,7 @@ impl SandboxManager {
             return sb.stop_vm(graceful).await;
         }
         match (record.vmm_pid, &record.run_dir) {
-            (Some(pid), Some(_)) => match self.inner.vmm.attach(&record.id.to_string(), pid) {
+            (Some(pid), Some(_)) => match vmm.attach(&record.id.to_string(), pid) {
                 Ok(vm) => vm.stop().await.map_err(CoreError::from),
                 Err(_) => remove_run_dir(record.run_dir.as_deref()),
             },
@@ -679,18 +710,19 @@ impl SandboxManager {
         }
         let sb = self.get(key).await?;
         let source = self.info(key).await?;
+        let vmm = self.vmm_for(Some(&source.backend))?;
         let dir = self.snapshots_dir().join(name);
         std::fs::create_dir_all(&dir)?;
         let saved = async {
             sb.snapshot_to(&dir).await?;
-            if self.inner.vmm.snapshot_ram_is_file() {
+            if vmm.snapshot_ram_is_file() {
                 // Its children map the snapshot's memory file already.
                 return Ok(());
             }
             // The sandbox runs on already; now give the snapshot a RAM file
             // that its children will share.
             crate::template::share_ram(
-                self.inner.vmm.as_ref(),
+                vmm.as_ref(),
                 &dir,
                 &source.kernel,
                 &source.rootfs,
@@ -715,6 +747,7 @@ impl SandboxManager {
             kernel: source.kernel.clone(),
             rootfs: source.rootfs.clone(),
             created_at_ms: now_ms(),
+            backend: source.backend.clone(),
         };
         let r = record.clone();
         if let Err(e) = self.db(move |s| s.insert_snapshot(&r)).await {

@@ -83,6 +83,8 @@ pub struct SnapshotRecord {
     pub rootfs: PathBuf,
     /// Creation time, ms since the epoch.
     pub created_at_ms: i64,
+    /// VMM backend that took it (`qemu`, `firecracker`); restores use the same.
+    pub backend: String,
 }
 
 /// A removed sandbox and why it went.
@@ -145,7 +147,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     vcpus           INTEGER NOT NULL,
     kernel          TEXT NOT NULL,
     rootfs          TEXT NOT NULL,
-    created_at      INTEGER NOT NULL
+    created_at      INTEGER NOT NULL,
+    backend         TEXT NOT NULL DEFAULT 'qemu'
 );
 ";
 
@@ -177,21 +180,28 @@ impl Store {
             .map_err(|e| db_err(path, e))?;
         conn.execute_batch(SCHEMA).map_err(|e| db_err(path, e))?;
         // Columns added after the first release of the schema.
-        for (column, decl) in [
-            ("from_snapshot", "from_snapshot TEXT"),
-            ("disk_size_mib", "disk_size_mib INTEGER"),
+        for (table, column, decl) in [
+            ("sandboxes", "from_snapshot", "from_snapshot TEXT"),
+            ("sandboxes", "disk_size_mib", "disk_size_mib INTEGER"),
+            // Snapshots older than this column are QEMU's: Firecracker
+            // restores came later.
+            (
+                "snapshots",
+                "backend",
+                "backend TEXT NOT NULL DEFAULT 'qemu'",
+            ),
         ] {
             let has: bool = conn
                 .query_row(
-                    "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = ?1",
-                    [column],
+                    "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                    [table, column],
                     |r| r.get::<_, i64>(0),
                 )
                 .map_err(|e| db_err(path, e))?
                 > 0;
             if !has {
                 // Another process may add it between the check and here.
-                match conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {decl}")) {
+                match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {decl}")) {
                     Err(rusqlite::Error::SqliteFailure(_, Some(m)))
                         if m.contains("duplicate column") => {}
                     other => other.map_err(|e| db_err(path, e))?,
@@ -392,8 +402,8 @@ impl Store {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let res = conn.execute(
             "INSERT INTO snapshots (name, parent, source_sandbox, dir, size_bytes, memory_mib,
-                vcpus, kernel, rootfs, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                vcpus, kernel, rootfs, created_at, backend)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 r.name,
                 r.parent,
@@ -405,6 +415,7 @@ impl Store {
                 r.kernel.display().to_string(),
                 r.rootfs.display().to_string(),
                 r.created_at_ms,
+                r.backend,
             ],
         );
         match res {
@@ -496,6 +507,7 @@ fn snapshot_from_row(r: &Row<'_>) -> rusqlite::Result<SnapshotRecord> {
         kernel: PathBuf::from(r.get::<_, String>("kernel")?),
         rootfs: PathBuf::from(r.get::<_, String>("rootfs")?),
         created_at_ms: r.get("created_at")?,
+        backend: r.get("backend")?,
     })
 }
 

@@ -61,9 +61,15 @@ impl Templates {
         }
     }
 
-    fn key(kernel: &Path, rootfs: &Path, memory_mib: u32, vcpus: u32) -> Result<String, CoreError> {
+    fn key(
+        backend: &str,
+        kernel: &Path,
+        rootfs: &Path,
+        memory_mib: u32,
+        vcpus: u32,
+    ) -> Result<String, CoreError> {
         let versions = format!(
-            "{}:{}:{memory_mib}:{vcpus}",
+            "{}:{}:{backend}:{memory_mib}:{vcpus}",
             TEMPLATE_VERSION,
             petty_protocol::PROTOCOL_VERSION
         );
@@ -87,7 +93,7 @@ impl Templates {
         vcpus: u32,
         connect_timeout: Duration,
     ) -> Result<PathBuf, CoreError> {
-        let key = Self::key(kernel, rootfs, memory_mib, vcpus)?;
+        let key = Self::key(vmm.name(), kernel, rootfs, memory_mib, vcpus)?;
         let dir = self.dir.join(&key);
         if dir.join(SNAPSHOT_STATE).is_file() {
             return Ok(dir);
@@ -269,11 +275,13 @@ mod tests {
         let (k, r) = (dir.path().join("k"), dir.path().join("r"));
         std::fs::write(&k, b"kernel").unwrap();
         std::fs::write(&r, b"rootfs").unwrap();
-        let base = Templates::key(&k, &r, 256, 2).unwrap();
-        assert_eq!(base, Templates::key(&k, &r, 256, 2).unwrap());
-        assert_ne!(base, Templates::key(&k, &r, 512, 2).unwrap());
-        assert_ne!(base, Templates::key(&k, &r, 256, 1).unwrap());
+        let key = |b, m, v| Templates::key(b, &k, &r, m, v).unwrap();
+        let base = key("qemu", 256, 2);
+        assert_eq!(base, key("qemu", 256, 2));
+        assert_ne!(base, key("qemu", 512, 2));
+        assert_ne!(base, key("qemu", 256, 1));
+        assert_ne!(base, key("firecracker", 256, 2));
         std::fs::write(&r, b"rootfs, rebuilt").unwrap();
-        assert_ne!(base, Templates::key(&k, &r, 256, 2).unwrap());
+        assert_ne!(base, key("qemu", 256, 2));
     }
 }

@@ -148,6 +148,8 @@ pub struct CreateSpec {
     pub ttl_secs: Option<u64>,
     /// Destroy the sandbox after this many seconds without a command or file operation.
     pub idle_timeout_secs: Option<u64>,
+    /// VMM backend: "qemu" or "firecracker" (default: the server's backend.kind).
+    pub backend: Option<String>,
 }
 
 /// A sandbox as the API shows it.
@@ -419,6 +421,9 @@ impl Service {
         if let Some(t) = spec.idle_timeout_secs {
             b = b.idle_timeout(Duration::from_secs(t));
         }
+        if let Some(backend) = &spec.backend {
+            b = b.backend(backend);
+        }
         b.build().map_err(|e| self.fail(e))
     }
 
@@ -426,6 +431,7 @@ impl Service {
     fn poolable(&self, spec: &CreateSpec) -> bool {
         let d = &self.inner.config.defaults;
         spec.name.is_none()
+            && spec.backend.is_none()
             && spec.ttl_secs.is_none()
             && spec.idle_timeout_secs.is_none()
             && spec.vcpu.is_none_or(|v| v == d.vcpu)

@@ -259,6 +259,9 @@ pub struct RunArgs {
     /// Root disk size in MiB (default: the image's size); the guest's / grows to fill it.
     #[arg(long, value_name = "N")]
     pub disk_mib: Option<u32>,
+    /// VMM backend: qemu, firecracker or auto (default: PETTY_BACKEND, else auto).
+    #[arg(long, value_name = "KIND")]
+    pub backend: Option<String>,
     #[command(flatten)]
     pub exec: ExecOpts,
     /// Run this Python code (python3 -c).

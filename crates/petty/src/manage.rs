@@ -36,6 +36,9 @@ pub struct CreateArgs {
     /// Root disk size in MiB (default: the image's size); the guest's / grows to fill it.
     #[arg(long, value_name = "N")]
     pub disk_mib: Option<u32>,
+    /// VMM backend: qemu, firecracker or auto (default: PETTY_BACKEND, else auto).
+    #[arg(long, value_name = "KIND")]
+    pub backend: Option<String>,
     /// Destroy it this many seconds after creation.
     #[arg(long, value_name = "SECS")]
     pub ttl: Option<f64>,
@@ -64,6 +67,9 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = args.disk_mib {
         b = b.disk_size_mib(d);
     }
+    if let Some(k) = &args.backend {
+        b = b.backend(k);
+    }
     if let Some(t) = secs("ttl", args.ttl)? {
         b = b.ttl(t);
     }
@@ -71,7 +77,7 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         b = b.idle_timeout(t);
     }
     let config = b.build()?;
-    let (vmm, notice) = choose_backend(None, runtime_root())?;
+    let (vmm, notice) = choose_backend(args.backend.as_deref(), runtime_root())?;
     vmm.check()?;
     ensure_assets(true).await?;
     eprintln!("{notice}");

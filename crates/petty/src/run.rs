@@ -36,7 +36,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         builder = builder.disk_size_mib(d);
     }
     let config = builder.build()?;
-    let (vmm, notice) = choose_backend(None, runtime_root())?;
+    let (vmm, notice) = choose_backend(args.backend.as_deref(), runtime_root())?;
     vmm.check()?;
     if config.kernel.is_none() || config.rootfs.is_none() {
         ensure_assets(true).await?;

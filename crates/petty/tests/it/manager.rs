@@ -391,3 +391,44 @@ async fn template_creates_get_the_disk_size_asked_for() {
     m.destroy_all().await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sandbox_picks_its_backend_and_snapshots_remember_it() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    // Asked for by name, QEMU runs it; the row and its snapshots say so.
+    let cfg = SandboxConfig::builder()
+        .name("on-qemu")
+        .backend("qemu")
+        .build()
+        .unwrap();
+    m.create(cfg).await.unwrap();
+    assert_eq!(m.info("on-qemu").await.unwrap().backend, "qemu");
+    let snap = m.snapshot("on-qemu", "q-snap").await.unwrap();
+    assert_eq!(snap.backend, "qemu");
+    let child = m.restore("q-snap", None).await.unwrap();
+    assert_eq!(m.info(&child.to_string()).await.unwrap().backend, "qemu");
+
+    // A backend this host cannot run is refused before any row or VM exists,
+    // saying why.
+    let fc = petty_vmm::firecracker::FirecrackerVmm::new(env.root.path().to_path_buf());
+    match fc.availability() {
+        Ok(_) => eprintln!("firecracker is usable here: the refusal is not checked"),
+        Err(why) => {
+            let cfg = SandboxConfig::builder()
+                .name("on-fc")
+                .backend("firecracker")
+                .build()
+                .unwrap();
+            let e = m.create(cfg).await.unwrap_err().to_string();
+            assert!(e.contains("firecracker") && e.contains(&why), "{e}");
+            assert!(!m.exists("on-fc").await.unwrap());
+        }
+    }
+    let e = SandboxConfig::builder().backend("xen").build().unwrap_err();
+    assert!(e.to_string().contains("backend \"xen\""), "{e}");
+
+    m.destroy_all().await.unwrap();
+    m.delete_snapshot("q-snap").await.unwrap();
+    env.assert_clean();
+}

@@ -466,6 +466,28 @@ async fn rest_errors_auth_limits_and_bad_config() {
         .await;
     assert_eq!(status, 400);
     assert!(e["message"].as_str().unwrap().contains("vcpu"), "{e}");
+    // A backend this host cannot run: 503, saying why (here: no firecracker).
+    if petty_vmm::firecracker::FirecrackerVmm::new(env.root.path().to_path_buf())
+        .availability()
+        .is_err()
+    {
+        let (status, e) = d
+            .call(
+                "POST",
+                "/v1/sandboxes",
+                Some(json!({"backend": "firecracker"})),
+            )
+            .await;
+        assert_eq!(
+            (status, e["kind"].clone()),
+            (503, json!("unavailable")),
+            "{e}"
+        );
+        assert!(
+            e["message"].as_str().unwrap().contains("firecracker"),
+            "{e}"
+        );
+    }
     // 404: unknown sandbox and route.
     let (status, e) = d
         .call(
@@ -480,6 +502,7 @@ async fn rest_errors_auth_limits_and_bad_config() {
     assert_eq!(status, 404);
 
     // 409 on a taken name; 429 past the limit, answered at once.
+    let failures = d.metric("petty_sandbox_create_failures_total").await;
     d.ok("POST", "/v1/sandboxes", Some(json!({"name": "a"})))
         .await;
     let (status, e) = d
@@ -493,7 +516,10 @@ async fn rest_errors_auth_limits_and_bad_config() {
         .await;
     assert_eq!((status, e["kind"].clone()), (429, json!("capacity")), "{e}");
     // The taken name and the capacity refusal: two failed creates.
-    assert_eq!(d.metric("petty_sandbox_create_failures_total").await, 2.0);
+    assert_eq!(
+        d.metric("petty_sandbox_create_failures_total").await,
+        failures + 2.0
+    );
     let (status, _) = d
         .call("POST", "/v1/sandboxes/a/exec", Some(json!({})))
         .await;

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::service::{ApiError, ApiResult, CreateSpec, ExecSpec, Service};
 
+/// Largest file `download_file` returns (a tool result goes to a model's
+/// context whole; bigger files are for the REST download).
+pub const MAX_TOOL_FILE: u64 = 8 * 1024 * 1024;
+
 /// The tools, over one [`Service`].
 #[derive(Clone)]
 pub struct PettyMcp {
@@ -257,7 +261,7 @@ impl PettyMcp {
         }
         let r = self
             .service
-            .read_file(&p.sandbox, &p.path)
+            .read_file(&p.sandbox, &p.path, MAX_TOOL_FILE)
             .await
             .map(|data| {
                 let content = if encoding == "base64" {

@@ -594,8 +594,9 @@ async fn download_file(
     Path(id): Path<String>,
     QueryArgs(q): QueryArgs<PathQuery>,
 ) -> Result<Response, ApiError> {
-    let data = s.service.read_file(&id, &q.path).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    let chunks = s.service.read_file_stream(&id, &q.path).await?;
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(chunks));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
 /// Upload a file: the request body is the file's bytes (no base64).

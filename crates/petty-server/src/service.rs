@@ -629,16 +629,116 @@ impl Service {
         }
     }
 
-    /// A whole file.
+    /// A whole file of at most `limit` bytes (a bigger one is a 413 that
+    /// says how to get it instead).
     #[tracing::instrument(skip(self))]
-    pub async fn read_file(&self, sandbox: &str, path: &str) -> ApiResult<Vec<u8>> {
+    pub async fn read_file(&self, sandbox: &str, path: &str, limit: u64) -> ApiResult<Vec<u8>> {
         check_path(path)?;
         self.get(sandbox).await?;
-        self.inner
+        let p = path.to_string();
+        let read = self
+            .inner
             .manager
-            .read_file(sandbox, path)
+            .with_sandbox_async(sandbox, |sb| async move {
+                let stat = sb.stat(&p).await?;
+                if stat.is_dir || stat.size > limit {
+                    return Ok(Err(stat));
+                }
+                let mut data = Vec::with_capacity(stat.size as usize);
+                sb.agent().read_file_into(&p, &mut data, limit).await?;
+                Ok(Ok(data))
+            })
             .await
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e))?;
+        match read {
+            Ok(data) => Ok(data),
+            Err(stat) if stat.is_dir => Err(ApiError::bad_request(format!(
+                "{path} is a directory; list it instead"
+            ))),
+            Err(stat) => Err(ApiError::new(
+                413,
+                "too_large",
+                format!(
+                    "{path} is {} bytes, more than the {limit} this call returns; download it over REST \
+                     (GET /v1/sandboxes/{sandbox}/files/content?path={path}) or read part of it \
+                     (e.g. head -c 100000 {path})",
+                    stat.size
+                ),
+            )),
+        }
+    }
+
+    /// A file as a stream of chunks, read from the guest as the client
+    /// takes them (memory stays bounded whatever the file's size). Errors
+    /// found before the first byte (no such file, a directory) are the
+    /// result's; one later ends the stream with an error.
+    #[tracing::instrument(skip(self))]
+    pub async fn read_file_stream(
+        &self,
+        sandbox: &str,
+        path: &str,
+    ) -> ApiResult<tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>> {
+        check_path(path)?;
+        self.get(sandbox).await?;
+        let p = path.to_string();
+        let sb = self
+            .inner
+            .manager
+            .with_sandbox_async(sandbox, |sb| async move {
+                let stat = sb.stat(&p).await?;
+                Ok((sb, stat))
+            })
+            .await;
+        let (sb, stat) = sb.map_err(|e| self.fail(e))?;
+        if stat.is_dir {
+            return Err(ApiError::bad_request(format!(
+                "{path} is a directory; list it with GET /v1/sandboxes/{sandbox}/files?path={path}"
+            )));
+        }
+        const CHUNK: usize = 256 * 1024;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (mut writer, mut reader) = tokio::io::duplex(CHUNK);
+        let path = path.to_string();
+        let read = tokio::spawn(async move {
+            let r = sb
+                .agent()
+                .read_file_into(&path, &mut writer, u64::MAX)
+                .await;
+            drop(writer);
+            r
+        });
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            // The client went away: stop reading the guest.
+                            read.abort();
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            match read.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("file download broke off: {e}");
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// Writes a whole file (creating parent directories).

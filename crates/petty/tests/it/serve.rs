@@ -328,6 +328,44 @@ async fn rest_drives_every_route_with_real_vms() {
         .await;
     assert_eq!((status, e["kind"].clone()), (404, json!("not_found")));
 
+    // A large download streams from the guest, bytes intact; a directory is a 400.
+    let r = d
+        .ok(
+            "POST",
+            "/v1/sandboxes/web/exec",
+            Some(json!({"command": "head -c 40000000 /dev/urandom > /root/big && sha256sum /root/big"})),
+        )
+        .await;
+    let want = r["stdout"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let got = d
+        .req(
+            reqwest::Method::GET,
+            "/v1/sandboxes/web/files/content?path=/root/big",
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 40_000_000);
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(&got)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, want);
+    let (status, e) = d
+        .call("GET", "/v1/sandboxes/web/files/content?path=/root", None)
+        .await;
+    assert_eq!(status, 400, "{e}");
+
     // Snapshots: take, list, get, restore, fork both ways, delete refused then allowed.
     d.ok(
         "POST",
@@ -788,6 +826,27 @@ async fn mcp_over_stdio_runs_every_tool() {
     )
     .await;
     assert_eq!(e.is_error, Some(true));
+    // A file too big for a tool result says how to get it instead.
+    structured(
+        &call(
+            &client,
+            "execute_command",
+            json!({"sandbox": "m1", "command": "head -c 9000000 /dev/zero > /root/nine"}),
+        )
+        .await,
+    );
+    let e = call(
+        &client,
+        "download_file",
+        json!({"sandbox": "m1", "path": "/root/nine"}),
+    )
+    .await;
+    assert_eq!(e.is_error, Some(true));
+    assert!(
+        text_of(&e).contains("too_large") && text_of(&e).contains("REST"),
+        "{}",
+        text_of(&e)
+    );
     let e = call(&client, "execute_command", json!({"sandbox": "m1"})).await;
     assert_eq!(e.is_error, Some(true), "a missing argument is a tool error");
     assert!(text_of(&e).contains("command"), "{}", text_of(&e));

@@ -175,12 +175,59 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Managed sandboxes outlive their process by design, and a benchmark's
+/// live in a scratch directory no later `petty` looks at: on Ctrl-C or
+/// SIGTERM, kill every VMM under it and remove it, then exit.
+pub(crate) fn clean_up_on_signal(scratch: std::path::PathBuf) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("\npetty bench: interrupted; stopping its sandboxes");
+        kill_processes_mentioning(&scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::process::exit(130);
+    });
+}
+
+/// SIGKILLs every process (but this one) whose command line names `dir`:
+/// the VMMs of a benchmark's scratch directory.
+fn kill_processes_mentioning(dir: &std::path::Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid as u32 == std::process::id() {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if cmdline.windows(needle.len()).any(|w| w == needle) {
+                // SAFETY: kill only sends a signal, to a VMM of our scratch directory.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// A manager on throwaway data and run directories, so a benchmark never
 /// touches the user's sandboxes.
 async fn scratch_manager(
     max_sandboxes: usize,
 ) -> anyhow::Result<(petty_core::SandboxManager, tempfile::TempDir)> {
     let scratch = tempfile::Builder::new().prefix("petty-bench-").tempdir()?;
+    clean_up_on_signal(scratch.path().to_path_buf());
     let vmm = std::sync::Arc::new(QemuVmm::new(
         AccelChoice::detect(),
         scratch.path().join("run"),

@@ -23,6 +23,7 @@ pub async fn serve(runs: usize, clients: usize, per_client: usize) -> anyhow::Re
     }
     ensure_assets(true).await?;
     let scratch = tempfile::Builder::new().prefix("petty-bench-").tempdir()?;
+    crate::bench::clean_up_on_signal(scratch.path().to_path_buf());
     let mut config = petty_server::Config::default();
     config.server.listen = "127.0.0.1:0".into();
     config.pool.size = 0;

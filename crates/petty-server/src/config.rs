@@ -304,37 +304,26 @@ impl Override {
 pub fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<Override> {
     let mut out = Vec::new();
     for (name, raw) in env {
-        if name == "PETTY_API_KEYS" {
-            let keys = raw
-                .split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(|k| toml::Value::String(k.to_string()))
-                .collect();
-            out.push(Override {
-                key: "server.api_keys".into(),
-                value: toml::Value::Array(keys),
-                source: name,
-            });
-            continue;
-        }
-        if let Some(key) = KEYS
-            .iter()
-            .find(|k| env_name(k) == name)
-            .map(|k| k.to_string())
-        {
-            let mut o = Override::parse(&key, &raw, &name);
-            if key == "server.api_keys" {
-                if let toml::Value::String(s) = &o.value {
-                    o.value = toml::Value::Array(
-                        s.split(',')
-                            .map(|k| toml::Value::String(k.trim().into()))
-                            .collect(),
-                    );
-                }
+        let key = if name == "PETTY_API_KEYS" {
+            "server.api_keys"
+        } else {
+            match KEYS.iter().find(|k| env_name(k) == name) {
+                Some(k) => *k,
+                None => continue,
             }
-            out.push(o);
+        };
+        let mut o = Override::parse(key, &raw, &name);
+        if key == "server.api_keys" && !o.value.is_array() {
+            // Keys are listed comma-separated.
+            o.value = toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| toml::Value::String(k.to_string()))
+                    .collect(),
+            );
         }
+        out.push(o);
     }
     out
 }

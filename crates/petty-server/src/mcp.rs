@@ -153,15 +153,47 @@ fn respond<T: Serialize>(what: &str, r: ApiResult<T>) -> Result<CallToolResult, 
     }
 }
 
-fn decode(content: String, encoding: Option<&str>) -> ApiResult<Vec<u8>> {
-    match encoding.unwrap_or("utf8") {
-        "utf8" | "utf-8" | "text" => Ok(content.into_bytes()),
-        "base64" => base64::engine::general_purpose::STANDARD
-            .decode(content.trim())
-            .map_err(|e| ApiError::bad_request(format!("content is not valid base64: {e}"))),
-        other => Err(ApiError::bad_request(format!(
-            "encoding {other:?} is not supported; use \"utf8\" or \"base64\""
-        ))),
+/// How file content travels in a tool's JSON.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// As text (invalid UTF-8 replaced when reading).
+    Utf8,
+    /// As base64: the exact bytes.
+    Base64,
+}
+
+impl Encoding {
+    fn parse(name: Option<&str>) -> ApiResult<Self> {
+        match name.unwrap_or("utf8") {
+            "utf8" | "utf-8" | "text" => Ok(Self::Utf8),
+            "base64" => Ok(Self::Base64),
+            other => Err(ApiError::bad_request(format!(
+                "encoding {other:?} is not supported; use \"utf8\" or \"base64\""
+            ))),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Utf8 => "utf8",
+            Self::Base64 => "base64",
+        }
+    }
+
+    fn decode(self, content: String) -> ApiResult<Vec<u8>> {
+        match self {
+            Self::Utf8 => Ok(content.into_bytes()),
+            Self::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(content.trim())
+                .map_err(|e| ApiError::bad_request(format!("content is not valid base64: {e}"))),
+        }
+    }
+
+    fn encode(self, data: &[u8]) -> String {
+        match self {
+            Self::Utf8 => String::from_utf8_lossy(data).into_owned(),
+            Self::Base64 => base64::engine::general_purpose::STANDARD.encode(data),
+        }
     }
 }
 
@@ -229,7 +261,7 @@ impl PettyMcp {
         Parameters(p): Parameters<UploadFileParams>,
     ) -> Result<CallToolResult, ErrorData> {
         let what = format!("upload_file to {} in sandbox {}", p.path, p.sandbox);
-        let data = match decode(p.content, p.encoding.as_deref()) {
+        let data = match Encoding::parse(p.encoding.as_deref()).and_then(|e| e.decode(p.content)) {
             Ok(d) => d,
             Err(e) => return Ok(tool_error(&what, e)),
         };
@@ -250,27 +282,18 @@ impl PettyMcp {
         Parameters(p): Parameters<DownloadFileParams>,
     ) -> Result<CallToolResult, ErrorData> {
         let what = format!("download_file {} from sandbox {}", p.path, p.sandbox);
-        let encoding = p.encoding.unwrap_or_else(|| "utf8".into());
-        if !["utf8", "utf-8", "text", "base64"].contains(&encoding.as_str()) {
-            return Ok(tool_error(
-                &what,
-                ApiError::bad_request(format!(
-                    "encoding {encoding:?} is not supported; use \"utf8\" or \"base64\""
-                )),
-            ));
-        }
+        let encoding = match Encoding::parse(p.encoding.as_deref()) {
+            Ok(e) => e,
+            Err(e) => return Ok(tool_error(&what, e)),
+        };
         let r = self
             .service
             .read_file(&p.sandbox, &p.path, MAX_TOOL_FILE)
             .await
             .map(|data| {
-                let content = if encoding == "base64" {
-                    base64::engine::general_purpose::STANDARD.encode(&data)
-                } else {
-                    String::from_utf8_lossy(&data).into_owned()
-                };
                 serde_json::json!({
-                    "path": p.path, "bytes": data.len(), "encoding": encoding, "content": content,
+                    "path": p.path, "bytes": data.len(), "encoding": encoding.name(),
+                    "content": encoding.encode(&data),
                 })
             });
         respond(&what, r)

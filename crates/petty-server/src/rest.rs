@@ -479,7 +479,7 @@ async fn exec_stream(
                         (ExecStreamLine::Stderr { data: err.push(&b) }, false)
                     }
                     Ok(ExecEvent::Exit(status)) => {
-                        service.exec_stream_done(started, None);
+                        let _ = service.exec_stream_done(started, Ok(()));
                         tracing::info!(exit_code = status.code, "exec stream ended");
                         (
                             ExecStreamLine::Exit {
@@ -490,17 +490,13 @@ async fn exec_stream(
                         )
                     }
                     Err(e) => {
-                        let api = ApiError::from(petty_core::CoreError::from(e));
+                        let api = service
+                            .exec_stream_done(started, Err(e))
+                            .expect_err("an error stays one");
                         let line = ExecStreamLine::Error {
                             kind: api.kind.into(),
-                            message: api.message.clone(),
+                            message: api.message,
                         };
-                        service.exec_stream_done(
-                            started,
-                            Some(petty_core::CoreError::Rpc(
-                                petty_core::ClientError::Disconnected(api.message),
-                            )),
-                        );
                         (line, true)
                     }
                 };

@@ -596,13 +596,13 @@ impl Service {
     pub async fn exec_stream(&self, sandbox: &str, spec: ExecSpec) -> ApiResult<ExecStream> {
         let req = self.exec_request(&spec)?;
         self.get(sandbox).await?;
-        let sb = self
+        // Idle timeouts count from the start of the stream.
+        let stream = self
             .inner
             .manager
-            .get(sandbox)
+            .with_sandbox_async(sandbox, |sb| async move { sb.exec_stream(req).await })
             .await
             .map_err(|e| self.fail(e))?;
-        let stream = sb.exec_stream(req).await.map_err(|e| self.fail(e))?;
         if let Some(data) = spec.stdin {
             let stdin = stream.stdin();
             if !data.is_empty() {
@@ -610,23 +610,20 @@ impl Service {
             }
             stdin.close().await.map_err(|e| self.fail(e.into()))?;
         }
-        // Idle timeouts count from the start of the stream.
-        let _ = self
-            .inner
-            .manager
-            .with_sandbox_async(sandbox, |_| async { Ok(()) })
-            .await;
         Ok(stream)
     }
 
-    /// Records the end of a streamed command.
-    pub fn exec_stream_done(&self, started: Instant, failed: Option<CoreError>) {
+    /// Records the end of a streamed command: counted and timed like any
+    /// exec; a broken stream's error as the client should see it.
+    pub fn exec_stream_done(
+        &self,
+        started: Instant,
+        ended: Result<(), ClientError>,
+    ) -> ApiResult<()> {
         let m = &self.inner.metrics;
         m.execs.fetch_add(1, Ordering::Relaxed);
         m.exec_latency.observe(started.elapsed());
-        if let Some(e) = failed {
-            let _ = self.fail(e);
-        }
+        ended.map_err(|e| self.fail(e.into()))
     }
 
     /// A whole file of at most `limit` bytes (a bigger one is a 413 that

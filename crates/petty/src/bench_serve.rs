@@ -37,22 +37,14 @@ pub async fn serve(runs: usize, clients: usize, per_client: usize) -> anyhow::Re
     let app = petty_server::app(
         service.clone(),
         Arc::new(AtomicBool::new(false)),
-        tokio_util_token(),
+        petty_server::CancellationToken::new(),
     );
-    let server = tokio::spawn(async move { axum_serve(listener, app).await });
+    let server = tokio::spawn(petty_server::serve_router(listener, app));
 
     let result = measure(&service, &base, runs, clients, per_client).await;
     server.abort();
     service.manager().destroy_all().await?;
     result
-}
-
-fn tokio_util_token() -> petty_server::CancellationToken {
-    petty_server::CancellationToken::new()
-}
-
-async fn axum_serve(listener: tokio::net::TcpListener, app: petty_server::Router) {
-    let _ = petty_server::serve_router(listener, app).await;
 }
 
 async fn measure(

@@ -247,9 +247,9 @@ impl ServerArgs {
     }
 }
 
-/// Arguments of `petty run`.
+/// The VM a sandbox gets: shared by `petty run` and `petty create`.
 #[derive(Args)]
-pub struct RunArgs {
+pub struct VmOpts {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub memory_mib: u32,
@@ -262,6 +262,26 @@ pub struct RunArgs {
     /// VMM backend: qemu, firecracker or auto (default: PETTY_BACKEND, else auto).
     #[arg(long, value_name = "KIND")]
     pub backend: Option<String>,
+}
+
+impl VmOpts {
+    /// A sandbox config builder with these sizes.
+    pub fn builder(&self) -> petty_core::SandboxConfigBuilder {
+        let b = petty_core::SandboxConfig::builder()
+            .memory_mib(self.memory_mib)
+            .vcpu_count(self.vcpus);
+        match self.disk_mib {
+            Some(d) => b.disk_size_mib(d),
+            None => b,
+        }
+    }
+}
+
+/// Arguments of `petty run`.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub vm: VmOpts,
     #[command(flatten)]
     pub exec: ExecOpts,
     /// Run this Python code (python3 -c).

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use petty_core::{ManagerConfig, SandboxConfig, SandboxManager, SandboxState};
+use petty_core::{ManagerConfig, SandboxManager, SandboxState};
 use petty_vmm::{choose_backend, runtime_root};
 use tokio::io::AsyncWriteExt;
 
@@ -27,18 +27,8 @@ pub struct CreateArgs {
     /// Name to refer to it by (default: derived from its id).
     #[arg(long)]
     pub name: Option<String>,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256, value_name = "N")]
-    pub memory_mib: u32,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    pub vcpus: u32,
-    /// Root disk size in MiB (default: the image's size); the guest's / grows to fill it.
-    #[arg(long, value_name = "N")]
-    pub disk_mib: Option<u32>,
-    /// VMM backend: qemu, firecracker or auto (default: PETTY_BACKEND, else auto).
-    #[arg(long, value_name = "KIND")]
-    pub backend: Option<String>,
+    #[command(flatten)]
+    pub vm: crate::cli::VmOpts,
     /// Destroy it this many seconds after creation.
     #[arg(long, value_name = "SECS")]
     pub ttl: Option<f64>,
@@ -58,16 +48,11 @@ fn secs(flag: &str, v: Option<f64>) -> anyhow::Result<Option<Duration>> {
 }
 
 pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let mut b = SandboxConfig::builder()
-        .memory_mib(args.memory_mib)
-        .vcpu_count(args.vcpus);
+    let mut b = args.vm.builder();
     if let Some(n) = args.name {
         b = b.name(n);
     }
-    if let Some(d) = args.disk_mib {
-        b = b.disk_size_mib(d);
-    }
-    if let Some(k) = &args.backend {
+    if let Some(k) = &args.vm.backend {
         b = b.backend(k);
     }
     if let Some(t) = secs("ttl", args.ttl)? {
@@ -77,7 +62,7 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         b = b.idle_timeout(t);
     }
     let config = b.build()?;
-    let (vmm, notice) = choose_backend(args.backend.as_deref(), runtime_root())?;
+    let (vmm, notice) = choose_backend(args.vm.backend.as_deref(), runtime_root())?;
     vmm.check()?;
     ensure_assets(true).await?;
     eprintln!("{notice}");

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use petty_core::{ExecEvent, ExecRequest, Sandbox, SandboxConfig};
+use petty_core::{ExecEvent, ExecRequest, Sandbox};
 use petty_vmm::{choose_backend, runtime_root, sweep_stale_run_dirs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
@@ -23,20 +23,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "nothing to run\nhint: petty run -- CMD [ARGS...], or petty run --python CODE, or petty run --sh SCRIPT"
         ),
     };
-    let mut builder = SandboxConfig::builder()
-        .memory_mib(args.memory_mib)
-        .vcpu_count(args.vcpus);
+    let mut builder = args.vm.builder();
     if let Some(k) = &args.kernel {
         builder = builder.kernel(k);
     }
     if let Some(r) = &args.rootfs {
         builder = builder.rootfs(r);
     }
-    if let Some(d) = args.disk_mib {
-        builder = builder.disk_size_mib(d);
-    }
     let config = builder.build()?;
-    let (vmm, notice) = choose_backend(args.backend.as_deref(), runtime_root())?;
+    let (vmm, notice) = choose_backend(args.vm.backend.as_deref(), runtime_root())?;
     vmm.check()?;
     if config.kernel.is_none() || config.rootfs.is_none() {
         ensure_assets(true).await?;

@@ -470,6 +470,12 @@ impl AgentClient {
         .await
     }
 
+    /// Tells the agent a snapshot follows (see [`Request::BeforeSnapshot`]).
+    pub async fn before_snapshot(&self) -> Result<(), ClientError> {
+        self.call_ok("before_snapshot", Request::BeforeSnapshot)
+            .await
+    }
+
     /// Makes a restored or forked guest its own: fresh entropy for its RNG
     /// (from the host's), the host's clock, and `hostname`; and has it grow
     /// its root file system to fill its disk (`disk_bytes`: the size the host

@@ -245,7 +245,10 @@ fn serve_serial(dev: &str) {
         match server::serve(input, writer) {
             End::Shutdown => return,
             // No host connected: sleep until one connects (SIGIO), at most 1 s.
-            End::Eof => wait_for_sigio(Duration::from_secs(1)),
+            End::Eof => {
+                server::warm_if_restored();
+                wait_for_sigio(Duration::from_secs(1))
+            }
             End::Protocol(e) => {
                 log(&format!("closing connection: {e}"));
                 drain_until_disconnect(&port);
@@ -349,10 +352,12 @@ fn serve_vsock() {
         let Ok(output) = file.try_clone() else {
             continue;
         };
-        std::thread::spawn(move || {
-            if let End::Shutdown = server::serve(file, Writer::new(Box::new(output))) {
-                power_off();
-            }
-        });
+        std::thread::spawn(
+            move || match server::serve(file, Writer::new(Box::new(output))) {
+                End::Shutdown => power_off(),
+                // A restored guest's connections are reset as it wakes.
+                _ => server::warm_if_restored(),
+            },
+        );
     }
 }

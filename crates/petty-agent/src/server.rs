@@ -324,8 +324,11 @@ fn handle_request(
             disk_bytes,
         } => {
             // Sent once after every restore or fork: the user's first
-            // command comes right after it.
-            warm_exec_path();
+            // command comes right after it. Warmed already when the guest
+            // woke to find its host gone (see `warm_if_restored`).
+            if !WARMED_AT_WAKE.swap(false, Ordering::SeqCst) {
+                warm_exec_path();
+            }
             match crate::init::refresh(&entropy, unix_nanos, hostname.as_deref()) {
                 Ok(()) => {
                     // Answered after the file system has grown, so the
@@ -341,6 +344,10 @@ fn handle_request(
                 Err(e) => files::send_io_error(w, id, "refresh identity", &e),
             };
         }
+        Request::BeforeSnapshot => {
+            WARM_AT_WAKE.store(true, Ordering::SeqCst);
+            w.respond(id, &Response::Ok);
+        }
         Request::Shutdown => {
             w.respond(id, &Response::Ok);
             return true;
@@ -349,7 +356,26 @@ fn handle_request(
     false
 }
 
-/// Runs `true` once through the exec path in the background, output
+/// Set by [`Request::BeforeSnapshot`]: the next time the host is found gone,
+/// this may be a restored copy waking up.
+static WARM_AT_WAKE: AtomicBool = AtomicBool::new(false);
+/// Set when [`warm_if_restored`] warmed the exec path, so the refresh that
+/// follows a restore does not do it again.
+static WARMED_AT_WAKE: AtomicBool = AtomicBool::new(false);
+
+/// Called when the host's connection ends. A guest restored from a snapshot
+/// that the host announced ([`Request::BeforeSnapshot`]) finds its host gone
+/// as soon as it runs, a few tens of milliseconds before the host's refresh
+/// is served: warm the exec path now. After a plain disconnect of the
+/// snapshotted guest itself this costs one spawn, once.
+pub fn warm_if_restored() {
+    if WARM_AT_WAKE.swap(false, Ordering::SeqCst) {
+        WARMED_AT_WAKE.store(true, Ordering::SeqCst);
+        warm_exec_path();
+    }
+}
+
+/// Runs `sh -c true` once through the exec path in the background, output
 /// discarded. A VMM process that just booted or restored a guest has run
 /// little of its code; under software emulation it translates each guest
 /// code path (spawn, the dynamic loader, libc start-up, exit, wait) on first
@@ -367,7 +393,8 @@ fn warm_exec_path() {
             },
         )])),
     });
-    let mut req = petty_protocol::ExecRequest::argv(["true"]);
+    // The shell: most commands come through it (`ExecRequest::shell`).
+    let mut req = petty_protocol::ExecRequest::shell("true");
     req.timeout_ms = Some(10_000);
     exec::start(conn, 0, req, None);
 }

@@ -7,7 +7,7 @@
 //! task that destroys sandboxes past their TTL or idle timeout, and marks
 //! failed the ones whose VM died or whose agent fell silent; why is recorded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -65,6 +65,13 @@ pub struct ManagerConfig {
     /// Further creates wait their turn (the capacity check happens before
     /// they wait), so a burst of creates does not starve every boot of CPU.
     pub max_concurrent_boots: usize,
+    /// With `templates`, on a backend that can ([`Vmm::can_standby`]): keep
+    /// one VMM started ahead of need for each template in use, waiting for
+    /// the template's state, so a create from a template skips the VMM's own
+    /// start-up (default true). Each costs one idle VMM process and no guest
+    /// CPU; it dies with the manager (or, should this process be killed,
+    /// at the next sweep of any petty process).
+    pub standby: bool,
 }
 
 impl Default for ManagerConfig {
@@ -80,6 +87,7 @@ impl Default for ManagerConfig {
             rpc_timeout: Duration::from_secs(30),
             max_concurrent_boots: crate::host_cpus(),
             templates: true,
+            standby: true,
         }
     }
 }
@@ -107,6 +115,32 @@ struct Inner {
     boots: tokio::sync::Semaphore,
     templates: Templates,
     reaper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// VMMs started ahead of template restores, one per template in use.
+    standbys: std::sync::Mutex<HashMap<StandbyKey, StandbyVm>>,
+    /// Templates whose standby VMM is being started.
+    standbys_starting: std::sync::Mutex<HashSet<StandbyKey>>,
+}
+
+/// How long after a create from a template its replacement standby VMM
+/// starts.
+const STANDBY_START_DELAY: Duration = Duration::from_millis(250);
+
+/// What a template restore's VMM depends on: the template's inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StandbyKey {
+    backend: &'static str,
+    kernel: PathBuf,
+    rootfs: PathBuf,
+    memory_mib: u32,
+    vcpus: u32,
+}
+
+/// A VMM waiting for a template's state; its id becomes the sandbox's.
+struct StandbyVm {
+    id: SandboxId,
+    /// The template directory it maps (a template rebuilt since is another).
+    template: PathBuf,
+    vm: Box<dyn petty_vmm::Vm>,
 }
 
 impl Drop for Inner {
@@ -132,6 +166,8 @@ impl SandboxManager {
             boots: tokio::sync::Semaphore::new(config.max_concurrent_boots.max(1)),
             templates: Templates::new(&config.data_dir),
             reaper: std::sync::Mutex::new(None),
+            standbys: std::sync::Mutex::new(HashMap::new()),
+            standbys_starting: std::sync::Mutex::new(HashSet::new()),
         });
         let manager = Self { inner };
         manager.recover().await?;
@@ -226,12 +262,24 @@ impl SandboxManager {
             Some(snap) => Some(snap.backend.as_str()),
             None => config.backend.as_deref(),
         })?;
-        let id = SandboxId::new();
-        let name = config.name.clone().unwrap_or_else(|| short_name(id));
         let (kernel, rootfs) = crate::sandbox::resolve_assets(&config, vmm.wants_elf_kernel())?;
         // Before a row, a template or a VM: a template's disk is the base
         // image's size, so the rootfs stands for it.
         crate::sandbox::check_disk_size(&config, &rootfs, from.as_ref().map(|s| s.dir.as_path()))?;
+        // A create from a template takes the standby VMM for it, if one is
+        // waiting; its id (naming its run directory) becomes the sandbox's.
+        let from_template = from.is_none() && self.inner.config.templates && vmm.can_restore();
+        let standby_key =
+            (from_template && self.inner.config.standby && vmm.can_standby()).then(|| StandbyKey {
+                backend: vmm.name(),
+                kernel: kernel.clone(),
+                rootfs: rootfs.clone(),
+                memory_mib: config.memory_mib,
+                vcpus: config.vcpu_count,
+            });
+        let standby = standby_key.as_ref().and_then(|k| self.take_standby(k));
+        let id = standby.as_ref().map_or_else(SandboxId::new, |s| s.id);
+        let name = config.name.clone().unwrap_or_else(|| short_name(id));
         let now = now_ms();
         let record = SandboxRecord {
             id,
@@ -260,13 +308,20 @@ impl SandboxManager {
         // once past it) and the name, and a crash from here on leaves a
         // `creating` row that recovery cleans up.
         let max = self.inner.config.max_sandboxes;
-        self.db(move |s| s.insert(&record, Some(max))).await?;
+        if let Err(e) = self.db(move |s| s.insert(&record, Some(max))).await {
+            if let (Some(key), Some(standby)) = (standby_key, standby) {
+                // Unused: its id has no row. Keep it for the next create.
+                self.put_standby(key, standby);
+            }
+            return Err(e);
+        }
         config.kernel = Some(kernel);
         config.rootfs = Some(rootfs);
+        let standby_config = standby_key.is_some().then(|| config.clone());
         let booted = async {
             let restore_from = match &from {
                 Some(snap) => Some(snap.dir.clone()),
-                None if self.inner.config.templates && vmm.can_restore() => Some(
+                None if from_template => Some(
                     self.inner
                         .templates
                         .ensure(
@@ -287,7 +342,27 @@ impl SandboxManager {
                 .acquire()
                 .await
                 .expect("semaphore never closed");
-            Sandbox::boot(vmm.as_ref(), config, id, name, true, restore_from).await
+            // A standby made for a template since rebuilt is dropped (killed)
+            // here; its id stays the sandbox's.
+            let standby = standby
+                .filter(|s| restore_from.as_ref() == Some(&s.template))
+                .map(|s| s.vm);
+            let sandbox = Sandbox::boot(
+                vmm.as_ref(),
+                config,
+                id,
+                name,
+                true,
+                restore_from.clone(),
+                standby,
+            )
+            .await?;
+            if let (Some(key), Some(config), Some(template)) =
+                (standby_key, standby_config, restore_from)
+            {
+                self.start_standby(key, config, template, vmm.clone());
+            }
+            Ok(sandbox)
         }
         .await;
         let sandbox = match booted {
@@ -318,6 +393,101 @@ impl SandboxManager {
         self.inner.live.write().await.insert(id, Arc::new(sandbox));
         tracing::info!(sandbox = %id, "sandbox created");
         Ok(id)
+    }
+
+    fn take_standby(&self, key: &StandbyKey) -> Option<StandbyVm> {
+        let standby = self
+            .inner
+            .standbys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)?;
+        // One that died (killed by hand, say) is no use: dropped, cleaned up.
+        standby.vm.is_running().then_some(standby)
+    }
+
+    fn put_standby(&self, key: StandbyKey, standby: StandbyVm) {
+        // Replacing one drops (kills) the one replaced.
+        self.inner
+            .standbys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, standby);
+    }
+
+    /// Starts, in the background, the standby VMM for `template` unless one
+    /// is waiting or starting. `config` has its kernel and rootfs resolved.
+    fn start_standby(
+        &self,
+        key: StandbyKey,
+        config: SandboxConfig,
+        template: PathBuf,
+        vmm: Arc<dyn Vmm>,
+    ) {
+        {
+            let waiting = self
+                .inner
+                .standbys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut starting = self
+                .inner
+                .standbys_starting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if waiting.contains_key(&key) || !starting.insert(key.clone()) {
+                return;
+            }
+        }
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            // Not at once: the sandbox just created is about to run its first
+            // command, and a VMM's start-up (~20 ms of a core for QEMU) would
+            // compete with it for the host's CPUs.
+            tokio::time::sleep(STANDBY_START_DELAY).await;
+            let id = SandboxId::new();
+            let started = Sandbox::standby_vm(vmm.as_ref(), &config, id, template.clone()).await;
+            // A manager dropped meanwhile takes no standby: dropping it here
+            // kills it.
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            inner
+                .standbys_starting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            match started {
+                Ok(vm) => {
+                    tracing::debug!(vm = %id, "standby VMM ready");
+                    SandboxManager { inner }.put_standby(key, StandbyVm { id, template, vm });
+                }
+                Err(e) => tracing::warn!("starting a standby VMM: {e}"),
+            }
+        });
+    }
+
+    /// Stops the standby VMMs (see [`ManagerConfig::standby`]); later
+    /// creates start new ones. Dropping the manager does this too.
+    pub fn stop_standbys(&self) {
+        let standbys: Vec<_> = self
+            .inner
+            .standbys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        // Each drop kills its VMM and removes its run directory.
+        drop(standbys);
+    }
+
+    /// How many standby VMMs are waiting.
+    pub fn standby_count(&self) -> usize {
+        self.inner
+            .standbys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Adds a sandbox created elsewhere (with [`Sandbox::create`]) to the
@@ -591,8 +761,10 @@ impl SandboxManager {
         stopped
     }
 
-    /// Destroys every sandbox (pooled ones included).
+    /// Destroys every sandbox (pooled ones included) and stops this
+    /// manager's standby VMMs.
     pub async fn destroy_all(&self) -> Result<(), CoreError> {
+        self.stop_standbys();
         let mut first_err = None;
         for r in self.list().await? {
             if let Err(e) = self.reap(&r, "destroyed (destroy_all)").await {
@@ -648,6 +820,12 @@ impl SandboxManager {
                 }
                 let _ = petty_vmm::remove_run_dir(&dir);
             }
+        }
+        // And VMs that were to die with a process that is gone: a standby
+        // VMM of a manager that was killed, a template being made.
+        let swept = blocking(move || Ok(petty_vmm::sweep_stale_run_dirs(&root))).await?;
+        for dir in swept {
+            tracing::info!(dir = %dir.display(), "removed the run directory of a dead process");
         }
         Ok(())
     }

@@ -92,11 +92,13 @@ impl Sandbox {
     pub async fn create(vmm: &dyn Vmm, config: SandboxConfig) -> Result<Self, CoreError> {
         let id = SandboxId::new();
         let name = config.name.clone().unwrap_or_else(|| id.to_string());
-        Self::boot(vmm, config, id, name, false, None).await
+        Self::boot(vmm, config, id, name, false, None, None).await
     }
 
     /// Boots the VM of sandbox `id`. A persistent sandbox's VM is detached
-    /// from this process (it outlives it) and is not killed on drop.
+    /// from this process (it outlives it) and is not killed on drop. With
+    /// `standby` (a VM started by [`Sandbox::standby_vm`] for this id and
+    /// `restore_from`), the VM is that one, finished rather than started.
     pub(crate) async fn boot(
         vmm: &dyn Vmm,
         mut config: SandboxConfig,
@@ -104,6 +106,7 @@ impl Sandbox {
         name: String,
         persistent: bool,
         restore_from: Option<PathBuf>,
+        standby: Option<Box<dyn petty_vmm::Vm>>,
     ) -> Result<Self, CoreError> {
         config.validate()?;
         let restored = restore_from.is_some();
@@ -113,30 +116,28 @@ impl Sandbox {
         let (kernel, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
         check_disk_size(&config, &rootfs, restore_from.as_deref())?;
         let disk_bytes = config.disk_size_mib.map(|mib| u64::from(mib) << 20);
-        let vm_config = VmConfig {
-            id: id.to_string(),
-            kernel,
-            rootfs,
-            memory_mib: config.memory_mib,
-            vcpus: config.vcpu_count,
-            extra_cmdline: Vec::new(),
-            die_with_parent: config.die_with_parent,
-            memory: match &restore_from {
-                // A snapshot with a RAM file: map it privately, shared with
-                // every other VM restored from it until written.
-                Some(dir) if dir.join(petty_vmm::SNAPSHOT_RAM).exists() => {
-                    petty_vmm::MemoryBacking::File {
-                        path: dir.join(petty_vmm::SNAPSHOT_RAM),
-                        shared: false,
-                    }
+        let standby = match standby {
+            Some(vm) => match vm.finish_standby(config.disk_size_mib).await {
+                Ok(()) => Some(vm),
+                // It died while it waited (killed by hand, say), or is dying:
+                // dropping it kills it and removes its run directory, and a
+                // VMM is started instead. A cause that is not the standby's
+                // (a bad snapshot) fails that start too, and is reported.
+                Err(e) => {
+                    tracing::debug!(sandbox = %id, "standby VMM unusable ({e}); starting one");
+                    drop(vm);
+                    None
                 }
-                _ => petty_vmm::MemoryBacking::Anonymous,
             },
-            restore_from,
-            start_paused: false,
-            disk_size_mib: config.disk_size_mib,
+            None => None,
         };
-        let vm = vmm.start(&vm_config).await?;
+        let vm = match standby {
+            Some(vm) => vm,
+            None => {
+                let vm_config = vm_config(&config, id, kernel, rootfs, restore_from);
+                vmm.start(&vm_config).await?
+            }
+        };
         // Any early return below drops `vm`, which kills it and removes its files.
         // A restored guest is a copy of another guest's memory: it gets its
         // own randomness, the current time and its own name, and grows its
@@ -429,6 +430,10 @@ impl Sandbox {
             state: self.state().to_string(),
             hint: "it has no VM".into(),
         })?;
+        // Only a speed-up for the snapshot's restores: not worth failing for.
+        if let Err(e) = self.agent.before_snapshot().await {
+            tracing::debug!(sandbox = %self.id, "before_snapshot: {e}");
+        }
         Ok(vm.snapshot(dir, true).await?)
     }
 
@@ -498,6 +503,60 @@ impl Drop for Sandbox {
             }
         }
         // Otherwise dropping the VM kills it and removes its files.
+    }
+}
+
+/// The VM of sandbox `id`, booted or restored from `restore_from`.
+fn vm_config(
+    config: &SandboxConfig,
+    id: SandboxId,
+    kernel: PathBuf,
+    rootfs: PathBuf,
+    restore_from: Option<PathBuf>,
+) -> VmConfig {
+    VmConfig {
+        id: id.to_string(),
+        kernel,
+        rootfs,
+        memory_mib: config.memory_mib,
+        vcpus: config.vcpu_count,
+        extra_cmdline: Vec::new(),
+        die_with_parent: config.die_with_parent,
+        memory: match &restore_from {
+            // A snapshot with a RAM file: map it privately, shared with
+            // every other VM restored from it until written.
+            Some(dir) if dir.join(petty_vmm::SNAPSHOT_RAM).exists() => {
+                petty_vmm::MemoryBacking::File {
+                    path: dir.join(petty_vmm::SNAPSHOT_RAM),
+                    shared: false,
+                }
+            }
+            _ => petty_vmm::MemoryBacking::Anonymous,
+        },
+        restore_from,
+        start_paused: false,
+        disk_size_mib: config.disk_size_mib,
+        standby: false,
+    }
+}
+
+impl Sandbox {
+    /// Starts, ahead of need, the VMM of a persistent sandbox `id` to be
+    /// restored from `snapshot` with `config`'s kernel, rootfs, memory and
+    /// vCPUs (resolved already): see [`petty_vmm::VmConfig::standby`].
+    /// [`Sandbox::boot`] finishes it.
+    pub(crate) async fn standby_vm(
+        vmm: &dyn Vmm,
+        config: &SandboxConfig,
+        id: SandboxId,
+        snapshot: PathBuf,
+    ) -> Result<Box<dyn petty_vmm::Vm>, CoreError> {
+        let (kernel, rootfs) = resolve_assets(config, vmm.wants_elf_kernel())?;
+        let mut vm_config = vm_config(config, id, kernel, rootfs, Some(snapshot));
+        vm_config.die_with_parent = false;
+        vm_config.disk_size_mib = None;
+        vm_config.standby = true;
+        Ok(vmm.start(&vm_config).await?)
     }
 }
 

@@ -177,6 +177,8 @@ async fn build(
     // the template do not read them from disk again.
     let warm_up = petty_protocol::ExecRequest::shell("true; python3 -c pass 2>/dev/null; true");
     agent.exec_collect(warm_up, None, 1 << 16).await?;
+    // Its restores warm their exec path the moment they run.
+    agent.before_snapshot().await?;
     vm.snapshot(tmp, false).await?;
     vm.stop().await?;
     Ok(())
@@ -247,6 +249,7 @@ fn shared_ram_vm(
         },
         start_paused: false,
         disk_size_mib: None,
+        standby: false,
     }
 }
 

@@ -35,7 +35,7 @@ pub use message::{
 
 /// Version of this protocol; the agent reports it in [`Pong`] and the host
 /// refuses an agent that speaks another.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port the agent listens on under Firecracker.
 pub const VSOCK_PORT: u32 = 52;

@@ -147,6 +147,12 @@ pub enum Request {
         #[serde(default)]
         disk_bytes: Option<u64>,
     },
+    /// The host is about to snapshot this guest. A restored copy finds its
+    /// host gone the moment it runs (the channel it was saved on is not
+    /// there); the agent then warms its exec path at once, rather than when
+    /// the [`Request::Refresh`] arrives, so the first command after a
+    /// restore finds more of it ready. Answered with [`Response::Ok`].
+    BeforeSnapshot,
     /// Flush disks and power the guest off.
     Shutdown,
 }
@@ -277,6 +283,7 @@ mod tests {
             Request::SetTime {
                 unix_nanos: 1 << 62,
             },
+            Request::BeforeSnapshot,
         ];
         for r in reqs {
             let json = serde_json::to_string(&r).unwrap();

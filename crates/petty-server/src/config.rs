@@ -178,6 +178,10 @@ pub struct BackendSection {
     pub run_dir: Option<PathBuf>,
     /// Create sandboxes by restoring a template snapshot (default true).
     pub templates: bool,
+    /// Keep one VMM started ahead of need for each template in use, so a
+    /// create from a template does not wait for the VMM to start (default
+    /// true; QEMU only).
+    pub standby: bool,
 }
 
 impl Default for BackendSection {
@@ -191,6 +195,7 @@ impl Default for BackendSection {
             data_dir: None,
             run_dir: None,
             templates: true,
+            standby: true,
         }
     }
 }
@@ -246,6 +251,7 @@ pub const KEYS: &[&str] = &[
     "backend.data_dir",
     "backend.run_dir",
     "backend.templates",
+    "backend.standby",
 ];
 
 /// Why a configuration was refused.

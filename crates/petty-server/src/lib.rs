@@ -55,6 +55,7 @@ pub async fn build_service(config: &Config, with_pool: bool) -> anyhow::Result<(
             .default_idle_timeout_secs
             .map(Duration::from_secs),
         templates: config.backend.templates,
+        standby: config.backend.standby,
         ..ManagerConfig::default()
     };
     if let Some(d) = &config.backend.data_dir {
@@ -243,6 +244,7 @@ async fn shutdown(service: &Service, on_shutdown: OnShutdown) {
         }
     }
     let manager = service.manager();
+    service.manager().stop_standbys();
     match on_shutdown {
         OnShutdown::Keep => {
             let n = manager.count().await.unwrap_or(0);

@@ -51,10 +51,19 @@ impl VmmProcess {
         // Who made this directory, for the sweep, should we die before
         // recording the VMM's pid.
         fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).map_err(prepare)?;
-        if !config.die_with_parent {
-            fs::write(dir.join(DETACHED_MARKER), b"").map_err(prepare)?;
+        if !config.die_with_parent && !config.standby {
+            me.mark_detached()?;
         }
         Ok(me)
+    }
+
+    /// Marks the run directory as belonging to the sandbox store (its VM
+    /// outlives this process).
+    pub fn mark_detached(&self) -> Result<(), VmmError> {
+        fs::write(self.dir.join(DETACHED_MARKER), b"").map_err(|source| VmmError::Prepare {
+            dir: self.dir.clone(),
+            source,
+        })
     }
 
     /// A VMM another process started, already checked to be alive.
@@ -208,6 +217,7 @@ mod tests {
             memory: Default::default(),
             start_paused: false,
             disk_size_mib: None,
+            standby: false,
         }
     }
 

@@ -33,6 +33,10 @@ const OVERLAY: &str = "overlay.qcow2";
 const EMPTY_OVERLAY: &str = "empty-overlay.qcow2";
 const STDERR_LOG: &str = "qemu.stderr";
 
+/// The descriptor a restoring QEMU reads its snapshot's state from
+/// (inherited, `fd:3`): no `exec:cat` child on the restore path.
+const STATE_FD: i32 = 3;
+
 /// How long QEMU may take to open its sockets.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -240,6 +244,10 @@ impl Vmm for QemuVmm {
         self.find_binary().map(|_| ())
     }
 
+    fn can_standby(&self) -> bool {
+        true
+    }
+
     fn attach(&self, id: &str, pid: u32) -> Result<Box<dyn Vm>, VmmError> {
         let dir = self.root.join(id);
         if !vmm_alive(pid, &dir) {
@@ -248,6 +256,7 @@ impl Vmm for QemuVmm {
         Ok(Box::new(QemuVm {
             proc: VmmProcess::attached(id, dir, pid),
             shared_ram: false,
+            standby: std::sync::Mutex::new(None),
         }))
     }
 
@@ -289,11 +298,19 @@ impl QemuVmm {
                 }
             }
         }
+        if config.standby && (config.restore_from.is_none() || config.start_paused) {
+            return Err(VmmError::Snapshot {
+                op: "starting a standby VM",
+                dir: self.root.join(&config.id),
+                message: "a standby VM is a restore that runs once finished".into(),
+            });
+        }
         check_disk_size(config.disk_size_mib, &backing)?;
         // From here on, dropping `vm` removes the directory and kills QEMU.
         let vm = QemuVm {
             proc: VmmProcess::prepare(&self.root, config)?,
             shared_ram: matches!(config.memory, MemoryBacking::File { shared: true, .. }),
+            standby: std::sync::Mutex::new(None),
         };
         let dir = vm.proc.dir.clone();
         let overlay = dir.join(OVERLAY);
@@ -358,13 +375,28 @@ impl QemuVmm {
         let stderr = fs::File::create(dir.join(STDERR_LOG)).map_err(prepare)?;
         let mut cmd = std::process::Command::new(binary);
         cmd.args(self.args(config, &dir, overlay));
-        if config.restore_from.is_some() {
-            cmd.args(["-incoming", "defer"]);
-        }
+        // A restore reads its state from a descriptor QEMU inherits, opened
+        // here so a missing or unreadable file fails before QEMU starts.
+        let state = match &config.restore_from {
+            Some(snap) => {
+                cmd.args(["-incoming", "defer"]);
+                let state =
+                    fs::File::open(snap.join(SNAPSHOT_STATE)).map_err(|e| VmmError::Snapshot {
+                        op: "restoring",
+                        dir: snap.clone(),
+                        message: format!("opening {SNAPSHOT_STATE}: {e}"),
+                    })?;
+                inherit_as(&mut cmd, &state, STATE_FD);
+                Some(state)
+            }
+            None => None,
+        };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        vm.proc.spawn(cmd, config.die_with_parent, &self.binary)?;
+        vm.proc
+            .spawn(cmd, config.die_with_parent && !config.standby, &self.binary)?;
+        drop(state);
 
         // QEMU opens both sockets before the guest runs its first instruction.
         let deadline = Instant::now() + START_TIMEOUT;
@@ -392,14 +424,56 @@ impl QemuVmm {
         }
         tracing::debug!(vm = %config.id, pid = vm.proc.pid, "QEMU sockets ready");
         if let Some(snap) = &config.restore_from {
-            vm.load_state(snap, config.start_paused).await?;
-            tracing::debug!(vm = %config.id, "snapshot state loaded");
-            if let Some(mib) = config.disk_size_mib {
-                vm.grow_disk(backing, u64::from(mib) << 20).await?;
+            // Negotiated now, so a standby's finish is one command and a wait.
+            let mut qmp = vm.qmp().await?;
+            set_ignore_shared(&mut qmp, snap.join(SNAPSHOT_RAM).exists()).await?;
+            let pending = PendingRestore {
+                snap: snap.clone(),
+                backing: backing.to_path_buf(),
+                qmp,
+            };
+            if config.standby {
+                *vm.standby.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending);
+                tracing::debug!(vm = %config.id, "standby VMM waiting for its state");
+                return Ok(vm);
             }
+            vm.finish_restore(pending, config.start_paused, config.disk_size_mib)
+                .await?;
         }
         Ok(vm)
     }
+}
+
+/// Lets the child of `cmd` inherit `file` as descriptor `fd`.
+fn inherit_as(cmd: &mut std::process::Command, file: &fs::File, fd: i32) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let src = file.as_raw_fd();
+    // SAFETY: dup2 and fcntl are async-signal-safe; `file` outlives the
+    // spawn (the caller drops it after `spawn` returns).
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let rc = if src == fd {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(src, fd)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A restore whose QEMU runs (`-incoming defer`, capabilities set) and
+/// waits for its state.
+struct PendingRestore {
+    snap: PathBuf,
+    /// What the VM's overlay was made on, for growing the disk.
+    backing: PathBuf,
+    qmp: Qmp,
 }
 
 /// `exec:` migration URI that runs `cmd` on a single-quoted path.
@@ -453,6 +527,8 @@ pub struct QemuVm {
     proc: VmmProcess,
     /// Guest RAM is a file mapped shared (a template being made).
     shared_ram: bool,
+    /// A standby VM's restore, until it is finished.
+    standby: std::sync::Mutex<Option<PendingRestore>>,
 }
 
 impl QemuVm {
@@ -473,20 +549,48 @@ impl QemuVm {
         tail(&self.proc.dir.join(STDERR_LOG), 1024)
     }
 
-    /// Loads a snapshot's state into this (`-incoming defer`) QEMU and lets
-    /// the guest run.
-    async fn load_state(&self, snap: &Path, stay_paused: bool) -> Result<(), VmmError> {
+    /// Loads the pending restore's state, lets the guest run (unless
+    /// `stay_paused`) and grows its disk to `disk_size_mib`.
+    async fn finish_restore(
+        &self,
+        pending: PendingRestore,
+        stay_paused: bool,
+        disk_size_mib: Option<u32>,
+    ) -> Result<(), VmmError> {
+        let PendingRestore {
+            snap,
+            backing,
+            mut qmp,
+        } = pending;
+        self.load_state(&mut qmp, &snap, stay_paused).await?;
+        tracing::debug!(vm = %self.proc.id, "snapshot state loaded");
+        if let Some(mib) = disk_size_mib {
+            self.grow_disk(&mut qmp, &backing, u64::from(mib) << 20)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Loads a snapshot's state (from the descriptor QEMU inherited) into
+    /// this `-incoming defer` QEMU and lets the guest run.
+    async fn load_state(
+        &self,
+        qmp: &mut Qmp,
+        snap: &Path,
+        stay_paused: bool,
+    ) -> Result<(), VmmError> {
         let fail = |message: String| VmmError::Snapshot {
             op: "restoring",
             dir: snap.to_path_buf(),
             message,
         };
-        let mut qmp = self.qmp().await?;
-        set_ignore_shared(&mut qmp, snap.join(SNAPSHOT_RAM).exists()).await?;
-        let uri = exec_uri("cat", &snap.join(SNAPSHOT_STATE));
+        let uri = format!("fd:{STATE_FD}");
         qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| match self.is_running() {
+                true => fail(e.to_string()),
+                false => fail(format!("QEMU exited: {}", self.stderr_tail())),
+            })?;
         // The incoming side reports through its run state: `inmigrate` until
         // loaded, then running (QEMU starts the guest by itself).
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -515,7 +619,7 @@ impl QemuVm {
             if Instant::now() >= deadline {
                 return Err(fail("loading took more than 60 s".into()));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -523,7 +627,7 @@ impl QemuVm {
     /// `backing` (what its overlay was made on) is that large already. QEMU
     /// raises a config-change interrupt and the guest kernel reads the new
     /// size; the agent then grows the file system.
-    async fn grow_disk(&self, backing: &Path, bytes: u64) -> Result<(), VmmError> {
+    async fn grow_disk(&self, qmp: &mut Qmp, backing: &Path, bytes: u64) -> Result<(), VmmError> {
         let current = disk_image_size(backing).map_err(|source| VmmError::DiskImage {
             path: backing.to_path_buf(),
             source,
@@ -531,13 +635,11 @@ impl QemuVm {
         if bytes <= current {
             return Ok(());
         }
-        self.qmp()
-            .await?
-            .execute(
-                "block_resize",
-                Some(serde_json::json!({ "device": "root", "size": bytes })),
-            )
-            .await?;
+        qmp.execute(
+            "block_resize",
+            Some(serde_json::json!({ "device": "root", "size": bytes })),
+        )
+        .await?;
         tracing::debug!(vm = %self.proc.id, bytes, "root disk grown");
         Ok(())
     }
@@ -624,6 +726,33 @@ impl Vm for QemuVm {
         resume: bool,
     ) -> BoxFuture<'a, Result<SnapshotFiles, VmmError>> {
         Box::pin(self.save_snapshot(dir, resume))
+    }
+
+    fn finish_standby(&self, disk_size_mib: Option<u32>) -> BoxFuture<'_, Result<(), VmmError>> {
+        Box::pin(async move {
+            let pending = self
+                .standby
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let Some(pending) = pending else {
+                return Err(VmmError::Snapshot {
+                    op: "finishing a standby VM",
+                    dir: self.proc.dir.clone(),
+                    message: "this VM is not a standby waiting for its state".into(),
+                });
+            };
+            if !self.is_running() {
+                return Err(VmmError::Snapshot {
+                    op: "finishing a standby VM",
+                    dir: pending.snap,
+                    message: format!("its QEMU exited: {}", self.stderr_tail()),
+                });
+            }
+            check_disk_size(disk_size_mib, &pending.backing)?;
+            self.finish_restore(pending, false, disk_size_mib).await?;
+            self.proc.mark_detached()
+        })
     }
 
     fn pause(&self) -> BoxFuture<'_, Result<(), VmmError>> {

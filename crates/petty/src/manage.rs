@@ -15,10 +15,16 @@ use tokio::io::AsyncWriteExt;
 
 use crate::cli::{ensure_assets, ExecOpts};
 
-/// Opens the manager on the default data and run directories.
+/// Opens the manager on the default data and run directories. No standby
+/// VMMs: a CLI command ends right after its create, and one would die
+/// unused with it.
 pub async fn manager() -> anyhow::Result<SandboxManager> {
     let (vmm, _) = choose_backend(None, runtime_root())?;
-    Ok(SandboxManager::new(ManagerConfig::default(), Arc::from(vmm)).await?)
+    let config = ManagerConfig {
+        standby: false,
+        ..ManagerConfig::default()
+    };
+    Ok(SandboxManager::new(config, Arc::from(vmm)).await?)
 }
 
 /// Arguments of `petty create`.

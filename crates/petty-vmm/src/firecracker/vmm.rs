@@ -697,7 +697,17 @@ impl Vmm for FirecrackerVmm {
     }
 
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<Box<dyn Vm>, VmmError>> {
-        Box::pin(async move { Ok(Box::new(self.start_vm(config).await?) as Box<dyn Vm>) })
+        Box::pin(async move {
+            if config.standby {
+                // `can_standby` is false: callers do not ask.
+                return Err(VmmError::Snapshot {
+                    op: "starting a standby VM",
+                    dir: self.root.join(&config.id),
+                    message: "the Firecracker backend keeps no standby VMMs".into(),
+                });
+            }
+            Ok(Box::new(self.start_vm(config).await?) as Box<dyn Vm>)
+        })
     }
 
     fn attach(&self, id: &str, pid: u32) -> Result<Box<dyn Vm>, VmmError> {

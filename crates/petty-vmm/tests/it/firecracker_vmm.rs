@@ -98,6 +98,7 @@ impl World {
             memory: Default::default(),
             start_paused: false,
             disk_size_mib: None,
+            standby: false,
         }
     }
 

@@ -13,6 +13,7 @@ mod manager;
 mod sandbox;
 mod serve;
 mod snapshots;
+mod standby;
 mod teardown;
 
 use std::path::{Path, PathBuf};
@@ -94,11 +95,15 @@ impl Env {
         Self::default()
     }
 
-    /// A manager configuration on this world's data directory.
+    /// A manager configuration on this world's data directory. Without
+    /// standby VMMs: they live as long as their manager, and most tests
+    /// check that nothing is left while theirs still lives (`standby.rs`
+    /// tests them; the daemon's tests run with them, its default).
     pub fn config(&self) -> petty_core::ManagerConfig {
         petty_core::ManagerConfig {
             data_dir: self.data.path().to_path_buf(),
             reap_interval: std::time::Duration::from_millis(200),
+            standby: false,
             ..petty_core::ManagerConfig::default()
         }
     }

@@ -248,6 +248,7 @@ async fn a_disk_smaller_than_the_image_is_refused_and_leaves_nothing() {
         memory: Default::default(),
         start_paused: false,
         disk_size_mib: Some(base - 1),
+        standby: false,
     };
     let err = vmm.start(&config).await.err().expect("refused");
     assert!(

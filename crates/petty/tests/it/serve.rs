@@ -971,3 +971,38 @@ async fn sigterm_keeps_or_destroys_sandboxes_as_configured() {
     let out = env.ok(&["ls", "--all"]);
     assert!(!out.contains("survivor"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemons_standby_vmm_is_swept_by_the_next_petty() {
+    let env = Env::new();
+    let mut d = Daemon::start(&env, &["--pool-size", "0"]);
+    d.ok("POST", "/v1/sandboxes", Some(json!({"name": "kept"})))
+        .await;
+    // The daemon starts a standby VMM for the template shortly after.
+    let root = env.root.path().display().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while crate::processes_mentioning(&root).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no standby VMM started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL: no shutdown runs. The sandbox (detached) lives on; the
+    // standby outlives the daemon only until any petty looks.
+    d.signal(libc::SIGKILL);
+    d.wait();
+    drop(d);
+    assert_eq!(crate::processes_mentioning(&root).len(), 2);
+    let out = env.ok(&["ls"]);
+    assert!(out.contains("kept"), "{out}");
+    assert_eq!(
+        crate::processes_mentioning(&root).len(),
+        1,
+        "the standby VMM was not swept"
+    );
+    assert_eq!(crate::leftovers(env.root.path()).len(), 1);
+    assert_eq!(env.ok(&["exec", "kept", "--", "echo", "hi"]), "hi\n");
+    env.ok(&["rm", "-f", "kept"]);
+    env.assert_clean();
+}

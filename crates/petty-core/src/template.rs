@@ -63,6 +63,7 @@ impl Templates {
 
     fn key(
         backend: &str,
+        binary: Option<&Path>,
         kernel: &Path,
         rootfs: &Path,
         memory_mib: u32,
@@ -73,11 +74,17 @@ impl Templates {
             TEMPLATE_VERSION,
             petty_protocol::PROTOCOL_VERSION
         );
+        // Another VMM build (an upgraded QEMU) may not load this one's state.
+        let binary = match binary {
+            Some(b) => file_identity(b)?,
+            None => Vec::new(),
+        };
         Ok(format!(
             "{:016x}",
             fnv1a(&[
                 &file_identity(kernel)?,
                 &file_identity(rootfs)?,
+                &binary,
                 versions.as_bytes()
             ])
         ))
@@ -93,7 +100,15 @@ impl Templates {
         vcpus: u32,
         connect_timeout: Duration,
     ) -> Result<PathBuf, CoreError> {
-        let key = Self::key(vmm.name(), kernel, rootfs, memory_mib, vcpus)?;
+        let binary = vmm.binary_path();
+        let key = Self::key(
+            vmm.name(),
+            binary.as_deref(),
+            kernel,
+            rootfs,
+            memory_mib,
+            vcpus,
+        )?;
         let dir = self.dir.join(&key);
         if dir.join(SNAPSHOT_STATE).is_file() {
             return Ok(dir);
@@ -275,16 +290,27 @@ mod tests {
     #[test]
     fn key_changes_with_every_input() {
         let dir = tempfile::tempdir().unwrap();
-        let (k, r) = (dir.path().join("k"), dir.path().join("r"));
+        let (k, r, q) = (
+            dir.path().join("k"),
+            dir.path().join("r"),
+            dir.path().join("qemu"),
+        );
         std::fs::write(&k, b"kernel").unwrap();
         std::fs::write(&r, b"rootfs").unwrap();
-        let key = |b, m, v| Templates::key(b, &k, &r, m, v).unwrap();
+        std::fs::write(&q, b"qemu 7.2").unwrap();
+        let key = |b, m, v| Templates::key(b, Some(&q), &k, &r, m, v).unwrap();
         let base = key("qemu", 256, 2);
         assert_eq!(base, key("qemu", 256, 2));
         assert_ne!(base, key("qemu", 512, 2));
         assert_ne!(base, key("qemu", 256, 1));
         assert_ne!(base, key("firecracker", 256, 2));
+        let no_binary = Templates::key("qemu", None, &k, &r, 256, 2).unwrap();
+        assert_ne!(base, no_binary);
         std::fs::write(&r, b"rootfs, rebuilt").unwrap();
-        assert_ne!(base, key("qemu", 256, 2));
+        let rebuilt = key("qemu", 256, 2);
+        assert_ne!(base, rebuilt);
+        // An upgraded VMM binary (another size or mtime) is a new template.
+        std::fs::write(&q, b"qemu 10.0, upgraded").unwrap();
+        assert_ne!(rebuilt, key("qemu", 256, 2));
     }
 }

@@ -187,6 +187,13 @@ pub trait Vmm: Send + Sync {
         false
     }
 
+    /// The VMM binary this backend runs, when it can be found: a snapshot's
+    /// state is only good for the VMM build that wrote it, so template keys
+    /// include the binary's identity.
+    fn binary_path(&self) -> Option<PathBuf> {
+        None
+    }
+
     /// True when this backend can start a restore's VMM ahead of need
     /// ([`VmConfig::standby`]), so that a later restore skips the VMM's own
     /// start-up (for QEMU, mostly its dynamic loader: ~15 ms).

@@ -248,6 +248,10 @@ impl Vmm for QemuVmm {
         true
     }
 
+    fn binary_path(&self) -> Option<PathBuf> {
+        self.find_binary().ok()
+    }
+
     fn attach(&self, id: &str, pid: u32) -> Result<Box<dyn Vm>, VmmError> {
         let dir = self.root.join(id);
         if !vmm_alive(pid, &dir) {

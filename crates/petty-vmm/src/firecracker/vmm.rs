@@ -687,6 +687,10 @@ impl Vmm for FirecrackerVmm {
         true
     }
 
+    fn binary_path(&self) -> Option<PathBuf> {
+        find_on_path(&self.binary)
+    }
+
     fn check(&self) -> Result<(), VmmError> {
         self.availability()
             .map(|_| ())

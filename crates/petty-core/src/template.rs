@@ -63,6 +63,7 @@ impl Templates {
 
     fn key(
         backend: &str,
+        profile: &str,
         binary: Option<&Path>,
         kernel: &Path,
         rootfs: &Path,
@@ -70,7 +71,7 @@ impl Templates {
         vcpus: u32,
     ) -> Result<String, CoreError> {
         let versions = format!(
-            "{}:{}:{backend}:{memory_mib}:{vcpus}",
+            "{}:{}:{backend}:{profile}:{memory_mib}:{vcpus}",
             TEMPLATE_VERSION,
             petty_protocol::PROTOCOL_VERSION
         );
@@ -103,6 +104,7 @@ impl Templates {
         let binary = vmm.binary_path();
         let key = Self::key(
             vmm.name(),
+            &vmm.guest_profile(),
             binary.as_deref(),
             kernel,
             rootfs,
@@ -298,14 +300,17 @@ mod tests {
         std::fs::write(&k, b"kernel").unwrap();
         std::fs::write(&r, b"rootfs").unwrap();
         std::fs::write(&q, b"qemu 7.2").unwrap();
-        let key = |b, m, v| Templates::key(b, Some(&q), &k, &r, m, v).unwrap();
+        let key = |b, m, v| Templates::key(b, "tcg:aslr=false", Some(&q), &k, &r, m, v).unwrap();
         let base = key("qemu", 256, 2);
         assert_eq!(base, key("qemu", 256, 2));
         assert_ne!(base, key("qemu", 512, 2));
         assert_ne!(base, key("qemu", 256, 1));
         assert_ne!(base, key("firecracker", 256, 2));
-        let no_binary = Templates::key("qemu", None, &k, &r, 256, 2).unwrap();
+        let no_binary = Templates::key("qemu", "tcg:aslr=false", None, &k, &r, 256, 2).unwrap();
         assert_ne!(base, no_binary);
+        // Another accelerator or boot option (ASLR) is another guest.
+        let with_aslr = Templates::key("qemu", "tcg:aslr=true", Some(&q), &k, &r, 256, 2).unwrap();
+        assert_ne!(base, with_aslr);
         std::fs::write(&r, b"rootfs, rebuilt").unwrap();
         let rebuilt = key("qemu", 256, 2);
         assert_ne!(base, rebuilt);

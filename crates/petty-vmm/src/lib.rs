@@ -194,6 +194,13 @@ pub trait Vmm: Send + Sync {
         None
     }
 
+    /// What else shapes a guest this backend boots (its accelerator, boot
+    /// options such as ASLR), beyond the kernel, rootfs and binary: a
+    /// template saved under another profile is not reused.
+    fn guest_profile(&self) -> String {
+        String::new()
+    }
+
     /// True when this backend can start a restore's VMM ahead of need
     /// ([`VmConfig::standby`]), so that a later restore skips the VMM's own
     /// start-up (for QEMU, mostly its dynamic loader: ~15 ms).

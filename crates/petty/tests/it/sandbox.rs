@@ -259,3 +259,36 @@ async fn a_disk_smaller_than_the_image_is_refused_and_leaves_nothing() {
     assert!(leftovers(root.path()).is_empty());
     assert!(processes_mentioning(&root.path().display().to_string()).is_empty());
 }
+
+/// Under TCG guest processes load at fixed addresses (QEMU 7.2 reuses code
+/// it translated only at the same virtual address, so each exec would
+/// translate its program and libc afresh); asked for, ASLR is back. Each
+/// `grep` reads its own mappings: the same libc base twice, or two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_aslr_is_off_under_tcg_and_on_when_asked_for() {
+    let root = run_root();
+    let base = "grep -m1 'libc.so' /proc/self/maps | cut -d- -f1";
+    let probe = format!("cat /proc/sys/kernel/randomize_va_space; {base}; {base}");
+    let default = vmm(root.path());
+    if std::env::var_os("PETTY_GUEST_ASLR").is_none() {
+        let kvm = default.accel().accel == petty_vmm::Accel::Kvm;
+        assert_eq!(
+            default.guest_aslr(),
+            kvm,
+            "the default is ASLR under KVM only"
+        );
+    }
+    let default_aslr = default.guest_aslr();
+    let asked = vmm(root.path()).with_guest_aslr(true);
+    for (vmm, aslr) in [(default, default_aslr), (asked, true)] {
+        let config = SandboxConfig::builder().build().unwrap();
+        let sb = Sandbox::create(&vmm, config).await.expect("sandbox boots");
+        let out = sb.execute(&probe).await.unwrap().stdout;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines[0], if aslr { "2" } else { "0" }, "{out}");
+        assert_eq!(lines[1] == lines[2], !aslr, "libc bases: {out}");
+        sb.destroy().await.unwrap();
+    }
+    assert!(leftovers(root.path()).is_empty());
+}

@@ -241,6 +241,22 @@ async fn scratch_manager(
     Ok((petty_core::SandboxManager::new(config, vmm).await?, scratch))
 }
 
+/// A manager beside [`scratch_manager`]'s, under `scratch`, that makes no
+/// templates: each of its creates boots a VM.
+async fn booting_manager(
+    scratch: &std::path::Path,
+    max_sandboxes: usize,
+) -> anyhow::Result<petty_core::SandboxManager> {
+    let config = petty_core::ManagerConfig {
+        data_dir: scratch.join("data-cold"),
+        templates: false,
+        max_sandboxes,
+        ..petty_core::ManagerConfig::default()
+    };
+    let vmm = QemuVmm::new(AccelChoice::detect(), scratch.join("run"));
+    Ok(petty_core::SandboxManager::new(config, std::sync::Arc::new(vmm)).await?)
+}
+
 /// Waits (at most 120 s) until the pool holds a warm sandbox.
 async fn wait_for_warm(pool: &petty_core::SandboxPool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -259,13 +275,15 @@ pub async fn pool(runs: usize) -> anyhow::Result<ExitCode> {
         bail!("--runs must be at least 1");
     }
     ensure_assets(true).await?;
-    let (manager, _scratch) = scratch_manager(runs + 8).await?;
+    let (manager, scratch) = scratch_manager(runs + 8).await?;
+    // Cold: a create that boots (no template), as before the pool existed.
+    let cold_manager = booting_manager(scratch.path(), runs + 8).await?;
     let mut cold = Vec::new();
     for i in 0..runs {
         let t = Instant::now();
-        let id = manager.create_default().await?;
+        let id = cold_manager.create_default().await?;
         cold.push(t.elapsed());
-        manager.destroy(&id.to_string()).await?;
+        cold_manager.destroy(&id.to_string()).await?;
         eprint!("\rcold create: {}/{runs}", i + 1);
     }
     eprintln!();
@@ -439,19 +457,7 @@ pub async fn snapshot(runs: usize, forks: usize) -> anyhow::Result<ExitCode> {
     }
     ensure_assets(true).await?;
     let (manager, scratch) = scratch_manager(2 * forks + 8).await?;
-    let cold_manager = petty_core::SandboxManager::new(
-        petty_core::ManagerConfig {
-            data_dir: scratch.path().join("data-cold"),
-            templates: false,
-            max_sandboxes: 2 * forks + 8,
-            ..petty_core::ManagerConfig::default()
-        },
-        std::sync::Arc::new(QemuVmm::new(
-            AccelChoice::detect(),
-            scratch.path().join("run"),
-        )),
-    )
-    .await?;
+    let cold_manager = booting_manager(scratch.path(), 2 * forks + 8).await?;
     // The first create makes the template; it is not one of the measured
     // runs. After it the manager keeps a standby VMM for the template.
     let first = manager.create_default().await?;

@@ -382,8 +382,9 @@ fn handle_request(
 /// guest itself once it resumes, where it costs one spawn.
 const WAKE_TIMER: Duration = Duration::from_millis(5);
 
-/// Set by [`Request::BeforeSnapshot`]: the next time the host is found gone,
-/// this may be a restored copy waking up.
+/// Set by [`Request::BeforeSnapshot`]: the next [`warm_if_restored`] (its
+/// timer, a host seen gone or a new host's hello) may be a restored copy
+/// waking up.
 static WARM_AT_WAKE: AtomicBool = AtomicBool::new(false);
 /// Set when [`warm_if_restored`] warmed the exec path, so the refresh that
 /// follows a restore does not do it again.

@@ -42,6 +42,13 @@ pub struct SandboxConfig {
     /// VMM backend: `qemu` or `firecracker` (`auto` or `None`: the
     /// manager's default). Restores always use their snapshot's.
     pub backend: Option<String>,
+    /// Who asked for it, as `petty ls` and the REST view show it (`cli`,
+    /// `rest`, `mcp-stdio`, `mcp-http:<session>`); none when `None`.
+    pub owner: Option<String>,
+    /// The sandbox goes when the process that made it ends, however it
+    /// ends (an MCP session's sandboxes): if that process could not remove
+    /// it, the next Petty process's recovery does.
+    pub bound_to_owner: bool,
 }
 
 impl Default for SandboxConfig {
@@ -60,6 +67,8 @@ impl Default for SandboxConfig {
             idle_timeout: None,
             disk_size_mib: None,
             backend: None,
+            owner: None,
+            bound_to_owner: false,
         }
     }
 }
@@ -234,6 +243,19 @@ impl SandboxConfigBuilder {
     /// VMM backend for this sandbox (`qemu`, `firecracker` or `auto`).
     pub fn backend(mut self, name: impl Into<String>) -> Self {
         self.0.backend = Some(name.into());
+        self
+    }
+
+    /// Who asks for the sandbox (see [`SandboxConfig::owner`]).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.0.owner = Some(owner.into());
+        self
+    }
+
+    /// Whether the sandbox goes with the process that makes it (see
+    /// [`SandboxConfig::bound_to_owner`]).
+    pub fn bound_to_owner(mut self, yes: bool) -> Self {
+        self.0.bound_to_owner = yes;
         self
     }
 

@@ -47,6 +47,17 @@ pub enum CoreError {
         /// What to do instead.
         hint: String,
     },
+    /// The sandbox's VM ended on its own (its VMM exited, its guest halted
+    /// or powered off) while this call was in flight or before it.
+    #[error(
+        "sandbox {id} has failed: {cause}; remove it with `petty rm {id}` and create a new one"
+    )]
+    Died {
+        /// The sandbox.
+        id: String,
+        /// What ended it, as the VMM's signals told.
+        cause: String,
+    },
     /// The sandbox limit is reached; answered at once, never queued.
     #[error("at capacity: {max} sandboxes already exist (max_sandboxes); destroy one or raise the limit")]
     Capacity {

@@ -303,6 +303,8 @@ impl SandboxManager {
             reason: None,
             from_snapshot: from.as_ref().map(|s| s.name.clone()),
             disk_size_mib: config.disk_size_mib,
+            owner: config.owner.clone().unwrap_or_default(),
+            bound_to_owner: config.bound_to_owner,
         };
         // The row comes first: it takes a slot under the limit (refused at
         // once past it) and the name, and a crash from here on leaves a
@@ -390,7 +392,7 @@ impl SandboxManager {
             let _ = sandbox.stop_vm(false).await;
             return Err(e);
         }
-        self.inner.live.write().await.insert(id, Arc::new(sandbox));
+        self.hold(Arc::new(sandbox)).await;
         tracing::info!(sandbox = %id, "sandbox created");
         Ok(id)
     }
@@ -522,13 +524,61 @@ impl SandboxManager {
             reason: None,
             from_snapshot: None,
             disk_size_mib: cfg.disk_size_mib,
+            owner: cfg.owner.clone().unwrap_or_default(),
+            bound_to_owner: cfg.bound_to_owner,
         };
         let max = self.inner.config.max_sandboxes;
         if let Err(e) = self.db(move |s| s.insert(&record, Some(max))).await {
             return Err((e, sandbox));
         }
-        self.inner.live.write().await.insert(id, Arc::new(sandbox));
+        self.hold(Arc::new(sandbox)).await;
         Ok(id)
+    }
+
+    /// Keeps `sb` as this process's connection to its sandbox, and marks the
+    /// sandbox failed (VM killed, reason recorded) the moment its VM ends on
+    /// its own.
+    async fn hold(&self, sb: Arc<Sandbox>) -> Arc<Sandbox> {
+        let held = {
+            let mut live = self.inner.live.write().await;
+            let held = live.entry(sb.id()).or_insert(sb.clone()).clone();
+            if !Arc::ptr_eq(&held, &sb) {
+                // Another task attached first: use its connection.
+                return held;
+            }
+            held
+        };
+        let mut died = held.death_signal();
+        let (id, inner) = (held.id(), Arc::downgrade(&self.inner));
+        tokio::spawn(async move {
+            // Ends when the sandbox is stopped or dropped (sender gone).
+            let Ok(cause) = died.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+                return;
+            };
+            let Some(inner) = inner.upgrade() else { return };
+            SandboxManager { inner }
+                .mark_failed(id, &cause.unwrap_or_default())
+                .await;
+        });
+        held
+    }
+
+    /// Marks a sandbox this process holds failed: its VM is killed (a halted
+    /// guest's VMM would run on, useless) and the store records why.
+    async fn mark_failed(&self, id: SandboxId, why: &str) {
+        // The row first: a lookup racing with this sees `failed` (and is
+        // refused) rather than a VM that vanished (and reaps the row).
+        let reason = why.to_string();
+        if let Err(e) = self
+            .db(move |s| s.set_state(id, SandboxState::Failed, Some(&reason)))
+            .await
+        {
+            tracing::warn!(sandbox = %id, "recording the failure: {e}");
+        }
+        let held = self.inner.live.write().await.remove(&id);
+        if let Some(sb) = held {
+            sb.fail().await;
+        }
     }
 
     /// The record of the sandbox with this id or name.
@@ -587,8 +637,7 @@ impl SandboxManager {
             }
             Err(e) => return Err(e),
         };
-        let mut live = self.inner.live.write().await;
-        Ok(live.entry(record.id).or_insert(sandbox).clone())
+        Ok(self.hold(sandbox).await)
     }
 
     /// Runs `f` with the sandbox `key` (attaching if needed) and records the use.
@@ -599,7 +648,13 @@ impl SandboxManager {
     {
         let sb = self.get(key).await?;
         let id = sb.id();
-        let out = f(sb).await;
+        let out = f(sb.clone()).await;
+        if let Some(cause) = sb.died() {
+            // Recorded now, not only by the watcher's task: a CLI process
+            // may end before that task runs.
+            self.mark_failed(id, &cause).await;
+            return out;
+        }
         // Idle timeouts are judged from the store, by any process.
         let _ = self.db(move |s| s.touch(id)).await;
         out
@@ -673,6 +728,37 @@ impl SandboxManager {
     pub async fn exists(&self, key: &str) -> Result<bool, CoreError> {
         let k = key.to_string();
         Ok(self.db(move |s| s.get(&k)).await?.is_some())
+    }
+
+    /// Sets how much longer sandbox `key` may live: `ends_in` its TTL so that
+    /// it ends that long from now (`Some(None)`: no TTL), `idle_timeout` its
+    /// idle timeout (`Some(None)`: none); `None` leaves one as it is. As
+    /// E2B's `set_timeout` does, this both extends and shortens.
+    pub async fn set_lifetime(
+        &self,
+        key: &str,
+        ends_in: Option<Option<Duration>>,
+        idle_timeout: Option<Option<Duration>>,
+    ) -> Result<SandboxInfo, CoreError> {
+        let r = self.info(key).await?;
+        if !r.state.has_vm() {
+            return Err(CoreError::InvalidState {
+                id: r.name.clone(),
+                state: r.state.to_string(),
+                hint: "only a sandbox with a VM has a lifetime to set".into(),
+            });
+        }
+        let age = Duration::from_millis((now_ms() - r.created_at_ms).max(0) as u64);
+        let ttl = match ends_in {
+            None => r.ttl,
+            Some(None) => None,
+            Some(Some(d)) => Some(age + d),
+        };
+        let idle = idle_timeout.unwrap_or(r.idle_timeout);
+        let id = r.id;
+        self.db(move |s| s.set_limits(id, ttl, idle)).await?;
+        tracing::info!(sandbox = %id, ?ttl, ?idle, "lifetime set");
+        self.info(&id.to_string()).await
     }
 
     /// Freezes a sandbox's guest.
@@ -788,6 +874,9 @@ impl SandboxManager {
             let reason = match r.state {
                 SandboxState::Creating if owner_gone => Some("its create was interrupted"),
                 _ if r.pooled && owner_gone => Some("its warm pool's process ended"),
+                _ if r.bound_to_owner && owner_gone => {
+                    Some("the process (MCP session) it belonged to ended")
+                }
                 s if s.has_vm() && s != SandboxState::Creating && !vm_alive => {
                     Some("its VMM process is gone")
                 }
@@ -809,8 +898,18 @@ impl SandboxManager {
                 if known.contains(&name) || !dir.join(DETACHED_MARKER).exists() {
                     continue;
                 }
-                // A create in another process writes its row before its run
-                // directory, so a directory without a row is an orphan.
+                // Its maker still runs: a create under way in another
+                // process (whose row this list, read earlier, may not hold).
+                if petty_vmm::run_dir_owner_alive(&dir) {
+                    continue;
+                }
+                // A create writes its row before its run directory, so a
+                // directory whose maker is gone and that no row claims now
+                // is an orphan.
+                let id = name.clone();
+                if self.db(move |s| s.get(&id)).await?.is_some() {
+                    continue;
+                }
                 if let Ok(pid) = std::fs::read_to_string(dir.join(petty_vmm::PID_FILE)) {
                     if let Ok(pid) = pid.trim().parse::<u32>() {
                         if let Ok(vm) = self.inner.vmm.attach(&name, pid) {
@@ -858,12 +957,8 @@ impl SandboxManager {
                 }
                 if let Err(why) = sb.health().await {
                     tracing::warn!(sandbox = %sb.id(), %why, "sandbox failed its health check");
-                    sb.fail().await;
-                    self.inner.live.write().await.remove(&sb.id());
-                    let id = sb.id();
-                    let reason = format!("health check: {why}");
-                    self.db(move |s| s.set_state(id, SandboxState::Failed, Some(&reason)))
-                        .await?;
+                    self.mark_failed(sb.id(), &format!("health check: {why}"))
+                        .await;
                 }
             }
         }
@@ -978,6 +1073,19 @@ impl SandboxManager {
     /// sandbox (snapshotted first, as `<sandbox>-fork-<n>`). Children share
     /// the snapshot's disk layers copy-on-write; each one's writes are its own.
     pub async fn fork(&self, source: &str, n: usize) -> Result<Vec<SandboxId>, CoreError> {
+        self.fork_with(source, n, SandboxConfig::default()).await
+    }
+
+    /// [`fork`](Self::fork) with every child given `config`'s lifetimes,
+    /// disk size and owner (its name, if any, is not used: each child is
+    /// named after its id).
+    pub async fn fork_with(
+        &self,
+        source: &str,
+        n: usize,
+        mut config: SandboxConfig,
+    ) -> Result<Vec<SandboxId>, CoreError> {
+        config.name = None;
         if n == 0 {
             return Err(CoreError::InvalidConfig(
                 "fork needs a count of at least 1".into(),
@@ -995,7 +1103,7 @@ impl SandboxManager {
         let mut children = Vec::with_capacity(n);
         for _ in 0..n {
             children.push(
-                self.create_inner(SandboxConfig::default(), false, Some(snap.clone()))
+                self.create_inner(config.clone(), false, Some(snap.clone()))
                     .await?,
             );
         }

@@ -80,6 +80,8 @@ pub struct Sandbox {
     state: std::sync::Mutex<SandboxState>,
     vm: Mutex<Option<Box<dyn Vm>>>,
     agent: AgentClient,
+    /// Watches the VM for ending on its own (see [`Vm::ended`]).
+    watch: Watch,
     pong: Pong,
     persistent: bool,
     created_at_ms: i64,
@@ -116,6 +118,10 @@ impl Sandbox {
         let (kernel, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
         check_disk_size(&config, &rootfs, restore_from.as_deref())?;
         let disk_bytes = config.disk_size_mib.map(|mib| u64::from(mib) << 20);
+        // A turn among every VM start on this host, held until the agent
+        // answers: under load starts queue here, and the agent's deadline
+        // starts once the turn does.
+        let turn = vmm.boot_turns().acquire().await?;
         let standby = match standby {
             Some(vm) => match vm.finish_standby(config.disk_size_mib).await {
                 Ok(()) => Some(vm),
@@ -146,6 +152,7 @@ impl Sandbox {
         let hostname: String = name.chars().take(63).collect();
         let refresh = restored.then_some((hostname.as_str(), disk_bytes));
         let (agent, pong) = connect(vm.as_ref(), &config, config.connect_timeout, refresh).await?;
+        drop(turn);
         tracing::debug!(sandbox = %id, "agent answered");
         if !restored {
             // The guest has no battery-backed clock worth trusting: give it ours.
@@ -153,6 +160,7 @@ impl Sandbox {
         }
         tracing::debug!(sandbox = %id, pid = vm.pid(), kernel = %pong.kernel, "sandbox ready");
         let now = now_ms();
+        let watch = Watch::start(vm.as_ref(), &agent, id);
         Ok(Self {
             id,
             name,
@@ -160,6 +168,7 @@ impl Sandbox {
             state: std::sync::Mutex::new(SandboxState::Ready),
             vm: Mutex::new(Some(vm)),
             agent,
+            watch,
             pong,
             persistent,
             created_at_ms: now,
@@ -203,6 +212,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        let watch = Watch::start(vm.as_ref(), &agent, record.id);
         Ok(Self {
             id: record.id,
             name: record.name.clone(),
@@ -210,6 +220,7 @@ impl Sandbox {
             state: std::sync::Mutex::new(record.state),
             vm: Mutex::new(Some(vm)),
             agent,
+            watch,
             pong,
             persistent: true,
             created_at_ms: record.created_at_ms,
@@ -222,9 +233,35 @@ impl Sandbox {
         &self.name
     }
 
-    /// Where it is in its life.
+    /// Where it is in its life (`Failed` once its VM ended on its own).
     pub fn state(&self) -> SandboxState {
+        if self.watch.cause().is_some() {
+            return SandboxState::Failed;
+        }
         *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What ended the VM, once it ended on its own (its VMM exited, its
+    /// guest halted or powered off); `None` while it runs.
+    pub fn died(&self) -> Option<String> {
+        self.watch.cause()
+    }
+
+    /// A receiver that sees [`Sandbox::died`]'s cause the moment it is
+    /// known; its sender goes when the sandbox is dropped or stopped.
+    pub fn death_signal(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.watch.subscribe()
+    }
+
+    /// An agent call's error, or the VM's end when that explains it.
+    fn agent_err(&self, e: ClientError) -> CoreError {
+        match self.watch.cause() {
+            Some(cause) => CoreError::Died {
+                id: self.name.clone(),
+                cause,
+            },
+            None => e.into(),
+        }
     }
 
     /// Moves to `to` if that is a legal transition.
@@ -246,6 +283,12 @@ impl Sandbox {
 
     /// An error unless the sandbox accepts commands; records the use.
     fn ready(&self) -> Result<(), CoreError> {
+        if let Some(cause) = self.watch.cause() {
+            return Err(CoreError::Died {
+                id: self.name.clone(),
+                cause,
+            });
+        }
         match self.state() {
             SandboxState::Ready => {
                 self.last_used_ms.store(now_ms(), Ordering::Relaxed);
@@ -313,7 +356,8 @@ impl Sandbox {
         let out = self
             .agent
             .exec_collect(req, stdin, MAX_COLLECTED_OUTPUT)
-            .await?;
+            .await
+            .map_err(|e| self.agent_err(e))?;
         Ok(ExecResult {
             exit_code: out.status.code,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -326,19 +370,25 @@ impl Sandbox {
     /// Starts a command and streams its output as it comes.
     pub async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, CoreError> {
         self.ready()?;
-        Ok(self.agent.exec(req).await?)
+        self.agent.exec(req).await.map_err(|e| self.agent_err(e))
     }
 
     /// Reads a whole file from the guest.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, CoreError> {
         self.ready()?;
-        Ok(self.agent.read_file(path).await?)
+        self.agent
+            .read_file(path)
+            .await
+            .map_err(|e| self.agent_err(e))
     }
 
     /// Writes a file in the guest, creating parent directories.
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), CoreError> {
         self.ready()?;
-        self.agent.write_file(path, data, None).await?;
+        self.agent
+            .write_file(path, data, None)
+            .await
+            .map_err(|e| self.agent_err(e))?;
         Ok(())
     }
 
@@ -350,38 +400,50 @@ impl Sandbox {
         mode: u32,
     ) -> Result<(), CoreError> {
         self.ready()?;
-        self.agent.write_file(path, data, Some(mode)).await?;
+        self.agent
+            .write_file(path, data, Some(mode))
+            .await
+            .map_err(|e| self.agent_err(e))?;
         Ok(())
     }
 
     /// Lists a directory in the guest.
     pub async fn list_dir(&self, path: &str) -> Result<Vec<FileEntry>, CoreError> {
         self.ready()?;
-        Ok(self.agent.list_dir(path).await?)
+        self.agent
+            .list_dir(path)
+            .await
+            .map_err(|e| self.agent_err(e))
     }
 
     /// Describes a path in the guest.
     pub async fn stat(&self, path: &str) -> Result<FileStat, CoreError> {
         self.ready()?;
-        Ok(self.agent.stat(path).await?)
+        self.agent.stat(path).await.map_err(|e| self.agent_err(e))
     }
 
     /// Creates a directory (and parents) in the guest.
     pub async fn mkdir(&self, path: &str) -> Result<(), CoreError> {
         self.ready()?;
-        Ok(self.agent.mkdir(path).await?)
+        self.agent.mkdir(path).await.map_err(|e| self.agent_err(e))
     }
 
     /// Removes a file or directory in the guest.
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), CoreError> {
         self.ready()?;
-        Ok(self.agent.remove(path, recursive).await?)
+        self.agent
+            .remove(path, recursive)
+            .await
+            .map_err(|e| self.agent_err(e))
     }
 
     /// Renames a path in the guest.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), CoreError> {
         self.ready()?;
-        Ok(self.agent.rename(from, to).await?)
+        self.agent
+            .rename(from, to)
+            .await
+            .map_err(|e| self.agent_err(e))
     }
 
     /// The agent connection, for operations not wrapped here.
@@ -458,6 +520,8 @@ impl Sandbox {
     /// disks and powers off) and removes its files; the sandbox is then
     /// `Stopped`.
     pub async fn stop_vm(&self, graceful: bool) -> Result<(), CoreError> {
+        // Its end is ours now, not news.
+        self.watch.stop();
         let _ = self.set_state(SandboxState::Stopping);
         if graceful && self.agent.shutdown().await.is_ok() {
             // The guest reboots into -no-reboot: QEMU exits by itself.
@@ -479,6 +543,7 @@ impl Sandbox {
 
     /// Marks the sandbox failed and kills its VM.
     pub(crate) async fn fail(&self) {
+        self.watch.stop();
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = SandboxState::Failed;
         let vm = self.vm.lock().await.take();
         if let Some(vm) = vm {
@@ -496,6 +561,7 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        self.watch.stop();
         if self.persistent {
             // Managed sandboxes outlive this process: leave the VM running.
             if let Some(vm) = self.vm.get_mut().take() {
@@ -503,6 +569,49 @@ impl Drop for Sandbox {
             }
         }
         // Otherwise dropping the VM kills it and removes its files.
+    }
+}
+
+/// The task that waits for a sandbox's VM to end on its own ([`Vm::ended`]):
+/// it then ends the agent connection with the cause, so every call in
+/// flight returns at once naming it, and publishes the cause.
+struct Watch {
+    task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    cause: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl Watch {
+    fn start(vm: &dyn Vm, agent: &AgentClient, id: SandboxId) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let ended = vm.ended();
+        let agent = agent.clone();
+        let task = tokio::spawn(async move {
+            let cause = ended.await;
+            tracing::warn!(sandbox = %id, %cause, "sandbox VM ended");
+            agent.abort(cause.clone());
+            let _ = tx.send(Some(cause));
+            // Keep the sender: the cause stays readable until stopped.
+            std::future::pending::<()>().await;
+        });
+        Self {
+            task: std::sync::Mutex::new(Some(task.abort_handle())),
+            cause: rx,
+        }
+    }
+
+    fn cause(&self) -> Option<String> {
+        self.cause.borrow().clone()
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.cause.clone()
+    }
+
+    /// Stops watching (the VM is being stopped on purpose, or let go).
+    fn stop(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
     }
 }
 

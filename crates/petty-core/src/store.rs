@@ -58,6 +58,27 @@ pub struct SandboxRecord {
     pub from_snapshot: Option<String>,
     /// Root disk size in MiB it was asked for (`None`: the base image's).
     pub disk_size_mib: Option<u32>,
+    /// Who asked for it (`cli`, `rest`, `mcp-stdio`, `mcp-http:<session>`;
+    /// empty when not said).
+    pub owner: String,
+    /// It goes when its owner process (`owner_pid`) ends; recovery removes
+    /// it if that process could not.
+    pub bound_to_owner: bool,
+}
+
+impl SandboxRecord {
+    /// When its TTL or idle timeout, whichever comes first, will end it
+    /// (ms since the epoch), if either is set.
+    pub fn expires_at_ms(&self) -> Option<i64> {
+        let at = |base: i64, d: Option<Duration>| d.map(|d| base + d.as_millis() as i64);
+        match (
+            at(self.created_at_ms, self.ttl),
+            at(self.last_used_ms, self.idle_timeout),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// A snapshot as stored: memory, device state and disk of a sandbox at one moment.
@@ -183,6 +204,12 @@ impl Store {
         for (table, column, decl) in [
             ("sandboxes", "from_snapshot", "from_snapshot TEXT"),
             ("sandboxes", "disk_size_mib", "disk_size_mib INTEGER"),
+            ("sandboxes", "owner", "owner TEXT NOT NULL DEFAULT ''"),
+            (
+                "sandboxes",
+                "bound_to_owner",
+                "bound_to_owner INTEGER NOT NULL DEFAULT 0",
+            ),
             // Snapshots older than this column are QEMU's: Firecracker
             // restores came later.
             (
@@ -248,8 +275,9 @@ impl Store {
         let res = tx.execute(
             "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
                 vmm_pid, run_dir, agent_socket, owner_pid, pooled, created_at, updated_at,
-                last_used_at, ttl_ms, idle_ms, reason, from_snapshot, disk_size_mib)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                last_used_at, ttl_ms, idle_ms, reason, from_snapshot, disk_size_mib, owner,
+                bound_to_owner)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
             params![
                 r.id.to_string(),
                 r.name,
@@ -272,6 +300,8 @@ impl Store {
                 r.reason,
                 r.from_snapshot,
                 r.disk_size_mib,
+                r.owner,
+                r.bound_to_owner,
             ],
         );
         match res {
@@ -328,8 +358,32 @@ impl Store {
     pub fn unpool(&self, id: SandboxId) -> Result<(), CoreError> {
         self.with(|c| {
             c.execute(
-                "UPDATE sandboxes SET pooled = 0, last_used_at = ?2, owner_pid = ?3 WHERE id = ?1",
+                // Handed out now: its lifetimes count from here.
+                "UPDATE sandboxes SET pooled = 0, created_at = ?2, last_used_at = ?2, owner_pid = ?3
+                 WHERE id = ?1",
                 params![id.to_string(), now_ms(), std::process::id()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Replaces a sandbox's TTL (counted from its creation) and idle
+    /// timeout; `None` is no limit.
+    pub fn set_limits(
+        &self,
+        id: SandboxId,
+        ttl: Option<Duration>,
+        idle_timeout: Option<Duration>,
+    ) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET ttl_ms = ?2, idle_ms = ?3, updated_at = ?4 WHERE id = ?1",
+                params![
+                    id.to_string(),
+                    ttl.map(|d| d.as_millis() as i64),
+                    idle_timeout.map(|d| d.as_millis() as i64),
+                    now_ms()
+                ],
             )
         })?;
         Ok(())
@@ -538,6 +592,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
         reason: r.get("reason")?,
         from_snapshot: r.get("from_snapshot")?,
         disk_size_mib: r.get("disk_size_mib")?,
+        owner: r.get("owner")?,
+        bound_to_owner: r.get("bound_to_owner")?,
     })
 }
 
@@ -569,6 +625,8 @@ mod tests {
             reason: None,
             from_snapshot: None,
             disk_size_mib: Some(2048),
+            owner: "rest".into(),
+            bound_to_owner: true,
         }
     }
 
@@ -597,6 +655,18 @@ mod tests {
         );
         assert_eq!(got.ttl, Some(Duration::from_secs(2)));
         assert_eq!(got.disk_size_mib, Some(2048));
+        assert_eq!((got.owner.as_str(), got.bound_to_owner), ("rest", true));
+        assert_eq!(got.expires_at_ms(), Some(got.created_at_ms + 2000));
+        s.set_limits(r.id, None, Some(Duration::from_secs(5)))
+            .unwrap();
+        let got = s.get("alpha").unwrap().unwrap();
+        assert_eq!(
+            (got.ttl, got.idle_timeout),
+            (None, Some(Duration::from_secs(5)))
+        );
+        assert_eq!(got.expires_at_ms(), Some(got.last_used_ms + 5000));
+        s.set_limits(r.id, Some(Duration::from_secs(2)), None)
+            .unwrap();
         assert_eq!(s.get(&r.id.to_string()).unwrap().unwrap().name, "alpha");
         assert_eq!(s.count_with_vm().unwrap(), 1);
     }

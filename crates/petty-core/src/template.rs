@@ -179,6 +179,8 @@ async fn build(
         vcpus,
         tmp.join(SNAPSHOT_RAM),
     );
+    // Held for the whole build: a boot, the warm-up and the save are all CPU.
+    let _turn = vmm.boot_turns().acquire().await?;
     let vm = vmm.start(&config).await?;
     // Dropping `vm` on any error below kills it and removes its files.
     let stream = vm.connect_agent().await?;
@@ -228,6 +230,7 @@ pub(crate) async fn share_ram(
         );
         config.restore_from = Some(dir.to_path_buf());
         config.start_paused = true;
+        let _turn = vmm.boot_turns().acquire().await?;
         let vm = vmm.start(&config).await?;
         vm.snapshot(&resave, false).await?;
         vm.stop().await?;

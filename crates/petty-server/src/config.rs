@@ -89,7 +89,9 @@ pub enum LogFormat {
 pub struct LimitsSection {
     /// Most sandboxes with a VM at once (default 100); one more gets 429.
     pub max_concurrent_sandboxes: usize,
-    /// VMs booting at once (default: the host's CPU count).
+    /// VMs starting at once on this host, across every Petty process that
+    /// shares its run directory root (default: the host's CPU count); more
+    /// wait their turn.
     pub max_concurrent_boots: Option<usize>,
     /// Sandboxes are destroyed this long after creation unless the create says otherwise (default: never).
     pub default_ttl_secs: Option<u64>,

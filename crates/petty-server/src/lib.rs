@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use petty_core::{ManagerConfig, PoolConfig, SandboxManager, SandboxPool};
-use petty_vmm::{choose_backend_with, runtime_root, BackendBinaries};
+use petty_vmm::{choose_backend_with, runtime_root, BackendOptions};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::ServiceExt as _;
@@ -37,9 +37,10 @@ pub use tokio_util::sync::CancellationToken;
 /// the service and the backend notice (which VMM and why).
 pub async fn build_service(config: &Config, with_pool: bool) -> anyhow::Result<(Service, String)> {
     let root = config.backend.run_dir.clone().unwrap_or_else(runtime_root);
-    let binaries = BackendBinaries {
+    let binaries = BackendOptions {
         qemu: config.backend.qemu_binary.clone(),
         firecracker: config.backend.firecracker_binary.clone(),
+        boot_slots: config.limits.max_concurrent_boots,
     };
     // `auto` leaves the choice to PETTY_BACKEND when that is set.
     let kind = match config.backend.kind {

@@ -75,6 +75,7 @@ impl From<CoreError> for ApiError {
             CoreError::InvalidConfig(_) | CoreError::Json(_) => (400, "bad_request"),
             CoreError::NotFound(_) | CoreError::SnapshotNotFound(_) => (404, "not_found"),
             CoreError::InvalidState { .. }
+            | CoreError::Died { .. }
             | CoreError::SnapshotInUse { .. }
             | CoreError::NameTaken(_) => (409, "conflict"),
             CoreError::Capacity { .. } => (429, "capacity"),

@@ -27,6 +27,23 @@ pub enum VmmError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// The run root (where VMs keep sockets and disks) is not private to
+    /// this user, so it is not used.
+    #[error("the run directory root {} is refused: {problem}", path.display())]
+    RunRoot {
+        /// The run root.
+        path: PathBuf,
+        /// What is wrong with it and what to do.
+        problem: String,
+    },
+    /// No turn to start a VM came free in time (see [`crate::BootTurns`]).
+    #[error("waited {secs} s for a turn to start a VM ({slots} start at once on this host, limits.max_concurrent_boots) without getting one; the host is overloaded, or a start is stuck: try again, or raise the limit")]
+    NoTurn {
+        /// Starts allowed at once.
+        slots: usize,
+        /// How long it waited.
+        secs: u64,
+    },
     /// Creating the run directory or the disk overlay failed.
     #[error("preparing the VM's files in {}", dir.display())]
     Prepare {

@@ -15,7 +15,9 @@ mod process;
 pub mod qemu;
 pub mod qmp;
 mod rundir;
+mod turns;
 pub mod vsock;
+mod watch;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -24,9 +26,10 @@ use std::pin::Pin;
 pub use accel::{Accel, AccelChoice};
 pub use error::VmmError;
 pub use rundir::{
-    pid_alive, remove_run_dir, runtime_root, sweep_stale_run_dirs, vmm_alive, DETACHED_MARKER,
-    JAIL_FILE, PID_FILE,
+    ensure_run_root, pid_alive, remove_run_dir, run_dir_owner_alive, runtime_root,
+    sweep_stale_run_dirs, vmm_alive, DETACHED_MARKER, JAIL_FILE, PID_FILE,
 };
+pub use turns::{BootTurn, BootTurns};
 
 /// A boxed future, so the traits stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -201,6 +204,11 @@ pub trait Vmm: Send + Sync {
         String::new()
     }
 
+    /// The turns VM starts take on this backend's run root, shared with
+    /// every Petty process using that root: the caller holds one from
+    /// [`Vmm::start`] until the guest's agent answers.
+    fn boot_turns(&self) -> &BootTurns;
+
     /// True when this backend can start a restore's VMM ahead of need
     /// ([`VmConfig::standby`]), so that a later restore skips the VMM's own
     /// start-up (for QEMU, mostly its dynamic loader: ~15 ms).
@@ -217,24 +225,29 @@ pub fn choose_backend(
     choice: Option<&str>,
     root: PathBuf,
 ) -> Result<(Box<dyn Vmm>, String), VmmError> {
-    choose_backend_with(choice, root, &BackendBinaries::default())
+    choose_backend_with(choice, root, &BackendOptions::default())
 }
 
-/// VMM binaries to use instead of the defaults (`PETTY_QEMU`,
-/// `PETTY_FIRECRACKER`, else the names on `PATH`).
+/// Settings of the backends [`choose_backend_with`] makes; `None` keeps a
+/// backend's default.
 #[derive(Debug, Clone, Default)]
-pub struct BackendBinaries {
-    /// `qemu-system-x86_64` or a path to it.
+pub struct BackendOptions {
+    /// `qemu-system-x86_64` or a path to it (default `PETTY_QEMU`, else the
+    /// name on `PATH`).
     pub qemu: Option<String>,
-    /// `firecracker` or a path to it.
+    /// `firecracker` or a path to it (default `PETTY_FIRECRACKER`, else the
+    /// name on `PATH`).
     pub firecracker: Option<String>,
+    /// VMs starting at once on this host (default: the CPU count); see
+    /// [`BootTurns`].
+    pub boot_slots: Option<usize>,
 }
 
-/// [`choose_backend`] with the VMM binaries given.
+/// [`choose_backend`] with the backends' settings given.
 pub fn choose_backend_with(
     choice: Option<&str>,
     root: PathBuf,
-    binaries: &BackendBinaries,
+    binaries: &BackendOptions,
 ) -> Result<(Box<dyn Vmm>, String), VmmError> {
     let from_env = std::env::var("PETTY_BACKEND").ok();
     let choice = choice.or(from_env.as_deref()).unwrap_or("auto");
@@ -242,12 +255,18 @@ pub fn choose_backend_with(
     if let Some(b) = &binaries.firecracker {
         fc = fc.with_binary(b.clone());
     }
+    if let Some(n) = binaries.boot_slots {
+        fc = fc.with_boot_slots(n);
+    }
     let make_qemu = |accel: AccelChoice, root: PathBuf| {
-        let q = qemu::QemuVmm::new(accel, root);
-        match &binaries.qemu {
-            Some(b) => q.with_binary(b.clone()),
-            None => q,
+        let mut q = qemu::QemuVmm::new(accel, root);
+        if let Some(b) = &binaries.qemu {
+            q = q.with_binary(b.clone());
         }
+        if let Some(n) = binaries.boot_slots {
+            q = q.with_boot_slots(n);
+        }
+        q
     };
     match choice {
         "qemu" => {
@@ -325,6 +344,19 @@ pub trait Vm: Send + Sync {
                 dir: self.run_dir().to_path_buf(),
                 message: "this VM was not started as a standby".into(),
             })
+        })
+    }
+
+    /// Resolves, with what happened, once the VM has ended for good on its
+    /// own: its VMM process exited (the guest rebooted or crashed, or the
+    /// VMM was killed), or, where the backend can tell, its guest halted or
+    /// powered off with the VMM still up. Never resolves while the VM runs.
+    /// The caller stops watching before it stops the VM itself.
+    fn ended(&self) -> BoxFuture<'static, String> {
+        let (pid, dir) = (self.pid(), self.run_dir().to_path_buf());
+        Box::pin(async move {
+            watch::process_exit(pid, &dir).await;
+            format!("its VMM process (pid {pid}) exited")
         })
     }
 

@@ -11,7 +11,10 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use crate::rundir::{kill_vmm, remove_run_dir, vmm_alive, DETACHED_MARKER, OWNER_FILE, PID_FILE};
+use crate::rundir::{
+    ensure_run_root, kill_vmm, remove_run_dir, vmm_alive, write_owner, DETACHED_MARKER, PID_FILE,
+    STAGING_PREFIX,
+};
 use crate::{BoxFuture, VmConfig, VmmError};
 
 /// One VMM process and its run directory. Dropping it kills the process and
@@ -29,32 +32,52 @@ pub(crate) struct VmmProcess {
 impl VmmProcess {
     /// Creates the run directory of `config` under `root` (private), records
     /// who made it, and marks it detached when the VM outlives its creator.
-    /// From here on, dropping the result removes the directory.
+    /// The directory appears whole: it is made under a staging name, its
+    /// owner file (and marker) written, then renamed into place, so another
+    /// process's sweep never sees it without its owner. From here on,
+    /// dropping the result removes the directory.
     pub fn prepare(root: &Path, config: &VmConfig) -> Result<Self, VmmError> {
+        ensure_run_root(root)?;
         let dir = root.join(&config.id);
         let prepare = |source| VmmError::Prepare {
             dir: dir.clone(),
             source,
         };
-        fs::create_dir_all(root).map_err(prepare)?;
+        let staging = root.join(format!(
+            "{STAGING_PREFIX}{}-{}",
+            std::process::id(),
+            config.id
+        ));
         fs::DirBuilder::new()
             .mode(0o700)
-            .create(&dir)
+            .create(&staging)
             .map_err(prepare)?;
-        let me = Self {
+        let staged = (|| {
+            // Who made this directory, for the sweep, should we die before
+            // recording the VMM's pid.
+            write_owner(&staging)?;
+            if !config.die_with_parent && !config.standby {
+                fs::write(staging.join(DETACHED_MARKER), b"")?;
+            }
+            if dir.exists() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a run directory with this id exists",
+                ));
+            }
+            fs::rename(&staging, &dir)
+        })();
+        if let Err(e) = staged {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(prepare(e));
+        }
+        Ok(Self {
             id: config.id.clone(),
-            dir: dir.clone(),
+            dir,
             pid: 0,
             child: Mutex::new(None),
             detached: AtomicBool::new(false),
-        };
-        // Who made this directory, for the sweep, should we die before
-        // recording the VMM's pid.
-        fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).map_err(prepare)?;
-        if !config.die_with_parent && !config.standby {
-            me.mark_detached()?;
-        }
-        Ok(me)
+        })
     }
 
     /// Marks the run directory as belonging to the sandbox store (its VM

@@ -18,14 +18,22 @@ use crate::process::{tail, VmmProcess};
 use crate::qmp::Qmp;
 use crate::rundir::vmm_alive;
 use crate::{
-    check_disk_size, disk_image_size, Accel, AccelChoice, AgentStream, BoxFuture, MemoryBacking,
-    SnapshotFiles, Vm, VmConfig, Vmm, VmmError, SNAPSHOT_DISK, SNAPSHOT_RAM, SNAPSHOT_STATE,
+    check_disk_size, disk_image_size, Accel, AccelChoice, AgentStream, BootTurns, BoxFuture,
+    MemoryBacking, SnapshotFiles, Vm, VmConfig, Vmm, VmmError, SNAPSHOT_DISK, SNAPSHOT_RAM,
+    SNAPSHOT_STATE,
 };
 
 /// Socket the agent's virtio-serial port is bound to, inside the run directory.
 pub const AGENT_SOCKET: &str = "agent.sock";
 /// QMP socket, inside the run directory.
 pub const QMP_SOCKET: &str = "qmp.sock";
+/// A second QMP socket, for the watcher that reads the VM's events (QEMU
+/// serves one client per monitor, and commands use the first).
+pub const EVENTS_SOCKET: &str = "events.sock";
+/// qdev id of the agent's virtio-serial port: QEMU names it in the
+/// `VSERPORT_CHANGE` event it sends when the guest closes the port (as a
+/// halting or powering-off guest kernel does when it resets its devices).
+const AGENT_PORT_ID: &str = "agentport";
 /// Guest console output, inside the run directory.
 pub const CONSOLE_LOG: &str = "console.log";
 const OVERLAY: &str = "overlay.qcow2";
@@ -54,6 +62,7 @@ pub struct QemuVmm {
     accel: AccelChoice,
     root: PathBuf,
     guest_aslr: bool,
+    turns: BootTurns,
 }
 
 impl QemuVmm {
@@ -78,9 +87,16 @@ impl QemuVmm {
         Self {
             binary: std::env::var("PETTY_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
             accel,
+            turns: BootTurns::new(&root, crate::turns::host_cpus()),
             root,
             guest_aslr,
         }
+    }
+
+    /// Lets `slots` VMs start at once on this host (see [`BootTurns`]).
+    pub fn with_boot_slots(mut self, slots: usize) -> Self {
+        self.turns = BootTurns::new(&self.root, slots);
+        self
     }
 
     /// Whether guest processes get randomised addresses (ASLR). The default
@@ -127,7 +143,7 @@ impl QemuVmm {
             // kernel's calibration against the emulated PIT fails whenever the
             // host is busy, leaving it on a jiffies clock with a periodic tick
             // (costly when idle, 4 ms resolution). Tell it the rate instead.
-            if let Some(khz) = host_tsc_khz() {
+            if let Some(khz) = host_tsc_khz(&self.root) {
                 cmdline.push_str(&format!(" tsc_early_khz={khz}"));
             }
         }
@@ -199,13 +215,15 @@ impl QemuVmm {
                 p(AGENT_SOCKET)
             ),
             "-device",
-            &format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
+            &format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME},id={AGENT_PORT_ID}"),
             "-chardev",
             &format!("file,id=console,path={}", p(CONSOLE_LOG)),
             "-serial",
             "chardev:console",
             "-qmp",
             &format!("unix:{},server=on,wait=off", p(QMP_SOCKET)),
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", p(EVENTS_SOCKET)),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -213,30 +231,68 @@ impl QemuVmm {
     }
 }
 
+/// Name of the file under the run root that keeps the measured TSC rate.
+const TSC_CACHE: &str = ".tsc-khz";
+
+/// TSC rates believed: 100 MHz to 20 GHz. A cached value outside is
+/// remeasured, never passed to a guest.
+const TSC_KHZ_PLAUSIBLE: std::ops::RangeInclusive<u64> = 100_000..=20_000_000;
+
 /// The host's TSC rate in kHz, measured against the monotonic clock (20 ms)
-/// once per boot of the host: the result is kept in a file of the temporary
-/// directory, keyed by the host's boot id, so a CLI command does not pay for
-/// it again.
-pub fn host_tsc_khz() -> Option<u64> {
+/// once per boot of the host: the result is kept in `.tsc-khz` under the
+/// run root `cache_dir` (private to this user: [`crate::ensure_run_root`]),
+/// keyed by the host's boot id, so a CLI command does not pay for it again.
+/// The file is read and written without following links, written
+/// atomically, and a value outside a plausible range is measured again.
+pub fn host_tsc_khz(cache_dir: &Path) -> Option<u64> {
     static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     *KHZ.get_or_init(|| {
         let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-        // SAFETY: getuid cannot fail.
-        let uid = unsafe { libc::getuid() };
-        let cache = std::env::temp_dir().join(format!("petty-{uid}-tsc-khz"));
-        if let Ok(text) = fs::read_to_string(&cache) {
-            if let Some((id, khz)) = text.split_once(' ') {
-                if id == boot_id.trim() {
-                    if let Ok(khz) = khz.trim().parse() {
-                        return Some(khz);
-                    }
-                }
-            }
+        let boot_id = boot_id.trim();
+        let cache = cache_dir.join(TSC_CACHE);
+        if let Some(khz) = read_tsc_cache(&cache, boot_id) {
+            return Some(khz);
         }
-        let khz = measure_tsc_khz()?;
-        let _ = fs::write(&cache, format!("{} {khz}\n", boot_id.trim()));
+        let khz = measure_tsc_khz().filter(|k| TSC_KHZ_PLAUSIBLE.contains(k))?;
+        if let Err(e) = write_tsc_cache(&cache, boot_id, khz) {
+            tracing::debug!(path = %cache.display(), "keeping the TSC rate: {e}");
+        }
         Some(khz)
     })
+}
+
+fn read_tsc_cache(path: &Path, boot_id: &str) -> Option<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?
+        .take(256)
+        .read_to_string(&mut text)
+        .ok()?;
+    let (id, khz) = text.split_once(' ')?;
+    let khz: u64 = khz.trim().parse().ok()?;
+    (id == boot_id && TSC_KHZ_PLAUSIBLE.contains(&khz)).then_some(khz)
+}
+
+fn write_tsc_cache(path: &Path, boot_id: &str, khz: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| writeln!(f, "{boot_id} {khz}"))
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn measure_tsc_khz() -> Option<u64> {
@@ -272,6 +328,10 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
 impl Vmm for QemuVmm {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+
+    fn boot_turns(&self) -> &BootTurns {
+        &self.turns
     }
 
     fn root(&self) -> &Path {
@@ -798,6 +858,23 @@ impl Vm for QemuVm {
             check_disk_size(disk_size_mib, &pending.backing)?;
             self.finish_restore(pending, false, disk_size_mib).await?;
             self.proc.mark_detached()
+        })
+    }
+
+    fn ended(&self) -> BoxFuture<'static, String> {
+        let (pid, dir) = (self.proc.pid, self.proc.dir.clone());
+        Box::pin(async move {
+            let events = crate::watch::qemu_guest_end(dir.join(EVENTS_SOCKET), AGENT_PORT_ID);
+            let cause = tokio::select! {
+                () = crate::watch::process_exit(pid, &dir) => {
+                    format!("its VMM process (QEMU, pid {pid}) exited")
+                }
+                cause = events => cause,
+            };
+            match crate::watch::last_line(&tail(&dir.join(CONSOLE_LOG), 512)) {
+                Some(line) => format!("{cause}; its console's last line: {line}"),
+                None => cause,
+            }
         })
     }
 

@@ -109,3 +109,15 @@ impl Qmp {
         }
     }
 }
+
+impl Qmp {
+    /// Waits for the next asynchronous event (`{"event": ..., "data": ...}`).
+    pub async fn next_event(&mut self) -> Result<Value, VmmError> {
+        loop {
+            let msg = self.read_message().await?;
+            if msg.get("event").is_some() {
+                return Ok(msg);
+            }
+        }
+    }
+}

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::VmmError;
+
 /// Name of the file in a run directory that holds the VMM's pid.
 pub const PID_FILE: &str = "vmm.pid";
 
@@ -57,19 +59,122 @@ impl JailRecord {
 }
 
 /// Root of the run directories: `$PETTY_RUN_DIR`, else
-/// `$XDG_RUNTIME_DIR/petty`, else `/tmp/petty-<uid>`. Kept short because unix
-/// socket paths are limited to 107 bytes.
+/// `$XDG_RUNTIME_DIR/petty`, else `/run/petty` for root, else
+/// `/tmp/petty-<uid>`. Kept short because unix socket paths are limited to
+/// 107 bytes. Whichever it is, [`ensure_run_root`] checks it is ours before
+/// anything is written into it.
 pub fn runtime_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("PETTY_RUN_DIR") {
+    if let Some(d) = std::env::var_os("PETTY_RUN_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("petty");
     }
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/petty");
+    }
     PathBuf::from(format!("/tmp/petty-{uid}"))
 }
+
+/// Makes `root` (mode 0700, parents as needed) if it does not exist, then
+/// checks that no other user can have prepared it: it must be a directory
+/// (not a symlink), owned by this process's user, with no permissions for
+/// group or others. Anything else is refused with what to fix, since
+/// another local user could otherwise plant sockets, pid files or links
+/// where Petty's VMs live.
+pub fn ensure_run_root(root: &Path) -> Result<(), VmmError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |problem: String| VmmError::RunRoot {
+        path: root.to_path_buf(),
+        problem,
+    };
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| refuse(format!("creating its parent: {e}")))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(refuse(format!("creating it: {e}"))),
+    }
+    let md = std::fs::symlink_metadata(root).map_err(|e| refuse(format!("reading it: {e}")))?;
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if md.file_type().is_symlink() {
+        return Err(refuse(
+            "it is a symbolic link (someone may have planted it); remove it, or set PETTY_RUN_DIR to a private directory".into(),
+        ));
+    }
+    if !md.is_dir() {
+        return Err(refuse(
+            "it is not a directory; remove it, or set PETTY_RUN_DIR to a private directory".into(),
+        ));
+    }
+    if md.uid() != uid {
+        return Err(refuse(format!(
+            "it belongs to uid {}, not to this user (uid {uid}); remove it (as its owner or root), or set PETTY_RUN_DIR to a private directory",
+            md.uid()
+        )));
+    }
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(refuse(format!(
+            "its mode is {mode:04o}, so other users can reach what is in it; run `chmod 700 {}`",
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What an owner file records: the process, and when it started (clock
+/// ticks since boot, `/proc/<pid>/stat` field 22), so a pid reused by
+/// another process is not taken for the owner.
+fn owner_record() -> String {
+    let pid = std::process::id();
+    match process_start_ticks(pid) {
+        Some(t) => format!("{pid} {t}"),
+        None => pid.to_string(),
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the process's start time.
+fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Writes the owner file of a run directory being made.
+pub(crate) fn write_owner(dir: &Path) -> std::io::Result<()> {
+    std::fs::write(dir.join(OWNER_FILE), owner_record())
+}
+
+/// `Some(alive)` for the process an owner file of `dir` names (its start
+/// time checked when recorded); `None` when there is no readable owner file.
+pub(crate) fn owner_alive(dir: &Path) -> Option<bool> {
+    let text = std::fs::read_to_string(dir.join(OWNER_FILE)).ok()?;
+    let mut words = text.split_whitespace();
+    let pid: u32 = words.next()?.parse().ok()?;
+    let started: Option<u64> = words.next().and_then(|w| w.parse().ok());
+    Some(match started {
+        Some(t) => pid_alive(pid) && process_start_ticks(pid) == Some(t),
+        None => pid_alive(pid),
+    })
+}
+
+/// True when the run directory `dir` was made by a process that still
+/// runs: it is that process's to finish or clean up, and no sweep or
+/// recovery of another process may touch it.
+pub fn run_dir_owner_alive(dir: &Path) -> bool {
+    owner_alive(dir).unwrap_or(false)
+}
+
+/// Prefix of a run directory being made (`.new-<pid>-<id>`): it is renamed
+/// to its id once its owner file (and detached marker) are written, so a
+/// run directory never exists without them.
+pub(crate) const STAGING_PREFIX: &str = ".new-";
 
 /// True when `pid` names a live process.
 pub fn pid_alive(pid: u32) -> bool {
@@ -135,12 +240,15 @@ pub(crate) fn kill_vmm(pid: u32, dir: &Path) {
     }
 }
 
-/// Removes run directories whose VMM is gone (its owner was killed before it
-/// could clean up), and kills the VMM first when it outlived an owner it was
-/// meant to die with (a jailed Firecracker: the jailer's change of user
-/// clears the parent-death signal). Jails go with their run directories.
-/// Directories without a pid file are left alone for a minute, since their
-/// VM may be starting right now. Returns what was removed.
+/// Removes run directories left by processes that are gone, and kills the
+/// VMM first when it outlived an owner it was meant to die with (a jailed
+/// Firecracker: the jailer's change of user clears the parent-death
+/// signal). Jails go with their run directories. Never touched: a directory
+/// whose owner still runs (it is that process's, whatever state it is in:
+/// starting, a standby, a template being made) and a detached one (the
+/// sandbox store's recovery decides). A directory without an owner file
+/// (made by an older Petty) is judged by its VMM, or left alone for a
+/// minute. Returns what was removed.
 pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(root) else {
@@ -148,26 +256,31 @@ pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
     };
     for entry in entries.flatten() {
         let dir = entry.path();
-        let pid = std::fs::read_to_string(dir.join(PID_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        if dir.join(DETACHED_MARKER).exists() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && !name.starts_with(STAGING_PREFIX) {
+            // Petty's own files under the root (boot turns, caches).
+            continue;
+        }
+        let owner = owner_alive(&dir);
+        if owner == Some(true) {
+            continue;
+        }
+        if !name.starts_with(STAGING_PREFIX) && dir.join(DETACHED_MARKER).exists() {
             // Owned by the sandbox store: its recovery decides.
             continue;
         }
-        let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+        let pid = std::fs::read_to_string(dir.join(PID_FILE))
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok());
         let stale = match (pid, owner) {
-            (Some(pid), Some(owner)) if vmm_alive(pid, &dir) && !pid_alive(owner) => {
+            (Some(pid), Some(false)) => {
                 // Not detached, so it was to die with its owner, who is gone.
                 kill_vmm(pid, &dir);
                 !vmm_alive(pid, &dir)
             }
-            (Some(pid), _) => !vmm_alive(pid, &dir),
-            // The creating process died before it could record the VMM:
-            // stale once that process is gone (the VMM dies with it).
-            (None, Some(owner)) => !pid_alive(owner),
+            (None, Some(false)) => true,
+            (Some(pid), None) => !vmm_alive(pid, &dir),
             // No record of anyone: stale after a minute.
             (None, None) => entry
                 .metadata()
@@ -177,6 +290,7 @@ pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
                         > Duration::from_secs(60)
                 })
                 .unwrap_or(false),
+            (_, Some(true)) => unreachable!("skipped above"),
         };
         if stale && remove_run_dir(&dir).is_ok() {
             removed.push(dir);

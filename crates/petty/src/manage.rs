@@ -96,14 +96,21 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let manager = manager().await?;
     let sandbox = manager.get(&args.sandbox).await?;
     let id = sandbox.id().to_string();
-    let code = tokio::select! {
-        r = crate::run::stream(&sandbox, req) => r?,
-        code = crate::run::interrupted() => code,
+    let outcome = tokio::select! {
+        r = crate::run::stream(&sandbox, req) => r,
+        code = crate::run::interrupted() => Ok(code),
     };
-    // Record the use for idle timeouts.
-    manager
-        .with_sandbox_async(&id, |_| async { Ok(()) })
-        .await?;
+    // Record the use for idle timeouts, or the VM's end if it ended.
+    let recorded = manager.with_sandbox_async(&id, |_| async { Ok(()) }).await;
+    if let Some(cause) = sandbox.died() {
+        return Err(petty_core::CoreError::Died {
+            id: args.sandbox,
+            cause,
+        }
+        .into());
+    }
+    let code = outcome?;
+    recorded?;
     Ok(ExitCode::from(code))
 }
 
@@ -192,29 +199,57 @@ pub async fn ls(all: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs `op` on every name given, in order: one that fails is reported on
+/// stderr and the rest still get their turn. Exit 0 when all succeeded, or
+/// when `missing_ok` and the only failures were names that do not exist
+/// (`rm -f`); else 1.
+async fn each(
+    names: Vec<String>,
+    missing_ok: bool,
+    op: impl AsyncFn(&str) -> Result<(), anyhow::Error>,
+) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for n in names {
+        match op(&n).await {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                let missing = matches!(
+                    e.downcast_ref::<petty_core::CoreError>(),
+                    Some(petty_core::CoreError::NotFound(_))
+                );
+                eprintln!("petty: {n}: {e:#}");
+                failed |= !(missing && missing_ok);
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 pub async fn stop(names: Vec<String>, graceful: bool) -> anyhow::Result<ExitCode> {
     let manager = manager().await?;
-    for n in names {
-        manager.stop(&n, graceful).await?;
-        println!("{n}");
-    }
-    Ok(ExitCode::SUCCESS)
+    each(names, false, async |n| {
+        Ok(manager.stop(n, graceful).await?)
+    })
+    .await
 }
 
 pub async fn rm(names: Vec<String>, force: bool) -> anyhow::Result<ExitCode> {
     let manager = manager().await?;
-    for n in names {
-        let info = manager.info(&n).await?;
+    each(names, force, async |n| {
+        let info = manager.info(n).await?;
         if info.state.has_vm() && info.state != SandboxState::Creating && !force {
             bail!(
                 "sandbox {n} is {}; stop it first (`petty stop {n}`) or use `petty rm -f {n}`",
                 info.state
             );
         }
-        manager.destroy(&n).await?;
-        println!("{n}");
-    }
-    Ok(ExitCode::SUCCESS)
+        Ok(manager.destroy(n).await?)
+    })
+    .await
 }
 
 pub async fn snapshot(sandbox: String, name: String) -> anyhow::Result<ExitCode> {

@@ -57,8 +57,8 @@ use crate::process::{tail, VmmProcess};
 use crate::qemu::find_on_path;
 use crate::rundir::{vmm_alive, JailRecord};
 use crate::{
-    check_disk_size, Accel, AccelChoice, AgentStream, BoxFuture, SnapshotFiles, Vm, VmConfig, Vmm,
-    VmmError, SNAPSHOT_STATE,
+    check_disk_size, Accel, AccelChoice, AgentStream, BootTurns, BoxFuture, SnapshotFiles, Vm,
+    VmConfig, Vmm, VmmError, SNAPSHOT_STATE,
 };
 
 /// API socket, inside the run directory (unjailed VMs).
@@ -108,6 +108,7 @@ pub struct FirecrackerVmm {
     /// A setting from the environment that could not be read: every start
     /// fails with it rather than silently running unjailed.
     settings_error: Option<String>,
+    turns: BootTurns,
 }
 
 fn env_flag(name: &str) -> bool {
@@ -127,14 +128,21 @@ impl FirecrackerVmm {
         };
         Self {
             binary: std::env::var("PETTY_FIRECRACKER").unwrap_or_else(|_| "firecracker".into()),
-            root,
             jailer,
             tap: std::env::var("PETTY_FIRECRACKER_TAP")
                 .ok()
                 .filter(|t| !t.trim().is_empty()),
             diff_snapshots: env_flag("PETTY_FIRECRACKER_DIFF"),
             settings_error,
+            turns: BootTurns::new(&root, crate::turns::host_cpus()),
+            root,
         }
+    }
+
+    /// Lets `slots` VMs start at once on this host (see [`BootTurns`]).
+    pub fn with_boot_slots(mut self, slots: usize) -> Self {
+        self.turns = BootTurns::new(&self.root, slots);
+        self
     }
 
     /// Uses `binary` (a name on `PATH` or a path) instead of the default.
@@ -673,6 +681,10 @@ impl VmFacts {
 impl Vmm for FirecrackerVmm {
     fn name(&self) -> &'static str {
         "firecracker"
+    }
+
+    fn boot_turns(&self) -> &BootTurns {
+        &self.turns
     }
 
     fn root(&self) -> &Path {

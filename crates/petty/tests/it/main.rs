@@ -60,10 +60,14 @@ pub fn vmm(root: &Path) -> QemuVmm {
 
 /// A fresh, empty directory for one test's VM run directories.
 pub fn run_root() -> tempfile::TempDir {
-    tempfile::Builder::new()
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
         .prefix("petty-it-")
         .tempdir()
-        .expect("tempdir")
+        .expect("tempdir");
+    // A run root must be private to its user (petty refuses any other).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
 }
 
 /// `petty` with its run directories under `root`.
@@ -161,10 +165,17 @@ impl Drop for Env {
     }
 }
 
-/// Entries left in a run root: empty after a clean teardown.
+/// Entries left in a run root: empty after a clean teardown. The root's
+/// own shared files (the turns to start a VM, the measured TSC rate) are
+/// not a VM's leftovers.
 pub fn leftovers(root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !matches!(e.file_name().to_str(), Some(".turns" | ".tsc-khz")))
+                .map(|e| e.path())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

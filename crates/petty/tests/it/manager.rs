@@ -190,10 +190,12 @@ async fn health_check_marks_a_dead_vm_failed() {
     let info = m.info("fragile").await.unwrap();
     assert_eq!(info.state, SandboxState::Failed);
     let reason = info.reason.unwrap();
-    // Depending on how far the kill got: the process is gone, or its agent
-    // connection broke first.
+    // Seen by the VM's watch the moment QEMU exits, or by this health check
+    // if it ran first (or its agent connection broke before).
     assert!(
-        reason.contains("VMM process is gone") || reason.contains("agent does not answer"),
+        reason.contains(&format!("VMM process (QEMU, pid {pid}) exited"))
+            || reason.contains("VMM process is gone")
+            || reason.contains("agent does not answer"),
         "{reason}"
     );
     m.destroy("fragile").await.unwrap();

@@ -7,9 +7,9 @@
 //! slow consumer slows its guest rather than growing host memory.
 //!
 //! The guest is untrusted: frames are size-checked before they are buffered,
-//! frames for unknown ids are dropped, anything that breaks the framing ends
-//! the connection with an error, and whole-file reads and collected output
-//! have caps.
+//! frames for unknown ids are dropped, anything that breaks the framing or
+//! the protocol ends the connection with [`ClientError::Hostile`] (naming
+//! the [`Violation`]), and whole-file reads and collected output have caps.
 
 #![warn(missing_docs)]
 
@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use petty_protocol::{
-    ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, Frame, FrameDecoder, FrameKind, Pong,
-    Request, Response, CHUNK_SIZE, PROTOCOL_VERSION,
+    ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, Frame, FrameDecoder, FrameError,
+    FrameKind, Pong, Request, Response, CHUNK_SIZE, HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Frames buffered per request before the reader waits for its consumer.
 const CHANNEL_DEPTH: usize = 32;
@@ -34,9 +34,19 @@ pub const MAX_READ_FILE: u64 = 512 * 1024 * 1024;
 /// Why a call to the agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The stream to the agent is gone (VM stopped, or the stream broke).
+    /// The stream to the agent is gone: the agent closed it (or said why it
+    /// was closing), reading it failed, or the host ended it with
+    /// [`AgentClient::abort`].
     #[error("connection to the guest agent lost: {0}")]
     Disconnected(String),
+    /// The agent broke the framing or the protocol. The host ended the
+    /// connection at once: every request in flight and every later call on
+    /// the client fails with this same error.
+    #[error("{what}; the host closed its connection to the agent, which is broken or hostile: remove this sandbox")]
+    Hostile {
+        /// What the agent sent.
+        what: Violation,
+    },
     /// The agent did not answer in time.
     #[error("guest agent did not answer {op} within {timeout:?}")]
     Timeout {
@@ -53,7 +63,8 @@ pub enum ClientError {
         /// The agent's description, naming the path or id.
         message: String,
     },
-    /// The agent answered with something the protocol does not allow here.
+    /// The agent answered a request with a well-formed frame that is the
+    /// wrong answer to it. Only that request fails; the connection stays up.
     #[error("guest agent broke the protocol: {0}")]
     Protocol(String),
     /// The agent speaks another protocol version.
@@ -77,6 +88,80 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
 }
 
+/// How a guest agent broke the framing or the protocol. Any of these ends
+/// the connection: after it the host can trust neither where the next frame
+/// starts nor what it means.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Violation {
+    /// A length prefix over [`MAX_FRAME_LEN`]; refused before anything of
+    /// the frame is buffered.
+    #[error("guest agent sent a frame of {0} bytes, over the {MAX_FRAME_LEN}-byte limit")]
+    TooLong(u32),
+    /// A length prefix too small to hold a kind and a request id.
+    #[error("guest agent sent a frame of {0} bytes, too short for the 5 bytes of its kind and request id")]
+    TooShort(u32),
+    /// A kind byte that is not one of [`FrameKind`].
+    #[error("guest agent sent a frame of unknown kind {0}")]
+    UnknownKind(u8),
+    /// The stream ended inside a frame's header.
+    #[error("guest agent's stream ended inside a frame header, after {received} of its {HEADER_LEN} bytes")]
+    TruncatedHeader {
+        /// Bytes of the header that arrived.
+        received: usize,
+    },
+    /// The stream ended inside a frame's payload.
+    #[error("guest agent's stream ended inside a frame, after {received} of its {len} bytes")]
+    TruncatedFrame {
+        /// Bytes of the frame (header included) that arrived.
+        received: usize,
+        /// The frame's whole length, header included.
+        len: usize,
+    },
+    /// A `Response` frame whose payload is not a [`Response`].
+    #[error("guest agent sent a Response for request {id} that does not parse: {error}")]
+    BadResponse {
+        /// The request it was for.
+        id: u32,
+        /// Why it does not parse.
+        error: Arc<serde_json::Error>,
+    },
+    /// A frame of a kind only the host sends (`Request`, `Stdin`).
+    #[error("guest agent sent a {kind:?} frame (request {id}), a kind only the host sends")]
+    HostOnlyKind {
+        /// The kind.
+        kind: FrameKind,
+        /// The request id it carried.
+        id: u32,
+    },
+    /// A frame for request id 0 that is not the agent's closing error (the
+    /// only thing that id may carry).
+    #[error("guest agent sent a {kind:?} frame for request 0 that is not its closing error")]
+    RequestZero {
+        /// The kind.
+        kind: FrameKind,
+    },
+}
+
+impl Violation {
+    /// The violation behind a decoder error; `decoder` is the one that
+    /// failed, to say how long a truncated frame should have been.
+    fn from_frame_error(e: FrameError, decoder: &FrameDecoder) -> Self {
+        match e {
+            FrameError::TooLong(len) => Self::TooLong(len),
+            FrameError::TooShort(len) => Self::TooShort(len),
+            FrameError::UnknownKind(kind) => Self::UnknownKind(kind),
+            FrameError::Truncated(received) if received < HEADER_LEN => {
+                Self::TruncatedHeader { received }
+            }
+            // With a whole length prefix buffered, `want` is what the frame lacks.
+            FrameError::Truncated(received) => Self::TruncatedFrame {
+                received,
+                len: received + decoder.want(),
+            },
+        }
+    }
+}
+
 enum Incoming {
     Raw(FrameKind, Vec<u8>),
     Response(Response),
@@ -85,8 +170,13 @@ enum Incoming {
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 struct Inner {
-    writer: tokio::sync::Mutex<BoxWrite>,
+    /// `None` once the connection has ended: the write half is dropped so
+    /// the guest sees the close.
+    writer: tokio::sync::Mutex<Option<BoxWrite>>,
     pending: Mutex<Pending>,
+    /// Turns true when the connection ends, to wake writes stuck on a guest
+    /// that stopped reading.
+    closed: watch::Sender<bool>,
     next_id: AtomicU32,
     rpc_timeout: Duration,
 }
@@ -94,14 +184,64 @@ struct Inner {
 struct Pending {
     map: HashMap<u32, mpsc::Sender<Incoming>>,
     /// Why the connection ended, once it has.
-    dead: Option<String>,
+    dead: Option<Ended>,
+}
+
+/// Why a connection ended; every call after it fails with [`Ended::error`].
+#[derive(Clone)]
+enum Ended {
+    /// The stream ended or broke, or the agent said why it was closing.
+    Closed(String),
+    /// The host ended it ([`AgentClient::abort`]): what was already
+    /// received for a request is dropped too.
+    Aborted(String),
+    /// The agent broke the framing or the protocol.
+    Hostile(Violation),
+}
+
+impl Ended {
+    fn error(&self) -> ClientError {
+        match self {
+            Self::Closed(why) | Self::Aborted(why) => ClientError::Disconnected(why.clone()),
+            Self::Hostile(what) => ClientError::Hostile { what: what.clone() },
+        }
+    }
+}
+
+impl Inner {
+    /// Ends the connection (the first reason given stands): requests in
+    /// flight fail, later calls fail, and the write half is dropped.
+    fn end(&self, why: Ended) {
+        {
+            let mut p = lock(&self.pending);
+            if p.dead.is_none() {
+                p.dead = Some(why);
+            }
+            // Dropping the senders wakes every receiver waiting for a frame.
+            p.map.clear();
+        }
+        self.closed.send_replace(true);
+        // A write in progress holds the lock; it sees `closed` and drops the
+        // writer itself.
+        if let Ok(mut w) = self.writer.try_lock() {
+            w.take();
+        }
+    }
+
+    /// The error calls fail with now that the connection has ended.
+    fn ended_error(&self) -> ClientError {
+        match &lock(&self.pending).dead {
+            Some(why) => why.error(),
+            None => ClientError::Disconnected("request dropped".into()),
+        }
+    }
 }
 
 /// A connection to one guest agent. Cheap to clone; all clones share the stream.
 #[derive(Clone)]
 pub struct AgentClient {
     inner: Arc<Inner>,
-    _reader: Arc<ReaderGuard>,
+    reader: Arc<ReaderGuard>,
 }
 
 struct ReaderGuard(tokio::task::AbortHandle);
@@ -121,11 +261,12 @@ impl AgentClient {
     {
         let (rd, wr) = tokio::io::split(stream);
         let inner = Arc::new(Inner {
-            writer: tokio::sync::Mutex::new(Box::new(wr)),
+            writer: tokio::sync::Mutex::new(Some(Box::new(wr))),
             pending: Mutex::new(Pending {
                 map: HashMap::new(),
                 dead: None,
             }),
+            closed: watch::Sender::new(false),
             // A per-connection random start: frames a previous client left
             // in flight on a shared channel cannot match this one's ids.
             next_id: AtomicU32::new(initial_id()),
@@ -134,7 +275,7 @@ impl AgentClient {
         let task = tokio::spawn(read_loop(rd, Arc::downgrade(&inner)));
         Self {
             inner,
-            _reader: Arc::new(ReaderGuard(task.abort_handle())),
+            reader: Arc::new(ReaderGuard(task.abort_handle())),
         }
     }
 
@@ -152,7 +293,25 @@ impl AgentClient {
 
     /// Why the connection ended, or `None` while it is up.
     pub fn dead_reason(&self) -> Option<String> {
-        lock(&self.inner.pending).dead.clone()
+        lock(&self.inner.pending)
+            .dead
+            .as_ref()
+            .map(|why| match why {
+                Ended::Closed(why) | Ended::Aborted(why) => why.clone(),
+                Ended::Hostile(what) => what.to_string(),
+            })
+    }
+
+    /// Ends the connection from the host's side, for when the host knows the
+    /// guest is gone (its VM powered off, its VMM exited): every request in
+    /// flight fails at once, and every later call fails, with
+    /// [`ClientError::Disconnected`] carrying `cause`. The reader stops and
+    /// the stream is dropped, so the guest sees it close. If the connection
+    /// had already ended, its first reason stands.
+    pub fn abort(&self, cause: impl Into<String>) {
+        self.inner.end(Ended::Aborted(cause.into()));
+        // Also drops the reader's sender for a request it was feeding.
+        self.reader.0.abort();
     }
 
     /// Registers a new request id and sends `req` under it.
@@ -166,8 +325,8 @@ impl AgentClient {
         };
         {
             let mut p = lock(&self.inner.pending);
-            if let Some(reason) = &p.dead {
-                return Err(ClientError::Disconnected(reason.clone()));
+            if let Some(why) = &p.dead {
+                return Err(why.error());
             }
             p.map.insert(id, tx);
         }
@@ -178,21 +337,44 @@ impl AgentClient {
         Ok((id, rx))
     }
 
+    /// Writes one frame; fails with the connection's end once it has ended,
+    /// even while a write waits on a guest that stopped reading.
     async fn send(&self, frame: &Frame) -> Result<(), ClientError> {
         let bytes = frame.encode();
-        let mut w = self.inner.writer.lock().await;
-        w.write_all(&bytes).await?;
-        w.flush().await?;
-        Ok(())
+        let mut closed = self.inner.closed.subscribe();
+        let mut writer = tokio::select! {
+            w = self.inner.writer.lock() => w,
+            _ = closed.wait_for(|c| *c) => return Err(self.inner.ended_error()),
+        };
+        let Some(w) = writer.as_mut() else {
+            return Err(self.inner.ended_error());
+        };
+        let written = tokio::select! {
+            r = async {
+                w.write_all(&bytes).await?;
+                w.flush().await
+            } => r,
+            _ = closed.wait_for(|c| *c) => Ok(()),
+        };
+        if *closed.borrow() {
+            // Ended while writing (or a write failed because it had):
+            // report why, and drop the writer `end` could not take.
+            writer.take();
+            return Err(self.inner.ended_error());
+        }
+        Ok(written?)
     }
 
+    /// The next frame for a request, or the connection's end. After an
+    /// abort, frames already received are dropped rather than delivered.
     async fn recv(&self, rx: &mut mpsc::Receiver<Incoming>) -> Result<Incoming, ClientError> {
-        match rx.recv().await {
-            Some(m) => Ok(m),
-            None => Err(ClientError::Disconnected(
-                self.dead_reason()
-                    .unwrap_or_else(|| "request dropped".into()),
-            )),
+        let msg = rx.recv().await;
+        let p = lock(&self.inner.pending);
+        match (msg, &p.dead) {
+            (Some(_), Some(why @ Ended::Aborted(_))) => Err(why.error()),
+            (Some(m), _) => Ok(m),
+            (None, Some(why)) => Err(why.error()),
+            (None, None) => Err(ClientError::Disconnected("request dropped".into())),
         }
     }
 
@@ -563,54 +745,63 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, inner: std::sync::Weak<Inner>) {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let reason = 'conn: loop {
+    let hostile =
+        |e, decoder: &FrameDecoder| Ended::Hostile(Violation::from_frame_error(e, decoder));
+    let why = 'conn: loop {
         let want = decoder.want().min(buf.len());
         let n = match rd.read(&mut buf[..want]).await {
             Ok(0) => match decoder.finish() {
-                Ok(()) => break "the agent closed the stream".to_string(),
-                Err(e) => break e.to_string(),
+                Ok(()) => break Ended::Closed("the agent closed the stream".into()),
+                Err(e) => break hostile(e, &decoder),
             },
             Ok(n) => n,
-            Err(e) => break format!("read failed: {e}"),
+            Err(e) => break Ended::Closed(format!("read failed: {e}")),
         };
         decoder.push(&buf[..n]);
         loop {
             let frame = match decoder.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => break 'conn e.to_string(),
+                Err(e) => break 'conn hostile(e, &decoder),
             };
             let Some(inner) = inner.upgrade() else { return };
-            if frame.id == 0 {
+            let (kind, id) = (frame.kind, frame.id);
+            let incoming = match kind {
+                FrameKind::Request | FrameKind::Stdin => {
+                    break 'conn Ended::Hostile(Violation::HostOnlyKind { kind, id })
+                }
                 // Connection-level message from the agent: it is closing on us.
-                let msg = match frame.parse::<Response>() {
-                    Ok(Response::Error { message, .. }) => message,
-                    _ => "agent sent a frame for request 0".into(),
-                };
-                break 'conn msg;
-            }
-            let incoming = match frame.kind {
+                FrameKind::Response if id == 0 => match frame.parse::<Response>() {
+                    Ok(Response::Error { message, .. }) => {
+                        break 'conn Ended::Closed(format!("the agent ended it: {message}"))
+                    }
+                    _ => break 'conn Ended::Hostile(Violation::RequestZero { kind }),
+                },
+                _ if id == 0 => break 'conn Ended::Hostile(Violation::RequestZero { kind }),
                 FrameKind::Response => match frame.parse::<Response>() {
                     Ok(r) => Incoming::Response(r),
-                    Err(e) => break 'conn format!("unreadable response: {e}"),
+                    Err(e) => {
+                        break 'conn Ended::Hostile(Violation::BadResponse {
+                            id,
+                            error: Arc::new(e),
+                        })
+                    }
                 },
                 FrameKind::Stdout | FrameKind::Stderr | FrameKind::Data => {
-                    Incoming::Raw(frame.kind, frame.payload)
-                }
-                FrameKind::Request | FrameKind::Stdin => {
-                    break 'conn format!("agent sent a {:?} frame", frame.kind)
+                    Incoming::Raw(kind, frame.payload)
                 }
             };
             let is_final = matches!(incoming, Incoming::Response(_));
             let tx = {
                 let mut p = lock(&inner.pending);
                 if is_final {
-                    p.map.remove(&frame.id)
+                    p.map.remove(&id)
                 } else {
-                    p.map.get(&frame.id).cloned()
+                    p.map.get(&id).cloned()
                 }
             };
             drop(inner);
+            // No sender: an id we never issued or that has finished. Dropped.
             if let Some(tx) = tx {
                 // Waits while the consumer is behind: backpressure, not buffering.
                 let _ = tx.send(incoming).await;
@@ -618,12 +809,18 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, inner: std::sync::Weak<Inner
         }
     };
     if let Some(inner) = inner.upgrade() {
-        tracing::debug!(%reason, "agent connection ended");
-        let mut p = lock(&inner.pending);
-        p.dead = Some(reason);
-        p.map.clear();
+        match &why {
+            Ended::Hostile(what) => tracing::warn!(%what, "agent connection ended"),
+            Ended::Closed(why) | Ended::Aborted(why) => {
+                tracing::debug!(%why, "agent connection ended")
+            }
+        }
+        inner.end(why);
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// One piece of a running command's life.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,9 @@ mod template;
 pub use config::{host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder};
 pub use error::CoreError;
 pub use manager::{data_dir, ManagerConfig, SandboxInfo, SandboxManager};
-pub use petty_agent_client::{ClientError, ExecEvent, ExecOutput, ExecStream, StdinHandle};
+pub use petty_agent_client::{
+    ClientError, ExecEvent, ExecOutput, ExecStream, StdinHandle, Violation,
+};
 pub use petty_protocol::{
     Command as ExecCommand, ErrorKind as GuestErrorKind, ExecRequest, ExitStatus, FileEntry,
     FileStat,

@@ -53,6 +53,7 @@ impl ApiError {
                 | CoreError::Connection { .. }
                 | CoreError::Rpc(
                     ClientError::Disconnected(_)
+                        | ClientError::Hostile { .. }
                         | ClientError::Timeout { .. }
                         | ClientError::Protocol(_)
                         | ClientError::Version { .. }
@@ -86,6 +87,8 @@ impl From<CoreError> for ApiError {
                 _ => (400, "bad_request"),
             },
             CoreError::Rpc(ClientError::TooLarge { .. }) => (413, "too_large"),
+            // Includes a guest that broke the protocol (`ClientError::Hostile`):
+            // the daemon is fine, the sandbox's agent is not.
             CoreError::Rpc(_) | CoreError::AgentTimeout { .. } | CoreError::Connection { .. } => {
                 (502, "agent_error")
             }
@@ -960,4 +963,28 @@ fn check_path(path: &str) -> ApiResult<()> {
         return Err(ApiError::bad_request("path contains a NUL byte"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use petty_core::Violation;
+
+    use super::*;
+
+    #[test]
+    fn a_guest_that_breaks_the_protocol_is_an_agent_error() {
+        for e in [
+            ClientError::Hostile {
+                what: Violation::UnknownKind(9),
+            },
+            ClientError::Disconnected("the VM powered off".into()),
+        ] {
+            let text = e.to_string();
+            let e = CoreError::Rpc(e);
+            assert!(ApiError::is_agent_error(&e), "{e:?}");
+            let api = ApiError::from(e);
+            assert_eq!((api.status, api.kind), (502, "agent_error"), "{api:?}");
+            assert_eq!(api.message, text);
+        }
+    }
 }

@@ -279,18 +279,6 @@ impl AgentClient {
         }
     }
 
-    /// Ends the connection from the host's side (the VM is known to be gone):
-    /// every request in flight, and every later one, fails with
-    /// [`ClientError::Disconnected`] carrying `cause`.
-    pub fn abort(&self, cause: impl Into<String>) {
-        self._reader.0.abort();
-        let mut p = lock(&self.inner.pending);
-        if p.dead.is_none() {
-            p.dead = Some(cause.into());
-        }
-        p.map.clear();
-    }
-
     /// Why the connection ended, or `None` while it is up.
     pub fn dead_reason(&self) -> Option<String> {
         lock(&self.inner.pending)

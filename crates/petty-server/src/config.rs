@@ -4,9 +4,11 @@
 //!
 //! Every key `section.key` can be set from the environment as
 //! `PETTY_<SECTION>_<KEY>` (upper case), for example
-//! `PETTY_LIMITS_MAX_CONCURRENT_SANDBOXES=20`; `PETTY_API_KEYS` (comma
-//! separated) is a shorthand for `server.api_keys`. `petty.example.toml` at
-//! the repository root lists every key with its default.
+//! `PETTY_LIMITS_MAX_CONCURRENT_SANDBOXES=20`; list keys (`server.api_keys`,
+//! `server.allowed_hosts`, `server.allowed_origins`) take a comma-separated
+//! value there, and `PETTY_API_KEYS` is a shorthand for `server.api_keys`.
+//! `petty.example.toml` at the repository root lists every key with its
+//! default.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,14 @@ pub struct ServerSection {
     pub listen: String,
     /// Bearer keys accepted on REST and HTTP MCP; none means no auth (loopback only).
     pub api_keys: Vec<String>,
+    /// Host names (or IP literals) a request's `Host` may name besides the
+    /// listen address, loopback addresses and `localhost`; others get 421.
+    /// No ports, no wildcards.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) of web pages allowed to call the
+    /// daemon, with CORS; a request with any other `Origin` gets 403. Empty
+    /// (the default): no page may, and CORS is off.
+    pub allowed_origins: Vec<String>,
     /// What SIGTERM does to sandboxes: `keep` them running for the next
     /// start (default) or `destroy` them.
     pub on_shutdown: OnShutdown,
@@ -55,6 +65,8 @@ impl Default for ServerSection {
         Self {
             listen: "127.0.0.1:8080".into(),
             api_keys: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             on_shutdown: OnShutdown::Keep,
             shutdown_grace_secs: 30,
             max_body_mib: 100,
@@ -229,6 +241,8 @@ impl BackendKind {
 pub const KEYS: &[&str] = &[
     "server.listen",
     "server.api_keys",
+    "server.allowed_hosts",
+    "server.allowed_origins",
     "server.on_shutdown",
     "server.shutdown_grace_secs",
     "server.max_body_mib",
@@ -307,6 +321,13 @@ impl Override {
     }
 }
 
+/// Keys whose value is a list: from the environment, comma-separated.
+const LIST_KEYS: &[&str] = &[
+    "server.api_keys",
+    "server.allowed_hosts",
+    "server.allowed_origins",
+];
+
 /// The overrides found in `env` (pairs of name and value), for every key
 /// in [`KEYS`] plus the `PETTY_API_KEYS` shorthand.
 pub fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<Override> {
@@ -321,8 +342,8 @@ pub fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<Ove
             }
         };
         let mut o = Override::parse(key, &raw, &name);
-        if key == "server.api_keys" && !o.value.is_array() {
-            // Keys are listed comma-separated.
+        if LIST_KEYS.contains(&key) && !o.value.is_array() {
+            // Lists are given comma-separated.
             o.value = toml::Value::Array(
                 raw.split(',')
                     .map(str::trim)
@@ -409,6 +430,20 @@ impl Config {
         }
         if self.server.api_keys.iter().any(|k| k.len() < 16) {
             return bad("server.api_keys: every key must be at least 16 characters".into());
+        }
+        for entry in &self.server.allowed_hosts {
+            if let Err(why) = crate::guard::parse_allowed_host(entry) {
+                return bad(format!(
+                    "server.allowed_hosts: {entry:?} {why}; give host names such as \"petty.internal\""
+                ));
+            }
+        }
+        for entry in &self.server.allowed_origins {
+            if let Err(why) = crate::guard::parse_origin(entry.trim()) {
+                return bad(format!(
+                    "server.allowed_origins: {entry:?} {why}; give origins such as \"https://app.example.com\""
+                ));
+            }
         }
         if self.server.max_body_mib == 0 {
             return bad("server.max_body_mib must be at least 1".into());
@@ -534,6 +569,11 @@ mod tests {
             ),
             ("PETTY_BACKEND_KIND".into(), "qemu".into()),
             ("PETTY_DEFAULTS_DISK_SIZE_MB".into(), "2048".into()),
+            ("PETTY_SERVER_ALLOWED_HOSTS".into(), "petty.internal".into()),
+            (
+                "PETTY_SERVER_ALLOWED_ORIGINS".into(),
+                "https://app.example.com, http://localhost:3000".into(),
+            ),
             ("UNRELATED".into(), "x".into()),
         ];
         let c = Config::load(None, &env_overrides(env)).unwrap();
@@ -542,6 +582,11 @@ mod tests {
         assert_eq!(c.server.api_keys.len(), 2);
         assert_eq!(c.backend.kind, BackendKind::Qemu);
         assert_eq!(c.defaults.disk_size_mb, Some(2048));
+        assert_eq!(c.server.allowed_hosts, ["petty.internal"]);
+        assert_eq!(
+            c.server.allowed_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
     }
 
     #[test]
@@ -570,6 +615,26 @@ mod tests {
             ),
             ("[server]\nlisten = \"nope\"\n", &[], "server.listen"),
             ("[backend]\nkernel = \"/no/such\"\n", &[], "backend.kernel"),
+            (
+                "[server]\nallowed_origins = [\"app.example.com\"]\n",
+                &[],
+                "server.allowed_origins: \"app.example.com\" has no scheme",
+            ),
+            (
+                "[server]\nallowed_origins = [\"null\"]\n",
+                &[],
+                "server.allowed_origins",
+            ),
+            (
+                "[server]\nallowed_hosts = [\"*\"]\n",
+                &[],
+                "server.allowed_hosts: \"*\" is a wildcard",
+            ),
+            (
+                "[server]\nallowed_hosts = [\"petty.internal:8080\"]\n",
+                &[],
+                "server.allowed_hosts",
+            ),
             (
                 "",
                 &[Override {

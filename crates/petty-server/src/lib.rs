@@ -1,6 +1,7 @@
 //! Petty's daemon: the sandbox manager behind an MCP server (stdio and
 //! streamable HTTP), a REST API under `/v1` with its OpenAPI document,
-//! Prometheus metrics, health checks, bearer-key auth and a TOML config.
+//! Prometheus metrics, health checks, bearer-key auth, a guard against
+//! requests a web page could forge, and a TOML config.
 //!
 //! [`serve`] runs the HTTP daemon (`petty serve`); [`serve_stdio`] runs MCP
 //! over stdin/stdout (`petty mcp`). Both build the same [`Service`] from a
@@ -9,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod guard;
 pub mod mcp;
 pub mod metrics;
 pub mod rest;
@@ -93,7 +95,8 @@ pub async fn build_service(config: &Config, with_pool: bool) -> anyhow::Result<(
 }
 
 /// The whole HTTP application: REST, `/mcp`, health, metrics, OpenAPI,
-/// behind the key check.
+/// behind the request guard (Host, Origin, Content-Type) and then the key
+/// check.
 pub fn app(
     service: Service,
     shutting_down: Arc<AtomicBool>,
@@ -102,18 +105,20 @@ pub fn app(
     let config = service.config().clone();
     let max_body = usize::try_from(config.server.max_body_mib.saturating_mul(1024 * 1024))
         .unwrap_or(usize::MAX);
-    let mut mcp_config = StreamableHttpServerConfig::default()
+    // The guard in front checks Host and Origin on every route, /mcp
+    // included. rmcp's own checks follow other rules (its loopback names
+    // only, origins without a port matching any port), so they are off:
+    // one rule, the guard's, tested through /mcp.
+    let mcp_config = StreamableHttpServerConfig::default()
         .with_cancellation_token(mcp_cancel)
-        .with_max_request_body_bytes(max_body);
-    let loopback = config
+        .with_max_request_body_bytes(max_body)
+        .disable_allowed_hosts()
+        .disable_allowed_origins();
+    let listen = config
         .listen_addr()
-        .map(|a| a.ip().is_loopback())
-        .unwrap_or(true);
-    if !loopback {
-        // Beyond loopback the bearer key is the guard (one is required
-        // there); the Host check is for DNS rebinding against local servers.
-        mcp_config = mcp_config.disable_allowed_hosts();
-    }
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let guard = Arc::new(guard::Guard::new(&config.server, listen));
     let mcp_service = service.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(PettyMcp::new(mcp_service.clone())),
@@ -131,6 +136,10 @@ pub fn app(
     .nest_service("/mcp", mcp)
     .layer(axum::middleware::from_fn(move |req, next| {
         rest::require_key(keys.clone(), req, next)
+    }))
+    // Outermost: a forged request is refused before the key check.
+    .layer(axum::middleware::from_fn(move |req, next| {
+        guard::guard(guard.clone(), req, next)
     }))
 }
 

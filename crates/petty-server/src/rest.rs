@@ -38,7 +38,9 @@ pub struct AppState {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable kind: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `too_large`, `capacity`, `agent_error`, `unavailable`, `internal`.
+    /// `conflict`, `too_large`, `capacity`, `agent_error`, `unavailable`, `internal`;
+    /// from the request guard, `unsupported_media_type` (415),
+    /// `misdirected_host` (421) and `forbidden_origin` (403).
     pub kind: String,
     /// What went wrong and what to do.
     pub message: String,
@@ -275,6 +277,8 @@ pub struct Health {
         title = "Petty",
         description = "Sandboxes for AI agents: each one a microVM with its own kernel. \
             Every route but /healthz and /readyz takes `Authorization: Bearer <key>` when the server has keys. \
+            Every POST and PUT sends `Content-Type: application/json` (the file upload: `application/octet-stream`), \
+            body or not (415 otherwise); a Host that is not this server gets 421, an Origin not in server.allowed_origins 403. \
             Sandboxes are addressed by id or name.",
     ),
     paths(

@@ -187,6 +187,14 @@ pub struct ServerArgs {
     /// Accept this bearer API key (server.api_keys; repeatable).
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_keys: Vec<String>,
+    /// Accept requests naming this host besides the listen address, loopback
+    /// and localhost (server.allowed_hosts; repeatable).
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    pub allowed_hosts: Vec<String>,
+    /// Let web pages from this origin call the daemon, with CORS, e.g.
+    /// https://app.example.com (server.allowed_origins; repeatable).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
     /// VMM backend (backend.kind): auto, qemu or firecracker.
     #[arg(long, value_name = "KIND")]
     pub backend: Option<String>,
@@ -228,17 +236,31 @@ impl ServerArgs {
         if let Some(v) = &self.on_shutdown {
             flag("server.on_shutdown", format!("{v:?}"), "--on-shutdown");
         }
-        if !self.api_keys.is_empty() {
-            overrides.push(Override {
-                key: "server.api_keys".into(),
-                value: toml::Value::Array(
-                    self.api_keys
-                        .iter()
-                        .map(|k| toml::Value::String(k.clone()))
-                        .collect(),
-                ),
-                source: "--api-key".into(),
-            });
+        for (key, values, name) in [
+            ("server.api_keys", &self.api_keys, "--api-key"),
+            (
+                "server.allowed_hosts",
+                &self.allowed_hosts,
+                "--allowed-host",
+            ),
+            (
+                "server.allowed_origins",
+                &self.allowed_origins,
+                "--allowed-origin",
+            ),
+        ] {
+            if !values.is_empty() {
+                overrides.push(Override {
+                    key: key.into(),
+                    value: toml::Value::Array(
+                        values
+                            .iter()
+                            .map(|v| toml::Value::String(v.clone()))
+                            .collect(),
+                    ),
+                    source: name.into(),
+                });
+            }
         }
         Ok(petty_server::Config::load(
             self.config.as_deref(),

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 use crate::Env;
 
+mod guard;
+
 const KEY: &str = "test-key-0123456789abcdef";
 
 /// A running `petty serve`; killed on drop (its VMs die with the `Env`).
@@ -78,10 +80,13 @@ impl Daemon {
     }
 
     /// Sends and returns status and JSON body (Null when empty or not JSON).
+    /// A POST without a body still says it is JSON, as the daemon requires.
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut r = self.req(method.parse().unwrap(), path);
-        if let Some(b) = body {
-            r = r.json(&b);
+        match body {
+            Some(b) => r = r.json(&b),
+            None if method == "POST" => r = r.header("content-type", "application/json"),
+            None => {}
         }
         let resp = r.send().await.unwrap();
         let status = resp.status().as_u16();
@@ -276,6 +281,7 @@ async fn rest_drives_every_route_with_real_vms() {
             reqwest::Method::PUT,
             "/v1/sandboxes/web/files/content?path=/root/data/blob.bin",
         )
+        .header("content-type", "application/octet-stream")
         .body(bytes.clone())
         .send()
         .await
@@ -478,7 +484,14 @@ async fn rest_errors_auth_limits_and_bad_config() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    let r = d.http.post(url("/mcp")).body("{}").send().await.unwrap();
+    let r = d
+        .http
+        .post(url("/mcp"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401, "MCP over HTTP needs the key too");
     assert_eq!(
         d.http.get(url("/healthz")).send().await.unwrap().status(),
@@ -488,6 +501,7 @@ async fn rest_errors_auth_limits_and_bad_config() {
     // 400: malformed JSON, unknown field, wrong type, relative path, nothing to run.
     let r = d
         .req(reqwest::Method::POST, "/v1/sandboxes")
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await
@@ -587,6 +601,7 @@ async fn rest_errors_auth_limits_and_bad_config() {
             reqwest::Method::PUT,
             "/v1/sandboxes/a/files/content?path=/root/big",
         )
+        .header("content-type", "application/octet-stream")
         .body(big)
         .send()
         .await

@@ -1138,8 +1138,14 @@ impl SandboxManager {
         self.inner.live.write().await.clear();
     }
 
-    pub(crate) async fn unpool(&self, id: SandboxId) -> Result<(), CoreError> {
-        self.db(move |s| s.unpool(id)).await
+    pub(crate) async fn unpool(
+        &self,
+        id: SandboxId,
+        owner: Option<String>,
+        bound_to_owner: bool,
+    ) -> Result<(), CoreError> {
+        self.db(move |s| s.unpool(id, owner.as_deref(), bound_to_owner))
+            .await
     }
 }
 

@@ -117,19 +117,37 @@ impl SandboxPool {
     /// A ready sandbox: a warm one at once if there is one, else a fresh boot.
     /// The caller owns it from here (destroy it through the manager).
     pub async fn acquire(&self) -> Result<SandboxId, CoreError> {
+        self.acquire_as(None, false).await
+    }
+
+    /// [`acquire`](Self::acquire) for `owner` (see
+    /// [`SandboxConfig::owner`]; `None` keeps the pool config's), going with
+    /// its owner process when `bound_to_owner`
+    /// ([`SandboxConfig::bound_to_owner`]). Its TTL and idle timeout count
+    /// from now.
+    pub async fn acquire_as(
+        &self,
+        owner: Option<&str>,
+        bound_to_owner: bool,
+    ) -> Result<SandboxId, CoreError> {
         let warm = lock(&self.inner.ready).pop_front();
         self.inner.wake.notify_one();
         if let Some(id) = warm {
             self.inner.warm_hits.fetch_add(1, Ordering::Relaxed);
             // Handing out is a row update; the VM is already up.
-            self.inner.manager.unpool(id).await?;
+            self.inner
+                .manager
+                .unpool(id, owner.map(str::to_string), bound_to_owner)
+                .await?;
             return Ok(id);
         }
         self.inner.cold_misses.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .manager
-            .create(self.inner.config.sandbox_config.clone())
-            .await
+        let mut config = self.inner.config.sandbox_config.clone();
+        if let Some(owner) = owner {
+            config.owner = Some(owner.to_string());
+        }
+        config.bound_to_owner = bound_to_owner;
+        self.inner.manager.create(config).await
     }
 
     /// Warm sandboxes ready now.

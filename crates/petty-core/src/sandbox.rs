@@ -588,8 +588,10 @@ impl Watch {
         let task = tokio::spawn(async move {
             let cause = ended.await;
             tracing::warn!(sandbox = %id, %cause, "sandbox VM ended");
-            agent.abort(cause.clone());
-            let _ = tx.send(Some(cause));
+            // Published before the calls in flight fail, so their errors
+            // can name it.
+            let _ = tx.send(Some(cause.clone()));
+            agent.abort(cause);
             // Keep the sender: the cause stays readable until stopped.
             std::future::pending::<()>().await;
         });

@@ -355,13 +355,26 @@ impl Store {
     }
 
     /// Marks a pooled sandbox as handed out.
-    pub fn unpool(&self, id: SandboxId) -> Result<(), CoreError> {
+    /// Its lifetimes count from now; `owner` (when given) and
+    /// `bound_to_owner` are its new owner's.
+    pub fn unpool(
+        &self,
+        id: SandboxId,
+        owner: Option<&str>,
+        bound_to_owner: bool,
+    ) -> Result<(), CoreError> {
         self.with(|c| {
             c.execute(
-                // Handed out now: its lifetimes count from here.
-                "UPDATE sandboxes SET pooled = 0, created_at = ?2, last_used_at = ?2, owner_pid = ?3
+                "UPDATE sandboxes SET pooled = 0, created_at = ?2, last_used_at = ?2, owner_pid = ?3,
+                    owner = COALESCE(?4, owner), bound_to_owner = ?5
                  WHERE id = ?1",
-                params![id.to_string(), now_ms(), std::process::id()],
+                params![
+                    id.to_string(),
+                    now_ms(),
+                    std::process::id(),
+                    owner,
+                    bound_to_owner
+                ],
             )
         })?;
         Ok(())

@@ -28,6 +28,8 @@ pub struct Config {
     pub defaults: DefaultsSection,
     /// The warm pool.
     pub pool: PoolSection,
+    /// MCP sessions.
+    pub mcp: McpSection,
     /// The VMM backend and its files.
     pub backend: BackendSection,
 }
@@ -105,10 +107,16 @@ pub struct LimitsSection {
     /// shares its run directory root (default: the host's CPU count); more
     /// wait their turn.
     pub max_concurrent_boots: Option<usize>,
-    /// Sandboxes are destroyed this long after creation unless the create says otherwise (default: never).
-    pub default_ttl_secs: Option<u64>,
-    /// Sandboxes are destroyed after this long unused unless the create says otherwise (default: never).
-    pub default_idle_timeout_secs: Option<u64>,
+    /// REST and MCP sandboxes are destroyed this long after creation unless
+    /// the create says otherwise (default 3600, an hour: E2B's longest
+    /// sandbox life on its base tier; 0: no limit). A route and a tool
+    /// extend it.
+    pub default_ttl_secs: u64,
+    /// REST and MCP sandboxes are destroyed after this long without a
+    /// command or file operation unless the create says otherwise (default
+    /// 300: E2B's default sandbox timeout, counted here from the last use so
+    /// a sandbox in use is never cut off; 0: no limit).
+    pub default_idle_timeout_secs: u64,
     /// Largest guest memory a create may ask for, in MiB (default 8192).
     pub max_memory_mb: u32,
     /// Most vCPUs a create may ask for (default 8).
@@ -120,10 +128,28 @@ impl Default for LimitsSection {
         Self {
             max_concurrent_sandboxes: 100,
             max_concurrent_boots: None,
-            default_ttl_secs: None,
-            default_idle_timeout_secs: None,
+            default_ttl_secs: 3600,
+            default_idle_timeout_secs: 300,
             max_memory_mb: 8192,
             max_vcpu: 8,
+        }
+    }
+}
+
+/// `[mcp]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpSection {
+    /// An MCP session over HTTP that sends nothing for this long ends, and
+    /// the sandboxes it created (unless asked to be kept) go with it
+    /// (default 600).
+    pub session_idle_secs: u64,
+}
+
+impl Default for McpSection {
+    fn default() -> Self {
+        Self {
+            session_idle_secs: 600,
         }
     }
 }
@@ -259,6 +285,7 @@ pub const KEYS: &[&str] = &[
     "defaults.exec_timeout_secs",
     "pool.size",
     "pool.max_concurrent_boots",
+    "mcp.session_idle_secs",
     "backend.kind",
     "backend.qemu_binary",
     "backend.firecracker_binary",
@@ -362,7 +389,22 @@ pub fn env_name(key: &str) -> String {
     format!("PETTY_{}", key.replace('.', "_").to_ascii_uppercase())
 }
 
+/// A limit in seconds where 0 means none.
+fn secs_or_none(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
 impl Config {
+    /// `limits.default_ttl_secs` (`None`: no limit).
+    pub fn default_ttl(&self) -> Option<Duration> {
+        secs_or_none(self.limits.default_ttl_secs)
+    }
+
+    /// `limits.default_idle_timeout_secs` (`None`: no limit).
+    pub fn default_idle_timeout(&self) -> Option<Duration> {
+        secs_or_none(self.limits.default_idle_timeout_secs)
+    }
+
     /// Reads `file` (if any), applies `overrides` in order, and validates.
     pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Self, ConfigError> {
         let (mut table, origin) = match file {
@@ -457,16 +499,8 @@ impl Config {
                     .into(),
             );
         }
-        for (k, v) in [
-            ("limits.default_ttl_secs", self.limits.default_ttl_secs),
-            (
-                "limits.default_idle_timeout_secs",
-                self.limits.default_idle_timeout_secs,
-            ),
-        ] {
-            if v == Some(0) {
-                return bad(format!("{k} must be at least 1 (leave it out for none)"));
-            }
+        if self.mcp.session_idle_secs == 0 {
+            return bad("mcp.session_idle_secs must be at least 1".into());
         }
         if self.defaults.vcpu == 0 || self.defaults.vcpu > self.limits.max_vcpu {
             return bad(format!(

@@ -50,13 +50,10 @@ pub async fn build_service(config: &Config, with_pool: bool) -> anyhow::Result<(
         k => Some(k.as_str()),
     };
     let (vmm, notice) = choose_backend_with(kind, root, &binaries)?;
+    // Lifetimes are the service's to give (REST and MCP defaults, 0 for
+    // none), so the manager applies none of its own.
     let mut mc = ManagerConfig {
         max_sandboxes: config.limits.max_concurrent_sandboxes,
-        default_ttl: config.limits.default_ttl_secs.map(Duration::from_secs),
-        default_idle_timeout: config
-            .limits
-            .default_idle_timeout_secs
-            .map(Duration::from_secs),
         templates: config.backend.templates,
         standby: config.backend.standby,
         ..ManagerConfig::default()
@@ -75,8 +72,12 @@ pub async fn build_service(config: &Config, with_pool: bool) -> anyhow::Result<(
     if !with_pool || config.pool.size == 0 {
         return Ok((service, notice));
     }
+    let pool_owner = service::Requester {
+        owner: "pool".into(),
+        session: false,
+    };
     let sandbox_config = service
-        .sandbox_config(&service::CreateSpec::default())
+        .sandbox_config(&service::CreateSpec::default(), &pool_owner)
         .map_err(|e| anyhow::anyhow!("pool sandbox config: {}", e.message))?;
     let pool = SandboxPool::new(
         manager.clone(),
@@ -120,9 +121,28 @@ pub fn app(
         .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let guard = Arc::new(guard::Guard::new(&config.server, listen));
     let mcp_service = service.clone();
+    // A session with no call in flight for mcp.session_idle_secs ends, and
+    // the sandboxes it made go with it: the handler watches that. rmcp's
+    // own keep-alive counts a long call as idle, so it only collects
+    // sessions abandoned for a day beyond that.
+    let idle = Duration::from_secs(config.mcp.session_idle_secs);
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(idle + Duration::from_secs(86_400));
+    let sessions = Arc::new(sessions);
     let mcp = StreamableHttpService::new(
-        move || Ok(PettyMcp::new(mcp_service.clone())),
-        Arc::new(LocalSessionManager::default()),
+        {
+            let sessions = sessions.clone();
+            move || {
+                Ok(PettyMcp::new(
+                    mcp_service.clone(),
+                    mcp::Transport::Http {
+                        sessions: sessions.clone(),
+                        idle,
+                    },
+                ))
+            }
+        },
+        sessions,
         mcp_config,
     );
     let keys = Arc::new(config.server.api_keys.clone());
@@ -223,16 +243,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 pub async fn serve_stdio(config: Config) -> anyhow::Result<()> {
     let (service, notice) = build_service(&config, false).await?;
     tracing::info!("{notice}");
-    let running = PettyMcp::new(service.clone())
+    let mcp = PettyMcp::new(service.clone(), mcp::Transport::Stdio);
+    let running = mcp
+        .clone()
         .serve(rmcp::transport::stdio())
         .await
         .context("starting MCP on stdio")?;
-    tokio::select! {
-        r = running.waiting() => { r.context("serving MCP on stdio")?; }
-        _ = wait_for_signal() => {}
-    }
+    // The client closing stdin (or being killed) ends the session, as a
+    // signal does; either way its sandboxes go, unless they were kept.
+    let served = tokio::select! {
+        r = running.waiting() => r.map(|_| ()).context("serving MCP on stdio"),
+        _ = wait_for_signal() => Ok(()),
+    };
+    mcp.end_session().await;
+    drop(mcp);
     shutdown(&service, config.server.on_shutdown).await;
-    Ok(())
+    served
 }
 
 async fn wait_for_signal() {
@@ -248,6 +274,10 @@ async fn wait_for_signal() {
 /// Empties the warm pool, then keeps (detached, recorded in SQLite) or
 /// destroys every sandbox.
 async fn shutdown(service: &Service, on_shutdown: OnShutdown) {
+    // MCP sessions are cancelled by now: their sandboxes go first.
+    if !service.wait_for_sessions(Duration::from_secs(30)).await {
+        eprintln!("petty: MCP sessions' sandboxes still being destroyed after 30 s; going on");
+    }
     if let Some(pool) = service.pool() {
         if let Err(e) = pool.shutdown().await {
             eprintln!("petty: emptying the warm pool: {e}");

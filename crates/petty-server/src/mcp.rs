@@ -13,17 +13,173 @@ use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::service::{ApiError, ApiResult, CreateSpec, ExecSpec, Service};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use rmcp::model::Extensions;
+use rmcp::transport::common::server_side_http::SessionId;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::SessionManager as _;
+
+use crate::service::{
+    ApiError, ApiResult, CreateSpec, ExecSpec, LifetimeSpec, Requester, SandboxView, Service,
+};
 
 /// Largest file `download_file` returns (a tool result goes to a model's
 /// context whole; bigger files are for the REST download).
 pub const MAX_TOOL_FILE: u64 = 8 * 1024 * 1024;
 
-/// The tools, over one [`Service`].
+/// The tools, over one [`Service`], for one MCP session.
 #[derive(Clone)]
 pub struct PettyMcp {
     service: Service,
+    session: Arc<Session>,
     tool_router: ToolRouter<Self>,
+}
+
+/// How the MCP client reaches this server.
+#[derive(Clone)]
+pub enum Transport {
+    /// `petty mcp`: one client, one session, for the life of the process.
+    Stdio,
+    /// `/mcp` on the daemon: one handler per session (or per request, for
+    /// clients without sessions). A session with no call in flight and
+    /// none for `idle` is ended through `sessions`.
+    Http {
+        /// The daemon's MCP sessions.
+        sessions: Arc<LocalSessionManager>,
+        /// `mcp.session_idle_secs`.
+        idle: Duration,
+    },
+}
+
+/// What a session is doing, for its idle clock.
+struct Activity {
+    /// Tool calls running now: a session is never idle during one.
+    in_flight: usize,
+    /// When the last call ended (or the session began).
+    last: Instant,
+    /// Its `Mcp-Session-Id`, once a call carried one.
+    id: Option<String>,
+    /// The idle watch runs.
+    watched: bool,
+}
+
+/// The sandboxes an MCP session made that go when it ends: stdin closed or
+/// the client killed (stdio), the session deleted or idle past
+/// `mcp.session_idle_secs` (HTTP). A sandbox created with `keep: true` or a
+/// TTL is not among them.
+struct Session {
+    service: Service,
+    transport: Transport,
+    owned: std::sync::Mutex<Vec<String>>,
+    activity: std::sync::Mutex<Activity>,
+    /// Counts this session as live for [`Service::wait_for_sessions`].
+    _live: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+/// A tool call in flight; its end restarts the session's idle clock.
+struct InFlight(Arc<Session>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut a = lock(&self.0.activity);
+        a.in_flight -= 1;
+        a.last = Instant::now();
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Session {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.owned))
+    }
+
+    /// A tool call starts, in the HTTP session `id` if it carries one: the
+    /// session is busy until the result is dropped, and is watched for
+    /// idleness from its first call on.
+    fn begin(self: &Arc<Self>, id: Option<&str>) -> InFlight {
+        let watch = {
+            let mut a = lock(&self.activity);
+            a.in_flight += 1;
+            if a.id.is_none() {
+                a.id = id.map(str::to_string);
+            }
+            let start = a.id.is_some() && !a.watched;
+            a.watched |= start;
+            start
+        };
+        if let (true, Transport::Http { sessions, idle }) = (watch, &self.transport) {
+            tokio::spawn(watch_idle(Arc::downgrade(self), sessions.clone(), *idle));
+        }
+        InFlight(self.clone())
+    }
+
+    /// Destroys the session's sandboxes now.
+    async fn end(&self) {
+        destroy_owned(&self.service, self.take()).await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let owned = self.take();
+        if owned.is_empty() {
+            return;
+        }
+        let service = self.service.clone();
+        // Tracked: the daemon's shutdown waits for it.
+        self.service
+            .track(async move { destroy_owned(&service, owned).await });
+    }
+}
+
+/// Ends an HTTP session once it has had no call in flight for `idle`:
+/// rmcp's own keep-alive counts a long call as idle time, so it is set far
+/// beyond this and this decides.
+async fn watch_idle(session: Weak<Session>, sessions: Arc<LocalSessionManager>, idle: Duration) {
+    let tick = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(s) = session.upgrade() else { return };
+        let id = {
+            let a = lock(&s.activity);
+            if a.in_flight > 0 || a.last.elapsed() < idle {
+                continue;
+            }
+            a.id.clone()
+        };
+        tracing::info!(session = ?id, idle_secs = idle.as_secs(), "MCP session idle; ending it");
+        s.end().await;
+        drop(s);
+        if let Some(id) = id {
+            let _ = sessions.close_session(&SessionId::from(id)).await;
+        }
+        return;
+    }
+}
+
+/// The `Mcp-Session-Id` of an HTTP request, if it carries one.
+fn session_id(ext: &Extensions) -> Option<&str> {
+    ext.get::<axum::http::request::Parts>()
+        .and_then(|p| p.headers.get("mcp-session-id"))
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn destroy_owned(service: &Service, ids: Vec<String>) {
+    for id in ids {
+        match service.destroy(&id).await {
+            Ok(()) => tracing::info!(sandbox = %id, "MCP session ended; its sandbox destroyed"),
+            // The client destroyed it itself.
+            Err(e) if e.status == 404 => {}
+            Err(e) => {
+                tracing::warn!(sandbox = %id, "destroying an ended MCP session's sandbox: {e}")
+            }
+        }
+    }
 }
 
 /// Arguments naming one sandbox.
@@ -124,6 +280,17 @@ pub struct ForkParams {
     pub count: usize,
 }
 
+/// `set_sandbox_lifetime` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct LifetimeParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// The sandbox ends this many seconds from now (0: no limit).
+    pub ttl_secs: Option<u64>,
+    /// How long the sandbox may sit without a command or file operation (0: no limit).
+    pub idle_timeout_secs: Option<u64>,
+}
+
 /// Empty arguments.
 #[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 pub struct NoParams {}
@@ -199,12 +366,64 @@ impl Encoding {
 
 #[tool_router]
 impl PettyMcp {
-    /// Tools over `service`.
-    pub fn new(service: Service) -> Self {
+    /// Tools over `service` for one session reached over `transport`.
+    pub fn new(service: Service, transport: Transport) -> Self {
+        let session = Arc::new(Session {
+            _live: service.session_token(),
+            service: service.clone(),
+            transport,
+            owned: std::sync::Mutex::new(Vec::new()),
+            activity: std::sync::Mutex::new(Activity {
+                in_flight: 0,
+                last: Instant::now(),
+                id: None,
+                watched: false,
+            }),
+        });
         Self {
             service,
+            session,
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// Ends the session: destroys the sandboxes it made (see [`Session`]).
+    /// `petty mcp` calls it when its client goes; over HTTP the session's
+    /// end does it.
+    pub async fn end_session(&self) {
+        self.session.end().await;
+    }
+
+    /// Who a call comes from. Over HTTP only a request carrying an
+    /// `Mcp-Session-Id` belongs to a session (a client without sessions
+    /// gets sandboxes that live by their TTL and idle timeout).
+    fn requester(&self, ext: &Extensions) -> Requester {
+        match self.session.transport {
+            Transport::Stdio => Requester {
+                owner: "mcp-stdio".into(),
+                session: true,
+            },
+            Transport::Http { .. } => match session_id(ext) {
+                Some(id) => Requester {
+                    owner: format!("mcp-http:{}", id.chars().take(12).collect::<String>()),
+                    session: true,
+                },
+                None => Requester {
+                    owner: "mcp-http".into(),
+                    session: false,
+                },
+            },
+        }
+    }
+
+    /// Remembers the session-bound ones among `made`.
+    fn own<'a>(&self, made: impl IntoIterator<Item = &'a SandboxView>) {
+        let mut owned = self.session.owned.lock().unwrap_or_else(|e| e.into_inner());
+        owned.extend(
+            made.into_iter()
+                .filter(|v| v.session_bound)
+                .map(|v| v.id.clone()),
+        );
     }
 
     #[tool(
@@ -213,8 +432,34 @@ impl PettyMcp {
     async fn create_sandbox(
         &self,
         Parameters(spec): Parameters<CreateSpec>,
+        ext: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        respond("create_sandbox", self.service.create(spec).await)
+        let made = self.service.create(spec, &self.requester(&ext)).await;
+        if let Ok(view) = &made {
+            self.own([view]);
+        }
+        respond("create_sandbox", made)
+    }
+
+    #[tool(
+        description = "Extend (or shorten) a sandbox's life: ttl_secs makes it end that many seconds from now (0: no limit); idle_timeout_secs sets how long it may sit unused (0: no limit). Sandboxes end by default an hour after creation or after 5 minutes unused (the server's limits)."
+    )]
+    async fn set_sandbox_lifetime(
+        &self,
+        Parameters(p): Parameters<LifetimeParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("set_sandbox_lifetime of sandbox {}", p.sandbox),
+            self.service
+                .set_lifetime(
+                    &p.sandbox,
+                    LifetimeSpec {
+                        ttl_secs: p.ttl_secs,
+                        idle_timeout_secs: p.idle_timeout_secs,
+                    },
+                )
+                .await,
+        )
     }
 
     #[tool(
@@ -363,11 +608,16 @@ impl PettyMcp {
     async fn restore_snapshot(
         &self,
         Parameters(p): Parameters<RestoreParams>,
+        ext: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        respond(
-            &format!("restore_snapshot {}", p.snapshot),
-            self.service.restore(&p.snapshot, p.name.as_deref()).await,
-        )
+        let made = self
+            .service
+            .restore(&p.snapshot, p.name.as_deref(), &self.requester(&ext))
+            .await;
+        if let Ok(view) = &made {
+            self.own([view]);
+        }
+        respond(&format!("restore_snapshot {}", p.snapshot), made)
     }
 
     #[tool(
@@ -376,13 +626,18 @@ impl PettyMcp {
     async fn fork_sandbox(
         &self,
         Parameters(p): Parameters<ForkParams>,
+        ext: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
+        let made = self
+            .service
+            .fork(&p.source, p.count, &self.requester(&ext))
+            .await;
+        if let Ok(views) = &made {
+            self.own(views);
+        }
         respond(
             &format!("fork_sandbox {}", p.source),
-            self.service
-                .fork(&p.source, p.count)
-                .await
-                .map(|s| serde_json::json!({ "sandboxes": s })),
+            made.map(|s| serde_json::json!({ "sandboxes": s })),
         )
     }
 }
@@ -397,6 +652,7 @@ impl ServerHandler for PettyMcp {
         request: rmcp::model::CallToolRequestParams,
         context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let _busy = self.session.begin(session_id(&context.extensions));
         let name = request.name.to_string();
         let known = self.tool_router.has_route(&name);
         let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);

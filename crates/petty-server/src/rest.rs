@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::service::{
-    ApiError, CreateSpec, EntryView, ExecSpec, ExecView, PoolView, SandboxView, Service,
-    SnapshotView,
+    ApiError, CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, Requester,
+    SandboxView, Service, SnapshotView,
 };
 
 /// Shared state of every handler.
@@ -282,7 +282,7 @@ pub struct Health {
             Sandboxes are addressed by id or name.",
     ),
     paths(
-        create_sandbox, list_sandboxes, get_sandbox, delete_sandbox,
+        create_sandbox, list_sandboxes, get_sandbox, delete_sandbox, set_lifetime,
         exec, exec_stream, run_code,
         list_files, remove_file, download_file, upload_file, make_dir,
         snapshot_sandbox, fork_sandbox, list_snapshots, get_snapshot, delete_snapshot,
@@ -319,6 +319,7 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
             "/v1/sandboxes/{id}",
             get(get_sandbox).delete(delete_sandbox),
         )
+        .route("/v1/sandboxes/{id}/lifetime", post(set_lifetime))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/stream", post(exec_stream))
         .route("/v1/sandboxes/{id}/code", post(run_code))
@@ -411,7 +412,10 @@ async fn create_sandbox(
     State(s): State<AppState>,
     JsonBody(spec): JsonBody<CreateSpec>,
 ) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
-    Ok((StatusCode::CREATED, Json(s.service.create(spec).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.service.create(spec, &Requester::rest()).await?),
+    ))
 }
 
 /// List sandboxes.
@@ -439,6 +443,20 @@ async fn delete_sandbox(
 ) -> Result<StatusCode, ApiError> {
     s.service.destroy(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Extend or shorten a sandbox's life: `ttl_secs` from now (0: no TTL),
+/// `idle_timeout_secs` (0: none).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/lifetime", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    request_body = LifetimeSpec,
+    responses((status = 200, body = SandboxView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn set_lifetime(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(spec): JsonBody<LifetimeSpec>,
+) -> ApiJson<SandboxView> {
+    Ok(Json(s.service.set_lifetime(&id, spec).await?))
 }
 
 /// Run a command to completion.
@@ -657,7 +675,7 @@ async fn fork_sandbox(
     s.service.get(&id).await?;
     Ok((
         StatusCode::CREATED,
-        Json(s.service.fork(&id, req.count).await?),
+        Json(s.service.fork(&id, req.count, &Requester::rest()).await?),
     ))
 }
 
@@ -703,7 +721,11 @@ async fn restore_snapshot(
 ) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
     Ok((
         StatusCode::CREATED,
-        Json(s.service.restore(&name, req.name.as_deref()).await?),
+        Json(
+            s.service
+                .restore(&name, req.name.as_deref(), &Requester::rest())
+                .await?,
+        ),
     ))
 }
 
@@ -720,7 +742,7 @@ async fn fork_snapshot(
     s.service.get_snapshot(&name).await?;
     Ok((
         StatusCode::CREATED,
-        Json(s.service.fork(&name, req.count).await?),
+        Json(s.service.fork(&name, req.count, &Requester::rest()).await?),
     ))
 }
 
@@ -808,6 +830,7 @@ mod tests {
         for p in [
             "/v1/sandboxes",
             "/v1/sandboxes/{id}",
+            "/v1/sandboxes/{id}/lifetime",
             "/v1/sandboxes/{id}/exec",
             "/v1/sandboxes/{id}/exec/stream",
             "/v1/sandboxes/{id}/code",

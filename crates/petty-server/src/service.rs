@@ -148,12 +148,67 @@ pub struct CreateSpec {
     pub memory_mb: Option<u32>,
     /// Root disk size in MiB (default: the image's size); the guest's / grows to fill it.
     pub disk_size_mb: Option<u32>,
-    /// Destroy the sandbox automatically this many seconds after creation.
+    /// Destroy the sandbox this many seconds after creation (default: the
+    /// server's limits.default_ttl_secs, usually 3600; 0: no limit).
     pub ttl_secs: Option<u64>,
-    /// Destroy the sandbox after this many seconds without a command or file operation.
+    /// Destroy the sandbox after this many seconds without a command or file
+    /// operation (default: the server's limits.default_idle_timeout_secs,
+    /// usually 300; 0: no limit).
     pub idle_timeout_secs: Option<u64>,
     /// VMM backend: "qemu" or "firecracker" (default: the server's backend.kind).
     pub backend: Option<String>,
+    /// MCP only: keep the sandbox when the MCP session that created it ends
+    /// (default false: the session's sandboxes go with it, unless created
+    /// with a ttl_secs).
+    pub keep: Option<bool>,
+}
+
+/// Who asks for new sandboxes: the owner they are shown with, and whether
+/// they go with the asking session (an MCP session's do, unless the create
+/// asks to keep them or gives a TTL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    /// Shown as the sandbox's owner (`rest`, `mcp-stdio`, `mcp-http:<session>`).
+    pub owner: String,
+    /// The requester is a session whose sandboxes end with it.
+    pub session: bool,
+}
+
+impl Requester {
+    /// A REST client: its sandboxes live by their TTL and idle timeout.
+    pub fn rest() -> Self {
+        Self {
+            owner: "rest".into(),
+            session: false,
+        }
+    }
+
+    /// Whether a sandbox this create makes goes with the session.
+    pub fn binds(&self, spec: &CreateSpec) -> bool {
+        self.session && !spec.keep.unwrap_or(false) && spec.ttl_secs.is_none()
+    }
+}
+
+/// Body of `POST /v1/sandboxes/{id}/lifetime` and the arguments of the
+/// `set_sandbox_lifetime` tool: each limit given replaces the sandbox's.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct LifetimeSpec {
+    /// The sandbox now ends this many seconds from now (0: no TTL), as
+    /// E2B's set_timeout does: it extends or shortens.
+    pub ttl_secs: Option<u64>,
+    /// New idle timeout in seconds (0: none).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// A sandbox as the API shows it.
@@ -185,10 +240,18 @@ pub struct SandboxView {
     pub from_snapshot: Option<String>,
     /// Why it is stopped or failed.
     pub reason: Option<String>,
+    /// Who made it: `rest`, `cli`, `mcp-stdio`, `mcp-http:<session>`, `pool`.
+    pub owner: String,
+    /// It goes when the MCP session that made it ends.
+    pub session_bound: bool,
+    /// When its TTL or idle timeout will end it (the earlier), ms since the
+    /// Unix epoch; none without either.
+    pub expires_at_ms: Option<i64>,
 }
 
 impl From<SandboxInfo> for SandboxView {
     fn from(r: SandboxInfo) -> Self {
+        let expires_at_ms = r.expires_at_ms();
         Self {
             id: r.id.to_string(),
             name: r.name,
@@ -200,8 +263,11 @@ impl From<SandboxInfo> for SandboxView {
             last_used_at_ms: r.last_used_ms,
             ttl_secs: r.ttl.map(|d| d.as_secs()),
             idle_timeout_secs: r.idle_timeout.map(|d| d.as_secs()),
+            expires_at_ms,
             from_snapshot: r.from_snapshot,
             reason: r.reason,
+            owner: r.owner,
+            session_bound: r.bound_to_owner,
         }
     }
 }
@@ -333,6 +399,8 @@ struct Inner {
     pool: Option<SandboxPool>,
     metrics: Arc<Metrics>,
     config: Config,
+    /// Live MCP sessions and the clean-ups of ended ones.
+    sessions: tokio_util::task::TaskTracker,
 }
 
 impl Service {
@@ -349,8 +417,31 @@ impl Service {
                 pool,
                 metrics,
                 config,
+                sessions: tokio_util::task::TaskTracker::new(),
             }),
         }
+    }
+
+    /// Counts an MCP session as live until the token is dropped.
+    pub(crate) fn session_token(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.inner.sessions.token()
+    }
+
+    /// Runs an ended session's clean-up, counted for [`Self::wait_for_sessions`].
+    pub(crate) fn track(&self, cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.inner.sessions.spawn(cleanup);
+        }
+    }
+
+    /// Waits (up to `bound`) until every MCP session has ended and its
+    /// sandboxes are destroyed: the daemon's shutdown calls it once the
+    /// sessions are cancelled. False when time ran out.
+    pub async fn wait_for_sessions(&self, bound: Duration) -> bool {
+        self.inner.sessions.close();
+        tokio::time::timeout(bound, self.inner.sessions.wait())
+            .await
+            .is_ok()
     }
 
     /// The manager underneath.
@@ -389,8 +480,24 @@ impl Service {
         e
     }
 
-    /// The sandbox config a create spec asks for, checked against the limits.
-    pub fn sandbox_config(&self, spec: &CreateSpec) -> ApiResult<SandboxConfig> {
+    /// A create's TTL and idle timeout: as asked (0: none), else the
+    /// configured defaults.
+    fn lifetimes(&self, spec: &CreateSpec) -> (Option<Duration>, Option<Duration>) {
+        let c = &self.inner.config;
+        let limit = |asked: Option<u64>, default: Option<Duration>| match asked {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => default,
+        };
+        (
+            limit(spec.ttl_secs, c.default_ttl()),
+            limit(spec.idle_timeout_secs, c.default_idle_timeout()),
+        )
+    }
+
+    /// The sandbox config a create spec asks for from `who`, checked
+    /// against the limits.
+    pub fn sandbox_config(&self, spec: &CreateSpec, who: &Requester) -> ApiResult<SandboxConfig> {
         let c = &self.inner.config;
         let vcpu = spec.vcpu.unwrap_or(c.defaults.vcpu);
         let memory = spec.memory_mb.unwrap_or(c.defaults.memory_mb);
@@ -419,16 +526,20 @@ impl Service {
         if let Some(n) = &spec.name {
             b = b.name(n);
         }
-        if let Some(t) = spec.ttl_secs {
-            b = b.ttl(Duration::from_secs(t));
+        let (ttl, idle) = self.lifetimes(spec);
+        if let Some(t) = ttl {
+            b = b.ttl(t);
         }
-        if let Some(t) = spec.idle_timeout_secs {
-            b = b.idle_timeout(Duration::from_secs(t));
+        if let Some(t) = idle {
+            b = b.idle_timeout(t);
         }
         if let Some(backend) = &spec.backend {
             b = b.backend(backend);
         }
-        b.build().map_err(|e| self.fail(e))
+        b.owner(who.owner.clone())
+            .bound_to_owner(who.binds(spec))
+            .build()
+            .map_err(|e| self.fail(e))
     }
 
     /// True when a create with `spec` can take a warm pool sandbox as is.
@@ -445,11 +556,14 @@ impl Service {
 
     /// Creates a sandbox: from the warm pool when the spec allows, else new.
     #[tracing::instrument(skip_all, fields(name = spec.name.as_deref().unwrap_or("")))]
-    pub async fn create(&self, spec: CreateSpec) -> ApiResult<SandboxView> {
-        let config = self.sandbox_config(&spec)?;
+    pub async fn create(&self, spec: CreateSpec, who: &Requester) -> ApiResult<SandboxView> {
+        let config = self.sandbox_config(&spec, who)?;
         let started = Instant::now();
         let id = match (&self.inner.pool, self.poolable(&spec)) {
-            (Some(pool), true) => pool.acquire().await,
+            (Some(pool), true) => {
+                pool.acquire_as(Some(&who.owner), config.bound_to_owner)
+                    .await
+            }
             _ => self.inner.manager.create(config).await,
         };
         let m = &self.inner.metrics;
@@ -492,6 +606,24 @@ impl Service {
             ));
         }
         Ok(info.into())
+    }
+
+    /// Sets how much longer a sandbox may live (see [`LifetimeSpec`]).
+    #[tracing::instrument(skip(self))]
+    pub async fn set_lifetime(&self, sandbox: &str, spec: LifetimeSpec) -> ApiResult<SandboxView> {
+        if spec.ttl_secs.is_none() && spec.idle_timeout_secs.is_none() {
+            return Err(ApiError::bad_request(
+                "nothing to set: give ttl_secs (the sandbox ends that many seconds from now; 0: never) and/or idle_timeout_secs (0: none)",
+            ));
+        }
+        self.get(sandbox).await?;
+        let limit = |secs: Option<u64>| secs.map(|s| (s > 0).then(|| Duration::from_secs(s)));
+        self.inner
+            .manager
+            .set_lifetime(sandbox, limit(spec.ttl_secs), limit(spec.idle_timeout_secs))
+            .await
+            .map(SandboxView::from)
+            .map_err(|e| self.fail(e))
     }
 
     /// Destroys a sandbox: its VM, its files and its record.
@@ -853,29 +985,62 @@ impl Service {
 
     /// A new sandbox from a snapshot.
     #[tracing::instrument(skip(self))]
-    pub async fn restore(&self, snapshot: &str, name: Option<&str>) -> ApiResult<SandboxView> {
+    pub async fn restore(
+        &self,
+        snapshot: &str,
+        name: Option<&str>,
+        who: &Requester,
+    ) -> ApiResult<SandboxView> {
+        let config = self.child_config(name, who)?;
         let started = Instant::now();
-        let id = self.inner.manager.restore(snapshot, name).await;
+        let id = self.inner.manager.restore_with(snapshot, config).await;
         let id = self.created(id, started, 1)?;
         self.get(&id.to_string()).await
     }
 
     /// `count` new sandboxes from a snapshot or a running sandbox.
     #[tracing::instrument(skip(self))]
-    pub async fn fork(&self, source: &str, count: usize) -> ApiResult<Vec<SandboxView>> {
+    pub async fn fork(
+        &self,
+        source: &str,
+        count: usize,
+        who: &Requester,
+    ) -> ApiResult<Vec<SandboxView>> {
         if count == 0 || count > 64 {
             return Err(ApiError::bad_request(format!(
                 "count {count} is out of range; fork 1 to 64 children at a time"
             )));
         }
+        let config = self.child_config(None, who)?;
         let started = Instant::now();
-        let ids = self.inner.manager.fork(source, count).await;
+        let ids = self.inner.manager.fork_with(source, count, config).await;
         let ids = self.created(ids, started, count)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             out.push(self.get(&id.to_string()).await?);
         }
         Ok(out)
+    }
+
+    /// The config of a restored or forked sandbox: a name, the default
+    /// lifetimes and `who` as owner (memory, vCPUs and disk are the
+    /// snapshot's).
+    fn child_config(&self, name: Option<&str>, who: &Requester) -> ApiResult<SandboxConfig> {
+        let spec = CreateSpec::default();
+        let (ttl, idle) = self.lifetimes(&spec);
+        let mut b = SandboxConfig::builder()
+            .owner(who.owner.clone())
+            .bound_to_owner(who.binds(&spec));
+        if let Some(n) = name {
+            b = b.name(n);
+        }
+        if let Some(t) = ttl {
+            b = b.ttl(t);
+        }
+        if let Some(t) = idle {
+            b = b.idle_timeout(t);
+        }
+        b.build().map_err(|e| self.fail(e))
     }
 
     fn created<T>(&self, r: Result<T, CoreError>, started: Instant, count: usize) -> ApiResult<T> {

@@ -916,6 +916,46 @@ mod tests {
     }
 
     #[test]
+    fn the_tsc_cache_is_validated_and_never_written_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join(TSC_CACHE);
+        write_tsc_cache(&cache, "boot-1", 2_600_000).unwrap();
+        assert_eq!(read_tsc_cache(&cache, "boot-1"), Some(2_600_000));
+        assert_eq!(read_tsc_cache(&cache, "boot-2"), None, "another boot");
+        // A value no CPU has is not believed.
+        for bad in [
+            "boot-1 0\n",
+            "boot-1 99999999999\n",
+            "boot-1 -5\n",
+            "garbage",
+        ] {
+            std::fs::write(&cache, bad).unwrap();
+            assert_eq!(read_tsc_cache(&cache, "boot-1"), None, "{bad:?}");
+        }
+        // A link planted where the cache goes: not read, and writing
+        // replaces the link instead of writing through it.
+        std::fs::remove_file(&cache).unwrap();
+        let target = tmp.path().join("victim");
+        std::fs::write(&target, "boot-1 2600000\n").unwrap();
+        std::os::unix::fs::symlink(&target, &cache).unwrap();
+        assert_eq!(
+            read_tsc_cache(&cache, "boot-1"),
+            None,
+            "read through a link"
+        );
+        write_tsc_cache(&cache, "boot-1", 3_000_000).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&target).unwrap(),
+            "boot-1 2600000\n"
+        );
+        assert!(!std::fs::symlink_metadata(&cache)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(read_tsc_cache(&cache, "boot-1"), Some(3_000_000));
+    }
+
+    #[test]
     fn guest_aslr_defaults_off_under_tcg_only_and_is_part_of_the_profile() {
         let with = |accel| {
             QemuVmm::new(

@@ -391,6 +391,102 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_run_root_is_made_private_and_one_others_could_prepare_is_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        // Made afresh: 0700, ours.
+        let fresh = tmp.path().join("a/b/run");
+        ensure_run_root(&fresh).unwrap();
+        let md = std::fs::symlink_metadata(&fresh).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o700);
+        ensure_run_root(&fresh).unwrap();
+        // Open to others: refused, saying how to fix it.
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ensure_run_root(&open).unwrap_err().to_string();
+        assert!(e.contains("0777") && e.contains("chmod 700"), "{e}");
+        // A symlink to a private directory: refused all the same.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let e = ensure_run_root(&link).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        // A file: refused.
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(ensure_run_root(&file).is_err());
+        // Another user's (only root can make one here).
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = tmp.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 65534);
+            let e = ensure_run_root(&theirs).unwrap_err().to_string();
+            assert!(e.contains("uid 65534"), "{e}");
+        } else {
+            eprintln!("not root: the other-owner case needs chown, skipped");
+        }
+    }
+
+    #[test]
+    fn an_owner_file_names_its_process_and_when_it_started() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(owner_alive(tmp.path()), None, "no owner file");
+        write_owner(tmp.path()).unwrap();
+        assert_eq!(owner_alive(tmp.path()), Some(true));
+        // The same pid with another start time: a recycled pid, not the owner.
+        std::fs::write(
+            tmp.path().join(OWNER_FILE),
+            format!("{} 1", std::process::id()),
+        )
+        .unwrap();
+        assert_eq!(owner_alive(tmp.path()), Some(false));
+        // An older Petty's file: the pid alone.
+        std::fs::write(tmp.path().join(OWNER_FILE), std::process::id().to_string()).unwrap();
+        assert_eq!(owner_alive(tmp.path()), Some(true));
+        std::fs::write(tmp.path().join(OWNER_FILE), dead_pid().to_string()).unwrap();
+        assert_eq!(owner_alive(tmp.path()), Some(false));
+    }
+
+    #[test]
+    fn the_sweep_leaves_what_a_live_process_is_making_and_removes_what_a_dead_one_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let dir = |name: &str| {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        // A VM starting in a live process: its owner file is there, no pid
+        // file yet, or a pid whose command line does not name it yet.
+        let starting = dir("starting");
+        write_owner(&starting).unwrap();
+        let spawning = dir("spawning");
+        write_owner(&spawning).unwrap();
+        std::fs::write(spawning.join(PID_FILE), std::process::id().to_string()).unwrap();
+        // Staged by this process, and by a dead one.
+        let staged_live = dir(&format!("{STAGING_PREFIX}{}-x", std::process::id()));
+        write_owner(&staged_live).unwrap();
+        let staged_dead = dir(&format!("{STAGING_PREFIX}{}-y", dead_pid()));
+        std::fs::write(staged_dead.join(OWNER_FILE), dead_pid().to_string()).unwrap();
+        // Left by a dead process.
+        let left = dir("left");
+        std::fs::write(left.join(OWNER_FILE), dead_pid().to_string()).unwrap();
+        // The root's own files are not run directories.
+        let turns = dir(".turns");
+        let mut removed = sweep_stale_run_dirs(root);
+        removed.sort();
+        let mut want = vec![left.clone(), staged_dead.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        for kept in [&starting, &spawning, &staged_live, &turns] {
+            assert!(kept.is_dir(), "{} was removed", kept.display());
+        }
+    }
+
+    #[test]
     fn the_sweep_removes_the_jail_of_a_vm_that_never_started() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("run");

@@ -54,7 +54,7 @@ fn secs(flag: &str, v: Option<f64>) -> anyhow::Result<Option<Duration>> {
 }
 
 pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let mut b = args.vm.builder();
+    let mut b = args.vm.builder().owner("cli");
     if let Some(n) = args.name {
         b = b.name(n);
     }
@@ -175,25 +175,36 @@ pub async fn ls(all: bool) -> anyhow::Result<ExitCode> {
     manager.reap_now().await?;
     let now = petty_core::store::now_ms();
     println!(
-        "{:<20} {:<36} {:<8} {:>6} {:>5} {:>8} {:>8}",
-        "NAME", "ID", "STATE", "MEM", "VCPUS", "AGE", "PID"
+        "{:<20} {:<36} {:<8} {:>6} {:>5} {:>8} {:>8} {:>8}  OWNER",
+        "NAME", "ID", "STATE", "MEM", "VCPUS", "AGE", "PID", "EXPIRES"
     );
+    let secs = |ms: i64| Duration::from_millis(ms.max(0) as u64).as_secs();
     for r in manager.list().await? {
         if r.pooled && !all {
             continue;
         }
-        let age = Duration::from_millis((now - r.created_at_ms).max(0) as u64).as_secs();
+        let expires = match r.expires_at_ms() {
+            Some(at) if r.state.has_vm() => format!("{}s", secs(at - now)),
+            _ => "-".into(),
+        };
+        let owner = match (r.owner.as_str(), r.bound_to_owner) {
+            ("", _) => "-".to_string(),
+            (o, true) => format!("{o} (session)"),
+            (o, false) => o.to_string(),
+        };
         println!(
-            "{:<20} {:<36} {:<8} {:>6} {:>5} {:>7}s {:>8}",
+            "{:<20} {:<36} {:<8} {:>6} {:>5} {:>7}s {:>8} {:>8}  {owner}",
             r.name,
             r.id,
             if r.pooled { "pooled" } else { r.state.as_str() },
             r.memory_mib,
             r.vcpus,
-            age,
+            secs(now - r.created_at_ms),
             r.vmm_pid
+                .filter(|_| r.state.has_vm())
                 .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into())
+                .unwrap_or_else(|| "-".into()),
+            expires,
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@
 mod cli;
 mod cli_manage;
 mod firecracker;
+mod hardening;
 mod manager;
 mod sandbox;
 mod serve;

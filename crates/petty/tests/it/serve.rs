@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::Env;
 
 mod guard;
+mod sessions;
 
 const KEY: &str = "test-key-0123456789abcdef";
 
@@ -673,6 +674,7 @@ const TOOLS: &[&str] = &[
     "snapshot_sandbox",
     "restore_snapshot",
     "fork_sandbox",
+    "set_sandbox_lifetime",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ pub use manager::{data_dir, ManagerConfig, SandboxInfo, SandboxManager};
 pub use petty_agent_client::{ClientError, ExecEvent, ExecOutput, ExecStream, StdinHandle};
 pub use petty_protocol::{
     Command as ExecCommand, ErrorKind as GuestErrorKind, ExecRequest, ExitStatus, FileEntry,
-    FileStat,
+    FileStat, FileType,
 };
 pub use pool::{PoolConfig, PoolStats, SandboxPool};
 pub use sandbox::{code_argv, ExecResult, Sandbox, SandboxId};

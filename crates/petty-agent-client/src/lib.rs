@@ -472,7 +472,11 @@ impl AgentClient {
         Ok(buf)
     }
 
-    /// Streams a file into `sink`; fails with [`ClientError::TooLarge`] past `limit` bytes.
+    /// Streams a regular file into `sink`; fails with [`ClientError::TooLarge`]
+    /// past `limit` bytes, counted as the data arrives (whatever the guest
+    /// claims), and with [`ErrorKind::NotARegularFile`] when the path
+    /// resolves to a device, a FIFO or a socket. A read that fails or is
+    /// dropped midway tells the agent to stop sending.
     pub async fn read_file_into<W: AsyncWrite + Unpin>(
         &self,
         path: &str,
@@ -480,6 +484,7 @@ impl AgentClient {
         limit: u64,
     ) -> Result<u64, ClientError> {
         let (id, mut rx) = self.start(&Request::ReadFile { path: path.into() }).await?;
+        let mut transfer = Transfer::new(self, id);
         let mut got = 0u64;
         let result = async {
             loop {
@@ -518,9 +523,11 @@ impl AgentClient {
             }
         }
         .await;
-        if result.is_err() {
-            // Stop routing the rest of this file to us.
-            lock(&self.inner.pending).map.remove(&id);
+        match &result {
+            Ok(_) => transfer.finished(),
+            // The agent already ended this request.
+            Err(ClientError::Remote { .. }) => transfer.finished(),
+            Err(_) => transfer.cancel().await,
         }
         sink.flush().await?;
         result
@@ -536,7 +543,11 @@ impl AgentClient {
         self.write_file_from(path, data, mode).await
     }
 
-    /// Streams `source` into `path` in the guest.
+    /// Streams `source` into `path` in the guest. The guest writes a
+    /// temporary file and renames it over `path` once all of `source` is
+    /// in: if reading `source` fails, the agent refuses, or this future is
+    /// dropped midway, `path` is left as it was and nothing partial stays
+    /// behind. A full guest disk fails with [`ErrorKind::NoSpace`].
     pub async fn write_file_from<R: AsyncRead + Unpin>(
         &self,
         path: &str,
@@ -549,11 +560,20 @@ impl AgentClient {
                 mode,
             })
             .await?;
+        let mut transfer = Transfer::new(self, id);
         let mut buf = vec![0u8; CHUNK_SIZE];
         loop {
-            let n = source.read(&mut buf).await?;
-            // An early error from the agent (say, a read-only path) ends the upload.
+            let n = match source.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    transfer.cancel().await;
+                    return Err(e.into());
+                }
+            };
+            // An early error from the agent (say, a read-only path or a
+            // full disk) ends the upload.
             if let Ok(Incoming::Response(r)) = rx.try_recv() {
+                transfer.finished();
                 // Finish the data stream so the agent's state for this id is freed.
                 self.send(&Frame::new(FrameKind::Data, id, Vec::new()))
                     .await?;
@@ -568,6 +588,8 @@ impl AgentClient {
                 break;
             }
         }
+        // The last frame is out: the agent renames whatever else happens.
+        transfer.finished();
         let timeout = self.inner.rpc_timeout;
         let msg = tokio::time::timeout(timeout, self.recv(&mut rx))
             .await
@@ -597,12 +619,23 @@ impl AgentClient {
         }
     }
 
-    /// Describes a path.
+    /// Describes a path (a final symlink itself, not what it points to).
     pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
-        match self
-            .call("stat", &Request::Stat { path: path.into() })
-            .await?
-        {
+        self.stat_op(path, false).await
+    }
+
+    /// Describes what a path resolves to, symlinks followed: what a read
+    /// would open. A guest may lie; reads check sizes as they stream.
+    pub async fn stat_target(&self, path: &str) -> Result<FileStat, ClientError> {
+        self.stat_op(path, true).await
+    }
+
+    async fn stat_op(&self, path: &str, follow: bool) -> Result<FileStat, ClientError> {
+        let req = Request::Stat {
+            path: path.into(),
+            follow,
+        };
+        match self.call("stat", &req).await? {
             Response::Stat(s) => Ok(s),
             other => Err(unexpected("stat", other)),
         }
@@ -694,6 +727,62 @@ impl AgentClient {
         match self.call(op, &req).await? {
             Response::Ok => Ok(()),
             other => Err(unexpected(op, other)),
+        }
+    }
+}
+
+/// A file read or write in progress under request `id`. Unless marked
+/// finished, it is cancelled: awaited on an error path (so the guest has
+/// stopped, and removed a half-written file, when the error is returned),
+/// or from a task when the transfer's future is dropped.
+struct Transfer<'a> {
+    client: &'a AgentClient,
+    id: u32,
+    open: bool,
+}
+
+impl<'a> Transfer<'a> {
+    fn new(client: &'a AgentClient, id: u32) -> Self {
+        Self {
+            client,
+            id,
+            open: true,
+        }
+    }
+
+    /// The agent has ended this request itself: nothing to cancel.
+    fn finished(&mut self) {
+        self.open = false;
+    }
+
+    /// Stops routing the request's frames to us and tells the agent to
+    /// abandon it, waiting (up to the RPC timeout) for its answer.
+    async fn cancel(&mut self) {
+        self.open = false;
+        lock(&self.client.inner.pending).map.remove(&self.id);
+        let req = Request::Cancel {
+            request_id: self.id,
+        };
+        if let Err(e) = self.client.call_ok("cancel", req).await {
+            tracing::debug!("cancelling file transfer {}: {e}", self.id);
+        }
+    }
+}
+
+impl Drop for Transfer<'_> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        lock(&self.client.inner.pending).map.remove(&self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let request_id = self.id;
+            rt.spawn(async move {
+                let _ = client
+                    .call_ok("cancel", Request::Cancel { request_id })
+                    .await;
+            });
         }
     }
 }
@@ -942,5 +1031,102 @@ impl Drop for ExecStream {
                     .await;
             });
         }
+    }
+}
+
+/// Transfers against an agent that lies about what it sends.
+#[cfg(test)]
+mod transfer_tests {
+    use super::*;
+
+    /// A fake agent on the other end of `stream`: answers every
+    /// `ReadFile` with data that never ends (as a lying or hostile guest
+    /// might), drops `WriteFile` data, and reports each request it saw.
+    async fn lying_agent(stream: tokio::io::DuplexStream, seen: mpsc::UnboundedSender<Request>) {
+        let (mut rd, wr) = tokio::io::split(stream);
+        let wr = Arc::new(tokio::sync::Mutex::new(wr));
+        let mut dec = FrameDecoder::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            dec.push(&buf[..n]);
+            while let Ok(Some(frame)) = dec.next_frame() {
+                if frame.kind != FrameKind::Request {
+                    continue;
+                }
+                let req: Request = frame.parse().unwrap();
+                let _ = seen.send(req.clone());
+                let id = frame.id;
+                match req {
+                    Request::ReadFile { .. } => {
+                        let wr = wr.clone();
+                        tokio::spawn(async move {
+                            let chunk = Frame::new(FrameKind::Data, id, vec![0; CHUNK_SIZE]);
+                            while wr.lock().await.write_all(&chunk.encode()).await.is_ok() {}
+                        });
+                    }
+                    Request::Cancel { .. } => {
+                        let ok = Frame::json(FrameKind::Response, id, &Response::Ok);
+                        let _ = wr.lock().await.write_all(&ok.encode()).await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn client() -> (AgentClient, mpsc::UnboundedReceiver<Request>) {
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(lying_agent(theirs, tx));
+        (AgentClient::new(ours, Duration::from_secs(10)), rx)
+    }
+
+    #[tokio::test]
+    async fn a_read_stops_at_its_limit_whatever_the_guest_sends_and_cancels_it() {
+        let (c, mut seen) = client();
+        let mut sink = Vec::new();
+        let limit = 1_000_000;
+        match c.read_file_into("/root/zero", &mut sink, limit).await {
+            Err(ClientError::TooLarge { limit: l, .. }) => assert_eq!(l, limit),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(sink.len() as u64 <= limit, "{} bytes kept", sink.len());
+        match seen.recv().await.unwrap() {
+            Request::ReadFile { path } => assert_eq!(path, "/root/zero"),
+            other => panic!("{other:?}"),
+        }
+        let routed = lock(&c.inner.pending).map.len();
+        assert_eq!(routed, 0, "the read's frames are no longer routed");
+        assert!(matches!(seen.recv().await.unwrap(), Request::Cancel { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_source_fails_is_cancelled_before_the_error_returns() {
+        let (c, mut seen) = client();
+        struct Broken;
+        impl AsyncRead for Broken {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                _: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Err(std::io::Error::other("over the limit")))
+            }
+        }
+        let e = c
+            .write_file_from("/root/f", Broken, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Io(_)), "{e:?}");
+        match seen.recv().await.unwrap() {
+            Request::WriteFile { path, .. } => assert_eq!(path, "/root/f"),
+            other => panic!("{other:?}"),
+        }
+        // Already seen by the agent (and answered) when the error came back.
+        assert!(matches!(seen.try_recv().unwrap(), Request::Cancel { .. }));
     }
 }

@@ -16,9 +16,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use petty_protocol::{
-    Command, ErrorKind, ExecRequest, ExitStatus, Frame, FrameKind, Response, CHUNK_SIZE,
-};
+use petty_protocol::{Command, ErrorKind, ExecRequest, ExitStatus, Frame, FrameKind, Response};
 
 use crate::reaper::reaper;
 use crate::server::{Conn, Writer};
@@ -378,7 +376,7 @@ fn supervise(
     ];
     let mut exited = pidfd.is_none();
     let mut timed_out = false;
-    let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut buf = vec![0u8; crate::server::SEND_CHUNK];
     loop {
         let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
         for (pipe, _) in &pipes {

@@ -22,6 +22,14 @@ use petty_protocol::{
 
 use crate::{exec, files};
 
+/// Largest payload of a data frame the agent sends (file data, output): a
+/// whole frame then fits one write to the virtio-serial port, which takes
+/// at most 32 KiB per call and hands each call to the host as one buffer.
+/// A frame is thus delivered whole or dropped whole when a host goes away,
+/// and never split between one host and the next (which would leave the
+/// next one mid-frame).
+pub const SEND_CHUNK: usize = 32 * 1024 - petty_protocol::HEADER_LEN;
+
 /// Writes whole frames to the host from any thread. Once the connection is
 /// over, writes are dropped, so threads of a finished connection cannot
 /// interleave stale frames into the next one.
@@ -85,6 +93,8 @@ pub struct ExecSlot {
 pub struct Conn {
     pub writer: Arc<Writer>,
     pub execs: Mutex<HashMap<u32, ExecSlot>>,
+    /// File reads in progress, by request id: set the flag to stop one.
+    pub reads: Mutex<HashMap<u32, Arc<AtomicBool>>>,
 }
 
 /// A file being written from `Data` frames.
@@ -111,6 +121,7 @@ pub fn serve(mut input: impl Read, writer: Arc<Writer>) -> End {
     let conn = Arc::new(Conn {
         writer,
         execs: Mutex::new(HashMap::new()),
+        reads: Mutex::new(HashMap::new()),
     });
     let mut uploads: HashMap<u32, Upload> = HashMap::new();
     let mut decoder = FrameDecoder::new();
@@ -159,6 +170,10 @@ fn kill_execs(conn: &Conn) {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pong() -> Response {
     Response::Pong(Pong {
         protocol: PROTOCOL_VERSION,
@@ -200,13 +215,16 @@ fn handle_frame(conn: &Arc<Conn>, uploads: &mut HashMap<u32, Upload>, frame: Fra
             Some(Upload::Open(up)) => {
                 if frame.payload.is_empty() {
                     if let Some(Upload::Open(up)) = uploads.remove(&frame.id) {
+                        let what = format!("write {}", up.target().display());
                         match up.finish() {
                             Ok(size) => w.respond(frame.id, &Response::Done { size }),
-                            Err(e) => files::send_io_error(w, frame.id, "write", &e),
+                            Err(e) => files::send_io_error(w, frame.id, &what, &e),
                         };
                     }
                 } else if let Err(e) = up.write(&frame.payload) {
-                    files::send_io_error(w, frame.id, "write", &e);
+                    let what = format!("write {}", up.target().display());
+                    files::send_io_error(w, frame.id, &what, &e);
+                    // Dropping the upload removes its temporary file.
                     uploads.insert(frame.id, Upload::Discard);
                 }
             }
@@ -245,6 +263,11 @@ fn handle_request(
         Request::Hello => {
             // A new client: what earlier clients left running is orphaned.
             kill_execs(conn);
+            // Their file reads would flood the new client's stream, and
+            // their half-written uploads are removed.
+            for flag in lock(&conn.reads).values() {
+                flag.store(true, Ordering::Relaxed);
+            }
             uploads.clear();
             static BOOTED: AtomicBool = AtomicBool::new(false);
             if !BOOTED.swap(true, Ordering::SeqCst) {
@@ -297,8 +320,15 @@ fn handle_request(
             };
         }
         Request::ReadFile { path } => {
-            let conn = conn.clone();
-            if let Err(e) = crate::workers::run(move || files::read_file(&conn.writer, id, &path)) {
+            let cancel = Arc::new(AtomicBool::new(false));
+            lock(&conn.reads).insert(id, cancel.clone());
+            let c = conn.clone();
+            let started = crate::workers::run(move || {
+                files::read_file(&c.writer, id, &path, &cancel);
+                lock(&c.reads).remove(&id);
+            });
+            if let Err(e) = started {
+                lock(&conn.reads).remove(&id);
                 files::send_io_error(w, id, "start a file read", &e);
             }
         }
@@ -307,12 +337,20 @@ fn handle_request(
                 uploads.insert(id, Upload::Open(up));
             }
             Err(e) => {
-                files::send_io_error(w, id, &format!("open {path} for writing"), &e);
+                e.send(w, id);
                 uploads.insert(id, Upload::Discard);
             }
         },
+        Request::Cancel { request_id } => {
+            // Dropping an unfinished upload removes its temporary file.
+            uploads.remove(&request_id);
+            if let Some(flag) = lock(&conn.reads).get(&request_id) {
+                flag.store(true, Ordering::Relaxed);
+            }
+            w.respond(id, &Response::Ok);
+        }
         Request::ListDir { path } => files::list_dir(w, id, &path),
-        Request::Stat { path } => files::stat(w, id, &path),
+        Request::Stat { path, follow } => files::stat(w, id, &path, follow),
         Request::Mkdir { path } => files::mkdir(w, id, &path),
         Request::Remove { path, recursive } => files::remove(w, id, &path, recursive),
         Request::Rename { from, to } => files::rename(w, id, &from, &to),
@@ -419,6 +457,7 @@ fn warm_exec_path() {
                 stdin: None,
             },
         )])),
+        reads: Mutex::new(HashMap::new()),
     });
     // The shell: most commands come through it (`ExecRequest::shell`).
     let mut req = petty_protocol::ExecRequest::shell("true");

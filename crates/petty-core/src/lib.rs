@@ -25,7 +25,7 @@ pub use petty_agent_client::{
 };
 pub use petty_protocol::{
     Command as ExecCommand, ErrorKind as GuestErrorKind, ExecRequest, ExitStatus, FileEntry,
-    FileStat,
+    FileStat, FileType,
 };
 pub use pool::{PoolConfig, PoolStats, SandboxPool};
 pub use sandbox::{code_argv, ExecResult, Sandbox, SandboxId};

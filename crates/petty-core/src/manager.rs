@@ -693,7 +693,8 @@ impl SandboxManager {
         .await
     }
 
-    /// Reads a file from `key`.
+    /// Reads a whole regular file from `key` (devices, FIFOs and sockets
+    /// are refused with [`crate::GuestErrorKind::NotARegularFile`]).
     pub async fn read_file(&self, key: &str, path: &str) -> Result<Vec<u8>, CoreError> {
         let path = path.to_string();
         self.with_sandbox_async(key, |sb| async move { sb.read_file(&path).await })

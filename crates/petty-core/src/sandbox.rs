@@ -373,13 +373,40 @@ impl Sandbox {
         self.agent.exec(req).await.map_err(|e| self.agent_err(e))
     }
 
-    /// Reads a whole file from the guest.
+    /// Reads a whole regular file from the guest (devices, FIFOs and
+    /// sockets are refused with [`crate::GuestErrorKind::NotARegularFile`]).
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, CoreError> {
         self.ready()?;
         self.agent
             .read_file(path)
             .await
             .map_err(|e| self.agent_err(e))
+    }
+
+    /// Streams a regular file from the guest into `sink`, failing with
+    /// [`ClientError::TooLarge`](crate::ClientError::TooLarge) once more
+    /// than `limit` bytes have arrived; the number of bytes copied.
+    pub async fn read_file_into<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        sink: &mut W,
+        limit: u64,
+    ) -> Result<u64, CoreError> {
+        self.ready()?;
+        Ok(self.agent.read_file_into(path, sink, limit).await?)
+    }
+
+    /// Streams `source` into a file in the guest (parents created; `mode`
+    /// 0o644 when `None`). The file appears whole or not at all: a failure
+    /// midway leaves whatever was at `path` as it was.
+    pub async fn write_file_from<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        source: R,
+        mode: Option<u32>,
+    ) -> Result<u64, CoreError> {
+        self.ready()?;
+        Ok(self.agent.write_file_from(path, source, mode).await?)
     }
 
     /// Writes a file in the guest, creating parent directories.
@@ -420,6 +447,12 @@ impl Sandbox {
     pub async fn stat(&self, path: &str) -> Result<FileStat, CoreError> {
         self.ready()?;
         self.agent.stat(path).await.map_err(|e| self.agent_err(e))
+    }
+
+    /// Describes what a path in the guest resolves to (symlinks followed).
+    pub async fn stat_target(&self, path: &str) -> Result<FileStat, CoreError> {
+        self.ready()?;
+        Ok(self.agent.stat_target(path).await?)
     }
 
     /// Creates a directory (and parents) in the guest.

@@ -30,12 +30,15 @@ pub use frame::{
     Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD,
 };
 pub use message::{
-    Command, ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, Pong, Request, Response,
+    Command, ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, FileType, Pong, Request,
+    Response,
 };
 
 /// Version of this protocol; the agent reports it in [`Pong`] and the host
-/// refuses an agent that speaks another.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// refuses an agent that speaks another. 4: `cancel`, `stat` with
+/// `follow`, the file type in `FileStat`, the `not_a_regular_file` and
+/// `no_space` error kinds, and writes through a temporary file.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The vsock port the agent listens on under Firecracker.
 pub const VSOCK_PORT: u32 = 52;

@@ -80,13 +80,23 @@ pub enum Request {
         /// Signal number (e.g. 15 for SIGTERM).
         signal: i32,
     },
-    /// Read a file: `Data` frames stream, then [`Response::Done`] with its size.
+    /// Read a regular file: `Data` frames stream, then [`Response::Done`]
+    /// with its size. Symlinks are followed; anything else the path
+    /// resolves to (a device, a FIFO, a socket) is refused with
+    /// [`ErrorKind::NotARegularFile`] before any data, and opening it never
+    /// blocks (a FIFO without a writer).
     ReadFile {
         /// Absolute path in the guest.
         path: String,
     },
     /// Write a file from the `Data` frames that follow (an empty one ends it);
-    /// missing parent directories are created. Answered with [`Response::Done`].
+    /// missing parent directories are created. The data goes to a temporary
+    /// file beside the target, renamed over it when the empty frame arrives,
+    /// so the target is either as it was or complete: a failed, cancelled
+    /// ([`Request::Cancel`]) or abandoned write removes the temporary file.
+    /// A target that exists and is not a regular file (after symlinks) is
+    /// refused with [`ErrorKind::NotARegularFile`]. Answered with
+    /// [`Response::Done`].
     WriteFile {
         /// Absolute path in the guest.
         path: String,
@@ -103,6 +113,10 @@ pub enum Request {
     Stat {
         /// Absolute path in the guest.
         path: String,
+        /// Describe what the path resolves to (symlinks followed, as a read
+        /// opens it) rather than a final symlink itself.
+        #[serde(default)]
+        follow: bool,
     },
     /// Create a directory and any missing parents.
     Mkdir {
@@ -123,6 +137,16 @@ pub enum Request {
         from: String,
         /// New path.
         to: String,
+    },
+    /// Abandon the file read or write running under frame id `request_id`:
+    /// a read stops sending data, a write removes its temporary file and
+    /// leaves the target as it was. The abandoned request gets no `Done`
+    /// (frames already in flight may still arrive). Answered with
+    /// [`Response::Ok`], also when no such transfer runs (it may have just
+    /// ended).
+    Cancel {
+        /// Frame id of the read or write.
+        request_id: u32,
     },
     /// Set the guest's wall clock.
     SetTime {
@@ -187,6 +211,46 @@ pub struct FileEntry {
     pub size: u64,
 }
 
+/// What kind of file a path is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    /// A regular file.
+    File,
+    /// A directory.
+    Directory,
+    /// A symbolic link (only when not followed).
+    Symlink,
+    /// A character device (`/dev/zero`, a terminal).
+    CharDevice,
+    /// A block device (a disk).
+    BlockDevice,
+    /// A FIFO (named pipe).
+    Fifo,
+    /// A Unix domain socket.
+    Socket,
+    /// Not reported (an older agent), or a kind this side does not know.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl FileType {
+    /// The kind in words, with its article: "a character device".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::File => "a regular file",
+            Self::Directory => "a directory",
+            Self::Symlink => "a symbolic link",
+            Self::CharDevice => "a character device",
+            Self::BlockDevice => "a block device",
+            Self::Fifo => "a FIFO (named pipe)",
+            Self::Socket => "a socket",
+            Self::Unknown => "not a file of a known kind",
+        }
+    }
+}
+
 /// What [`Request::Stat`] reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStat {
@@ -194,6 +258,9 @@ pub struct FileStat {
     pub is_dir: bool,
     /// True for a symbolic link (not followed).
     pub is_symlink: bool,
+    /// What kind of file it is.
+    #[serde(default)]
+    pub file_type: FileType,
     /// Size in bytes.
     pub size: u64,
     /// Permission bits.
@@ -231,7 +298,13 @@ pub enum ErrorKind {
     NotEmpty,
     /// The request itself is malformed or names an unknown id.
     InvalidRequest,
-    /// Any other I/O failure.
+    /// A file transfer met something that is not a regular file (a device,
+    /// a FIFO, a socket); the message names what it is.
+    NotARegularFile,
+    /// The guest's file system is full (`ENOSPC`, `EDQUOT`).
+    NoSpace,
+    /// Any other I/O failure; also what a kind this side does not know reads as.
+    #[serde(other)]
     Io,
 }
 
@@ -284,11 +357,38 @@ mod tests {
                 unix_nanos: 1 << 62,
             },
             Request::BeforeSnapshot,
+            Request::Stat {
+                path: "/root/z".into(),
+                follow: true,
+            },
+            Request::Cancel { request_id: 7 },
         ];
         for r in reqs {
             let json = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r, "{json}");
         }
+    }
+
+    #[test]
+    fn unknown_error_and_file_kinds_read_as_the_catch_alls() {
+        let r: Response =
+            serde_json::from_str(r#"{"result":"error","kind":"quantum_flux","message":"m"}"#)
+                .unwrap();
+        assert_eq!(
+            r,
+            Response::Error {
+                kind: ErrorKind::Io,
+                message: "m".into()
+            }
+        );
+        let old = r#"{"is_dir":false,"is_symlink":false,"size":1,"mode":420,"mtime":0}"#;
+        let st: FileStat = serde_json::from_str(old).unwrap();
+        assert_eq!(st.file_type, FileType::Unknown);
+        let st: FileStat =
+            serde_json::from_str(&old.replace('}', r#","file_type":"door"}"#)).unwrap();
+        assert_eq!(st.file_type, FileType::Unknown);
+        let json = serde_json::to_string(&ErrorKind::NotARegularFile).unwrap();
+        assert_eq!(json, r#""not_a_regular_file""#);
     }
 
     #[test]

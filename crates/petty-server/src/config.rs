@@ -56,7 +56,8 @@ pub struct ServerSection {
     pub on_shutdown: OnShutdown,
     /// How long in-flight calls get to finish after SIGTERM (default 30).
     pub shutdown_grace_secs: u64,
-    /// Largest request body, file uploads included, in MiB (default 100); larger gets 413.
+    /// Largest request body in MiB (default 100); larger gets 413. File
+    /// uploads are streamed and bounded by `limits.max_upload_mib` instead.
     pub max_body_mib: u64,
     /// Log lines as `text` (default) or `json`.
     pub log_format: LogFormat,
@@ -121,6 +122,12 @@ pub struct LimitsSection {
     pub max_memory_mb: u32,
     /// Most vCPUs a create may ask for (default 8).
     pub max_vcpu: u32,
+    /// Largest file a REST download sends, in MiB (default 4096), counted
+    /// while it streams from the guest; a call may raise or lift it.
+    pub max_download_mib: u64,
+    /// Largest streamed file upload, in MiB (default 4096); the sandbox's
+    /// free disk is the other bound.
+    pub max_upload_mib: u64,
 }
 
 impl Default for LimitsSection {
@@ -132,6 +139,8 @@ impl Default for LimitsSection {
             default_idle_timeout_secs: 300,
             max_memory_mb: 8192,
             max_vcpu: 8,
+            max_download_mib: 4096,
+            max_upload_mib: 4096,
         }
     }
 }
@@ -279,6 +288,8 @@ pub const KEYS: &[&str] = &[
     "limits.default_idle_timeout_secs",
     "limits.max_memory_mb",
     "limits.max_vcpu",
+    "limits.max_download_mib",
+    "limits.max_upload_mib",
     "defaults.vcpu",
     "defaults.memory_mb",
     "defaults.disk_size_mb",
@@ -490,6 +501,14 @@ impl Config {
         if self.server.max_body_mib == 0 {
             return bad("server.max_body_mib must be at least 1".into());
         }
+        for (k, v) in [
+            ("limits.max_download_mib", self.limits.max_download_mib),
+            ("limits.max_upload_mib", self.limits.max_upload_mib),
+        ] {
+            if v == 0 {
+                return bad(format!("{k} must be at least 1"));
+            }
+        }
         if self.limits.max_concurrent_sandboxes == 0 {
             return bad("limits.max_concurrent_sandboxes must be at least 1".into());
         }
@@ -608,6 +627,7 @@ mod tests {
                 "PETTY_SERVER_ALLOWED_ORIGINS".into(),
                 "https://app.example.com, http://localhost:3000".into(),
             ),
+            ("PETTY_LIMITS_MAX_UPLOAD_MIB".into(), "16384".into()),
             ("UNRELATED".into(), "x".into()),
         ];
         let c = Config::load(None, &env_overrides(env)).unwrap();
@@ -621,6 +641,7 @@ mod tests {
             c.server.allowed_origins,
             ["https://app.example.com", "http://localhost:3000"]
         );
+        assert_eq!(c.limits.max_upload_mib, 16384);
     }
 
     #[test]
@@ -668,6 +689,11 @@ mod tests {
                 "[server]\nallowed_hosts = [\"petty.internal:8080\"]\n",
                 &[],
                 "server.allowed_hosts",
+            ),
+            (
+                "[limits]\nmax_download_mib = 0\n",
+                &[],
+                "limits.max_download_mib",
             ),
             (
                 "",

@@ -520,7 +520,7 @@ impl PettyMcp {
     }
 
     #[tool(
-        description = "Read a file from a sandbox. Returns its content as text (encoding \"utf8\", the default) or base64 (encoding \"base64\") and its size in bytes."
+        description = "Read a regular file (at most 8 MiB) from a sandbox; devices, FIFOs and sockets are refused. Returns its content as text (encoding \"utf8\", the default) or base64 (encoding \"base64\") and its size in bytes."
     )]
     async fn download_file(
         &self,

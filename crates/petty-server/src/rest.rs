@@ -1,5 +1,8 @@
 //! The REST API under `/v1`, its OpenAPI document, and the HTTP plumbing
 //! around it: auth, body limits, JSON errors, health, readiness, metrics.
+//! File contents stream both ways: a download from the guest as the client
+//! reads it, an upload into the guest as it arrives (that route is not
+//! held to `server.max_body_mib` but to `limits.max_upload_mib`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -37,8 +40,9 @@ pub struct AppState {
 /// An error as every route returns it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// Stable kind: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `too_large`, `capacity`, `agent_error`, `unavailable`, `internal`;
+    /// Stable kind: `bad_request`, `not_a_regular_file`, `unauthorized`,
+    /// `forbidden`, `not_found`, `conflict`, `too_large`, `capacity`,
+    /// `insufficient_storage`, `agent_error`, `unavailable`, `internal`;
     /// from the request guard, `unsupported_media_type` (415),
     /// `misdirected_host` (421) and `forbidden_origin` (403).
     pub kind: String,
@@ -192,6 +196,20 @@ pub struct RunCodeRequest {
 pub struct PathQuery {
     /// Absolute path in the guest.
     pub path: String,
+}
+
+/// `?path=&max_size=&no_limit=` of `GET .../files/content`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadQuery {
+    /// Absolute path in the guest.
+    pub path: String,
+    /// Largest file this call sends, in bytes (default `limits.max_download_mib`).
+    pub max_size: Option<u64>,
+    /// Send the file whatever its size.
+    #[serde(default)]
+    pub no_limit: bool,
 }
 
 /// `?path=&recursive=` of `DELETE .../files`.
@@ -603,33 +621,76 @@ async fn remove_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Download a file's bytes.
+/// Download a regular file's bytes, streamed from the guest. Devices,
+/// FIFOs and sockets are refused (400 `not_a_regular_file`); past the size
+/// limit (`limits.max_download_mib`, or `max_size`) it is a 413 before the
+/// first byte when the file's size says so, and a broken-off body if the
+/// guest sends more than it said.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files/content", tag = "files",
-    params(("id" = String, Path, description = "Sandbox id or name"), PathQuery),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, description = "Sandbox id or name"), DownloadQuery),
+    responses(
+        (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "A directory, device, FIFO or socket", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 413, description = "Larger than the download's limit", body = ErrorBody),
+    ))]
 async fn download_file(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    QueryArgs(q): QueryArgs<PathQuery>,
+    QueryArgs(q): QueryArgs<DownloadQuery>,
 ) -> Result<Response, ApiError> {
-    let chunks = s.service.read_file_stream(&id, &q.path).await?;
+    let limit = match (q.max_size, q.no_limit) {
+        (Some(_), true) => {
+            return Err(ApiError::bad_request("give max_size or no_limit, not both"))
+        }
+        (Some(n), false) => Some(n),
+        (None, true) => None,
+        (None, false) => Some(
+            s.service
+                .config()
+                .limits
+                .max_download_mib
+                .saturating_mul(1 << 20),
+        ),
+    };
+    let chunks = s.service.read_file_stream(&id, &q.path, limit).await?;
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(chunks));
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
-/// Upload a file: the request body is the file's bytes (no base64).
+/// Upload a file: the request body is the file's bytes (no base64),
+/// streamed into the guest as it arrives. The file appears whole or not at
+/// all. Past `limits.max_upload_mib` it is a 413, a full sandbox disk a
+/// 507; either way nothing is written.
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files/content", tag = "files",
     params(("id" = String, Path, description = "Sandbox id or name"), PathQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204, description = "Written"), (status = 413, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "Written"),
+        (status = 400, description = "The target is a directory, device, FIFO or socket", body = ErrorBody),
+        (status = 413, description = "Larger than limits.max_upload_mib", body = ErrorBody),
+        (status = 507, description = "The sandbox's disk is full", body = ErrorBody),
+    ))]
 async fn upload_file(
     State(s): State<AppState>,
     Path(id): Path<String>,
     QueryArgs(q): QueryArgs<PathQuery>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let data = body_bytes(req, &()).await?;
-    s.service.write_file(&id, &q.path, &data).await?;
+    use tokio_stream::StreamExt as _;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = req
+        .into_body()
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    let reader = tokio_util::io::StreamReader::new(body);
+    s.service
+        .write_file_stream(&id, &q.path, reader, declared)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use petty_core::store::SnapshotRecord;
 use petty_core::{
-    ClientError, CoreError, ExecRequest, ExecResult, ExecStream, FileEntry, GuestErrorKind,
-    SandboxConfig, SandboxInfo, SandboxManager, SandboxPool, SandboxState,
+    ClientError, CoreError, ExecRequest, ExecResult, ExecStream, FileEntry, FileStat, FileType,
+    GuestErrorKind, SandboxConfig, SandboxInfo, SandboxManager, SandboxPool, SandboxState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +83,8 @@ impl From<CoreError> for ApiError {
             CoreError::Rpc(ClientError::Remote { kind, .. }) => match kind {
                 GuestErrorKind::NotFound => (404, "not_found"),
                 GuestErrorKind::AlreadyExists => (409, "conflict"),
+                GuestErrorKind::NotARegularFile => (400, "not_a_regular_file"),
+                GuestErrorKind::NoSpace => (507, "insufficient_storage"),
                 GuestErrorKind::Io => (500, "guest_error"),
                 _ => (400, "bad_request"),
             },
@@ -97,6 +99,14 @@ impl From<CoreError> for ApiError {
             | CoreError::Vm(petty_vmm::VmmError::Unavailable { .. }) => (503, "unavailable"),
             CoreError::Vm(_) => (500, "vm_error"),
             CoreError::Store { .. } | CoreError::Io(_) => (500, "internal"),
+        };
+        let message = if kind == "insufficient_storage" {
+            format!(
+                "{message}; the sandbox's disk is full and nothing was written: free space in it, \
+                 or create it with a larger disk_size_mb"
+            )
+        } else {
+            message
         };
         Self {
             status,
@@ -762,8 +772,8 @@ impl Service {
         ended.map_err(|e| self.fail(e.into()))
     }
 
-    /// A whole file of at most `limit` bytes (a bigger one is a 413 that
-    /// says how to get it instead).
+    /// A whole regular file of at most `limit` bytes (a bigger one is a
+    /// 413 that says how to get it instead; a device, FIFO or socket a 400).
     #[tracing::instrument(skip(self))]
     pub async fn read_file(&self, sandbox: &str, path: &str, limit: u64) -> ApiResult<Vec<u8>> {
         check_path(path)?;
@@ -773,21 +783,19 @@ impl Service {
             .inner
             .manager
             .with_sandbox_async(sandbox, |sb| async move {
-                let stat = sb.stat(&p).await?;
-                if stat.is_dir || stat.size > limit {
+                let stat = sb.stat_target(&p).await?;
+                if !readable(&stat) || stat.size > limit {
                     return Ok(Err(stat));
                 }
                 let mut data = Vec::with_capacity(stat.size as usize);
-                sb.agent().read_file_into(&p, &mut data, limit).await?;
+                sb.read_file_into(&p, &mut data, limit).await?;
                 Ok(Ok(data))
             })
             .await
             .map_err(|e| self.fail(e))?;
         match read {
             Ok(data) => Ok(data),
-            Err(stat) if stat.is_dir => Err(ApiError::bad_request(format!(
-                "{path} is a directory; list it instead"
-            ))),
+            Err(stat) if !readable(&stat) => Err(not_readable(sandbox, path, &stat)),
             Err(stat) => Err(ApiError::new(
                 413,
                 "too_large",
@@ -801,16 +809,20 @@ impl Service {
         }
     }
 
-    /// A file as a stream of chunks, read from the guest as the client
-    /// takes them (memory stays bounded whatever the file's size). Errors
-    /// found before the first byte (no such file, a directory) are the
+    /// A regular file as a stream of chunks, read from the guest as the
+    /// client takes them (memory stays bounded whatever the file's size),
+    /// stopping with an error past `limit` bytes (`None`: no limit) however
+    /// much the guest sends. Errors found before the first byte (no such
+    /// file, a directory or device, over the limit by its size) are the
     /// result's; one later ends the stream with an error.
     #[tracing::instrument(skip(self))]
     pub async fn read_file_stream(
         &self,
         sandbox: &str,
         path: &str,
+        limit: Option<u64>,
     ) -> ApiResult<tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>> {
+        use tokio::io::AsyncReadExt as _;
         check_path(path)?;
         self.get(sandbox).await?;
         let p = path.to_string();
@@ -818,60 +830,86 @@ impl Service {
             .inner
             .manager
             .with_sandbox_async(sandbox, |sb| async move {
-                let stat = sb.stat(&p).await?;
+                let stat = sb.stat_target(&p).await?;
                 Ok((sb, stat))
             })
             .await;
         let (sb, stat) = sb.map_err(|e| self.fail(e))?;
-        if stat.is_dir {
-            return Err(ApiError::bad_request(format!(
-                "{path} is a directory; list it with GET /v1/sandboxes/{sandbox}/files?path={path}"
-            )));
+        if !readable(&stat) {
+            return Err(not_readable(sandbox, path, &stat));
+        }
+        if let Some(limit) = limit.filter(|l| stat.size > *l) {
+            return Err(download_too_large(path, Some(stat.size), limit));
         }
         const CHUNK: usize = 256 * 1024;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (mut writer, mut reader) = tokio::io::duplex(CHUNK);
-        let path = path.to_string();
+        let guest_path = path.to_string();
         let read = tokio::spawn(async move {
             let r = sb
-                .agent()
-                .read_file_into(&path, &mut writer, u64::MAX)
+                .read_file_into(&guest_path, &mut writer, limit.unwrap_or(u64::MAX))
                 .await;
             drop(writer);
             r
         });
+        // Wait for the first bytes, so that a refusal (the path changed
+        // since the stat, or the guest says no) is an error status rather
+        // than a broken 200.
+        let mut buf = vec![0u8; CHUNK];
+        let first = reader
+            .read(&mut buf)
+            .await
+            .map_err(|e| ApiError::new(500, "internal", format!("file download: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        if first == 0 {
+            // Over before any byte: an empty file, or an error.
+            return match read.await {
+                Ok(Ok(_)) => Ok(rx),
+                Ok(Err(e)) => Err(self.download_error(e, path, limit)),
+                Err(e) => Err(ApiError::new(
+                    500,
+                    "internal",
+                    format!("file download: {e}"),
+                )),
+            };
+        }
+        let service = self.clone();
+        let path = path.to_string();
         tokio::spawn(async move {
-            use tokio::io::AsyncReadExt as _;
-            let mut buf = vec![0u8; CHUNK];
+            let mut n = first;
             loop {
-                match reader.read(&mut buf).await {
+                let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
+                if tx.send(Ok(chunk)).await.is_err() {
+                    // The client went away: stop reading the guest.
+                    read.abort();
+                    return;
+                }
+                n = match reader.read(&mut buf).await {
                     Ok(0) => break,
-                    Ok(n) => {
-                        let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            // The client went away: stop reading the guest.
-                            read.abort();
-                            return;
-                        }
-                    }
+                    Ok(n) => n,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
-                }
+                };
             }
-            match read.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!("file download broke off: {e}");
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                }
-            }
+            let e = match read.await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => service.download_error(e, &path, limit).message,
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!("file download broke off: {e}");
+            let _ = tx.send(Err(std::io::Error::other(e))).await;
         });
         Ok(rx)
+    }
+
+    fn download_error(&self, e: CoreError, path: &str, limit: Option<u64>) -> ApiError {
+        match (e, limit) {
+            (CoreError::Rpc(ClientError::TooLarge { .. }), Some(limit)) => {
+                download_too_large(path, None, limit)
+            }
+            (e, _) => self.fail(e),
+        }
     }
 
     /// Writes a whole file (creating parent directories).
@@ -884,6 +922,65 @@ impl Service {
             .write_file(sandbox, path, data)
             .await
             .map_err(|e| self.fail(e))
+    }
+
+    /// Streams `body` into a file in the guest (parents created) as it
+    /// arrives, so the daemon holds a few chunks whatever the size. Past
+    /// `limit` bytes (`limits.max_upload_mib`; `declared` is the
+    /// Content-Length, checked first) it is a 413; a full guest disk a 507;
+    /// either way the guest's file is left as it was, with nothing partial
+    /// beside it. The number of bytes written.
+    #[tracing::instrument(skip(self, body))]
+    pub async fn write_file_stream<R>(
+        &self,
+        sandbox: &str,
+        path: &str,
+        body: R,
+        declared: Option<u64>,
+    ) -> ApiResult<u64>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send,
+    {
+        check_path(path)?;
+        let limit_mib = self.inner.config.limits.max_upload_mib;
+        let limit = limit_mib.saturating_mul(1 << 20);
+        let too_large = || {
+            ApiError::new(
+                413,
+                "too_large",
+                format!(
+                    "upload to {path} is larger than this server accepts ({limit_mib} MiB, \
+                     limits.max_upload_mib); nothing was written; send less, or raise the limit"
+                ),
+            )
+        };
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        self.get(sandbox).await?;
+        let capped = Capped::new(body, limit);
+        let state = capped.state.clone();
+        let p = path.to_string();
+        let written = self
+            .inner
+            .manager
+            .with_sandbox_async(sandbox, |sb| async move {
+                sb.write_file_from(&p, capped, None).await
+            })
+            .await;
+        match written {
+            Ok(n) => {
+                tracing::info!(bytes = n, "uploaded");
+                Ok(n)
+            }
+            Err(_) if state.over.load(Ordering::Relaxed) => Err(too_large()),
+            Err(CoreError::Rpc(ClientError::Io(e))) if state.broke.load(Ordering::Relaxed) => {
+                Err(ApiError::bad_request(format!(
+                    "the upload to {path} broke off ({e}); nothing was written; send it again"
+                )))
+            }
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// A directory's entries.
@@ -1117,6 +1214,102 @@ impl Service {
     }
 }
 
+/// True for what a file transfer may read: a regular file (or a file whose
+/// kind the guest did not say; it refuses non-regular files itself).
+fn readable(stat: &FileStat) -> bool {
+    !stat.is_dir && matches!(stat.file_type, FileType::File | FileType::Unknown)
+}
+
+/// The error for a directory, device, FIFO or socket asked for as a file.
+fn not_readable(sandbox: &str, path: &str, stat: &FileStat) -> ApiError {
+    if stat.is_dir {
+        return ApiError::bad_request(format!(
+            "{path} is a directory; list it with GET /v1/sandboxes/{sandbox}/files?path={path}"
+        ));
+    }
+    ApiError::new(
+        400,
+        "not_a_regular_file",
+        format!(
+            "{path} is {}, not a regular file; only regular files can be copied; read part of it \
+             with a command instead (e.g. head -c 1048576 {path})",
+            stat.file_type.describe()
+        ),
+    )
+}
+
+/// The 413 of a download past its limit (`size`: what the guest's stat said).
+fn download_too_large(path: &str, size: Option<u64>, limit: u64) -> ApiError {
+    let what = match size {
+        Some(n) => format!("{path} is {n} bytes"),
+        None => format!("{path} sent more bytes than it said it had"),
+    };
+    ApiError::new(
+        413,
+        "too_large",
+        format!(
+            "{what}, more than this download's limit of {limit} bytes \
+             (limits.max_download_mib); ask for more with ?max_size=BYTES, or lift it with ?no_limit=true"
+        ),
+    )
+}
+
+/// What a [`Capped`] reader saw.
+#[derive(Default)]
+struct CapState {
+    /// More than the limit arrived.
+    over: std::sync::atomic::AtomicBool,
+    /// The source itself failed (the client broke off).
+    broke: std::sync::atomic::AtomicBool,
+}
+
+/// An upload's body, failing as soon as more than `left` bytes arrive.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    state: Arc<CapState>,
+}
+
+impl<R> Capped<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Self {
+            inner,
+            left: limit,
+            state: Arc::default(),
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Capped<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(())) => {
+                let n = (buf.filled().len() - before) as u64;
+                if n > this.left {
+                    this.state.over.store(true, Ordering::Relaxed);
+                    buf.set_filled(before);
+                    return std::task::Poll::Ready(Err(std::io::Error::other(
+                        "upload larger than its limit",
+                    )));
+                }
+                this.left -= n;
+                std::task::Poll::Ready(Ok(()))
+            }
+            std::task::Poll::Ready(Err(e)) => {
+                this.state.broke.store(true, Ordering::Relaxed);
+                std::task::Poll::Ready(Err(e))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
 /// Guest paths are absolute.
 fn check_path(path: &str) -> ApiResult<()> {
     if !path.starts_with('/') {
@@ -1133,6 +1326,7 @@ fn check_path(path: &str) -> ApiResult<()> {
 #[cfg(test)]
 mod tests {
     use petty_core::Violation;
+    use tokio::io::AsyncReadExt as _;
 
     use super::*;
 
@@ -1151,5 +1345,49 @@ mod tests {
             assert_eq!((api.status, api.kind), (502, "agent_error"), "{api:?}");
             assert_eq!(api.message, text);
         }
+    }
+
+    #[tokio::test]
+    async fn an_upload_body_fails_past_its_limit_and_says_so() {
+        let body = vec![1u8; 1000];
+        let mut ok = Capped::new(&body[..], 1000);
+        let mut out = Vec::new();
+        ok.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out.len(), 1000);
+        assert!(!ok.state.over.load(Ordering::Relaxed));
+
+        let mut over = Capped::new(&body[..], 999);
+        assert!(over.read_to_end(&mut Vec::new()).await.is_err());
+        assert!(over.state.over.load(Ordering::Relaxed));
+        assert!(!over.state.broke.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn only_regular_files_are_readable_and_refusals_name_the_type() {
+        let stat = |file_type| FileStat {
+            is_dir: file_type == FileType::Directory,
+            is_symlink: false,
+            file_type,
+            size: 0,
+            mode: 0o644,
+            mtime: 0,
+        };
+        assert!(readable(&stat(FileType::File)));
+        for t in [
+            FileType::CharDevice,
+            FileType::Fifo,
+            FileType::Socket,
+            FileType::Directory,
+        ] {
+            assert!(!readable(&stat(t)), "{t:?}");
+        }
+        let e = not_readable("box", "/root/z", &stat(FileType::CharDevice));
+        assert_eq!((e.status, e.kind), (400, "not_a_regular_file"));
+        assert!(e
+            .message
+            .starts_with("/root/z is a character device, not a regular file"));
+        let e = download_too_large("/root/big", Some(10), 5);
+        assert_eq!(e.status, 413);
+        assert!(e.message.contains("no_limit=true"), "{}", e.message);
     }
 }

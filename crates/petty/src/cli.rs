@@ -23,13 +23,8 @@ enum Cmd {
     Create(crate::manage::CreateArgs),
     /// Run a command in a running sandbox, streaming its output; exits with its exit code.
     Exec(crate::manage::ExecArgs),
-    /// Copy a file between the host and a sandbox: `petty cp ./a NAME:/root/a` or `petty cp NAME:/root/a ./a`.
-    Cp {
-        /// Source: a host path or NAME:/path.
-        src: String,
-        /// Destination: a host path or NAME:/path.
-        dst: String,
-    },
+    /// Copy a regular file between the host and a sandbox: `petty cp ./a NAME:/root/a` or `petty cp NAME:/root/a ./a`.
+    Cp(crate::manage::CpArgs),
     /// List sandboxes.
     Ls {
         /// Include sandboxes held by a warm pool.
@@ -390,7 +385,7 @@ pub async fn dispatch(cli: Cli, server: Option<petty_server::Config>) -> anyhow:
         Cmd::Run(args) => crate::run::run(args).await,
         Cmd::Create(args) => crate::manage::create(args).await,
         Cmd::Exec(args) => crate::manage::exec(args).await,
-        Cmd::Cp { src, dst } => crate::manage::cp(src, dst).await,
+        Cmd::Cp(args) => crate::manage::cp(args).await,
         Cmd::Ls { all } => crate::manage::ls(all).await,
         Cmd::Stop { sandboxes } => crate::manage::stop(sandboxes, true).await,
         Cmd::Kill { sandboxes } => crate::manage::stop(sandboxes, false).await,

@@ -6,6 +6,7 @@ mod bench_serve;
 mod cli;
 mod doctor;
 mod manage;
+mod partial;
 mod run;
 
 use std::process::ExitCode;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use petty_core::{ManagerConfig, SandboxManager, SandboxState};
+use petty_core::{ClientError, CoreError, FileType, ManagerConfig, SandboxManager, SandboxState};
 use petty_vmm::{choose_backend, runtime_root};
 use tokio::io::AsyncWriteExt;
 
@@ -130,42 +130,216 @@ fn place(s: &str) -> Place {
     }
 }
 
-pub async fn cp(src: String, dst: String) -> anyhow::Result<ExitCode> {
-    let manager = manager().await?;
-    match (place(&src), place(&dst)) {
+/// What `petty cp` copies from a sandbox unless told otherwise: the
+/// daemon's `limits.max_download_mib` default, so a guest file that never
+/// ends (or lies about its size) cannot fill the host's disk.
+pub const DEFAULT_MAX_COPY: u64 = 4 << 30;
+
+/// Arguments of `petty cp`.
+#[derive(Args)]
+pub struct CpArgs {
+    /// Source: a host path or NAME:/path.
+    pub src: String,
+    /// Destination: a host path (an existing directory takes the source's
+    /// name) or NAME:/path.
+    pub dst: String,
+    /// Largest file to copy from a sandbox, counted as it arrives: bytes,
+    /// or with a K, M, G or T suffix (powers of 1024). Default 4G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "no_limit")]
+    pub max_size: Option<u64>,
+    /// Copy from a sandbox whatever the file's size.
+    #[arg(long)]
+    pub no_limit: bool,
+}
+
+/// `1048576`, `512K`, `10M`, `4G`, `1T` (also `4GiB`, `4gb`): powers of 1024.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; give bytes, or e.g. 512K, 10M, 4G"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use K, M, G or T")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `4.0 GiB`.
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub async fn cp(args: CpArgs) -> anyhow::Result<ExitCode> {
+    let limit = match (args.max_size, args.no_limit) {
+        (_, true) => None,
+        (Some(n), false) => Some(n),
+        (None, false) => Some(DEFAULT_MAX_COPY),
+    };
+    match (place(&args.src), place(&args.dst)) {
         (Place::Host(from), Place::Guest { sandbox, path }) => {
-            let file = tokio::fs::File::open(&from)
-                .await
-                .with_context(|| format!("opening {}", from.display()))?;
-            let mode = {
-                use std::os::unix::fs::PermissionsExt;
-                file.metadata().await?.permissions().mode() & 0o7777
-            };
-            let sb = manager.get(&sandbox).await?;
-            let n = sb.agent().write_file_from(&path, file, Some(mode)).await?;
-            eprintln!("petty: copied {n} bytes to {sandbox}:{path}");
+            if args.max_size.is_some() || args.no_limit {
+                bail!("--max-size and --no-limit apply to copies from a sandbox; a copy into one is bounded by its free disk");
+            }
+            copy_in(&from, &sandbox, &path).await
         }
         (Place::Guest { sandbox, path }, Place::Host(to)) => {
-            let sb = manager.get(&sandbox).await?;
-            let tmp = to.with_extension("petty-partial");
-            let mut file = tokio::fs::File::create(&tmp)
-                .await
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            let copied = sb.agent().read_file_into(&path, &mut file, u64::MAX).await;
-            file.flush().await?;
-            match copied {
-                Ok(n) => {
-                    tokio::fs::rename(&tmp, &to).await?;
-                    eprintln!("petty: copied {n} bytes from {sandbox}:{path}");
-                }
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(e.into());
-                }
-            }
+            copy_out(&sandbox, &path, &to, limit).await
         }
         _ => bail!("one side must be a sandbox path (NAME:/path) and the other a host path\nhint: petty cp ./file.txt mybox:/root/file.txt"),
     }
+}
+
+/// Host to guest: the file streams in; the guest renames it into place
+/// only once it is whole.
+async fn copy_in(from: &std::path::Path, sandbox: &str, path: &str) -> anyhow::Result<ExitCode> {
+    let file = tokio::fs::File::open(from)
+        .await
+        .with_context(|| format!("opening {}", from.display()))?;
+    let md = file.metadata().await?;
+    if !md.is_file() {
+        bail!(
+            "{} is {}, not a regular file; petty cp copies regular files only",
+            from.display(),
+            host_kind(&md)
+        );
+    }
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        md.permissions().mode() & 0o7777
+    };
+    let manager = manager().await?;
+    let sb = manager.get(sandbox).await?;
+    let n = sb.write_file_from(path, file, Some(mode)).await?;
+    eprintln!("petty: copied {n} bytes to {sandbox}:{path}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn host_kind(md: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = md.file_type();
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Guest to host: into `.NAME.petty-partial.PID` beside the destination,
+/// renamed over it when whole; removed on error and on SIGINT, SIGTERM or
+/// SIGHUP (exit 128 + n, as the shell's). Partials that killed copies left
+/// for the same destination are removed first.
+async fn copy_out(
+    sandbox: &str,
+    path: &str,
+    to: &std::path::Path,
+    limit: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let to = if to.is_dir() {
+        let name = std::path::Path::new(path)
+            .file_name()
+            .with_context(|| format!("{sandbox}:{path} does not name a file"))?;
+        to.join(name)
+    } else {
+        to.to_path_buf()
+    };
+    for stale in crate::partial::sweep_stale(&to) {
+        eprintln!(
+            "petty: removed {}, left by a copy that was killed",
+            stale.display()
+        );
+    }
+    let manager = manager().await?;
+    let sb = manager.get(sandbox).await?;
+    let what = format!("{sandbox}:{path}");
+    // Refused before anything is written when the guest says so; the
+    // limit is also counted while the file streams (a guest may lie).
+    let stat = sb.stat_target(path).await?;
+    if stat.is_dir {
+        bail!("{what} is a directory; petty cp copies single files");
+    }
+    if !matches!(stat.file_type, FileType::File | FileType::Unknown) {
+        bail!(
+            "{what} is {}, not a regular file; petty cp copies regular files only\n\
+             hint: read part of it with `petty exec {sandbox} -- head -c 1048576 {path}`",
+            stat.file_type.describe()
+        );
+    }
+    let over = |why: String, limit: u64| {
+        anyhow::anyhow!(
+            "{what} {why}, more than petty cp's limit of {}; pass --max-size with more, or --no-limit",
+            human(limit)
+        )
+    };
+    if let Some(limit) = limit.filter(|l| stat.size > *l) {
+        return Err(over(format!("is {}", human(stat.size)), limit));
+    }
+
+    let mut signals = crate::run::Signals::new()?;
+    let (partial, file) = crate::partial::Partial::create(&to)
+        .with_context(|| format!("creating a partial file beside {}", to.display()))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let copy = async {
+        let n = sb
+            .read_file_into(path, &mut file, limit.unwrap_or(u64::MAX))
+            .await?;
+        file.flush().await?;
+        anyhow::Ok(n)
+    };
+    let copied = tokio::select! {
+        r = copy => r,
+        code = signals.recv_quietly() => {
+            eprintln!(
+                "petty: interrupted; removing the partial copy {}",
+                partial.path().display()
+            );
+            drop(partial);
+            return Ok(ExitCode::from(code));
+        }
+    };
+    let n = match copied {
+        Ok(n) => n,
+        Err(e) => {
+            drop(partial);
+            return Err(match (e.downcast_ref::<CoreError>(), limit) {
+                (Some(CoreError::Rpc(ClientError::TooLarge { .. })), Some(limit)) => over(
+                    "sent more than it said it had (it grew, or the guest lied)".into(),
+                    limit,
+                ),
+                _ => e,
+            });
+        }
+    };
+    partial
+        .commit()
+        .with_context(|| format!("renaming the partial file to {}", to.display()))?;
+    eprintln!("petty: copied {n} bytes from {what}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -319,4 +493,23 @@ pub async fn snapshots_rm(names: Vec<String>) -> anyhow::Result<ExitCode> {
         println!("{n}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("10m"), Ok(10 << 20));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("4X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(human(DEFAULT_MAX_COPY), "4.0 GiB");
+        assert_eq!(human(1000), "1000 bytes");
+    }
 }

@@ -114,14 +114,15 @@ pub(crate) async fn interrupted() -> u8 {
 }
 
 /// SIGINT, SIGTERM and SIGHUP, mapped to the shell's 128 + n exit codes.
-struct Signals {
+/// Once made, these signals no longer end the process: the caller handles them.
+pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         Ok(Self {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
@@ -130,12 +131,18 @@ impl Signals {
     }
 
     async fn recv(&mut self) -> u8 {
+        let code = self.recv_quietly().await;
+        eprintln!("petty: interrupted; destroying the sandbox");
+        code
+    }
+
+    /// The next signal's exit code, saying nothing.
+    pub(crate) async fn recv_quietly(&mut self) -> u8 {
         let sig = tokio::select! {
             _ = self.int.recv() => libc::SIGINT,
             _ = self.term.recv() => libc::SIGTERM,
             _ = self.hup.recv() => libc::SIGHUP,
         };
-        eprintln!("petty: interrupted; destroying the sandbox");
         (128 + sig) as u8
     }
 }

@@ -183,3 +183,182 @@ async fn output_streams_as_it_comes() {
     }
     std::fs::remove_file(&go).unwrap();
 }
+
+fn expect_not_regular<T: std::fmt::Debug>(r: Result<T, ClientError>, want: &str) {
+    match r {
+        Err(ClientError::Remote {
+            kind: ErrorKind::NotARegularFile,
+            message,
+        }) => assert!(message.contains(want), "{message:?} should say {want:?}"),
+        other => panic!("expected NotARegularFile, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reads_refuse_devices_fifos_and_sockets_at_once() {
+    let (_child, c) = client();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).unwrap();
+    let fifo = std::ffi::CString::new(format!("{d}/fifo")).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let _sock = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
+    std::fs::write(dir.path().join("real"), b"abc").unwrap();
+    std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+
+    // Each answers at once: no stream of zeros, no open blocked on a FIFO.
+    let mut sink = Vec::new();
+    let zero = format!("{d}/zero");
+    expect_not_regular(
+        c.read_file_into(&zero, &mut sink, 1 << 20).await,
+        &format!("{zero} is a character device, not a regular file"),
+    );
+    assert!(sink.is_empty());
+    expect_not_regular(c.read_file(&format!("{d}/fifo")).await, "is a FIFO");
+    expect_not_regular(c.read_file(&format!("{d}/sock")).await, "is a socket");
+    assert_eq!(c.read_file(&format!("{d}/link")).await.unwrap(), b"abc");
+
+    let st = c.stat_target(&format!("{d}/zero")).await.unwrap();
+    assert_eq!(st.file_type, petty_protocol::FileType::CharDevice);
+    let st = c.stat(&format!("{d}/zero")).await.unwrap();
+    assert_eq!(st.file_type, petty_protocol::FileType::Symlink);
+    let st = c.stat_target(&format!("{d}/link")).await.unwrap();
+    assert_eq!((st.file_type, st.size), (petty_protocol::FileType::File, 3));
+
+    // Writes refuse them too, rather than replace them or block on them.
+    expect_not_regular(
+        c.write_file(&format!("{d}/fifo"), b"x", None).await,
+        "is a FIFO",
+    );
+    expect_not_regular(
+        c.write_file(&format!("{d}/zero"), b"x", None).await,
+        "is a character device",
+    );
+}
+
+/// Names in `dir`, sorted.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_write_lands_whole_or_not_at_all() {
+    let (_child, c) = client();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let target = dir.path().join("f");
+    std::fs::write(&target, b"old").unwrap();
+
+    // A source that fails midway (an upload over its limit, a client gone):
+    // the old content stays and no temporary file is left.
+    let source = tokio::io::AsyncReadExt::chain(&[7u8; 300_000][..], FailingReader);
+    let e = c.write_file_from(&format!("{d}/f"), source, None).await;
+    assert!(matches!(e, Err(ClientError::Io(_))), "{e:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    assert_eq!(names(dir.path()), ["f"]);
+
+    // A dropped write (its future cancelled midway) cleans up as well.
+    let pending = tokio::io::AsyncReadExt::chain(&[7u8; 300_000][..], NeverReader);
+    let _ = tokio::time::timeout(
+        Duration::from_millis(500),
+        c.write_file_from(&format!("{d}/f"), pending, None),
+    )
+    .await;
+    // The cancel goes out from a task of its own: wait for it to land.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while names(dir.path()) != ["f"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            names(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"old");
+
+    // Through a symlink, the file it points to is replaced, the link kept.
+    std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+    c.write_file(&format!("{d}/l"), b"new", Some(0o600))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    assert!(std::fs::symlink_metadata(dir.path().join("l"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(names(dir.path()), ["f", "l"]);
+}
+
+struct FailingReader;
+
+impl tokio::io::AsyncRead for FailingReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Err(std::io::Error::other("upload over its limit")))
+    }
+}
+
+struct NeverReader;
+
+impl tokio::io::AsyncRead for NeverReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// Every data frame the agent sends fits one 32 KiB write to a virtio-serial
+/// port, so a host that goes away mid-file never leaves half a frame for the
+/// next one.
+#[test]
+fn data_frames_fit_one_port_write() {
+    use petty_protocol::{Frame, FrameDecoder, FrameKind, Request, Response};
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![5u8; 300_000]).unwrap();
+    let (_child, mut sock) = crate::spawn_agent();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let req = Request::ReadFile {
+        path: path.display().to_string(),
+    };
+    sock.write_all(&Frame::json(FrameKind::Request, 9, &req).encode())
+        .unwrap();
+    let (mut dec, mut buf, mut got) = (FrameDecoder::new(), vec![0u8; 65536], 0);
+    loop {
+        let n = sock.read(&mut buf).unwrap();
+        assert!(n > 0, "the agent closed before answering");
+        dec.push(&buf[..n]);
+        while let Some(f) = dec.next_frame().unwrap() {
+            assert!(
+                f.encode().len() <= 32 * 1024,
+                "a frame of {} bytes",
+                f.encode().len()
+            );
+            match f.kind {
+                FrameKind::Data => got += f.payload.len(),
+                _ => {
+                    assert_eq!(
+                        f.parse::<Response>().unwrap(),
+                        Response::Done { size: 300_000 }
+                    );
+                    assert_eq!(got, 300_000);
+                    return;
+                }
+            }
+        }
+    }
+}

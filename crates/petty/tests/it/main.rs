@@ -16,6 +16,7 @@ mod serve;
 mod snapshots;
 mod standby;
 mod teardown;
+mod transfers;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -18,10 +18,10 @@ mod sessions;
 const KEY: &str = "test-key-0123456789abcdef";
 
 /// A running `petty serve`; killed on drop (its VMs die with the `Env`).
-struct Daemon {
-    child: Child,
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
     key: Option<String>,
     log: std::path::PathBuf,
 }
@@ -33,7 +33,7 @@ impl Daemon {
 
     /// Starts `petty serve` with `args` and environment `vars`; its log
     /// (stderr) goes to a file in the data directory.
-    fn start_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = env.data.path().join(format!("daemon-{n}.log"));
@@ -72,7 +72,7 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.base));
         match &self.key {
             Some(k) => r.bearer_auth(k),
@@ -82,7 +82,7 @@ impl Daemon {
 
     /// Sends and returns status and JSON body (Null when empty or not JSON).
     /// A POST without a body still says it is JSON, as the daemon requires.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut r = self.req(method.parse().unwrap(), path);
         match body {
             Some(b) => r = r.json(&b),
@@ -95,7 +95,7 @@ impl Daemon {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, v) = self.call(method, path, body).await;
         assert!(
             (200..300).contains(&status),
@@ -118,13 +118,13 @@ impl Daemon {
             .unwrap_or_else(|| panic!("{name} not in /metrics"))
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: signalling the daemon this test spawned.
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
     /// Waits (at most 60 s) for the daemon to exit; its exit code.
-    fn wait(&mut self) -> i32 {
+    pub(crate) fn wait(&mut self) -> i32 {
         for _ in 0..600 {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s.code().unwrap_or(-1);
@@ -595,14 +595,11 @@ async fn rest_errors_auth_limits_and_bad_config() {
     assert_eq!((status, e["kind"].clone()), (409, json!("conflict")), "{e}");
 
     // 413: a body past server.max_body_mib (100 MiB by default; this daemon keeps the default,
-    // so send 101 MiB).
-    let big = vec![b'x'; 101 * 1024 * 1024];
+    // so send 101 MiB). File uploads stream and have limits of their own (transfers.rs).
+    let big = vec![b' '; 101 * 1024 * 1024];
     let r = d
-        .req(
-            reqwest::Method::PUT,
-            "/v1/sandboxes/a/files/content?path=/root/big",
-        )
-        .header("content-type", "application/octet-stream")
+        .req(reqwest::Method::POST, "/v1/sandboxes/a/exec")
+        .header("content-type", "application/json")
         .body(big)
         .send()
         .await

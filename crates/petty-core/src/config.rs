@@ -36,9 +36,15 @@ pub struct SandboxConfig {
     /// (managed sandboxes; the manager's default when `None`).
     pub idle_timeout: Option<Duration>,
     /// Size of the root disk in MiB; the guest's `/` grows to fill it. `None`
-    /// keeps the size of the base image (or, for a restore, of the
-    /// snapshot's disk); a smaller size is refused when the sandbox starts.
+    /// is the base image's size plus [`disk_free_mib`](Self::disk_free_mib)
+    /// for a new sandbox, the snapshot disk's size for a restore; a size
+    /// below what the disk is made from is refused when the sandbox starts.
     pub disk_size_mib: Option<u32>,
+    /// Room to work: a new sandbox whose `disk_size_mib` is `None` gets a
+    /// root disk this much larger than its base image (default 2048, so
+    /// `apt-get install` or a `pip install` fits; 0: the image's size). The
+    /// disk is sparse: host space is spent only as the guest writes.
+    pub disk_free_mib: u32,
     /// VMM backend: `qemu` or `firecracker` (`auto` or `None`: the
     /// manager's default). Restores always use their snapshot's.
     pub backend: Option<String>,
@@ -66,6 +72,7 @@ impl Default for SandboxConfig {
             ttl: None,
             idle_timeout: None,
             disk_size_mib: None,
+            disk_free_mib: DEFAULT_DISK_FREE_MIB,
             backend: None,
             owner: None,
             bound_to_owner: false,
@@ -151,6 +158,12 @@ impl SandboxConfig {
                 )));
             }
         }
+        if self.disk_free_mib > MAX_DISK_SIZE_MIB {
+            return Err(CoreError::InvalidConfig(format!(
+                "disk_free_mib {} is out of range; use 0 to {MAX_DISK_SIZE_MIB} (1 TiB)",
+                self.disk_free_mib
+            )));
+        }
         if self.connect_timeout.is_zero() || self.rpc_timeout.is_zero() {
             return Err(CoreError::InvalidConfig(
                 "timeouts must be greater than zero".into(),
@@ -162,6 +175,9 @@ impl SandboxConfig {
 
 /// Largest root disk a sandbox may ask for: 1 TiB.
 const MAX_DISK_SIZE_MIB: u32 = 1 << 20;
+
+/// The room a new sandbox's root disk has beyond its image by default.
+pub const DEFAULT_DISK_FREE_MIB: u32 = 2048;
 
 /// Builds a [`SandboxConfig`].
 #[derive(Debug, Clone)]
@@ -237,6 +253,13 @@ impl SandboxConfigBuilder {
     /// Root disk size in MiB (at least the base image's).
     pub fn disk_size_mib(mut self, mib: u32) -> Self {
         self.0.disk_size_mib = Some(mib);
+        self
+    }
+
+    /// Room to work on a new sandbox's disk when no size is given (see
+    /// [`SandboxConfig::disk_free_mib`]).
+    pub fn disk_free_mib(mut self, mib: u32) -> Self {
+        self.0.disk_free_mib = mib;
         self
     }
 

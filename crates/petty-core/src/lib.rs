@@ -17,7 +17,9 @@ mod state;
 pub mod store;
 mod template;
 
-pub use config::{host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder};
+pub use config::{
+    host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder, DEFAULT_DISK_FREE_MIB,
+};
 pub use error::CoreError;
 pub use manager::{data_dir, ManagerConfig, SandboxInfo, SandboxManager};
 pub use petty_agent_client::{

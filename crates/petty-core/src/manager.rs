@@ -133,6 +133,7 @@ struct StandbyKey {
     rootfs: PathBuf,
     memory_mib: u32,
     vcpus: u32,
+    disk_size_mib: Option<u32>,
 }
 
 /// A VMM waiting for a template's state; its id becomes the sandbox's.
@@ -263,8 +264,13 @@ impl SandboxManager {
             None => config.backend.as_deref(),
         })?;
         let (kernel, rootfs) = crate::sandbox::resolve_assets(&config, vmm.wants_elf_kernel())?;
-        // Before a row, a template or a VM: a template's disk is the base
-        // image's size, so the rootfs stands for it.
+        if from.is_none() {
+            // Room to work, unless a size was asked for; a restore keeps
+            // its snapshot's disk.
+            crate::sandbox::size_new_disk(&mut config, &rootfs)?;
+        }
+        // Before a row, a template or a VM: a template's disk is made from
+        // the base image, so the rootfs stands for it.
         crate::sandbox::check_disk_size(&config, &rootfs, from.as_ref().map(|s| s.dir.as_path()))?;
         // A create from a template takes the standby VMM for it, if one is
         // waiting; its id (naming its run directory) becomes the sandbox's.
@@ -276,6 +282,7 @@ impl SandboxManager {
                 rootfs: rootfs.clone(),
                 memory_mib: config.memory_mib,
                 vcpus: config.vcpu_count,
+                disk_size_mib: config.disk_size_mib,
             });
         let standby = standby_key.as_ref().and_then(|k| self.take_standby(k));
         let id = standby.as_ref().map_or_else(SandboxId::new, |s| s.id);
@@ -332,6 +339,7 @@ impl SandboxManager {
                             config.rootfs.as_deref().expect("resolved above"),
                             config.memory_mib,
                             config.vcpu_count,
+                            config.disk_size_mib,
                             config.connect_timeout,
                         )
                         .await?,

@@ -1,7 +1,7 @@
 //! One sandbox: a VM, the agent connection into it, and the operations on it.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -91,7 +91,10 @@ pub struct Sandbox {
 impl Sandbox {
     /// Boots a VM on `vmm`, waits for its agent and checks the protocol
     /// version. On any error the VM is gone and nothing is left behind.
-    pub async fn create(vmm: &dyn Vmm, config: SandboxConfig) -> Result<Self, CoreError> {
+    pub async fn create(vmm: &dyn Vmm, mut config: SandboxConfig) -> Result<Self, CoreError> {
+        config.validate()?;
+        let (_, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
+        size_new_disk(&mut config, &rootfs)?;
         let id = SandboxId::new();
         let name = config.name.clone().unwrap_or_else(|| id.to_string());
         Self::boot(vmm, config, id, name, false, None, None).await
@@ -765,6 +768,24 @@ pub fn code_argv(language: &str, code: &str) -> Result<Vec<String>, CoreError> {
     let mut argv: Vec<String> = interpreter.iter().map(|s| s.to_string()).collect();
     argv.push(code.to_string());
     Ok(argv)
+}
+
+/// Gives a new sandbox that asks for no disk size its default: the base
+/// image's size plus `disk_free_mib` (see [`SandboxConfig::disk_free_mib`]).
+pub(crate) fn size_new_disk(config: &mut SandboxConfig, rootfs: &Path) -> Result<(), CoreError> {
+    // A missing image is the VMM's to report, naming it.
+    if config.disk_size_mib.is_some() || config.disk_free_mib == 0 || !rootfs.is_file() {
+        return Ok(());
+    }
+    let image = petty_vmm::disk_image_size(rootfs).map_err(|source| {
+        CoreError::Vm(petty_vmm::VmmError::DiskImage {
+            path: rootfs.to_path_buf(),
+            source,
+        })
+    })?;
+    let image_mib = u32::try_from(image.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+    config.disk_size_mib = Some(image_mib.saturating_add(config.disk_free_mib));
+    Ok(())
 }
 
 /// Refuses, before anything starts, a root disk smaller than what it would

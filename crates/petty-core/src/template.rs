@@ -61,6 +61,7 @@ impl Templates {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn key(
         backend: &str,
         profile: &str,
@@ -69,9 +70,11 @@ impl Templates {
         rootfs: &Path,
         memory_mib: u32,
         vcpus: u32,
+        disk_size_mib: Option<u32>,
     ) -> Result<String, CoreError> {
+        let disk = disk_size_mib.map_or_else(|| "image".to_string(), |d| d.to_string());
         let versions = format!(
-            "{}:{}:{backend}:{profile}:{memory_mib}:{vcpus}",
+            "{}:{}:{backend}:{profile}:{memory_mib}:{vcpus}:{disk}",
             TEMPLATE_VERSION,
             petty_protocol::PROTOCOL_VERSION
         );
@@ -91,7 +94,11 @@ impl Templates {
         ))
     }
 
-    /// The template for these inputs, made first if there is none.
+    /// The template for these inputs, made first if there is none. Its
+    /// guest booted with a root disk of `disk_size_mib` (the image's size
+    /// when `None`) and grew its file system to fill it, so sandboxes
+    /// restored from it at that size have nothing left to grow.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn ensure(
         &self,
         vmm: &dyn Vmm,
@@ -99,6 +106,7 @@ impl Templates {
         rootfs: &Path,
         memory_mib: u32,
         vcpus: u32,
+        disk_size_mib: Option<u32>,
         connect_timeout: Duration,
     ) -> Result<PathBuf, CoreError> {
         let binary = vmm.binary_path();
@@ -110,6 +118,7 @@ impl Templates {
             rootfs,
             memory_mib,
             vcpus,
+            disk_size_mib,
         )?;
         let dir = self.dir.join(&key);
         if dir.join(SNAPSHOT_STATE).is_file() {
@@ -143,6 +152,7 @@ impl Templates {
             rootfs,
             memory_mib,
             vcpus,
+            disk_size_mib,
             connect_timeout,
         )
         .await;
@@ -169,9 +179,10 @@ async fn build(
     rootfs: &Path,
     memory_mib: u32,
     vcpus: u32,
+    disk_size_mib: Option<u32>,
     connect_timeout: Duration,
 ) -> Result<(), CoreError> {
-    let config = shared_ram_vm(
+    let mut config = shared_ram_vm(
         format!("template-{}-{}", &key[..8], std::process::id()),
         kernel,
         rootfs,
@@ -179,6 +190,7 @@ async fn build(
         vcpus,
         tmp.join(SNAPSHOT_RAM),
     );
+    config.disk_size_mib = disk_size_mib;
     // Held for the whole build: a boot, the warm-up and the save are all CPU.
     let _turn = vmm.boot_turns().acquire().await?;
     let vm = vmm.start(&config).await?;
@@ -303,16 +315,23 @@ mod tests {
         std::fs::write(&k, b"kernel").unwrap();
         std::fs::write(&r, b"rootfs").unwrap();
         std::fs::write(&q, b"qemu 7.2").unwrap();
-        let key = |b, m, v| Templates::key(b, "tcg:aslr=false", Some(&q), &k, &r, m, v).unwrap();
+        let key =
+            |b, m, v| Templates::key(b, "tcg:aslr=false", Some(&q), &k, &r, m, v, None).unwrap();
         let base = key("qemu", 256, 2);
+        // Another disk size is another template (its guest grew to fit it).
+        let sized = |d| Templates::key("qemu", "tcg:aslr=false", Some(&q), &k, &r, 256, 2, d);
+        assert_ne!(base, sized(Some(2700)).unwrap());
+        assert_ne!(sized(Some(2700)).unwrap(), sized(Some(2800)).unwrap());
         assert_eq!(base, key("qemu", 256, 2));
         assert_ne!(base, key("qemu", 512, 2));
         assert_ne!(base, key("qemu", 256, 1));
         assert_ne!(base, key("firecracker", 256, 2));
-        let no_binary = Templates::key("qemu", "tcg:aslr=false", None, &k, &r, 256, 2).unwrap();
+        let no_binary =
+            Templates::key("qemu", "tcg:aslr=false", None, &k, &r, 256, 2, None).unwrap();
         assert_ne!(base, no_binary);
         // Another accelerator or boot option (ASLR) is another guest.
-        let with_aslr = Templates::key("qemu", "tcg:aslr=true", Some(&q), &k, &r, 256, 2).unwrap();
+        let with_aslr =
+            Templates::key("qemu", "tcg:aslr=true", Some(&q), &k, &r, 256, 2, None).unwrap();
         assert_ne!(base, with_aslr);
         std::fs::write(&r, b"rootfs, rebuilt").unwrap();
         let rebuilt = key("qemu", 256, 2);

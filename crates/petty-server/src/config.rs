@@ -171,8 +171,13 @@ pub struct DefaultsSection {
     pub vcpu: u32,
     /// Guest memory in MiB (default 256).
     pub memory_mb: u32,
-    /// Root disk size in MiB (default: the image's own size).
+    /// Root disk size in MiB (default: the image's size plus
+    /// `disk_free_mb`).
     pub disk_size_mb: Option<u32>,
+    /// Room to work on a new sandbox's root disk when no size is asked for:
+    /// this many MiB beyond the image (default 2048; 0: the image's size).
+    /// The disk is sparse, so host space is spent only as the guest writes.
+    pub disk_free_mb: u32,
     /// Timeout of a command that sets none, in seconds (default 300).
     pub exec_timeout_secs: u64,
 }
@@ -183,6 +188,7 @@ impl Default for DefaultsSection {
             vcpu: 2,
             memory_mb: 256,
             disk_size_mb: None,
+            disk_free_mb: petty_core::DEFAULT_DISK_FREE_MIB,
             exec_timeout_secs: 300,
         }
     }
@@ -293,6 +299,7 @@ pub const KEYS: &[&str] = &[
     "defaults.vcpu",
     "defaults.memory_mb",
     "defaults.disk_size_mb",
+    "defaults.disk_free_mb",
     "defaults.exec_timeout_secs",
     "pool.size",
     "pool.max_concurrent_boots",
@@ -535,7 +542,7 @@ impl Config {
         }
         if self.defaults.disk_size_mb == Some(0) {
             return bad(
-                "defaults.disk_size_mb must be at least 1 (leave it out for the image's size)"
+                "defaults.disk_size_mb must be at least 1 (leave it out for the image's size plus defaults.disk_free_mb)"
                     .into(),
             );
         }

@@ -687,10 +687,22 @@ async fn upload_file(
         .into_body()
         .into_data_stream()
         .map(|chunk| chunk.map_err(std::io::Error::other));
-    let reader = tokio_util::io::StreamReader::new(body);
-    s.service
-        .write_file_stream(&id, &q.path, reader, declared)
-        .await?;
+    let mut reader = tokio_util::io::StreamReader::new(body);
+    let written = s
+        .service
+        .write_file_stream(&id, &q.path, &mut reader, declared)
+        .await;
+    if written.is_err() {
+        // Read (and drop) what the client is still sending, so it can read
+        // the error rather than meet a closed connection; bounded, so a
+        // huge upload refused early is not read to its end.
+        const DRAIN: u64 = 256 << 20;
+        let mut rest = tokio::io::AsyncReadExt::take(&mut reader, DRAIN);
+        let mut sink = tokio::io::sink();
+        let drain = tokio::io::copy(&mut rest, &mut sink);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+    }
+    written?;
     Ok(StatusCode::NO_CONTENT)
 }
 

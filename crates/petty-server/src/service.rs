@@ -523,7 +523,10 @@ impl Service {
                 c.limits.max_memory_mb
             )));
         }
-        let mut b = SandboxConfig::builder().vcpu_count(vcpu).memory_mib(memory);
+        let mut b = SandboxConfig::builder()
+            .vcpu_count(vcpu)
+            .memory_mib(memory)
+            .disk_free_mib(c.defaults.disk_free_mb);
         if let Some(disk) = spec.disk_size_mb.or(c.defaults.disk_size_mb) {
             b = b.disk_size_mib(disk);
         }

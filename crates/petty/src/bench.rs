@@ -608,3 +608,97 @@ pub async fn snapshot(runs: usize, forks: usize) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// The p50, p95 and p99 of `v` (nearest rank), formatted.
+pub(crate) fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    format!(
+        "p50 {}  p95 {}  p99 {}",
+        ms(at(0.50)),
+        ms(at(0.95)),
+        ms(at(0.99))
+    )
+}
+
+/// Runs `script` as a streamed exec in `sb`: the guest's clock when the
+/// script printed it (its first line, seconds since the epoch) and the
+/// host's when the stream ended (its exit, or its error), with the error.
+async fn stream_end(
+    sb: &Sandbox,
+    script: &str,
+) -> anyhow::Result<(f64, f64, Option<petty_core::ClientError>)> {
+    let mut stream = sb.exec_stream(ExecRequest::shell(script)).await?;
+    let mut said = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.next().await {
+                Ok(petty_core::ExecEvent::Stdout(b)) => said.push_str(&String::from_utf8_lossy(&b)),
+                Ok(petty_core::ExecEvent::Stderr(_)) => {}
+                Ok(petty_core::ExecEvent::Exit(_)) => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    })
+    .await
+    .context("the command did not end within 60 s")?;
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let guest: f64 = said
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("the guest printed {said:?}, not its clock"))?;
+    Ok((guest, host, ended))
+}
+
+/// `petty bench halt`: how soon a guest's power-off ends the command in
+/// flight (the VM's watch: QEMU's VSERPORT_CHANGE event), beside how soon
+/// an ordinary command's end reaches the host, in the same sandboxes. Both
+/// are timed from the guest's clock (set from the host's) printed just
+/// before, so they include the clock's skew alike.
+pub async fn halt(runs: usize) -> anyhow::Result<ExitCode> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    ensure_assets(true).await?;
+    let (manager, _scratch) = scratch_manager(runs + 1).await?;
+    const CLOCK: &str = "import time; print(time.time(), flush=True)";
+    let exit_script = format!("python3 -c '{CLOCK}'");
+    let halt_script = format!(
+        "python3 -c '{CLOCK}; import ctypes; ctypes.CDLL(None).syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)' & sleep 100"
+    );
+    let (mut exits, mut halts) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let id = manager
+            .create(SandboxConfig::builder().name(format!("halt-{i}")).build()?)
+            .await?;
+        let sb = manager.get(&id.to_string()).await?;
+        let (guest, host, err) = stream_end(&sb, &exit_script).await?;
+        if let Some(e) = err {
+            bail!("the baseline command failed: {e}");
+        }
+        exits.push(Duration::from_secs_f64((host - guest).max(0.0)));
+        let (guest, host, err) = stream_end(&sb, &halt_script).await?;
+        match err {
+            Some(e) if e.to_string().contains("powered itself off") => {}
+            other => bail!("the power-off was not seen as such: {other:?}"),
+        }
+        halts.push(Duration::from_secs_f64((host - guest).max(0.0)));
+        drop(sb);
+        manager.destroy(&id.to_string()).await?;
+    }
+    println!("petty bench halt ({runs} runs; from the guest's last word to the host)");
+    println!(
+        "  baseline: a command's exit reaches the host    {}",
+        percentiles(exits)
+    );
+    println!(
+        "  a guest's power-off ends the exec in flight   {}",
+        percentiles(halts)
+    );
+    println!("  (before the VM's watch: the health check's ping deadline, ~40 s)");
+    manager.destroy_all().await?;
+    Ok(ExitCode::SUCCESS)
+}

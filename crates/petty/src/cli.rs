@@ -158,6 +158,13 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         per_client: usize,
     },
+    /// How soon a guest's power-off ends the command in flight, beside how
+    /// soon an ordinary command's exit reaches the host.
+    Halt {
+        /// Runs (one sandbox each).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Start many idle sandboxes, check each answers, and report host memory per sandbox.
     Density {
         /// How many sandboxes.
@@ -273,7 +280,8 @@ pub struct VmOpts {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub vcpus: u32,
-    /// Root disk size in MiB (default: the image's size); the guest's / grows to fill it.
+    /// Root disk size in MiB (default: the image's size plus 2048 MiB of room to
+    /// work); the guest's / grows to fill it. Sparse: host disk is spent only as the guest writes.
     #[arg(long, value_name = "N")]
     pub disk_mib: Option<u32>,
     /// VMM backend: qemu, firecracker or auto (default: PETTY_BACKEND, else auto).
@@ -408,6 +416,7 @@ pub async fn dispatch(cli: Cli, server: Option<petty_server::Config>) -> anyhow:
                 clients,
                 per_client,
             } => crate::bench_serve::serve(runs, clients, per_client).await,
+            BenchCmd::Halt { runs } => crate::bench::halt(runs).await,
             BenchCmd::Density { count, memory_mib } => {
                 crate::bench::density(count, memory_mib).await
             }

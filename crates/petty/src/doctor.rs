@@ -96,7 +96,41 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         fix: (auto == "none").then(|| "apt-get install qemu-system-x86".into()),
     });
 
+    let root = runtime_root();
+    let private = petty_vmm::ensure_run_root(&root);
+    lines.push(Line {
+        ok: private.is_ok(),
+        needed: true,
+        name: "run directory root".into(),
+        detail: match &private {
+            Ok(()) => format!("{} (private to this user)", root.display()),
+            Err(e) => e.to_string(),
+        },
+        fix: private.is_err().then(|| {
+            format!(
+                "remove or fix {} as the message says, or set PETTY_RUN_DIR to a private directory",
+                root.display()
+            )
+        }),
+    });
+
     let builder = ImageBuilder::new(petty_image::cache_dir());
+    let image_mib = builder
+        .locate()
+        .ok()
+        .and_then(|a| petty_vmm::disk_image_size(&a.rootfs).ok())
+        .map(|b| b.div_ceil(1 << 20));
+    lines.push(Line {
+        ok: true,
+        needed: false,
+        name: "sandbox root disk".into(),
+        detail: format!(
+            "{}+ {} MiB free by default (defaults.disk_free_mb for the daemon; --disk-mib N for a size); sparse, so host disk is spent only as the guest writes",
+            image_mib.map_or(String::new(), |m| format!("the image's {m} MiB ")),
+            petty_core::DEFAULT_DISK_FREE_MIB
+        ),
+        fix: None,
+    });
     for s in builder.status() {
         let label = match s.kind {
             StatusKind::Asset => format!("asset: {}", s.name),

@@ -349,8 +349,8 @@ pub async fn ls(all: bool) -> anyhow::Result<ExitCode> {
     manager.reap_now().await?;
     let now = petty_core::store::now_ms();
     println!(
-        "{:<20} {:<36} {:<8} {:>6} {:>5} {:>8} {:>8} {:>8}  OWNER",
-        "NAME", "ID", "STATE", "MEM", "VCPUS", "AGE", "PID", "EXPIRES"
+        "{:<20} {:<36} {:<8} {:>6} {:>5} {:>8} {:>8}  {:<20} {:>8}",
+        "NAME", "ID", "STATE", "MEM", "VCPUS", "AGE", "EXPIRES", "OWNER", "PID"
     );
     let secs = |ms: i64| Duration::from_millis(ms.max(0) as u64).as_secs();
     for r in manager.list().await? {
@@ -361,24 +361,25 @@ pub async fn ls(all: bool) -> anyhow::Result<ExitCode> {
             Some(at) if r.state.has_vm() => format!("{}s", secs(at - now)),
             _ => "-".into(),
         };
+        // One word, so the columns split on whitespace.
         let owner = match (r.owner.as_str(), r.bound_to_owner) {
             ("", _) => "-".to_string(),
-            (o, true) => format!("{o} (session)"),
+            (o, true) => format!("{o}(session)"),
             (o, false) => o.to_string(),
         };
         println!(
-            "{:<20} {:<36} {:<8} {:>6} {:>5} {:>7}s {:>8} {:>8}  {owner}",
+            "{:<20} {:<36} {:<8} {:>6} {:>5} {:>7}s {:>8}  {owner:<20} {:>8}",
             r.name,
             r.id,
             if r.pooled { "pooled" } else { r.state.as_str() },
             r.memory_mib,
             r.vcpus,
             secs(now - r.created_at_ms),
+            expires,
             r.vmm_pid
                 .filter(|_| r.state.has_vm())
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
-            expires,
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -356,7 +356,9 @@ async fn template_creates_get_the_disk_size_asked_for() {
     let m = env.manager(env.config()).await;
     let base = base_image_mib();
     let named = |n: &str| SandboxConfig::builder().name(n);
-    m.create(named("plain").build().unwrap()).await.unwrap();
+    m.create(named("plain").disk_free_mib(0).build().unwrap())
+        .await
+        .unwrap();
     m.create(named("big").disk_size_mib(base + 512).build().unwrap())
         .await
         .unwrap();
@@ -380,6 +382,21 @@ async fn template_creates_get_the_disk_size_asked_for() {
         (480..=512).contains(&after.saturating_sub(before)),
         "/ grew from {before} to {after} MiB on a disk 512 MiB larger"
     );
+    // Asked for nothing: the image plus room to work, from a template of
+    // that size (nothing to grow at create).
+    m.create(named("roomy").build().unwrap()).await.unwrap();
+    let info = m.info("roomy").await.unwrap();
+    assert_eq!(
+        info.disk_size_mib,
+        Some(base + petty_core::DEFAULT_DISK_FREE_MIB)
+    );
+    let free = df_size_mib(
+        &m.execute("roomy", "df -m --output=avail /")
+            .await
+            .unwrap()
+            .stdout,
+    );
+    assert!(free >= 2048, "only {free} MiB free on a default sandbox");
     // A disk smaller than the image is refused before any row or VM.
     let err = m
         .create(named("small").disk_size_mib(base - 1).build().unwrap())
@@ -389,7 +406,7 @@ async fn template_creates_get_the_disk_size_asked_for() {
     assert!(err.to_string().contains("disk_size_mib"), "{err}");
     assert!(!m.exists("small").await.unwrap());
     assert!(m.history("small").await.unwrap().is_empty());
-    assert_eq!(leftovers(env.root.path()).len(), 2);
+    assert_eq!(leftovers(env.root.path()).len(), 3);
     m.destroy_all().await.unwrap();
     env.assert_clean();
 }

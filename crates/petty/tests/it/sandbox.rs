@@ -188,7 +188,10 @@ async fn a_larger_disk_grows_the_root_file_system_at_boot() {
         .build()
         .unwrap();
     let (plain, big) = tokio::join!(
-        Sandbox::create(&vmm, SandboxConfig::builder().build().unwrap()),
+        Sandbox::create(
+            &vmm,
+            SandboxConfig::builder().disk_free_mib(0).build().unwrap()
+        ),
         Sandbox::create(&vmm, big),
     );
     let (plain, big) = (plain.unwrap(), big.unwrap());
@@ -214,6 +217,30 @@ async fn a_larger_disk_grows_the_root_file_system_at_boot() {
     assert!(r.success(), "{r:?}");
     plain.destroy().await.unwrap();
     big.destroy().await.unwrap();
+    assert!(leftovers(root.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sandbox_has_room_to_work_by_default() {
+    let root = run_root();
+    let vmm = vmm(root.path());
+    let sb = Sandbox::create(&vmm, SandboxConfig::default())
+        .await
+        .unwrap();
+    let r = sb.execute("df -m --output=avail /").await.unwrap();
+    let free = df_size_mib(&r.stdout);
+    eprintln!("df -m /: {free} MiB free on a default sandbox");
+    assert!(free >= 2048, "only {free} MiB free on a default sandbox");
+    // What an `apt-get install` of a few packages needs, and more.
+    let r = sb
+        .execute(
+            "dd if=/dev/zero of=/root/big bs=1M count=1536 status=none && sync && ls -l /root/big",
+        )
+        .await
+        .unwrap();
+    assert!(r.success(), "{r:?}");
+    assert!(r.stdout.contains(&(1536u64 << 20).to_string()), "{r:?}");
+    sb.destroy().await.unwrap();
     assert!(leftovers(root.path()).is_empty());
 }
 

@@ -74,17 +74,12 @@ async fn a_create_from_a_template_restores_into_the_standby_vmm() {
     );
     assert!(!processes_mentioning(&standby.display().to_string()).is_empty());
 
-    // The next create takes it: its run directory is the standby's, now the
-    // store's, with the disk grown to what this create asked for.
-    let disk_mib = base_image_mib() + 256;
+    // The next create of the template's size (the default: the image plus
+    // room to work) takes it: its run directory is the standby's, now the
+    // store's, with the disk the template was made with.
+    let disk_mib = base_image_mib() + petty_core::DEFAULT_DISK_FREE_MIB;
     let id = m
-        .create(
-            SandboxConfig::builder()
-                .name("second")
-                .disk_size_mib(disk_mib)
-                .build()
-                .unwrap(),
-        )
+        .create(SandboxConfig::builder().name("second").build().unwrap())
         .await
         .unwrap();
     let info = m.info(&id.to_string()).await.unwrap();

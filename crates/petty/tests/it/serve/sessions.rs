@@ -92,7 +92,7 @@ async fn a_stdio_sessions_sandboxes_go_when_its_client_does_unless_kept() {
     // Finite lifetimes out of the box, shown by `petty ls` with the owner.
     assert!(bound["expires_at_ms"].as_i64().is_some(), "{bound}");
     let row = ls_row(&env, "bound").expect("listed");
-    assert!(row.contains("mcp-stdio (session)"), "{row}");
+    assert!(row.contains("mcp-stdio(session)"), "{row}");
     let (bound_id, kept_id) = (
         bound["id"].as_str().unwrap().to_string(),
         kept["id"].as_str().unwrap().to_string(),

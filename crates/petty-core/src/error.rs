@@ -15,7 +15,7 @@ pub enum CoreError {
     #[error(transparent)]
     Vm(#[from] petty_vmm::VmmError),
     /// The guest agent never answered after boot.
-    #[error("the guest agent did not answer within {secs} s of boot; guest console:\n{console}")]
+    #[error("the guest agent did not answer within {secs} s of boot (time the VM waited for a CPU not counted); guest console:\n{console}")]
     AgentTimeout {
         /// How long we waited.
         secs: u64,

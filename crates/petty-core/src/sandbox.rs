@@ -715,41 +715,74 @@ async fn connect(
     timeout: Duration,
     refresh: Option<(&str, Option<u64>)>,
 ) -> Result<(AgentClient, Pong), CoreError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let clock = petty_vmm::RunClock::start(vm.pid());
     // The socket can be briefly missing or refusing (a VMM still starting):
     // retry every 100 ms within the timeout.
     let stream = loop {
         match vm.connect_agent().await {
             Ok(s) => break s,
-            Err(e) if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline => {
+            Err(e) if clock.elapsed() + Duration::from_millis(100) >= timeout => {
                 return Err(e.into())
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
     let agent = AgentClient::new(stream, config.rpc_timeout);
-    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let greeted = match refresh {
-        None => agent.handshake(remaining).await,
-        Some((hostname, disk_bytes)) => {
-            let (pong, refreshed) = tokio::join!(
-                agent.handshake(remaining),
-                agent.refresh_identity(Some(hostname), disk_bytes)
-            );
-            // A version mismatch explains a failed refresh: report it first.
-            pong.and_then(|p| refreshed.map(|()| p))
+    let greeting = async {
+        // The handshake's own bound is the wall-clock cap; the guest's
+        // deadline is kept below, on its run clock.
+        let cap = wall_cap(timeout);
+        match refresh {
+            None => agent.handshake(cap).await,
+            Some((hostname, disk_bytes)) => {
+                let (pong, refreshed) = tokio::join!(
+                    agent.handshake(cap),
+                    agent.refresh_identity(Some(hostname), disk_bytes)
+                );
+                // A version mismatch explains a failed refresh: report it first.
+                pong.and_then(|p| refreshed.map(|()| p))
+            }
         }
     };
+    let greeted = within_progress(&clock, timeout, greeting).await;
     match greeted {
-        Ok(p) => Ok((agent, p)),
-        Err(ClientError::Timeout { .. }) => Err(CoreError::AgentTimeout {
+        Some(Ok(p)) => Ok((agent, p)),
+        None | Some(Err(ClientError::Timeout { .. })) => Err(CoreError::AgentTimeout {
             secs: timeout.as_secs(),
             console: vm.console_tail(),
         }),
-        Err(source) => Err(CoreError::Connection {
+        Some(Err(source)) => Err(CoreError::Connection {
             console: vm.console_tail(),
             source,
         }),
+    }
+}
+
+/// However slow the host, a guest gets at most this much wall time to
+/// answer: twelve times its own deadline.
+fn wall_cap(timeout: Duration) -> Duration {
+    timeout.saturating_mul(12)
+}
+
+/// Runs `fut` until it ends, or until the VMM of `clock` has had `timeout`
+/// of time to run without it ending (`None`): time its threads spent
+/// waiting for a CPU does not count, so a host under load makes a boot
+/// slower, not failed. The wall clock is capped at [`wall_cap`].
+pub(crate) async fn within_progress<T>(
+    clock: &petty_vmm::RunClock,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if clock.elapsed() >= timeout || clock.wall() >= wall_cap(timeout) {
+                    return None;
+                }
+            }
+        }
     }
 }
 

@@ -195,13 +195,25 @@ async fn build(
     let _turn = vmm.boot_turns().acquire().await?;
     let vm = vmm.start(&config).await?;
     // Dropping `vm` on any error below kills it and removes its files.
+    let clock = petty_vmm::RunClock::start(vm.pid());
     let stream = vm.connect_agent().await?;
     let agent = petty_agent_client::AgentClient::new(stream, connect_timeout);
-    if let Err(source) = agent.handshake(connect_timeout).await {
-        return Err(CoreError::Connection {
-            console: vm.console_tail(),
-            source,
-        });
+    // As for any boot, the deadline is on the guest's progress.
+    let greeting = agent.handshake(connect_timeout.saturating_mul(12));
+    match crate::sandbox::within_progress(&clock, connect_timeout, greeting).await {
+        Some(Ok(_)) => {}
+        None => {
+            return Err(CoreError::AgentTimeout {
+                secs: connect_timeout.as_secs(),
+                console: vm.console_tail(),
+            })
+        }
+        Some(Err(source)) => {
+            return Err(CoreError::Connection {
+                console: vm.console_tail(),
+                source,
+            })
+        }
     }
     // Warm the guest's page cache with what nearly every first command
     // needs (the shell, the C library, Python), so sandboxes restored from

@@ -41,7 +41,8 @@ pub const AGENT_SHA256: &str = include_str!(concat!(env!("OUT_DIR"), "/petty-age
 pub const BUILDER_VERSION: u32 = 1;
 
 /// Where assets are cached: `$PETTY_CACHE_DIR`, else `$XDG_CACHE_HOME/petty`,
-/// else `$HOME/.cache/petty` (else `/tmp/petty-cache` with no home at all).
+/// else `$HOME/.cache/petty` (without `HOME`, the home the password database
+/// gives; `/var/cache/petty` with no home at all).
 pub fn cache_dir() -> PathBuf {
     cache_dir_from(|name| env::var_os(name))
 }
@@ -55,9 +56,35 @@ fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
     if let Some(dir) = var("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
         return dir.join("petty");
     }
-    match var("HOME") {
+    // Without HOME, the user's home from the password database: never a
+    // shared directory under a name another user could prepare.
+    match var("HOME").or_else(passwd_home) {
         Some(home) => home.join(".cache").join("petty"),
-        None => env::temp_dir().join("petty-cache"),
+        None => PathBuf::from("/var/cache/petty"),
+    }
+}
+
+/// This user's home directory as the password database has it.
+fn passwd_home() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: getpwuid_r writes into `pwd` and `buf` (whose length it is
+    // given) and sets `result` to `pwd` or null; pw_dir points into `buf`.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            libc::getuid(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 || result.is_null() || pwd.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pwd.pw_dir).to_bytes();
+        (!dir.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(dir)))
     }
 }
 
@@ -96,5 +123,9 @@ mod tests {
             PathBuf::from("/h/.cache/petty")
         );
         assert_eq!(env(&[("HOME", "/h")]), PathBuf::from("/h/.cache/petty"));
+        // No HOME: the password database's home, not a shared directory.
+        let no_home = env(&[]);
+        assert!(!no_home.starts_with(std::env::temp_dir()), "{no_home:?}");
+        assert_eq!(Some(no_home), passwd_home().map(|h| h.join(".cache/petty")));
     }
 }

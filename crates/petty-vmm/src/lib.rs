@@ -14,6 +14,7 @@ pub mod firecracker;
 mod process;
 pub mod qemu;
 pub mod qmp;
+mod runclock;
 mod rundir;
 mod turns;
 pub mod vsock;
@@ -25,6 +26,7 @@ use std::pin::Pin;
 
 pub use accel::{Accel, AccelChoice};
 pub use error::VmmError;
+pub use runclock::RunClock;
 pub use rundir::{
     ensure_run_root, pid_alive, remove_run_dir, run_dir_owner_alive, runtime_root,
     sweep_stale_run_dirs, vmm_alive, DETACHED_MARKER, JAIL_FILE, PID_FILE,

@@ -666,9 +666,12 @@ pub async fn halt(runs: usize) -> anyhow::Result<ExitCode> {
     let (manager, _scratch) = scratch_manager(runs + 1).await?;
     const CLOCK: &str = "import time; print(time.time(), flush=True)";
     let exit_script = format!("python3 -c '{CLOCK}'");
-    let halt_script = format!(
-        "python3 -c '{CLOCK}; import ctypes; ctypes.CDLL(None).syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)' & sleep 100"
-    );
+    // The line must reach the host before the kernel halts (it drops what
+    // its agent has not sent yet): the guest prints when it will power off,
+    // waits that 0.25 s, and does.
+    let halt_script = "python3 -c 'import time, ctypes; print(time.time() + 0.25, flush=True); \
+        time.sleep(0.25); ctypes.CDLL(None).syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)' \
+        & sleep 100";
     let (mut exits, mut halts) = (Vec::new(), Vec::new());
     for i in 0..runs {
         let id = manager
@@ -680,7 +683,7 @@ pub async fn halt(runs: usize) -> anyhow::Result<ExitCode> {
             bail!("the baseline command failed: {e}");
         }
         exits.push(Duration::from_secs_f64((host - guest).max(0.0)));
-        let (guest, host, err) = stream_end(&sb, &halt_script).await?;
+        let (guest, host, err) = stream_end(&sb, halt_script).await?;
         match err {
             Some(e) if e.to_string().contains("powered itself off") => {}
             other => bail!("the power-off was not seen as such: {other:?}"),

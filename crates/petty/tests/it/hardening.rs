@@ -131,8 +131,9 @@ async fn a_guest_that_powers_off_ends_the_exec_in_flight_with_the_cause() {
     let sb = m.get("off2").await.unwrap();
     let mut stream = sb
         .exec_stream(petty_core::ExecRequest::shell(
-            "(sleep 1; python3 -c 'import time, ctypes; print(time.time(), flush=True); \
-             ctypes.CDLL(None).syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)') & sleep 100",
+            "(sleep 1; python3 -c 'import time, ctypes; print(time.time() + 0.25, flush=True); \
+             time.sleep(0.25); ctypes.CDLL(None).syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)') \
+             & sleep 100",
         ))
         .await
         .unwrap();
@@ -153,6 +154,7 @@ async fn a_guest_that_powers_off_ends_the_exec_in_flight_with_the_cause() {
         .unwrap()
         .as_secs_f64();
     assert!(ended.to_string().contains("powered itself off"), "{ended}");
+    // When the guest said it would power off.
     let off_at: f64 = said.trim().parse().unwrap_or_else(|_| panic!("{said:?}"));
     // Not a speed claim (docs/BENCHMARKS.md has the figures): a liveness
     // check that it was noticed, well inside the 30 s ping deadline.

@@ -527,7 +527,9 @@ impl AgentClient {
             Ok(_) => transfer.finished(),
             // The agent already ended this request.
             Err(ClientError::Remote { .. }) => transfer.finished(),
-            Err(_) => transfer.cancel().await,
+            // Nothing of the guest's to clean up after a read: tell it to
+            // stop, without waiting on a guest that may never answer.
+            Err(_) => transfer.abandon().await,
         }
         sink.flush().await?;
         result
@@ -753,6 +755,23 @@ impl<'a> Transfer<'a> {
     /// The agent has ended this request itself: nothing to cancel.
     fn finished(&mut self) {
         self.open = false;
+    }
+
+    /// Stops routing the request's frames to us and sends the agent a
+    /// `cancel`, without waiting for its answer (dropped when it comes).
+    async fn abandon(&mut self) {
+        self.open = false;
+        lock(&self.client.inner.pending).map.remove(&self.id);
+        let req = Request::Cancel {
+            request_id: self.id,
+        };
+        match self.client.start(&req).await {
+            // Its answer, if one comes, goes to an id nobody waits for.
+            Ok((cancel, _)) => {
+                lock(&self.client.inner.pending).map.remove(&cancel);
+            }
+            Err(e) => tracing::debug!("cancelling file transfer {}: {e}", self.id),
+        }
     }
 
     /// Stops routing the request's frames to us and tells the agent to

@@ -656,6 +656,10 @@ async fn endless_file_read_fails_too_large_in_bounded_memory() {
                 guest
                     .respond(id, &Response::Done { size: FLOOD as u64 })
                     .await;
+                // The host gave up on the file and said so; it waits for no
+                // answer to that.
+                let (_, cancel) = guest.request().await;
+                assert_eq!(cancel, Request::Cancel { request_id: id }, "{cancel:?}");
                 let (ping, _) = guest.request().await;
                 guest.respond(ping, &pong()).await;
             }

@@ -147,7 +147,7 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// No run directory and no VMM left.
+    /// No run directory, no VMM and no sandbox row left.
     pub fn assert_clean(&self) {
         assert!(
             leftovers(self.root.path()).is_empty(),
@@ -156,6 +156,15 @@ impl Env {
         );
         let root = self.root.path().display().to_string();
         assert!(processes_mentioning(&root).is_empty(), "VMM left running");
+        let db = self.data.path().join("petty.db");
+        if db.exists() {
+            let rows = petty_core::store::Store::open(&db).unwrap().list().unwrap();
+            assert!(
+                rows.is_empty(),
+                "rows left: {:?}",
+                rows.iter().map(|r| (&r.name, r.state)).collect::<Vec<_>>()
+            );
+        }
     }
 }
 

@@ -119,8 +119,13 @@ impl Sandbox {
             config.die_with_parent = false;
         }
         let (kernel, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
-        check_disk_size(&config, &rootfs, restore_from.as_deref())?;
-        let disk_bytes = config.disk_size_mib.map(|mib| u64::from(mib) << 20);
+        let grows = check_disk_size(&config, &rootfs, restore_from.as_deref())?;
+        // The guest is told the size only when the host grows its disk:
+        // otherwise its file system fills the disk already.
+        let disk_bytes = config
+            .disk_size_mib
+            .filter(|_| grows)
+            .map(|mib| u64::from(mib) << 20);
         // A turn among every VM start on this host, held until the agent
         // answers: under load starts queue here, and the agent's deadline
         // starts once the turn does.
@@ -823,11 +828,12 @@ pub(crate) fn size_new_disk(config: &mut SandboxConfig, rootfs: &Path) -> Result
 
 /// Refuses, before anything starts, a root disk smaller than what it would
 /// be made from: the base image, or the disk of the snapshot restored.
+/// True when the disk will be larger than what it is made from.
 pub(crate) fn check_disk_size(
     config: &SandboxConfig,
     rootfs: &std::path::Path,
     restore_from: Option<&std::path::Path>,
-) -> Result<(), CoreError> {
+) -> Result<bool, CoreError> {
     let base = match restore_from {
         // QEMU's disk layer, or Firecracker's disk copy.
         Some(dir) => [
@@ -842,13 +848,17 @@ pub(crate) fn check_disk_size(
     };
     if !base.is_file() {
         // Not there (yet): the VMM says what is missing when it starts.
-        return Ok(());
+        return Ok(config.disk_size_mib.is_some());
     }
     match petty_vmm::check_disk_size(config.disk_size_mib, &base) {
         Err(e @ petty_vmm::VmmError::DiskTooSmall { .. }) => {
             Err(CoreError::InvalidConfig(e.to_string()))
         }
-        other => Ok(other?),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(match config.disk_size_mib {
+            Some(mib) => petty_vmm::disk_image_size(&base)? < u64::from(mib) << 20,
+            None => false,
+        }),
     }
 }
 

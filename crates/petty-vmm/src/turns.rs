@@ -32,6 +32,7 @@ pub(crate) fn host_cpus() -> usize {
 /// The slots of one run root.
 #[derive(Debug, Clone)]
 pub struct BootTurns {
+    root: PathBuf,
     dir: PathBuf,
     slots: usize,
 }
@@ -47,6 +48,7 @@ impl BootTurns {
     /// root is `root`.
     pub fn new(root: &Path, slots: usize) -> Self {
         Self {
+            root: root.to_path_buf(),
             dir: root.join(TURNS_DIR),
             slots: slots.max(1),
         }
@@ -96,6 +98,9 @@ impl BootTurns {
     fn try_acquire(&self) -> Result<Option<BootTurn>, VmmError> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // The slots live in the run root: it must be ours before anything
+        // is made in it.
+        crate::ensure_run_root(&self.root)?;
         match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(self.fail(e)),
             _ => {}
@@ -138,12 +143,14 @@ mod tests {
 
     #[tokio::test]
     async fn slots_are_shared_and_released_on_drop() {
-        let root = tempfile::tempdir().unwrap();
-        let turns = BootTurns::new(root.path(), 2);
+        let tmp = tempfile::tempdir().unwrap();
+        // A run root not made yet: taking a turn makes it (private).
+        let root = tmp.path().join("run");
+        let turns = BootTurns::new(&root, 2);
         let a = turns.acquire().await.unwrap();
         let b = turns.acquire().await.unwrap();
         // A second process's view of the same root: the same two slots.
-        let other = BootTurns::new(root.path(), 2);
+        let other = BootTurns::new(&root, 2);
         assert!(
             other.try_acquire().unwrap().is_none(),
             "both slots are held"
@@ -157,8 +164,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_start_gets_the_slot_when_it_is_freed() {
-        let root = tempfile::tempdir().unwrap();
-        let turns = BootTurns::new(root.path(), 1);
+        let tmp = tempfile::tempdir().unwrap();
+        let turns = BootTurns::new(&tmp.path().join("run"), 1);
         let held = turns.acquire().await.unwrap();
         let waiter = {
             let turns = turns.clone();
@@ -176,8 +183,8 @@ mod tests {
 
     #[test]
     fn a_slot_is_not_inherited_by_a_child_process() {
-        let root = tempfile::tempdir().unwrap();
-        let turns = BootTurns::new(root.path(), 1);
+        let tmp = tempfile::tempdir().unwrap();
+        let turns = BootTurns::new(&tmp.path().join("run"), 1);
         let held = turns.try_acquire().unwrap().unwrap();
         // A child started while the slot is held (as a VMM is) must not keep it.
         let mut child = std::process::Command::new("sleep")

@@ -57,6 +57,20 @@ async fn stdio_session(
     (client, child)
 }
 
+/// True once sandbox `id` is no longer in the daemon's list (looked at for
+/// at most `secs`).
+async fn unlisted_within(d: &Daemon, id: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        let all = d.ok("GET", "/v1/sandboxes", None).await;
+        if !all.as_array().unwrap().iter().any(|v| v["id"] == id) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Stops the daemon as SIGTERM does (its standby VMM goes with it).
 fn stop(mut d: Daemon) {
     d.signal(libc::SIGTERM);
@@ -225,13 +239,6 @@ async fn http_sessions_take_their_sandboxes_when_deleted_or_idle() {
         &["--pool-size", "0"],
         &[("PETTY_MCP_SESSION_IDLE_SECS", "3")],
     );
-    let listed = |views: &Value, id: &str| {
-        views
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|v| v["id"].as_str() == Some(id))
-    };
 
     // A session that ends with a DELETE (the rmcp client's cancel).
     let transport = StreamableHttpClientTransport::from_config(
@@ -246,15 +253,10 @@ async fn http_sessions_take_their_sandboxes_when_deleted_or_idle() {
     );
     assert_eq!(sb["session_bound"], json!(true));
     client.cancel().await.unwrap();
-    let mut gone = false;
-    for _ in 0..100 {
-        if !listed(&d.ok("GET", "/v1/sandboxes", None).await, &deleted) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "a deleted session's sandbox is still listed");
+    assert!(
+        unlisted_within(&d, &deleted, 10).await,
+        "a deleted session's sandbox is still listed"
+    );
     assert!(!vmm_runs(&env, &deleted));
 
     // A session left idle past mcp.session_idle_secs: its own sandbox goes,
@@ -266,16 +268,16 @@ async fn http_sessions_take_their_sandboxes_when_deleted_or_idle() {
         idle["id"].as_str().unwrap().to_string(),
         kept["id"].as_str().unwrap().to_string(),
     );
-    let mut gone = false;
-    for _ in 0..200 {
-        if !listed(&d.ok("GET", "/v1/sandboxes", None).await, &idle) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "an idle session's sandbox is still listed");
-    assert!(listed(&d.ok("GET", "/v1/sandboxes", None).await, &kept));
+    assert!(
+        unlisted_within(&d, &idle, 20).await,
+        "an idle session's sandbox is still listed"
+    );
+    let all = d.ok("GET", "/v1/sandboxes", None).await;
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["id"] == kept.as_str()));
     d.ok("DELETE", &format!("/v1/sandboxes/{kept}"), None).await;
     stop(d);
     env.assert_clean();

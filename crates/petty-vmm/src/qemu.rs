@@ -433,7 +433,9 @@ impl QemuVmm {
             }
         }
         let mut qemu_img = tokio::process::Command::new("qemu-img");
+        // A create given up on (Ctrl-C on `petty run`) takes qemu-img with it.
         qemu_img
+            .kill_on_drop(true)
             .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
             .arg(&backing)
             .arg(&overlay);

@@ -483,6 +483,7 @@ fn guest_mac(id: &str) -> String {
 /// for a Diff memory file, whose zero pages are data.
 async fn copy_sparse(from: &Path, to: &Path) -> Result<(), VmmError> {
     let out = tokio::process::Command::new("cp")
+        .kill_on_drop(true)
         .args(["--sparse=always", "--reflink=auto"])
         .arg(from)
         .arg(to)

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use petty_core::{ManagerConfig, SandboxConfig, SandboxManager};
 use petty_vmm::qemu::QemuVmm;
-use petty_vmm::{runtime_root, AccelChoice};
+use petty_vmm::AccelChoice;
 
 const TARGET: i64 = 42;
 const ACTIONS: [(&str, &str); 3] = [
@@ -43,12 +43,16 @@ fn score(value: i64) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Petty's settings (files, PETTY_* variables) say where the guest
+    // assets and the run directories are; the state here is throwaway.
+    let settings = petty_config::load(&petty_config::Sources::process())?.settings;
     let scratch = tempfile::tempdir()?;
-    let vmm = Arc::new(QemuVmm::new(AccelChoice::detect(), runtime_root()));
-    let config = ManagerConfig {
-        data_dir: scratch.path().to_path_buf(),
-        ..ManagerConfig::default()
-    };
+    let vmm = Arc::new(QemuVmm::new(
+        AccelChoice::detect(),
+        settings.paths.run_dir.clone(),
+    ));
+    let mut config = ManagerConfig::new(scratch.path());
+    config.assets_dir = Some(settings.paths.cache_dir.clone());
     let m = SandboxManager::new(config, vmm).await?;
 
     // The root: a sandbox with n = 1, snapshotted.

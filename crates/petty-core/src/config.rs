@@ -4,7 +4,22 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use petty_vmm::BackendKind;
+
 use crate::CoreError;
+
+/// A backend named by a user: `qemu`, `firecracker`, or `auto` (`None`:
+/// the manager's default).
+pub fn backend_choice(name: &str) -> Result<Option<BackendKind>, CoreError> {
+    match name {
+        "auto" => Ok(None),
+        other => other.parse().map(Some).map_err(|_| {
+            CoreError::InvalidConfig(format!(
+                "backend {other:?} is not one Petty has; use qemu, firecracker or auto"
+            ))
+        }),
+    }
+}
 
 /// How one sandbox is built. Make one with [`SandboxConfig::builder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,9 +60,13 @@ pub struct SandboxConfig {
     /// `apt-get install` or a `pip install` fits; 0: the image's size). The
     /// disk is sparse: host space is spent only as the guest writes.
     pub disk_free_mib: u32,
-    /// VMM backend: `qemu` or `firecracker` (`auto` or `None`: the
-    /// manager's default). Restores always use their snapshot's.
-    pub backend: Option<String>,
+    /// VMM backend (`None`: the manager's default). Restores always use
+    /// their snapshot's.
+    pub backend: Option<BackendKind>,
+    /// Where the built guest assets are, for a kernel or rootfs left
+    /// `None` (the configuration's `paths.cache_dir`; a manager fills in
+    /// its own when `None`).
+    pub assets_dir: Option<PathBuf>,
     /// Who asked for it, as `petty ls` and the REST view show it (`cli`,
     /// `rest`, `mcp-stdio`, `mcp-http:<session>`); none when `None`.
     pub owner: Option<String>,
@@ -74,6 +93,7 @@ impl Default for SandboxConfig {
             disk_size_mib: None,
             disk_free_mib: DEFAULT_DISK_FREE_MIB,
             backend: None,
+            assets_dir: None,
             owner: None,
             bound_to_owner: false,
         }
@@ -143,13 +163,6 @@ impl SandboxConfig {
             return Err(CoreError::InvalidConfig(
                 "ttl and idle_timeout must be greater than zero (leave them unset for none)".into(),
             ));
-        }
-        if let Some(b) = &self.backend {
-            if !["auto", "qemu", "firecracker"].contains(&b.as_str()) {
-                return Err(CoreError::InvalidConfig(format!(
-                    "backend {b:?} is not one Petty has; use qemu, firecracker or auto"
-                )));
-            }
         }
         if let Some(mib) = self.disk_size_mib {
             if mib == 0 || mib > MAX_DISK_SIZE_MIB {
@@ -263,9 +276,15 @@ impl SandboxConfigBuilder {
         self
     }
 
-    /// VMM backend for this sandbox (`qemu`, `firecracker` or `auto`).
-    pub fn backend(mut self, name: impl Into<String>) -> Self {
-        self.0.backend = Some(name.into());
+    /// VMM backend for this sandbox (`None`: the manager's default).
+    pub fn backend(mut self, kind: impl Into<Option<BackendKind>>) -> Self {
+        self.0.backend = kind.into();
+        self
+    }
+
+    /// Where the built guest assets are (see [`SandboxConfig::assets_dir`]).
+    pub fn assets_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.0.assets_dir = Some(dir.into());
         self
     }
 

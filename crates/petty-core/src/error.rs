@@ -11,9 +11,13 @@ pub enum CoreError {
     /// Guest assets are missing or could not be built.
     #[error(transparent)]
     Image(#[from] petty_image::ImageError),
-    /// Starting or stopping the VM failed.
+    /// The backend cannot run VMs on this host (its binary is missing, or
+    /// it needs what the host lacks); the message says what to do.
     #[error(transparent)]
-    Vm(#[from] petty_vmm::VmmError),
+    BackendUnavailable(petty_vmm::VmmError),
+    /// Starting, stopping or snapshotting the VM failed.
+    #[error(transparent)]
+    Vm(petty_vmm::VmmError),
     /// The guest agent never answered after boot.
     #[error("the guest agent did not answer within {secs} s of boot (time the VM waited for a CPU not counted); guest console:\n{console}")]
     AgentTimeout {
@@ -93,4 +97,18 @@ pub enum CoreError {
     /// Host I/O failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<petty_vmm::VmmError> for CoreError {
+    /// A backend that cannot run here is told apart from a VM that failed,
+    /// so callers never look inside the backend's errors.
+    fn from(e: petty_vmm::VmmError) -> Self {
+        use petty_vmm::VmmError;
+        match e {
+            VmmError::BinaryMissing { .. } | VmmError::Unavailable { .. } => {
+                Self::BackendUnavailable(e)
+            }
+            e => Self::Vm(e),
+        }
+    }
 }

@@ -18,10 +18,11 @@ pub mod store;
 mod template;
 
 pub use config::{
-    host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder, DEFAULT_DISK_FREE_MIB,
+    backend_choice, host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder,
+    DEFAULT_DISK_FREE_MIB,
 };
 pub use error::CoreError;
-pub use manager::{data_dir, ManagerConfig, SandboxInfo, SandboxManager};
+pub use manager::{ManagerConfig, SandboxInfo, SandboxManager};
 pub use petty_agent_client::{
     ClientError, ExecEvent, ExecOutput, ExecStream, StdinHandle, Violation,
 };
@@ -29,6 +30,31 @@ pub use petty_protocol::{
     Command as ExecCommand, ErrorKind as GuestErrorKind, ExecRequest, ExitStatus, FileEntry,
     FileStat, FileType,
 };
+pub use petty_vmm::BackendKind;
 pub use pool::{PoolConfig, PoolStats, SandboxPool};
 pub use sandbox::{code_argv, ExecResult, Sandbox, SandboxId};
 pub use state::SandboxState;
+
+#[cfg(test)]
+mod readme {
+    /// The README's "From Rust" block is `examples/quickstart.rs`'s body, so
+    /// what the README shows compiles (the example is built with the tests).
+    #[test]
+    fn the_readme_shows_the_quickstart_example() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let example = std::fs::read_to_string(root.join("examples/quickstart.rs")).unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let (_, rest) = example.split_once("    // README begin\n").unwrap();
+        let (body, _) = rest.split_once("    // README end").unwrap();
+        let body: String = body
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        let (_, rest) = readme.split_once("### From Rust\n\n```rust\n").unwrap();
+        let (shown, _) = rest.split_once("```\n").unwrap();
+        assert_eq!(
+            shown, body,
+            "README's From Rust block differs from examples/quickstart.rs"
+        );
+    }
+}

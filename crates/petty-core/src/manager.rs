@@ -14,28 +14,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use petty_protocol::{ExecRequest, FileEntry};
-use petty_vmm::{vmm_alive, Vmm, DETACHED_MARKER};
+use petty_vmm::{vmm_alive, BackendKind, Vmm, DETACHED_MARKER};
 use tokio::sync::RwLock;
 
 use crate::store::{now_ms, HistoryRecord, SandboxRecord, SnapshotRecord, Store};
 use crate::template::Templates;
 use crate::{CoreError, ExecResult, Sandbox, SandboxConfig, SandboxId, SandboxState};
-
-/// Where Petty keeps its state: `$PETTY_DATA_DIR`, else
-/// `$XDG_DATA_HOME/petty`, else `~/.local/share/petty`.
-pub fn data_dir() -> PathBuf {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(d) = var("PETTY_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = var("XDG_DATA_HOME") {
-        return PathBuf::from(d).join("petty");
-    }
-    let home = var("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/tmp".into());
-    home.join(".local/share/petty")
-}
 
 /// How a manager behaves.
 #[derive(Debug, Clone)]
@@ -47,8 +31,16 @@ pub struct ManagerConfig {
     pub default_ttl: Option<Duration>,
     /// Idle timeout for sandboxes whose config sets none (default: none).
     pub default_idle_timeout: Option<Duration>,
-    /// Directory of the SQLite file (default [`data_dir`]).
+    /// Directory of the SQLite file, snapshots and templates (required:
+    /// the configuration's `paths.data_dir`; [`ManagerConfig::new`]).
     pub data_dir: PathBuf,
+    /// Where guest assets are cached, for sandboxes whose config names no
+    /// kernel or rootfs ([`SandboxConfig::assets_dir`]); the
+    /// configuration's `paths.cache_dir`.
+    pub assets_dir: Option<PathBuf>,
+    /// How backends other than the manager's own are made, when a sandbox
+    /// (or the snapshot it is restored from) asks for one.
+    pub backends: petty_vmm::BackendOptions,
     /// How often the reaper looks at lifetimes (default 1 s).
     pub reap_interval: Duration,
     /// How often the reaper pings each sandbox it holds (default 10 s).
@@ -80,7 +72,9 @@ impl Default for ManagerConfig {
             max_sandboxes: 100,
             default_ttl: None,
             default_idle_timeout: None,
-            data_dir: data_dir(),
+            data_dir: PathBuf::new(),
+            assets_dir: None,
+            backends: petty_vmm::BackendOptions::default(),
             reap_interval: Duration::from_secs(1),
             health_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -88,6 +82,16 @@ impl Default for ManagerConfig {
             max_concurrent_boots: crate::host_cpus(),
             templates: true,
             standby: true,
+        }
+    }
+}
+
+impl ManagerConfig {
+    /// The defaults, with state in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
         }
     }
 }
@@ -106,7 +110,7 @@ struct Inner {
     vmm: Arc<dyn Vmm>,
     /// Other backends sandboxes asked for (or their snapshots were taken
     /// with), made on first use.
-    backends: std::sync::Mutex<HashMap<String, Arc<dyn Vmm>>>,
+    backends: std::sync::Mutex<HashMap<BackendKind, Arc<dyn Vmm>>>,
     store: Arc<Store>,
     config: ManagerConfig,
     /// Sandboxes this process holds a connection to.
@@ -156,6 +160,11 @@ impl SandboxManager {
     /// Opens the store, recovers what earlier processes left (live VMs are
     /// kept, dead ones reaped, orphaned files removed) and starts the reaper.
     pub async fn new(config: ManagerConfig, vmm: Arc<dyn Vmm>) -> Result<Self, CoreError> {
+        if config.data_dir.as_os_str().is_empty() {
+            return Err(CoreError::InvalidConfig(
+                "ManagerConfig::data_dir is not set; give the configuration's paths.data_dir (ManagerConfig::new)".into(),
+            ));
+        }
         let path = config.data_dir.join("petty.db");
         let store = Arc::new(blocking(move || Store::open(&path)).await?);
         let inner = Arc::new(Inner {
@@ -194,25 +203,34 @@ impl SandboxManager {
     /// The backend called `name` (`None` or `auto`: the default), made on
     /// first use with its run directories beside the default's. An error
     /// says why the backend cannot run here.
-    fn vmm_for(&self, name: Option<&str>) -> Result<Arc<dyn Vmm>, CoreError> {
+    fn vmm_for(&self, kind: Option<BackendKind>) -> Result<Arc<dyn Vmm>, CoreError> {
         let default = &self.inner.vmm;
-        let name = match name {
-            None | Some("auto") => return Ok(default.clone()),
-            Some(n) if n == default.name() => return Ok(default.clone()),
-            Some(n) => n,
+        let kind = match kind {
+            None => return Ok(default.clone()),
+            Some(k) if k == default.kind() => return Ok(default.clone()),
+            Some(k) => k,
         };
         let mut made = self
             .inner
             .backends
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = made.get(name) {
+        if let Some(v) = made.get(&kind) {
             return Ok(v.clone());
         }
-        let (vmm, _) = petty_vmm::choose_backend(Some(name), default.root().to_path_buf())?;
+        let (vmm, _) = petty_vmm::choose_backend(
+            Some(kind),
+            default.root().to_path_buf(),
+            &self.inner.config.backends,
+        )?;
         let vmm: Arc<dyn Vmm> = Arc::from(vmm);
-        made.insert(name.to_string(), vmm.clone());
+        made.insert(kind, vmm.clone());
         Ok(vmm)
+    }
+
+    /// The backend a row or snapshot records (by name).
+    fn vmm_named(&self, name: &str) -> Result<Arc<dyn Vmm>, CoreError> {
+        self.vmm_for(Some(name.parse::<BackendKind>()?))
     }
 
     async fn db<T: Send + 'static>(
@@ -249,6 +267,9 @@ impl SandboxManager {
             config.vcpu_count = snap.vcpus;
         }
         config.validate()?;
+        if config.assets_dir.is_none() {
+            config.assets_dir = self.inner.config.assets_dir.clone();
+        }
         config.ttl = config.ttl.or(self.inner.config.default_ttl);
         config.idle_timeout = config
             .idle_timeout
@@ -259,10 +280,10 @@ impl SandboxManager {
             .connect_timeout
             .min(config.connect_timeout);
         // A restore runs on the backend its snapshot was taken with.
-        let vmm = self.vmm_for(match &from {
-            Some(snap) => Some(snap.backend.as_str()),
-            None => config.backend.as_deref(),
-        })?;
+        let vmm = match &from {
+            Some(snap) => self.vmm_named(&snap.backend)?,
+            None => self.vmm_for(config.backend)?,
+        };
         let (kernel, rootfs) = crate::sandbox::resolve_assets(&config, vmm.wants_elf_kernel())?;
         if from.is_none() {
             // Room to work, unless a size was asked for; a restore keeps
@@ -271,7 +292,12 @@ impl SandboxManager {
         }
         // Before a row, a template or a VM: a template's disk is made from
         // the base image, so the rootfs stands for it.
-        crate::sandbox::check_disk_size(&config, &rootfs, from.as_ref().map(|s| s.dir.as_path()))?;
+        crate::sandbox::check_disk_size(
+            vmm.as_ref(),
+            &config,
+            &rootfs,
+            from.as_ref().map(|s| s.dir.as_path()),
+        )?;
         // A create from a template takes the standby VMM for it, if one is
         // waiting; its id (naming its run directory) becomes the sandbox's.
         let from_template = from.is_none() && self.inner.config.templates && vmm.can_restore();
@@ -626,7 +652,7 @@ impl SandboxManager {
                 },
             });
         }
-        let vmm = self.vmm_for(Some(&record.backend))?;
+        let vmm = self.vmm_named(&record.backend)?;
         let attached = Sandbox::attach(
             vmm.as_ref(),
             &record,
@@ -812,7 +838,7 @@ impl SandboxManager {
         // A backend that cannot be made here any more: its VMM process is
         // still killed and its files removed through the default's.
         let vmm = self
-            .vmm_for(Some(&record.backend))
+            .vmm_named(&record.backend)
             .unwrap_or_else(|_| self.inner.vmm.clone());
         if held.is_none() && graceful && record.state == SandboxState::Ready {
             // A clean shutdown needs the agent: attach (it may be another
@@ -992,26 +1018,24 @@ impl SandboxManager {
         }
         let sb = self.get(key).await?;
         let source = self.info(key).await?;
-        let vmm = self.vmm_for(Some(&source.backend))?;
+        let vmm = self.vmm_named(&source.backend)?;
         let dir = self.snapshots_dir().join(name);
         std::fs::create_dir_all(&dir)?;
         let saved = async {
             sb.snapshot_to(&dir).await?;
-            if vmm.snapshot_ram_is_file() {
-                // Its children map the snapshot's memory file already.
-                return Ok(());
-            }
-            // The sandbox runs on already; now give the snapshot a RAM file
-            // that its children will share.
-            crate::template::share_ram(
-                vmm.as_ref(),
-                &dir,
-                &source.kernel,
-                &source.rootfs,
-                source.memory_mib,
-                source.vcpus,
-            )
-            .await
+            // The sandbox runs on already; now make the snapshot one whose
+            // children share its memory pages.
+            let base = petty_vmm::VmConfig {
+                memory_mib: source.memory_mib,
+                vcpus: source.vcpus,
+                ..petty_vmm::VmConfig::new(
+                    format!("resave-{}", uuid::Uuid::new_v4()),
+                    &source.kernel,
+                    &source.rootfs,
+                )
+            };
+            vmm.share_snapshot_ram(&dir, &base).await?;
+            Ok::<_, CoreError>(())
         }
         .await;
         if let Err(e) = saved {

@@ -119,7 +119,7 @@ impl Sandbox {
             config.die_with_parent = false;
         }
         let (kernel, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
-        let grows = check_disk_size(&config, &rootfs, restore_from.as_deref())?;
+        let grows = check_disk_size(vmm, &config, &rootfs, restore_from.as_deref())?;
         // The guest is told the size only when the host grows its disk:
         // otherwise its file system fills the disk already.
         let disk_bytes = config
@@ -148,7 +148,7 @@ impl Sandbox {
         let vm = match standby {
             Some(vm) => vm,
             None => {
-                let vm_config = vm_config(&config, id, kernel, rootfs, restore_from);
+                let vm_config = vm_config(vmm, &config, id, kernel, rootfs, restore_from);
                 vmm.start(&vm_config).await?
             }
         };
@@ -660,6 +660,7 @@ impl Watch {
 
 /// The VM of sandbox `id`, booted or restored from `restore_from`.
 fn vm_config(
+    vmm: &dyn Vmm,
     config: &SandboxConfig,
     id: SandboxId,
     kernel: PathBuf,
@@ -667,28 +668,16 @@ fn vm_config(
     restore_from: Option<PathBuf>,
 ) -> VmConfig {
     VmConfig {
-        id: id.to_string(),
-        kernel,
-        rootfs,
         memory_mib: config.memory_mib,
         vcpus: config.vcpu_count,
-        extra_cmdline: Vec::new(),
         die_with_parent: config.die_with_parent,
-        memory: match &restore_from {
-            // A snapshot with a RAM file: map it privately, shared with
-            // every other VM restored from it until written.
-            Some(dir) if dir.join(petty_vmm::SNAPSHOT_RAM).exists() => {
-                petty_vmm::MemoryBacking::File {
-                    path: dir.join(petty_vmm::SNAPSHOT_RAM),
-                    shared: false,
-                }
-            }
-            _ => petty_vmm::MemoryBacking::Anonymous,
-        },
+        memory: restore_from
+            .as_deref()
+            .map(|dir| vmm.restore_memory(dir))
+            .unwrap_or_default(),
         restore_from,
-        start_paused: false,
         disk_size_mib: config.disk_size_mib,
-        standby: false,
+        ..VmConfig::new(id.to_string(), kernel, rootfs)
     }
 }
 
@@ -704,7 +693,7 @@ impl Sandbox {
         snapshot: PathBuf,
     ) -> Result<Box<dyn petty_vmm::Vm>, CoreError> {
         let (kernel, rootfs) = resolve_assets(config, vmm.wants_elf_kernel())?;
-        let mut vm_config = vm_config(config, id, kernel, rootfs, Some(snapshot));
+        let mut vm_config = vm_config(vmm, config, id, kernel, rootfs, Some(snapshot));
         vm_config.die_with_parent = false;
         vm_config.disk_size_mib = None;
         vm_config.standby = true;
@@ -830,20 +819,13 @@ pub(crate) fn size_new_disk(config: &mut SandboxConfig, rootfs: &Path) -> Result
 /// be made from: the base image, or the disk of the snapshot restored.
 /// True when the disk will be larger than what it is made from.
 pub(crate) fn check_disk_size(
+    vmm: &dyn Vmm,
     config: &SandboxConfig,
     rootfs: &std::path::Path,
     restore_from: Option<&std::path::Path>,
 ) -> Result<bool, CoreError> {
     let base = match restore_from {
-        // QEMU's disk layer, or Firecracker's disk copy.
-        Some(dir) => [
-            petty_vmm::SNAPSHOT_DISK,
-            petty_vmm::firecracker::SNAPSHOT_ROOTFS,
-        ]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| dir.join(petty_vmm::SNAPSHOT_DISK)),
+        Some(dir) => vmm.snapshot_disk(dir),
         None => rootfs.to_path_buf(),
     };
     if !base.is_file() {
@@ -869,7 +851,12 @@ pub(crate) fn resolve_assets(
     if let (Some(k), Some(r)) = (&config.kernel, &config.rootfs) {
         return Ok((k.clone(), r.clone()));
     }
-    let assets = petty_image::ImageBuilder::new(petty_image::cache_dir()).locate()?;
+    let Some(dir) = &config.assets_dir else {
+        return Err(CoreError::InvalidConfig(
+            "no kernel and rootfs given and no assets_dir to find the built ones in; set SandboxConfig::kernel and rootfs, or assets_dir (the configuration's paths.cache_dir)".into(),
+        ));
+    };
+    let assets = petty_image::ImageBuilder::new(dir.clone()).locate()?;
     Ok((
         config.kernel.clone().unwrap_or(if elf_kernel {
             assets.vmlinux

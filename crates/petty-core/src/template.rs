@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use petty_vmm::{MemoryBacking, VmConfig, Vmm, SNAPSHOT_RAM, SNAPSHOT_STATE};
+use petty_vmm::{MemoryBacking, VmConfig, Vmm, SNAPSHOT_RAM};
 
 use crate::CoreError;
 
@@ -121,7 +121,7 @@ impl Templates {
             disk_size_mib,
         )?;
         let dir = self.dir.join(&key);
-        if dir.join(SNAPSHOT_STATE).is_file() {
+        if vmm.snapshot_exists(&dir) {
             return Ok(dir);
         }
         // One builder per key in this process; the file lock covers others.
@@ -138,7 +138,7 @@ impl Templates {
         let _file_lock = tokio::task::spawn_blocking(move || lock_file(&lock_path))
             .await
             .map_err(|e| CoreError::Io(std::io::Error::other(e)))??;
-        if dir.join(SNAPSHOT_STATE).is_file() {
+        if vmm.snapshot_exists(&dir) {
             return Ok(dir);
         }
         let tmp = self.dir.join(format!(".tmp-{key}-{}", std::process::id()));
@@ -227,48 +227,6 @@ async fn build(
     Ok(())
 }
 
-/// Rewrites snapshot `dir` (a full state, RAM included) so that its RAM is
-/// a file of its own: the state is loaded once into a paused VM whose RAM is
-/// that file mapped shared, then saved again without RAM. Restores then map
-/// the file privately, so all of a snapshot's children share its pages.
-pub(crate) async fn share_ram(
-    vmm: &dyn Vmm,
-    dir: &Path,
-    kernel: &Path,
-    rootfs: &Path,
-    memory_mib: u32,
-    vcpus: u32,
-) -> Result<(), CoreError> {
-    let ram = dir.join(format!("{SNAPSHOT_RAM}.partial"));
-    let resave = dir.join("resave");
-    let _ = std::fs::remove_dir_all(&resave);
-    std::fs::create_dir_all(&resave)?;
-    let result = async {
-        let mut config = shared_ram_vm(
-            format!("resave-{}", uuid::Uuid::new_v4()),
-            kernel,
-            rootfs,
-            memory_mib,
-            vcpus,
-            ram.clone(),
-        );
-        config.restore_from = Some(dir.to_path_buf());
-        config.start_paused = true;
-        let _turn = vmm.boot_turns().acquire().await?;
-        let vm = vmm.start(&config).await?;
-        vm.snapshot(&resave, false).await?;
-        vm.stop().await?;
-        // The disk layer is unchanged (the guest never ran): keep the original.
-        std::fs::rename(resave.join(SNAPSHOT_STATE), dir.join(SNAPSHOT_STATE))?;
-        std::fs::rename(&ram, dir.join(SNAPSHOT_RAM))?;
-        Ok::<_, CoreError>(())
-    }
-    .await;
-    let _ = std::fs::remove_dir_all(&resave);
-    let _ = std::fs::remove_file(&ram);
-    result
-}
-
 /// A throwaway VM (dies with us) whose RAM is `ram`, mapped shared.
 fn shared_ram_vm(
     id: String,
@@ -279,21 +237,13 @@ fn shared_ram_vm(
     ram: PathBuf,
 ) -> VmConfig {
     VmConfig {
-        id,
-        kernel: kernel.to_path_buf(),
-        rootfs: rootfs.to_path_buf(),
         memory_mib,
         vcpus,
-        extra_cmdline: Vec::new(),
-        die_with_parent: true,
-        restore_from: None,
         memory: MemoryBacking::File {
             path: ram,
             shared: true,
         },
-        start_paused: false,
-        disk_size_mib: None,
-        standby: false,
+        ..VmConfig::new(id, kernel, rootfs)
     }
 }
 

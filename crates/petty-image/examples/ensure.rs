@@ -7,7 +7,17 @@ use std::process::ExitCode;
 use petty_image::ImageBuilder;
 
 fn main() -> ExitCode {
-    let builder = ImageBuilder::default();
+    // Where the cache is, which tools and mirror: Petty's settings.
+    let settings = match petty_config::load(&petty_config::Sources::process()) {
+        Ok(l) => l.settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let builder = ImageBuilder::new(settings.paths.cache_dir.clone())
+        .with_search_path(settings.paths.search_path.clone())
+        .with_debian_mirror(settings.image.debian_mirror.clone());
     if std::env::args().any(|a| a == "--status") {
         for s in builder.status() {
             let mark = if s.present {

@@ -10,7 +10,7 @@ use crate::{
     cache::{self, CacheLock},
     error::ImageError,
     exec::BuildCtx,
-    host,
+    host::{self, Host},
     kernel::{self, BZIMAGE, VMLINUX},
     progress::{fmt_duration, Progress},
     rootfs::{self, RootfsPaths},
@@ -67,22 +67,34 @@ pub struct AssetStatus {
 pub struct ImageBuilder {
     cache: PathBuf,
     progress: bool,
-}
-
-impl Default for ImageBuilder {
-    /// A builder for [`crate::cache_dir`].
-    fn default() -> Self {
-        ImageBuilder::new(crate::cache_dir())
-    }
+    host: Host,
 }
 
 impl ImageBuilder {
-    /// A builder for `cache_dir` (usually [`crate::cache_dir()`]), with progress on.
+    /// A builder for `cache_dir` (the configuration's `paths.cache_dir`),
+    /// with progress on, programs looked for in the standard directories
+    /// and the Debian mirror taken from the host's apt sources.
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
         ImageBuilder {
             cache: cache_dir.into(),
             progress: true,
+            host: Host::default(),
         }
+    }
+
+    /// Where the build's programs (debootstrap, make, mkfs.ext4, …) are
+    /// looked for, in order (the configuration's `paths.search_path`); the
+    /// sbin directories are always searched after them.
+    pub fn with_search_path(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.host.search_path = dirs;
+        self
+    }
+
+    /// The Debian mirror debootstrap uses (`image.debian_mirror`); `None`:
+    /// the host's own apt source for its release.
+    pub fn with_debian_mirror(mut self, mirror: Option<String>) -> Self {
+        self.host.mirror = mirror;
+        self
     }
 
     /// Whether to print progress lines on stderr while building (default true).
@@ -145,7 +157,7 @@ impl ImageBuilder {
             // Another process built everything while we waited.
             return self.locate();
         }
-        plan.preflight()?;
+        plan.preflight(&self.host)?;
 
         let tmp = cache::fresh_tmp(&self.cache, &progress)?;
         let logs = self.cache.join("logs");
@@ -155,6 +167,7 @@ impl ImageBuilder {
             logs: &logs,
             progress: &progress,
             lock_fd: Some(lock.fd()),
+            host: &self.host,
         };
         let start = std::time::Instant::now();
         progress.line(format!("building guest assets in {}", self.cache.display()));
@@ -242,7 +255,7 @@ impl ImageBuilder {
             .map(|t| (t, kernel_to_build))
             .chain(host::ROOTFS_TOOLS.iter().map(|t| (t, !rootfs_present)));
         for (tool, needed) in tools {
-            let found = tool.find();
+            let found = self.host.find(tool);
             out.push(AssetStatus {
                 kind: StatusKind::Host,
                 name: tool.name.into(),
@@ -263,14 +276,14 @@ impl ImageBuilder {
             path: None,
             detail: Some("debootstrap and mkfs.ext4 -d run as root".into()),
             fix: (!root).then(|| {
-                "sudo env PETTY_CACHE_DIR=\"$HOME/.cache/petty\" petty image build".into()
+                "sudo env PETTY_PATHS_CACHE_DIR=\"$HOME/.cache/petty\" petty image build".into()
             }),
         });
 
         let mirror = paths
             .as_ref()
             .map_err(|e| e.to_string())
-            .and_then(|p| host::mirror(&p.codename).map_err(|e| e.to_string()));
+            .and_then(|p| self.host.mirror(&p.codename).map_err(|e| e.to_string()));
         out.push(AssetStatus {
             kind: StatusKind::Host,
             name: "Debian mirror".into(),
@@ -279,7 +292,7 @@ impl ImageBuilder {
             path: None,
             fix: mirror
                 .is_err()
-                .then(|| format!("export {}=<URL of a Debian mirror>", host::MIRROR_ENV)),
+                .then(|| format!("set {} to the URL of a Debian mirror", host::MIRROR_SETTING)),
             detail: Some(match mirror {
                 Ok(url) => url,
                 Err(e) => e,
@@ -352,7 +365,7 @@ impl Plan {
     }
 
     /// Checks every prerequisite before minutes are spent on the first step.
-    fn preflight(&self) -> Result<(), ImageError> {
+    fn preflight(&self, host: &Host) -> Result<(), ImageError> {
         if self.kernel.is_some() {
             if !Path::new(kernel::SOURCE_TARBALL).is_file() {
                 return Err(ImageError::HostTool {
@@ -360,14 +373,14 @@ impl Plan {
                     hint: host::install_command(kernel::SOURCE_PACKAGE),
                 });
             }
-            host::require(host::KERNEL_TOOLS)?;
+            host.require(host::KERNEL_TOOLS)?;
         }
         if self.need_image {
             rootfs::require_root("creating the rootfs")?;
-            host::require(host::ROOTFS_TOOLS)?;
+            host.require(host::ROOTFS_TOOLS)?;
         }
         if self.need_base {
-            host::mirror(&self.rootfs.codename)?;
+            host.mirror(&self.rootfs.codename)?;
         }
         Ok(())
     }

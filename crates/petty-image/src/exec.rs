@@ -37,6 +37,8 @@ pub(crate) struct BuildCtx<'a> {
     pub(crate) progress: &'a Progress,
     /// The cache lock's descriptor, inherited by build commands.
     pub(crate) lock_fd: Option<RawFd>,
+    /// Where programs are, and the mirror.
+    pub(crate) host: &'a crate::host::Host,
 }
 
 impl BuildCtx<'_> {

@@ -13,8 +13,22 @@ use std::{
 
 use crate::error::ImageError;
 
-/// Env var that overrides the Debian mirror used by debootstrap.
-pub(crate) const MIRROR_ENV: &str = "PETTY_DEBIAN_MIRROR";
+/// The setting that chooses the Debian mirror debootstrap uses (the
+/// caller's configuration holds it; this crate reads no environment).
+pub(crate) const MIRROR_SETTING: &str = "image.debian_mirror (PETTY_IMAGE_DEBIAN_MIRROR)";
+
+/// Where programs are looked for when the caller gives no search path.
+const STANDARD_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
+
+/// What a build takes from its caller about the host: where programs are
+/// and the Debian mirror, if one was chosen.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Host {
+    /// Directories searched for programs, in order (empty: the standard ones).
+    pub(crate) search_path: Vec<PathBuf>,
+    /// The mirror for debootstrap; the host's apt source when `None`.
+    pub(crate) mirror: Option<String>,
+}
 
 /// Directories searched for programs besides `$PATH`: debootstrap and
 /// mkfs.ext4 live in sbin, which a normal user's `PATH` often lacks.
@@ -100,15 +114,6 @@ pub(crate) const ROOTFS_TOOLS: &[Tool] = &[
 ];
 
 impl Tool {
-    /// Where the tool is, if present.
-    pub(crate) fn find(&self) -> Option<PathBuf> {
-        if let Some(file) = self.file {
-            let p = PathBuf::from(file);
-            return p.exists().then_some(p);
-        }
-        find_program(self.name)
-    }
-
     /// The command that installs it.
     pub(crate) fn install_hint(&self) -> String {
         install_command(self.package)
@@ -123,14 +128,6 @@ impl Tool {
     }
 }
 
-/// Returns an error for the first missing tool in `tools`.
-pub(crate) fn require(tools: &[Tool]) -> Result<(), ImageError> {
-    match tools.iter().find(|t| t.find().is_none()) {
-        Some(t) => Err(t.missing()),
-        None => Ok(()),
-    }
-}
-
 /// `apt-get install <pkg>` (with sudo when not root), or the repo's script.
 pub(crate) fn install_command(package: &str) -> String {
     let sudo = if is_root() { "" } else { "sudo " };
@@ -139,26 +136,60 @@ pub(crate) fn install_command(package: &str) -> String {
     )
 }
 
-/// Finds an executable on `$PATH` or in the sbin directories.
-pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH").unwrap_or_default();
-    env::split_paths(&path)
-        .chain(EXTRA_PATH.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
+impl Host {
+    /// The search path with the sbin directories appended.
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = if self.search_path.is_empty() {
+            STANDARD_PATH.iter().map(PathBuf::from).collect()
+        } else {
+            self.search_path.clone()
+        };
+        for extra in EXTRA_PATH {
+            if !dirs.iter().any(|d| d == Path::new(extra)) {
+                dirs.push(PathBuf::from(extra));
+            }
+        }
+        dirs
+    }
 
-/// `$PATH` with the sbin directories appended, for child processes
-/// (debootstrap runs chroot, mount and friends from there).
-pub(crate) fn path_with_sbin() -> std::ffi::OsString {
-    let path = env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut dirs: Vec<PathBuf> = env::split_paths(&path).collect();
-    for extra in EXTRA_PATH {
-        if !dirs.iter().any(|d| d == Path::new(extra)) {
-            dirs.push(PathBuf::from(extra));
+    /// Finds an executable on the search path or in the sbin directories.
+    pub(crate) fn find_program(&self, name: &str) -> Option<PathBuf> {
+        self.dirs().into_iter().map(|dir| dir.join(name)).find(|p| {
+            fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    }
+
+    /// The search path with the sbin directories, as `PATH` for child
+    /// processes (debootstrap runs chroot, mount and friends from there).
+    pub(crate) fn path_with_sbin(&self) -> std::ffi::OsString {
+        env::join_paths(self.dirs()).unwrap_or_else(|_| STANDARD_PATH.join(":").into())
+    }
+
+    /// Where `tool` is, if present.
+    pub(crate) fn find(&self, tool: &Tool) -> Option<PathBuf> {
+        if let Some(file) = tool.file {
+            let p = PathBuf::from(file);
+            return p.exists().then_some(p);
+        }
+        self.find_program(tool.name)
+    }
+
+    /// Returns an error for the first missing tool in `tools`.
+    pub(crate) fn require(&self, tools: &[Tool]) -> Result<(), ImageError> {
+        match tools.iter().find(|t| self.find(t).is_none()) {
+            Some(t) => Err(t.missing()),
+            None => Ok(()),
         }
     }
-    env::join_paths(dirs).unwrap_or(path)
+
+    /// The mirror for debootstrap: the one chosen, else the host's apt
+    /// source for `codename`.
+    pub(crate) fn mirror(&self, codename: &str) -> Result<String, ImageError> {
+        match self.mirror.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => Ok(m.to_string()),
+            None => apt_mirror(codename),
+        }
+    }
 }
 
 /// Whether the process runs as root.
@@ -184,12 +215,8 @@ fn parse_codename(os_release: &str) -> Option<String> {
     })
 }
 
-/// The mirror for debootstrap: `$PETTY_DEBIAN_MIRROR`, else the host's apt
-/// source for `codename`.
-pub(crate) fn mirror(codename: &str) -> Result<String, ImageError> {
-    if let Some(m) = env::var_os(MIRROR_ENV).filter(|m| !m.is_empty()) {
-        return Ok(m.to_string_lossy().into_owned());
-    }
+/// The host's apt source for `codename`.
+fn apt_mirror(codename: &str) -> Result<String, ImageError> {
     let mut deb822 = Vec::new();
     if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -219,7 +246,7 @@ pub(crate) fn mirror(codename: &str) -> Result<String, ImageError> {
     }
     Err(ImageError::HostConfig {
         what: "a Debian mirror (no apt source on this host serves the `deb` suite of the host's release)",
-        hint: format!("set {MIRROR_ENV} to the URL of a Debian mirror reachable from this host"),
+        hint: format!("set {MIRROR_SETTING} to the URL of a Debian mirror reachable from this host"),
     })
 }
 

@@ -139,7 +139,7 @@ pub(crate) fn build(dest: &Path, ctx: &BuildCtx<'_>) -> Result<(), ImageError> {
             hint: host::install_command(SOURCE_PACKAGE),
         });
     }
-    host::require(host::KERNEL_TOOLS)?;
+    ctx.host.require(host::KERNEL_TOOLS)?;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let total = progress.stage(format!(
         "building kernel {VERSION} (about {} minutes on {jobs} cores)",

@@ -102,10 +102,12 @@ pub(crate) fn require_root(step: &'static str) -> Result<(), ImageError> {
 pub(crate) fn build_base(paths: &RootfsPaths, ctx: &BuildCtx<'_>) -> Result<(), ImageError> {
     let (tmp, progress) = (ctx.tmp, ctx.progress);
     require_root("bootstrapping the Debian base (debootstrap)")?;
-    host::require(host::ROOTFS_TOOLS)?;
-    let debootstrap =
-        host::find_program("debootstrap").ok_or_else(|| host::ROOTFS_TOOLS[0].missing())?;
-    let mirror = host::mirror(&paths.codename)?;
+    ctx.host.require(host::ROOTFS_TOOLS)?;
+    let debootstrap = ctx
+        .host
+        .find_program("debootstrap")
+        .ok_or_else(|| host::ROOTFS_TOOLS[0].missing())?;
+    let mirror = ctx.host.mirror(&paths.codename)?;
     let target = tmp.join("rootfs-base");
 
     let stage = progress.stage(format!(
@@ -119,7 +121,7 @@ pub(crate) fn build_base(paths: &RootfsPaths, ctx: &BuildCtx<'_>) -> Result<(), 
         .arg(&paths.codename)
         .arg(&target)
         .arg(&mirror)
-        .env("PATH", host::path_with_sbin())
+        .env("PATH", ctx.host.path_with_sbin())
         .env("LC_ALL", "C")
         .env("DEBIAN_FRONTEND", "noninteractive");
     let mut counts = DebootstrapCounts::default();
@@ -284,8 +286,11 @@ fn remove_contents(dir: &Path, pick: impl Fn(&Path) -> bool) -> Result<(), Image
 pub(crate) fn build_image(paths: &RootfsPaths, ctx: &BuildCtx<'_>) -> Result<(), ImageError> {
     let (tmp, progress) = (ctx.tmp, ctx.progress);
     require_root("creating the rootfs image")?;
-    host::require(host::ROOTFS_TOOLS)?;
-    let mkfs = host::find_program("mkfs.ext4").ok_or_else(|| host::ROOTFS_TOOLS[1].missing())?;
+    ctx.host.require(host::ROOTFS_TOOLS)?;
+    let mkfs = ctx
+        .host
+        .find_program("mkfs.ext4")
+        .ok_or_else(|| host::ROOTFS_TOOLS[1].missing())?;
     let stage =
         progress.stage("creating the rootfs image (hardlinked copy of the base, agent, mkfs.ext4)");
 

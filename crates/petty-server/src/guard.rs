@@ -37,8 +37,8 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::config::ServerSection;
-use crate::service::ApiError;
+use crate::error::{ApiError, ErrorKind};
+use petty_config::ServerSection;
 
 /// A host as a `Host` header or a `server.allowed_hosts` entry names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,8 +327,7 @@ impl Guard {
                     "the file's bytes as they are"
                 };
                 let e = ApiError::new(
-                    415,
-                    "unsupported_media_type",
+                    ErrorKind::UnsupportedMediaType,
                     format!(
                         "{} {} takes {what}: send `Content-Type: {want}` (got {got})",
                         req.method(),
@@ -372,9 +371,7 @@ impl Guard {
                     ))
                 })?;
             if !self.host_allowed(&host) {
-                return Err(ApiError::new(
-                    421,
-                    "misdirected_host",
+                return Err(ApiError::new(ErrorKind::MisdirectedHost,
                     format!(
                         "Host `{}` is not this server: name it by its listen address ({}), a loopback \
                          address or localhost, or add the host to server.allowed_hosts \
@@ -474,8 +471,7 @@ fn shown(raw: &[u8]) -> String {
 
 fn forbidden_origin(what: &str) -> ApiError {
     ApiError::new(
-        403,
-        "forbidden_origin",
+        ErrorKind::ForbiddenOrigin,
         format!(
             "{what} not allowed: requests from web pages are refused unless their origin is in \
              server.allowed_origins (empty by default); to let a page call this server, add its \
@@ -495,13 +491,13 @@ pub async fn guard(guard: Arc<Guard>, req: Request, next: Next) -> Response {
         }
         Ok(Verdict::Preflight(origin)) => guard.preflight(&req, origin),
         Ok(Verdict::Refuse(e, origin)) => {
-            tracing::info!(method = %req.method(), path = req.uri().path(), kind = e.kind, "request refused");
+            tracing::info!(method = %req.method(), path = req.uri().path(), kind = e.kind.as_str(), "request refused");
             let mut resp = e.into_response();
             guard.decorate(&mut resp, origin);
             resp
         }
         Err(e) => {
-            tracing::warn!(method = %req.method(), path = req.uri().path(), kind = e.kind, message = %e.message, "request refused");
+            tracing::warn!(method = %req.method(), path = req.uri().path(), kind = e.kind.as_str(), message = %e.message, "request refused");
             e.into_response()
         }
     }
@@ -761,7 +757,7 @@ mod tests {
 
     fn refusal(g: &Guard, req: &Request) -> (u16, &'static str) {
         match g.check(req) {
-            Err(e) | Ok(Verdict::Refuse(e, _)) => (e.status, e.kind),
+            Err(e) | Ok(Verdict::Refuse(e, _)) => (e.status, e.kind.as_str()),
             Ok(Verdict::Pass(_)) => (200, "pass"),
             Ok(Verdict::Preflight(_)) => (204, "preflight"),
         }

@@ -3,13 +3,17 @@
 //! Prometheus metrics, health checks, bearer-key auth, a guard against
 //! requests a web page could forge, and a TOML config.
 //!
-//! [`serve`] runs the HTTP daemon (`petty serve`); [`serve_stdio`] runs MCP
-//! over stdin/stdout (`petty mcp`). Both build the same [`Service`] from a
-//! [`Config`], so REST routes and MCP tools do the same thing.
+//! The caller (the `petty` binary) resolves the settings
+//! ([`petty_config::Settings`]), chooses the backend and opens the
+//! [`SandboxManager`]; [`start_service`] puts the [`Service`] (and the warm
+//! pool) over it. [`serve`] runs the HTTP daemon on a listener from [`bind`]
+//! (`petty serve`); [`serve_stdio`] runs MCP over stdin/stdout (`petty
+//! mcp`). Both serve the same [`Service`], so REST routes and MCP tools do
+//! the same thing. This crate knows no backend.
 
 #![warn(missing_docs)]
 
-pub mod config;
+pub mod error;
 pub mod guard;
 pub mod mcp;
 pub mod metrics;
@@ -21,56 +25,53 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use petty_core::{ManagerConfig, PoolConfig, SandboxManager, SandboxPool};
-use petty_vmm::{choose_backend_with, runtime_root, BackendOptions};
+use petty_config::{OnShutdown, Settings};
+use petty_core::{PoolConfig, SandboxManager, SandboxPool};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::ServiceExt as _;
 
 pub use axum::Router;
-pub use config::{Config, ConfigError, OnShutdown};
+pub use error::{ApiError, ApiResult, ErrorKind, ServerError};
 pub use mcp::PettyMcp;
-pub use service::{ApiError, Service};
+pub use service::Service;
 pub use tokio_util::sync::CancellationToken;
 
-/// Builds the manager (recovering what an earlier run left), the warm pool
-/// when `with_pool` and `pool.size > 0`, and the service over them. Returns
-/// the service and the backend notice (which VMM and why).
-pub async fn build_service(config: &Config, with_pool: bool) -> anyhow::Result<(Service, String)> {
-    let root = config.backend.run_dir.clone().unwrap_or_else(runtime_root);
-    let binaries = BackendOptions {
-        qemu: config.backend.qemu_binary.clone(),
-        firecracker: config.backend.firecracker_binary.clone(),
-        boot_slots: config.limits.max_concurrent_boots,
-    };
-    // `auto` leaves the choice to PETTY_BACKEND when that is set.
-    let kind = match config.backend.kind {
-        config::BackendKind::Auto => None,
-        k => Some(k.as_str()),
-    };
-    let (vmm, notice) = choose_backend_with(kind, root, &binaries)?;
-    // Lifetimes are the service's to give (REST and MCP defaults, 0 for
-    // none), so the manager applies none of its own.
-    let mut mc = ManagerConfig {
-        max_sandboxes: config.limits.max_concurrent_sandboxes,
-        templates: config.backend.templates,
-        standby: config.backend.standby,
-        ..ManagerConfig::default()
-    };
-    if let Some(d) = &config.backend.data_dir {
-        mc.data_dir = d.clone();
+/// Checks the settings only the daemon reads further
+/// (`server.allowed_hosts`, `server.allowed_origins`); the error names the
+/// key and what to give instead.
+pub fn check_settings(settings: &Settings) -> Result<(), ServerError> {
+    for entry in &settings.server.allowed_hosts {
+        if let Err(why) = guard::parse_allowed_host(entry) {
+            return Err(ServerError::Config(format!(
+                "server.allowed_hosts: {entry:?} {why}; give host names such as \"petty.internal\""
+            )));
+        }
     }
-    if let Some(n) = config.limits.max_concurrent_boots {
-        mc.max_concurrent_boots = n;
+    for entry in &settings.server.allowed_origins {
+        if let Err(why) = guard::parse_origin(entry.trim()) {
+            return Err(ServerError::Config(format!(
+                "server.allowed_origins: {entry:?} {why}; give origins such as \"https://app.example.com\""
+            )));
+        }
     }
-    let manager = SandboxManager::new(mc, Arc::from(vmm))
-        .await
-        .context("opening the sandbox manager")?;
+    settings
+        .listen_addr()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    Ok(())
+}
+
+/// The service over `manager` (opened by the caller on the backend it
+/// chose), with the warm pool when `with_pool` and `pool.size > 0`.
+pub async fn start_service(
+    manager: SandboxManager,
+    settings: &Settings,
+    with_pool: bool,
+) -> Result<Service, ServerError> {
     let metrics = Arc::new(metrics::Metrics::default());
-    let service = Service::new(manager.clone(), None, metrics.clone(), config.clone());
-    if !with_pool || config.pool.size == 0 {
-        return Ok((service, notice));
+    let service = Service::new(manager.clone(), None, metrics.clone(), settings.clone());
+    if !with_pool || settings.pool.size == 0 {
+        return Ok(service);
     }
     let pool_owner = service::Requester {
         owner: "pool".into(),
@@ -78,21 +79,18 @@ pub async fn build_service(config: &Config, with_pool: bool) -> anyhow::Result<(
     };
     let sandbox_config = service
         .sandbox_config(&service::CreateSpec::default(), &pool_owner)
-        .map_err(|e| anyhow::anyhow!("pool sandbox config: {}", e.message))?;
+        .map_err(ServerError::Pool)?;
     let pool = SandboxPool::new(
         manager.clone(),
         PoolConfig {
-            min_size: config.pool.size,
-            max_concurrent_boots: config.pool.max_concurrent_boots,
+            min_size: settings.pool.size,
+            max_concurrent_boots: settings.pool.max_concurrent_boots,
             fill_interval: Duration::from_secs(1),
             sandbox_config,
         },
     );
     pool.start();
-    Ok((
-        Service::new(manager, Some(pool), metrics, config.clone()),
-        notice,
-    ))
+    Ok(Service::new(manager, Some(pool), metrics, settings.clone()))
 }
 
 /// The whole HTTP application: REST, `/mcp`, health, metrics, OpenAPI,
@@ -168,18 +166,27 @@ pub async fn serve_router(listener: tokio::net::TcpListener, app: Router) -> std
     axum::serve(listener, app).await
 }
 
-/// Runs the daemon until SIGTERM or SIGINT: binds `server.listen`, prints
+/// Binds `server.listen` (before the manager is opened, so a port in use is
+/// the first thing said).
+pub async fn bind(settings: &Settings) -> Result<tokio::net::TcpListener, ServerError> {
+    let addr = settings
+        .listen_addr()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Runs the daemon on `listener` until SIGTERM or SIGINT: prints
 /// `petty: listening on http://ADDR` on stdout, serves, then shuts down
 /// within `server.shutdown_grace_secs` and keeps or destroys the sandboxes
 /// as `server.on_shutdown` says.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let addr = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr} (server.listen)"))?;
-    let (service, notice) = build_service(&config, true).await?;
-    eprintln!("{notice}");
-    let local: SocketAddr = listener.local_addr()?;
+pub async fn serve(listener: tokio::net::TcpListener, service: Service) -> Result<(), ServerError> {
+    let config = service.config().clone();
+    let local: SocketAddr = listener.local_addr().map_err(|e| ServerError::Serve {
+        what: "reading the listening address",
+        source: e.into(),
+    })?;
     let shutting_down = Arc::new(AtomicBool::new(false));
     let mcp_cancel = CancellationToken::new();
     let router = app(
@@ -227,7 +234,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
     let grace = config.shutdown_grace();
     tokio::select! {
-        r = server => r.context("serving HTTP")?,
+        r = server => r.map_err(|e| ServerError::Serve { what: "serving HTTP", source: e.into() })?,
         _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
             eprintln!("petty: grace period ({} s) over; dropping calls still running", grace.as_secs());
         }
@@ -240,24 +247,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// Serves MCP over stdin/stdout until the client closes stdin or a signal
 /// arrives, then keeps or destroys sandboxes as `server.on_shutdown` says.
 /// No warm pool: the daemon keeps one; this creates from templates.
-pub async fn serve_stdio(config: Config) -> anyhow::Result<()> {
-    let (service, notice) = build_service(&config, false).await?;
-    tracing::info!("{notice}");
+pub async fn serve_stdio(service: Service) -> Result<(), ServerError> {
+    let on_shutdown = service.config().server.on_shutdown;
     let mcp = PettyMcp::new(service.clone(), mcp::Transport::Stdio);
     let running = mcp
         .clone()
         .serve(rmcp::transport::stdio())
         .await
-        .context("starting MCP on stdio")?;
+        .map_err(|e| ServerError::Serve {
+            what: "starting MCP on stdio",
+            source: e.into(),
+        })?;
     // The client closing stdin (or being killed) ends the session, as a
     // signal does; either way its sandboxes go, unless they were kept.
     let served = tokio::select! {
-        r = running.waiting() => r.map(|_| ()).context("serving MCP on stdio"),
+        r = running.waiting() => r.map(|_| ()).map_err(|e| ServerError::Serve {
+            what: "serving MCP on stdio",
+            source: e.into(),
+        }),
         _ = wait_for_signal() => Ok(()),
     };
     mcp.end_session().await;
     drop(mcp);
-    shutdown(&service, config.server.on_shutdown).await;
+    shutdown(&service, on_shutdown).await;
     served
 }
 
@@ -304,5 +316,53 @@ async fn shutdown(service: &Service, on_shutdown: OnShutdown) {
                 "petty: stopped; destroyed {destroyed} sandbox(es) (server.on_shutdown = destroy)"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_origin_settings_are_checked_naming_the_key() {
+        let cases: &[(&str, &[&str], &str)] = &[
+            (
+                "server.allowed_origins",
+                &["app.example.com"],
+                "server.allowed_origins: \"app.example.com\" has no scheme",
+            ),
+            (
+                "server.allowed_origins",
+                &["null"],
+                "server.allowed_origins",
+            ),
+            (
+                "server.allowed_hosts",
+                &["*"],
+                "server.allowed_hosts: \"*\" is a wildcard",
+            ),
+            (
+                "server.allowed_hosts",
+                &["petty.internal:8080"],
+                "server.allowed_hosts",
+            ),
+        ];
+        for (key, values, want) in cases {
+            let mut s = Settings::default();
+            let list: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+            match *key {
+                "server.allowed_origins" => s.server.allowed_origins = list,
+                _ => s.server.allowed_hosts = list,
+            }
+            let e = check_settings(&s).unwrap_err().to_string();
+            assert!(
+                e.contains(want),
+                "{values:?}: {e:?} should mention {want:?}"
+            );
+        }
+        let mut s = Settings::default();
+        s.server.allowed_hosts = vec!["petty.internal".into()];
+        s.server.allowed_origins = vec!["https://app.example.com".into()];
+        check_settings(&s).unwrap();
     }
 }

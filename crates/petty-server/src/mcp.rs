@@ -21,9 +21,8 @@ use rmcp::transport::common::server_side_http::SessionId;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::SessionManager as _;
 
-use crate::service::{
-    ApiError, ApiResult, CreateSpec, ExecSpec, LifetimeSpec, Requester, SandboxView, Service,
-};
+use crate::error::{ApiError, ApiResult};
+use crate::service::{CreateSpec, ExecSpec, LifetimeSpec, Requester, SandboxView, Service};
 
 /// Largest file `download_file` returns (a tool result goes to a model's
 /// context whole; bigger files are for the REST download).

@@ -23,9 +23,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use crate::error::{ApiError, ErrorKind};
 use crate::service::{
-    ApiError, CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, Requester,
-    SandboxView, Service, SnapshotView,
+    CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, Requester, SandboxView,
+    Service, SnapshotView,
 };
 
 /// Shared state of every handler.
@@ -56,7 +57,7 @@ impl IntoResponse for ApiError {
         let mut resp = (
             status,
             Json(ErrorBody {
-                kind: self.kind.into(),
+                kind: self.kind.as_str().into(),
                 message: self.message,
             }),
         )
@@ -69,11 +70,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn kind_for(status: StatusCode) -> &'static str {
+fn kind_for(status: StatusCode) -> ErrorKind {
     match status.as_u16() {
-        413 => "too_large",
-        400..=499 => "bad_request",
-        _ => "internal",
+        413 => ErrorKind::TooLarge,
+        400..=499 => ErrorKind::BadRequest,
+        _ => ErrorKind::Internal,
     }
 }
 
@@ -108,7 +109,7 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
         } else {
             rej.body_text()
         };
-        ApiError::new(status.as_u16(), kind_for(status), message)
+        ApiError::with_status(status.as_u16(), kind_for(status), message)
     })
 }
 
@@ -366,8 +367,7 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .fallback(|| async {
             ApiError::new(
-                404,
-                "not_found",
+                ErrorKind::NotFound,
                 "no such route; GET /openapi.json lists them",
             )
         })
@@ -392,8 +392,7 @@ pub async fn require_key(keys: Arc<Vec<String>>, req: Request, next: Next) -> Re
         });
     match given {
         None => ApiError::new(
-            401,
-            "unauthorized",
+            ErrorKind::Unauthorized,
             "this server needs an API key: send `Authorization: Bearer <key>`",
         )
         .into_response(),
@@ -404,7 +403,9 @@ pub async fn require_key(keys: Arc<Vec<String>>, req: Request, next: Next) -> Re
         {
             next.run(req).await
         }
-        Some(_) => ApiError::new(403, "forbidden", "this API key is not accepted").into_response(),
+        Some(_) => {
+            ApiError::new(ErrorKind::Forbidden, "this API key is not accepted").into_response()
+        }
     }
 }
 
@@ -534,7 +535,7 @@ async fn exec_stream(
                             .exec_stream_done(started, Err(e))
                             .expect_err("an error stays one");
                         let line = ExecStreamLine::Error {
-                            kind: api.kind.into(),
+                            kind: api.kind.as_str().into(),
                             message: api.message,
                         };
                         (line, true)

@@ -11,128 +11,14 @@ use std::time::{Duration, Instant};
 use petty_core::store::SnapshotRecord;
 use petty_core::{
     ClientError, CoreError, ExecRequest, ExecResult, ExecStream, FileEntry, FileStat, FileType,
-    GuestErrorKind, SandboxConfig, SandboxInfo, SandboxManager, SandboxPool, SandboxState,
+    SandboxConfig, SandboxInfo, SandboxManager, SandboxPool, SandboxState,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use petty_config::Settings;
+
+use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::metrics::{Gauges, Metrics};
-
-/// A failed operation: an HTTP status, a stable kind, and a message that
-/// says what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: u16,
-    /// Stable machine-readable kind (`not_found`, `conflict`, `capacity`, ...).
-    pub kind: &'static str,
-    /// For people (and models): which sandbox, what went wrong, what to try.
-    pub message: String,
-}
-
-impl ApiError {
-    /// A 400.
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(400, "bad_request", message)
-    }
-
-    /// Any status.
-    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// True for failures of the guest agent link (counted in metrics).
-    fn is_agent_error(e: &CoreError) -> bool {
-        matches!(
-            e,
-            CoreError::AgentTimeout { .. }
-                | CoreError::Connection { .. }
-                | CoreError::Rpc(
-                    ClientError::Disconnected(_)
-                        | ClientError::Hostile { .. }
-                        | ClientError::Timeout { .. }
-                        | ClientError::Protocol(_)
-                        | ClientError::Version { .. }
-                        | ClientError::Io(_)
-                )
-        )
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.kind)
-    }
-}
-
-impl From<CoreError> for ApiError {
-    fn from(e: CoreError) -> Self {
-        let message = error_chain(&e);
-        let (status, kind) = match &e {
-            CoreError::InvalidConfig(_) | CoreError::Json(_) => (400, "bad_request"),
-            CoreError::NotFound(_) | CoreError::SnapshotNotFound(_) => (404, "not_found"),
-            CoreError::InvalidState { .. }
-            | CoreError::Died { .. }
-            | CoreError::SnapshotInUse { .. }
-            | CoreError::NameTaken(_) => (409, "conflict"),
-            CoreError::Capacity { .. } => (429, "capacity"),
-            CoreError::Rpc(ClientError::Remote { kind, .. }) => match kind {
-                GuestErrorKind::NotFound => (404, "not_found"),
-                GuestErrorKind::AlreadyExists => (409, "conflict"),
-                GuestErrorKind::NotARegularFile => (400, "not_a_regular_file"),
-                GuestErrorKind::NoSpace => (507, "insufficient_storage"),
-                GuestErrorKind::Io => (500, "guest_error"),
-                _ => (400, "bad_request"),
-            },
-            CoreError::Rpc(ClientError::TooLarge { .. }) => (413, "too_large"),
-            // Includes a guest that broke the protocol (`ClientError::Hostile`):
-            // the daemon is fine, the sandbox's agent is not.
-            CoreError::Rpc(_) | CoreError::AgentTimeout { .. } | CoreError::Connection { .. } => {
-                (502, "agent_error")
-            }
-            CoreError::Image(_) => (503, "unavailable"),
-            CoreError::Vm(petty_vmm::VmmError::BinaryMissing { .. })
-            | CoreError::Vm(petty_vmm::VmmError::Unavailable { .. }) => (503, "unavailable"),
-            CoreError::Vm(_) => (500, "vm_error"),
-            CoreError::Store { .. } | CoreError::Io(_) => (500, "internal"),
-        };
-        let message = if kind == "insufficient_storage" {
-            format!(
-                "{message}; the sandbox's disk is full and nothing was written: free space in it, \
-                 or create it with a larger disk_size_mb"
-            )
-        } else {
-            message
-        };
-        Self {
-            status,
-            kind,
-            message,
-        }
-    }
-}
-
-/// The error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
-}
-
-/// Result of the service's operations.
-pub type ApiResult<T> = Result<T, ApiError>;
 
 /// What a create may ask for (the body of `POST /v1/sandboxes` and the
 /// arguments of the `create_sandbox` tool); anything left out takes the
@@ -408,7 +294,7 @@ struct Inner {
     manager: SandboxManager,
     pool: Option<SandboxPool>,
     metrics: Arc<Metrics>,
-    config: Config,
+    config: Settings,
     /// Live MCP sessions and the clean-ups of ended ones.
     sessions: tokio_util::task::TaskTracker,
 }
@@ -419,7 +305,7 @@ impl Service {
         manager: SandboxManager,
         pool: Option<SandboxPool>,
         metrics: Arc<Metrics>,
-        config: Config,
+        config: Settings,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -470,7 +356,7 @@ impl Service {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &Settings {
         &self.inner.config
     }
 
@@ -483,9 +369,9 @@ impl Service {
         }
         let e = ApiError::from(e);
         if e.status >= 500 {
-            tracing::warn!(kind = e.kind, "{}", e.message);
+            tracing::warn!(kind = e.kind.as_str(), "{}", e.message);
         } else {
-            tracing::debug!(kind = e.kind, "{}", e.message);
+            tracing::debug!(kind = e.kind.as_str(), "{}", e.message);
         }
         e
     }
@@ -547,7 +433,7 @@ impl Service {
             b = b.idle_timeout(t);
         }
         if let Some(backend) = &spec.backend {
-            b = b.backend(backend);
+            b = b.backend(petty_core::backend_choice(backend).map_err(|e| self.fail(e))?);
         }
         b.owner(who.owner.clone())
             .bound_to_owner(who.binds(spec))
@@ -613,8 +499,7 @@ impl Service {
             .map_err(|e| self.fail(e))?;
         if info.pooled {
             return Err(ApiError::new(
-                404,
-                "not_found",
+                ErrorKind::NotFound,
                 format!("no sandbox named {key}"),
             ));
         }
@@ -799,9 +684,7 @@ impl Service {
         match read {
             Ok(data) => Ok(data),
             Err(stat) if !readable(&stat) => Err(not_readable(sandbox, path, &stat)),
-            Err(stat) => Err(ApiError::new(
-                413,
-                "too_large",
+            Err(stat) => Err(ApiError::new(ErrorKind::TooLarge,
                 format!(
                     "{path} is {} bytes, more than the {limit} this call returns; download it over REST \
                      (GET /v1/sandboxes/{sandbox}/files/content?path={path}) or read part of it \
@@ -861,7 +744,7 @@ impl Service {
         let first = reader
             .read(&mut buf)
             .await
-            .map_err(|e| ApiError::new(500, "internal", format!("file download: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("file download: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         if first == 0 {
             // Over before any byte: an empty file, or an error.
@@ -869,8 +752,7 @@ impl Service {
                 Ok(Ok(_)) => Ok(rx),
                 Ok(Err(e)) => Err(self.download_error(e, path, limit)),
                 Err(e) => Err(ApiError::new(
-                    500,
-                    "internal",
+                    ErrorKind::Internal,
                     format!("file download: {e}"),
                 )),
             };
@@ -949,8 +831,7 @@ impl Service {
         let limit = limit_mib.saturating_mul(1 << 20);
         let too_large = || {
             ApiError::new(
-                413,
-                "too_large",
+                ErrorKind::TooLarge,
                 format!(
                     "upload to {path} is larger than this server accepts ({limit_mib} MiB, \
                      limits.max_upload_mib); nothing was written; send less, or raise the limit"
@@ -1231,8 +1112,7 @@ fn not_readable(sandbox: &str, path: &str, stat: &FileStat) -> ApiError {
         ));
     }
     ApiError::new(
-        400,
-        "not_a_regular_file",
+        ErrorKind::NotARegularFile,
         format!(
             "{path} is {}, not a regular file; only regular files can be copied; read part of it \
              with a command instead (e.g. head -c 1048576 {path})",
@@ -1247,9 +1127,7 @@ fn download_too_large(path: &str, size: Option<u64>, limit: u64) -> ApiError {
         Some(n) => format!("{path} is {n} bytes"),
         None => format!("{path} sent more bytes than it said it had"),
     };
-    ApiError::new(
-        413,
-        "too_large",
+    ApiError::new(ErrorKind::TooLarge,
         format!(
             "{what}, more than this download's limit of {limit} bytes \
              (limits.max_download_mib); ask for more with ?max_size=BYTES, or lift it with ?no_limit=true"
@@ -1345,7 +1223,11 @@ mod tests {
             let e = CoreError::Rpc(e);
             assert!(ApiError::is_agent_error(&e), "{e:?}");
             let api = ApiError::from(e);
-            assert_eq!((api.status, api.kind), (502, "agent_error"), "{api:?}");
+            assert_eq!(
+                (api.status, api.kind.as_str()),
+                (502, "agent_error"),
+                "{api:?}"
+            );
             assert_eq!(api.message, text);
         }
     }
@@ -1385,7 +1267,7 @@ mod tests {
             assert!(!readable(&stat(t)), "{t:?}");
         }
         let e = not_readable("box", "/root/z", &stat(FileType::CharDevice));
-        assert_eq!((e.status, e.kind), (400, "not_a_regular_file"));
+        assert_eq!((e.status, e.kind.as_str()), (400, "not_a_regular_file"));
         assert!(e
             .message
             .starts_with("/root/z is a character device, not a regular file"));

@@ -35,19 +35,18 @@ pub struct AccelChoice {
 }
 
 impl AccelChoice {
-    /// Probes the host. `PETTY_ACCEL=kvm|tcg` forces a choice.
+    /// Probes the host: KVM when `/dev/kvm` is there and can boot a stock
+    /// kernel, else TCG, with the reason.
     pub fn detect() -> Self {
-        match std::env::var("PETTY_ACCEL").ok().as_deref() {
-            Some("tcg") => return Self::tcg("PETTY_ACCEL=tcg"),
-            Some("kvm") => {
-                return Self {
-                    accel: Accel::Kvm,
-                    reason: "PETTY_ACCEL=kvm".into(),
-                }
-            }
-            _ => {}
-        }
         Self::probe(Path::new("/dev/kvm"), Path::new("/sys/module"))
+    }
+
+    /// `accel`, as a setting chose it (`why` names the setting).
+    pub fn forced(accel: Accel, why: impl Into<String>) -> Self {
+        Self {
+            accel,
+            reason: why.into(),
+        }
     }
 
     fn tcg(reason: &str) -> Self {

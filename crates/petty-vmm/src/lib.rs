@@ -28,10 +28,26 @@ pub use accel::{Accel, AccelChoice};
 pub use error::VmmError;
 pub use runclock::RunClock;
 pub use rundir::{
-    ensure_run_root, pid_alive, remove_run_dir, run_dir_owner_alive, runtime_root,
-    sweep_stale_run_dirs, vmm_alive, DETACHED_MARKER, JAIL_FILE, PID_FILE,
+    ensure_run_root, pid_alive, remove_run_dir, run_dir_owner_alive, sweep_stale_run_dirs,
+    vmm_alive, DETACHED_MARKER, JAIL_FILE, PID_FILE,
 };
 pub use turns::{BootTurn, BootTurns};
+
+pub use qemu::find_on_path;
+
+/// Where programs are looked for unless a backend is given a search path.
+pub const STANDARD_PATH: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+fn standard_path() -> Vec<PathBuf> {
+    STANDARD_PATH.iter().map(PathBuf::from).collect()
+}
 
 /// A boxed future, so the traits stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -80,6 +96,33 @@ pub struct VmConfig {
     /// finished: until then the sweep kills it once its creator is gone.
     /// Implies `die_with_parent: false` and `start_paused: false`.
     pub standby: bool,
+}
+
+impl VmConfig {
+    /// A VM booting `kernel` on `rootfs`, with the defaults: 256 MiB, 2
+    /// vCPUs, anonymous RAM, dying with its creator, the disk the size of
+    /// the image. Set the other fields with struct update syntax:
+    /// `VmConfig { memory_mib: 512, ..VmConfig::new(id, kernel, rootfs) }`.
+    pub fn new(
+        id: impl Into<String>,
+        kernel: impl Into<PathBuf>,
+        rootfs: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            kernel: kernel.into(),
+            rootfs: rootfs.into(),
+            memory_mib: 256,
+            vcpus: 2,
+            extra_cmdline: Vec::new(),
+            die_with_parent: true,
+            restore_from: None,
+            memory: MemoryBacking::Anonymous,
+            start_paused: false,
+            disk_size_mib: None,
+            standby: false,
+        }
+    }
 }
 
 /// Where a VM's RAM lives.
@@ -156,8 +199,13 @@ pub fn check_disk_size(requested_mib: Option<u32>, base: &Path) -> Result<(), Vm
 
 /// A VMM backend.
 pub trait Vmm: Send + Sync {
-    /// Short name, e.g. `qemu`.
-    fn name(&self) -> &'static str;
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Its name, e.g. `qemu`.
+    fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
 
     /// Starts a VM. On error nothing is left behind: no process, socket or file.
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<Box<dyn Vm>, VmmError>>;
@@ -183,13 +231,47 @@ pub trait Vmm: Send + Sync {
         true
     }
 
-    /// True when [`Vm::snapshot`] already leaves guest RAM in a file of its
-    /// own that restores map privately (Firecracker's memory file), so a
-    /// snapshot needs no second pass to give its children shared pages.
-    /// False when RAM is saved inside the state (QEMU), which the caller
-    /// moves out by loading and re-saving it with shared file RAM.
-    fn snapshot_ram_is_file(&self) -> bool {
-        false
+    /// True when `dir` holds a whole snapshot this backend took (its
+    /// state file is there: it is written last).
+    fn snapshot_exists(&self, dir: &Path) -> bool {
+        dir.join(SNAPSHOT_STATE).is_file()
+    }
+
+    /// The disk image of snapshot `dir`: what a restore's root disk is made
+    /// from, so the smallest size it can have.
+    fn snapshot_disk(&self, dir: &Path) -> PathBuf {
+        dir.join(SNAPSHOT_DISK)
+    }
+
+    /// Where the RAM of a VM restored from snapshot `dir` lives: its RAM
+    /// file mapped privately when it has one (every VM restored from it
+    /// shares its pages until it writes them), else anonymous memory.
+    fn restore_memory(&self, dir: &Path) -> MemoryBacking {
+        let ram = dir.join(SNAPSHOT_RAM);
+        if ram.exists() {
+            MemoryBacking::File {
+                path: ram,
+                shared: false,
+            }
+        } else {
+            MemoryBacking::Anonymous
+        }
+    }
+
+    /// Makes snapshot `dir` (just taken by [`Vm::snapshot`] from a VM
+    /// started with `base`) one whose restores share its memory pages: its
+    /// RAM in a file of its own ([`SNAPSHOT_RAM`]) that restores map
+    /// privately. A backend whose snapshots already are (Firecracker's
+    /// memory file) does nothing; QEMU, which saves RAM inside the state,
+    /// loads the state once into a paused VM whose RAM is that file mapped
+    /// shared and saves it again without RAM, taking a turn to start it.
+    fn share_snapshot_ram<'a>(
+        &'a self,
+        dir: &'a Path,
+        base: &'a VmConfig,
+    ) -> BoxFuture<'a, Result<(), VmmError>> {
+        let _ = (dir, base);
+        Box::pin(async { Ok(()) })
     }
 
     /// The VMM binary this backend runs, when it can be found: a snapshot's
@@ -219,82 +301,170 @@ pub trait Vmm: Send + Sync {
     }
 }
 
-/// Picks a backend: `qemu`, `firecracker`, or `auto` (Firecracker when its
-/// binary and a KVM that boots its guests are present, else QEMU with KVM,
-/// else QEMU with TCG). `None` means `$PETTY_BACKEND`, else `auto`. The
-/// string says which was chosen and why.
-pub fn choose_backend(
-    choice: Option<&str>,
-    root: PathBuf,
-) -> Result<(Box<dyn Vmm>, String), VmmError> {
-    choose_backend_with(choice, root, &BackendOptions::default())
+/// A VMM backend, as rows and snapshots record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// `qemu-system-x86_64 -M microvm`, KVM or TCG.
+    Qemu,
+    /// Firecracker (KVM only).
+    Firecracker,
 }
 
-/// Settings of the backends [`choose_backend_with`] makes; `None` keeps a
-/// backend's default.
-#[derive(Debug, Clone, Default)]
+impl BackendKind {
+    /// Its name: `qemu` or `firecracker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Qemu => "qemu",
+            Self::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = VmmError;
+
+    fn from_str(s: &str) -> Result<Self, VmmError> {
+        match s {
+            "qemu" => Ok(Self::Qemu),
+            "firecracker" => Ok(Self::Firecracker),
+            other => Err(VmmError::Unavailable {
+                backend: other.into(),
+                reason: "no such backend; use qemu, firecracker or auto".into(),
+            }),
+        }
+    }
+}
+
+/// How the backends [`choose_backend`] makes are set up; the defaults are
+/// each backend's own.
+#[derive(Debug, Clone)]
 pub struct BackendOptions {
-    /// `qemu-system-x86_64` or a path to it (default `PETTY_QEMU`, else the
-    /// name on `PATH`).
-    pub qemu: Option<String>,
-    /// `firecracker` or a path to it (default `PETTY_FIRECRACKER`, else the
-    /// name on `PATH`).
-    pub firecracker: Option<String>,
+    /// Where binaries given by name are looked for (default
+    /// [`STANDARD_PATH`]).
+    pub search_path: Option<Vec<PathBuf>>,
     /// VMs starting at once on this host (default: the CPU count); see
     /// [`BootTurns`].
     pub boot_slots: Option<usize>,
+    /// QEMU's accelerator (default: probe the host, [`AccelChoice::detect`]).
+    pub accel: Option<AccelChoice>,
+    /// `qemu-system-x86_64`, or a path to it.
+    pub qemu_binary: Option<String>,
+    /// ASLR inside QEMU guests (default: on under KVM, off under TCG).
+    pub guest_aslr: Option<bool>,
+    /// `firecracker`, or a path to it.
+    pub firecracker_binary: Option<String>,
+    /// A host TAP device for Firecracker VMs' network interface.
+    pub firecracker_tap: Option<String>,
+    /// Firecracker Diff snapshots.
+    pub firecracker_diff_snapshots: bool,
+    /// Run Firecracker under the jailer; `Err`: its settings are wrong
+    /// (every Firecracker start then says so).
+    pub jailer: Result<Option<firecracker::JailerConfig>, String>,
 }
 
-/// [`choose_backend`] with the backends' settings given.
-pub fn choose_backend_with(
-    choice: Option<&str>,
-    root: PathBuf,
-    binaries: &BackendOptions,
-) -> Result<(Box<dyn Vmm>, String), VmmError> {
-    let from_env = std::env::var("PETTY_BACKEND").ok();
-    let choice = choice.or(from_env.as_deref()).unwrap_or("auto");
-    let mut fc = firecracker::FirecrackerVmm::new(root.clone());
-    if let Some(b) = &binaries.firecracker {
-        fc = fc.with_binary(b.clone());
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self {
+            search_path: None,
+            boot_slots: None,
+            accel: None,
+            qemu_binary: None,
+            guest_aslr: None,
+            firecracker_binary: None,
+            firecracker_tap: None,
+            firecracker_diff_snapshots: false,
+            jailer: Ok(None),
+        }
     }
-    if let Some(n) = binaries.boot_slots {
-        fc = fc.with_boot_slots(n);
-    }
-    let make_qemu = |accel: AccelChoice, root: PathBuf| {
+}
+
+impl BackendOptions {
+    /// The QEMU backend these options describe, and the line saying which
+    /// accelerator it uses and why.
+    pub fn qemu(&self, root: PathBuf) -> (qemu::QemuVmm, String) {
+        let accel = self.accel.clone().unwrap_or_else(AccelChoice::detect);
+        let notice = accel.notice();
         let mut q = qemu::QemuVmm::new(accel, root);
-        if let Some(b) = &binaries.qemu {
+        if let Some(dirs) = &self.search_path {
+            q = q.with_search_path(dirs.clone());
+        }
+        if let Some(b) = &self.qemu_binary {
             q = q.with_binary(b.clone());
         }
-        if let Some(n) = binaries.boot_slots {
+        if let Some(on) = self.guest_aslr {
+            q = q.with_guest_aslr(on);
+        }
+        if let Some(n) = self.boot_slots {
             q = q.with_boot_slots(n);
         }
-        q
-    };
-    match choice {
-        "qemu" => {
-            let accel = AccelChoice::detect();
-            let why = accel.notice();
-            Ok((Box::new(make_qemu(accel, root)), why))
+        (q, notice)
+    }
+
+    /// The Firecracker backend these options describe (whether it can run
+    /// here: [`firecracker::FirecrackerVmm::availability`]).
+    pub fn firecracker(&self, root: PathBuf) -> firecracker::FirecrackerVmm {
+        let mut fc = firecracker::FirecrackerVmm::new(root)
+            .with_tap(self.firecracker_tap.clone())
+            .with_diff_snapshots(self.firecracker_diff_snapshots);
+        if let Some(dirs) = &self.search_path {
+            fc = fc.with_search_path(dirs.clone());
         }
-        "firecracker" => match fc.availability() {
-            Ok(_) => Ok((Box::new(fc), "petty: using Firecracker".into())),
-            Err(reason) => Err(VmmError::Unavailable {
-                backend: "firecracker".into(),
-                reason,
-            }),
-        },
-        "auto" => match fc.availability() {
-            Ok(_) => Ok((Box::new(fc), "petty: using Firecracker".into())),
-            Err(why) => {
-                let accel = AccelChoice::detect();
-                let notice = format!("{}; Firecracker not used: {why}", accel.notice());
-                Ok((Box::new(make_qemu(accel, root)), notice))
+        if let Some(b) = &self.firecracker_binary {
+            fc = fc.with_binary(b.clone());
+        }
+        if let Some(n) = self.boot_slots {
+            fc = fc.with_boot_slots(n);
+        }
+        match &self.jailer {
+            Ok(j) => fc.with_jailer(j.clone()),
+            Err(why) => fc.with_settings_error(Some(why.clone())),
+        }
+    }
+}
+
+/// Makes the backend `choice` asks for (`None`: auto: Firecracker when its
+/// binary and a KVM that boots its guests are present, else QEMU with KVM,
+/// else QEMU with TCG), with its run directories under `root`. The string
+/// says which was chosen and why.
+pub fn choose_backend(
+    choice: Option<BackendKind>,
+    root: PathBuf,
+    options: &BackendOptions,
+) -> Result<(Box<dyn Vmm>, String), VmmError> {
+    match choice {
+        Some(BackendKind::Qemu) => {
+            let (q, notice) = options.qemu(root);
+            Ok((Box::new(q), notice))
+        }
+        Some(BackendKind::Firecracker) => {
+            let fc = options.firecracker(root);
+            match fc.availability() {
+                Ok(_) => Ok((Box::new(fc), "petty: using Firecracker".into())),
+                Err(reason) => Err(VmmError::Unavailable {
+                    backend: "firecracker".into(),
+                    reason,
+                }),
             }
-        },
-        other => Err(VmmError::Unavailable {
-            backend: other.into(),
-            reason: "no such backend; use qemu, firecracker or auto".into(),
-        }),
+        }
+        None => {
+            let fc = options.firecracker(root.clone());
+            match fc.availability() {
+                Ok(_) => Ok((Box::new(fc), "petty: using Firecracker".into())),
+                Err(why) => {
+                    let (q, notice) = options.qemu(root);
+                    Ok((
+                        Box::new(q),
+                        format!("{notice}; Firecracker not used: {why}"),
+                    ))
+                }
+            }
+        }
     }
 }
 

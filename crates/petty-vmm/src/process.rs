@@ -229,18 +229,8 @@ mod tests {
 
     fn config(id: &str) -> VmConfig {
         VmConfig {
-            id: id.into(),
-            kernel: "/k".into(),
-            rootfs: "/r".into(),
-            memory_mib: 256,
             vcpus: 1,
-            extra_cmdline: Vec::new(),
-            die_with_parent: true,
-            restore_from: None,
-            memory: Default::default(),
-            start_paused: false,
-            disk_size_mib: None,
-            standby: false,
+            ..VmConfig::new(id, "/k", "/r")
         }
     }
 

@@ -59,6 +59,7 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=t panic=-1 root=/dev/
 /// The QEMU backend.
 pub struct QemuVmm {
     binary: String,
+    search_path: Vec<PathBuf>,
     accel: AccelChoice,
     root: PathBuf,
     guest_aslr: bool,
@@ -66,31 +67,25 @@ pub struct QemuVmm {
 }
 
 impl QemuVmm {
-    /// A backend using `accel`, keeping run directories under `root`.
-    /// `PETTY_QEMU` overrides the binary; `PETTY_GUEST_ASLR=on|off`
-    /// overrides [`QemuVmm::with_guest_aslr`]'s default.
+    /// A backend using `accel`, keeping run directories under `root`,
+    /// running `qemu-system-x86_64` from the standard directories; guest
+    /// ASLR on under KVM and off under TCG (see [`QemuVmm::with_guest_aslr`]).
     pub fn new(accel: AccelChoice, root: PathBuf) -> Self {
-        let default_aslr = accel.accel == Accel::Kvm;
-        let guest_aslr = match std::env::var("PETTY_GUEST_ASLR").ok().as_deref() {
-            None => default_aslr,
-            Some("on" | "1" | "true") => true,
-            Some("off" | "0" | "false") => false,
-            Some(other) => {
-                tracing::warn!(
-                    "PETTY_GUEST_ASLR={other:?} is neither on nor off; \
-                     using the default ({})",
-                    if default_aslr { "on" } else { "off" }
-                );
-                default_aslr
-            }
-        };
         Self {
-            binary: std::env::var("PETTY_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
+            binary: "qemu-system-x86_64".into(),
+            search_path: crate::standard_path(),
+            guest_aslr: accel.accel == Accel::Kvm,
             accel,
             turns: BootTurns::new(&root, crate::turns::host_cpus()),
             root,
-            guest_aslr,
         }
+    }
+
+    /// Looks for a binary given by name in these directories instead of
+    /// the standard ones.
+    pub fn with_search_path(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.search_path = dirs;
+        self
     }
 
     /// Lets `slots` VMs start at once on this host (see [`BootTurns`]).
@@ -130,7 +125,7 @@ impl QemuVmm {
 
     /// The QEMU binary, if it can be found on `PATH`.
     pub fn find_binary(&self) -> Result<PathBuf, VmmError> {
-        find_on_path(&self.binary).ok_or_else(|| VmmError::BinaryMissing {
+        find_on_path(&self.binary, &self.search_path).ok_or_else(|| VmmError::BinaryMissing {
             binary: self.binary.clone(),
         })
     }
@@ -312,22 +307,69 @@ fn measure_tsc_khz() -> Option<u64> {
     }
 }
 
-/// Finds `name` on `PATH` (or checks it when it holds a slash).
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
+/// Finds `name` in `dirs` (or checks it when it holds a slash).
+pub fn find_on_path(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
     if name.contains('/') {
         let p = PathBuf::from(name);
         return p.is_file().then_some(p);
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
+    dirs.iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+impl QemuVmm {
+    /// [`Vmm::share_snapshot_ram`]: loads snapshot `dir` (RAM inside its
+    /// state) into a paused VM whose RAM is a new file mapped shared, saves
+    /// it again without RAM, and puts the new state and the RAM file in
+    /// place. The disk layer is unchanged (the guest never ran).
+    async fn resave_with_ram_file(&self, dir: &Path, base: &VmConfig) -> Result<(), VmmError> {
+        let ram = dir.join(format!("{SNAPSHOT_RAM}.partial"));
+        let resave = dir.join("resave");
+        let prepare = |source| VmmError::Prepare {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let _ = fs::remove_dir_all(&resave);
+        fs::create_dir_all(&resave).map_err(prepare)?;
+        let result = async {
+            let config = VmConfig {
+                id: format!("resave-{}-{}", std::process::id(), unique_suffix()),
+                extra_cmdline: Vec::new(),
+                die_with_parent: true,
+                restore_from: Some(dir.to_path_buf()),
+                memory: MemoryBacking::File {
+                    path: ram.clone(),
+                    shared: true,
+                },
+                start_paused: true,
+                disk_size_mib: None,
+                standby: false,
+                ..base.clone()
+            };
+            let _turn = self.turns.acquire().await?;
+            let vm = self.start(&config).await?;
+            vm.snapshot(&resave, false).await?;
+            vm.stop().await?;
+            fs::rename(resave.join(SNAPSHOT_STATE), dir.join(SNAPSHOT_STATE)).map_err(prepare)?;
+            fs::rename(&ram, dir.join(SNAPSHOT_RAM)).map_err(prepare)?;
+            Ok(())
+        }
+        .await;
+        let _ = fs::remove_dir_all(&resave);
+        let _ = fs::remove_file(&ram);
+        result
+    }
+}
+
+/// A suffix no other resave of this process has.
+fn unique_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Vmm for QemuVmm {
-    fn name(&self) -> &'static str {
-        "qemu"
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Qemu
     }
 
     fn boot_turns(&self) -> &BootTurns {
@@ -352,6 +394,14 @@ impl Vmm for QemuVmm {
 
     fn guest_profile(&self) -> String {
         format!("{}:aslr={}", self.accel.accel, self.guest_aslr)
+    }
+
+    fn share_snapshot_ram<'a>(
+        &'a self,
+        dir: &'a Path,
+        base: &'a VmConfig,
+    ) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(self.resave_with_ram_file(dir, base))
     }
 
     fn attach(&self, id: &str, pid: u32) -> Result<Box<dyn Vm>, VmmError> {
@@ -899,18 +949,8 @@ mod tests {
 
     fn cmdline(vmm: &QemuVmm) -> String {
         let config = VmConfig {
-            id: "t".into(),
-            kernel: "/k".into(),
-            rootfs: "/r".into(),
-            memory_mib: 256,
-            vcpus: 2,
-            extra_cmdline: Vec::new(),
             die_with_parent: false,
-            restore_from: None,
-            memory: MemoryBacking::Anonymous,
-            start_paused: false,
-            disk_size_mib: None,
-            standby: false,
+            ..VmConfig::new("t", "/k", "/r")
         };
         let args = vmm.args(&config, Path::new("/run"), Path::new("/d.qcow2"));
         let at = args.iter().position(|a| a == "-append").expect("-append");
@@ -973,9 +1013,7 @@ mod tests {
         let on = with(Accel::Tcg).with_guest_aslr(true);
         assert!(!cmdline(&on).contains("norandmaps"));
         assert_ne!(off.guest_profile(), on.guest_profile());
-        if std::env::var_os("PETTY_GUEST_ASLR").is_none() {
-            assert!(cmdline(&with(Accel::Tcg)).contains("norandmaps"));
-            assert!(!cmdline(&with(Accel::Kvm)).contains("norandmaps"));
-        }
+        assert!(cmdline(&with(Accel::Tcg)).contains("norandmaps"));
+        assert!(!cmdline(&with(Accel::Kvm)).contains("norandmaps"));
     }
 }

@@ -58,26 +58,6 @@ impl JailRecord {
     }
 }
 
-/// Root of the run directories: `$PETTY_RUN_DIR`, else
-/// `$XDG_RUNTIME_DIR/petty`, else `/run/petty` for root, else
-/// `/tmp/petty-<uid>`. Kept short because unix socket paths are limited to
-/// 107 bytes. Whichever it is, [`ensure_run_root`] checks it is ours before
-/// anything is written into it.
-pub fn runtime_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("PETTY_RUN_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("petty");
-    }
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
-        return PathBuf::from("/run/petty");
-    }
-    PathBuf::from(format!("/tmp/petty-{uid}"))
-}
-
 /// Makes `root` (mode 0700, parents as needed) if it does not exist, then
 /// checks that no other user can have prepared it: it must be a directory
 /// (not a symlink), owned by this process's user, with no permissions for

@@ -6,9 +6,9 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use petty_config::Settings;
 use petty_core::{ExecRequest, Sandbox, SandboxConfig};
-use petty_vmm::qemu::QemuVmm;
-use petty_vmm::{runtime_root, AccelChoice, VmConfig};
+use petty_vmm::VmConfig;
 
 use crate::cli::ensure_assets;
 
@@ -21,15 +21,14 @@ pub(crate) fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
+pub async fn boot(runs: usize, s: &Settings) -> anyhow::Result<ExitCode> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let assets = ensure_assets(true).await?;
-    let accel = AccelChoice::detect();
-    let vmm = QemuVmm::new(accel.clone(), runtime_root());
+    let assets = ensure_assets(s, true).await?;
+    let (vmm, notice) = petty::settings::backend_options(s).qemu(s.paths.run_dir.clone());
     let qemu = vmm.find_binary()?;
-    eprintln!("{}", accel.notice());
+    eprintln!("{notice}");
 
     // 1. Baseline: bare QEMU, same kernel, same devices, the guest's init
     //    powering off as soon as it runs.
@@ -46,18 +45,8 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
             bail!("qemu-img create failed");
         }
         let config = VmConfig {
-            id: format!("bench-{i}"),
-            kernel: assets.kernel.clone(),
-            rootfs: assets.rootfs.clone(),
-            memory_mib: 256,
-            vcpus: 2,
             extra_cmdline: vec!["petty.mode=poweroff".into()],
-            die_with_parent: true,
-            restore_from: None,
-            memory: Default::default(),
-            start_paused: false,
-            disk_size_mib: None,
-            standby: false,
+            ..VmConfig::new(format!("bench-{i}"), &assets.kernel, &assets.rootfs)
         };
         let args = vmm.args(&config, dir.path(), &overlay);
         let t = Instant::now();
@@ -101,7 +90,13 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
 
     // 3. Exec round trip on a running sandbox, beside the guest's own cost of
     //    spawning `true`, timed inside the guest.
-    let sandbox = Sandbox::create(&vmm, SandboxConfig::builder().build()?).await?;
+    let sandbox = Sandbox::create(
+        &vmm,
+        SandboxConfig::builder()
+            .assets_dir(s.paths.cache_dir.clone())
+            .build()?,
+    )
+    .await?;
     // Interleaved, so drift in the emulator's speed hits all alike. The two
     // floors are timed inside the guest: a shell's fork+exec+wait, and
     // posix_spawn+wait (the vfork-style spawn the agent itself uses).
@@ -142,7 +137,7 @@ pub async fn boot(runs: usize) -> anyhow::Result<ExitCode> {
     let overhead_ms = (rtt.as_secs_f64() - floor.as_secs_f64()) * 1000.0;
     println!(
         "petty bench boot ({runs} runs; accel {}; 256 MiB, 2 vCPUs)",
-        accel.accel
+        vmm.accel().accel
     );
     println!(
         "  bare qemu: boot same kernel to init, power off   median {}",
@@ -225,35 +220,33 @@ fn kill_processes_mentioning(dir: &std::path::Path) {
 /// A manager on throwaway data and run directories, so a benchmark never
 /// touches the user's sandboxes.
 async fn scratch_manager(
+    s: &Settings,
     max_sandboxes: usize,
 ) -> anyhow::Result<(petty_core::SandboxManager, tempfile::TempDir)> {
     let scratch = tempfile::Builder::new().prefix("petty-bench-").tempdir()?;
     clean_up_on_signal(scratch.path().to_path_buf());
-    let vmm = std::sync::Arc::new(QemuVmm::new(
-        AccelChoice::detect(),
-        scratch.path().join("run"),
-    ));
-    let config = petty_core::ManagerConfig {
-        data_dir: scratch.path().join("data"),
-        max_sandboxes,
-        ..petty_core::ManagerConfig::default()
-    };
-    Ok((petty_core::SandboxManager::new(config, vmm).await?, scratch))
+    let (vmm, _) = petty::settings::backend_options(s).qemu(scratch.path().join("run"));
+    let mut config = petty::settings::manager_config(s);
+    config.data_dir = scratch.path().join("data");
+    config.max_sandboxes = max_sandboxes;
+    config.templates = true;
+    config.standby = true;
+    let manager = petty_core::SandboxManager::new(config, std::sync::Arc::new(vmm)).await?;
+    Ok((manager, scratch))
 }
 
 /// A manager beside [`scratch_manager`]'s, under `scratch`, that makes no
 /// templates: each of its creates boots a VM.
 async fn booting_manager(
+    s: &Settings,
     scratch: &std::path::Path,
     max_sandboxes: usize,
 ) -> anyhow::Result<petty_core::SandboxManager> {
-    let config = petty_core::ManagerConfig {
-        data_dir: scratch.join("data-cold"),
-        templates: false,
-        max_sandboxes,
-        ..petty_core::ManagerConfig::default()
-    };
-    let vmm = QemuVmm::new(AccelChoice::detect(), scratch.join("run"));
+    let mut config = petty::settings::manager_config(s);
+    config.data_dir = scratch.join("data-cold");
+    config.templates = false;
+    config.max_sandboxes = max_sandboxes;
+    let (vmm, _) = petty::settings::backend_options(s).qemu(scratch.join("run"));
     Ok(petty_core::SandboxManager::new(config, std::sync::Arc::new(vmm)).await?)
 }
 
@@ -270,14 +263,14 @@ async fn wait_for_warm(pool: &petty_core::SandboxPool) -> anyhow::Result<()> {
 }
 
 /// `petty bench pool`: warm `acquire` against a cold create, same run.
-pub async fn pool(runs: usize) -> anyhow::Result<ExitCode> {
+pub async fn pool(runs: usize, s: &Settings) -> anyhow::Result<ExitCode> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    ensure_assets(true).await?;
-    let (manager, scratch) = scratch_manager(runs + 8).await?;
+    ensure_assets(s, true).await?;
+    let (manager, scratch) = scratch_manager(s, runs + 8).await?;
     // Cold: a create that boots (no template), as before the pool existed.
-    let cold_manager = booting_manager(scratch.path(), runs + 8).await?;
+    let cold_manager = booting_manager(s, scratch.path(), runs + 8).await?;
     let mut cold = Vec::new();
     for i in 0..runs {
         let t = Instant::now();
@@ -356,12 +349,12 @@ fn rss_pss_kib(pid: u32) -> (u64, u64) {
 }
 
 /// `petty bench density`: N idle sandboxes, each answering exec; host memory per sandbox.
-pub async fn density(count: usize, memory_mib: u32) -> anyhow::Result<ExitCode> {
+pub async fn density(count: usize, memory_mib: u32, s: &Settings) -> anyhow::Result<ExitCode> {
     if count == 0 {
         bail!("--count must be at least 1");
     }
-    ensure_assets(true).await?;
-    let (manager, _scratch) = scratch_manager(count).await?;
+    ensure_assets(s, true).await?;
+    let (manager, _scratch) = scratch_manager(s, count).await?;
     let available_before = meminfo_kib("MemAvailable:");
     let t = Instant::now();
     let mut ids = Vec::new();
@@ -451,13 +444,13 @@ async fn wait_for_standby(manager: &petty_core::SandboxManager) -> anyhow::Resul
 
 /// `petty bench snapshot`: create from a template against a cold boot,
 /// snapshot cost, a 10-way fork, and the memory of forks against boots.
-pub async fn snapshot(runs: usize, forks: usize) -> anyhow::Result<ExitCode> {
+pub async fn snapshot(runs: usize, forks: usize, s: &Settings) -> anyhow::Result<ExitCode> {
     if runs == 0 || forks == 0 {
         bail!("--runs and --forks must be at least 1");
     }
-    ensure_assets(true).await?;
-    let (manager, scratch) = scratch_manager(2 * forks + 8).await?;
-    let cold_manager = booting_manager(scratch.path(), 2 * forks + 8).await?;
+    ensure_assets(s, true).await?;
+    let (manager, scratch) = scratch_manager(s, 2 * forks + 8).await?;
+    let cold_manager = booting_manager(s, scratch.path(), 2 * forks + 8).await?;
     // The first create makes the template; it is not one of the measured
     // runs. After it the manager keeps a standby VMM for the template.
     let first = manager.create_default().await?;
@@ -658,12 +651,12 @@ async fn stream_end(
 /// an ordinary command's end reaches the host, in the same sandboxes. Both
 /// are timed from the guest's clock (set from the host's) printed just
 /// before, so they include the clock's skew alike.
-pub async fn halt(runs: usize) -> anyhow::Result<ExitCode> {
+pub async fn halt(runs: usize, s: &Settings) -> anyhow::Result<ExitCode> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    ensure_assets(true).await?;
-    let (manager, _scratch) = scratch_manager(runs + 1).await?;
+    ensure_assets(s, true).await?;
+    let (manager, _scratch) = scratch_manager(s, runs + 1).await?;
     const CLOCK: &str = "import time; print(time.time(), flush=True)";
     let exit_script = format!("python3 -c '{CLOCK}'");
     // The line must reach the host before the kernel halts (it drops what

@@ -17,21 +17,27 @@ use crate::cli::ensure_assets;
 /// Sandboxes the throughput clients spread over.
 const SANDBOXES: usize = 4;
 
-pub async fn serve(runs: usize, clients: usize, per_client: usize) -> anyhow::Result<ExitCode> {
+pub async fn serve(
+    runs: usize,
+    clients: usize,
+    per_client: usize,
+    s: &petty_config::Settings,
+) -> anyhow::Result<ExitCode> {
     if runs == 0 || clients == 0 || per_client == 0 {
         bail!("--runs, --clients and --per-client must be at least 1");
     }
-    ensure_assets(true).await?;
+    ensure_assets(s, true).await?;
     let scratch = tempfile::Builder::new().prefix("petty-bench-").tempdir()?;
     crate::bench::clean_up_on_signal(scratch.path().to_path_buf());
-    let mut config = petty_server::Config::default();
+    let mut config = s.clone();
     config.server.listen = "127.0.0.1:0".into();
     config.pool.size = 0;
-    config.backend.kind = petty_server::config::BackendKind::Qemu;
-    config.backend.data_dir = Some(scratch.path().join("data"));
-    config.backend.run_dir = Some(scratch.path().join("run"));
-    let (service, notice) = petty_server::build_service(&config, false).await?;
+    config.backend.kind = petty_config::BackendKind::Qemu;
+    config.paths.data_dir = scratch.path().join("data");
+    config.paths.run_dir = scratch.path().join("run");
+    let (manager, notice) = petty::settings::manager(&config, true).await?;
     eprintln!("{notice}");
+    let service = petty_server::start_service(manager, &config, false).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let app = petty_server::app(

@@ -5,11 +5,18 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use petty_config::{Loaded, Override, Settings};
+use petty_core::BackendKind;
 
 /// Run untrusted code in microVMs.
 #[derive(Parser)]
 #[command(name = "petty", version, about, propagate_version = true)]
 pub struct Cli {
+    /// A TOML config file read after /etc/petty/config.toml and
+    /// ~/.config/petty/config.toml (default $PETTY_CONFIG; see
+    /// petty.example.toml and `petty config show`).
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -92,10 +99,26 @@ enum Cmd {
     Mcp(ServerArgs),
     /// Say what this host has and lacks for running sandboxes, and how to fix each gap.
     Doctor,
+    /// The effective settings and where each came from.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Benchmarks (figures beside a baseline measured in the same run).
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print every key, its value and its source (default, a file, a
+    /// variable, a flag).
+    Show {
+        /// One JSON object per key, for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -177,12 +200,9 @@ enum BenchCmd {
 }
 
 /// Options of `petty serve` and `petty mcp`; each overrides the config
-/// file and the environment (`PETTY_<SECTION>_<KEY>`).
+/// files and the environment (`PETTY_<SECTION>_<KEY>`).
 #[derive(Args)]
 pub struct ServerArgs {
-    /// TOML config file (see petty.example.toml).
-    #[arg(long, short, value_name = "FILE", env = "PETTY_CONFIG")]
-    pub config: Option<PathBuf>,
     /// Address to listen on (server.listen), e.g. 127.0.0.1:8080; port 0 picks a free one.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -212,33 +232,34 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// The configuration: file, then environment, then these flags.
-    pub fn load(&self) -> anyhow::Result<petty_server::Config> {
-        use petty_server::config::{env_overrides, Override};
-        let mut overrides = env_overrides(std::env::vars());
-        let mut flag = |key: &str, raw: String, name: &str| {
-            overrides.push(Override::parse(key, &raw, name));
-        };
+    /// These flags as settings, applied after every other source.
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        let text = |v: &str| toml::Value::String(v.to_string());
         if let Some(v) = &self.listen {
-            flag("server.listen", format!("{v:?}"), "--listen");
+            out.push(Override::new("server.listen", text(v), "--listen"));
         }
         if let Some(v) = &self.backend {
-            flag("backend.kind", format!("{v:?}"), "--backend");
+            out.push(Override::new("backend.kind", text(v), "--backend"));
         }
         if let Some(v) = self.pool_size {
-            flag("pool.size", v.to_string(), "--pool-size");
+            out.push(Override::parse("pool.size", &v.to_string(), "--pool-size"));
         }
         if let Some(v) = self.max_sandboxes {
-            flag(
+            out.push(Override::parse(
                 "limits.max_concurrent_sandboxes",
-                v.to_string(),
+                &v.to_string(),
                 "--max-sandboxes",
-            );
+            ));
         }
         if let Some(v) = &self.on_shutdown {
-            flag("server.on_shutdown", format!("{v:?}"), "--on-shutdown");
+            out.push(Override::new(
+                "server.on_shutdown",
+                text(v),
+                "--on-shutdown",
+            ));
         }
-        for (key, values, name) in [
+        for (key, values, flag) in [
             ("server.api_keys", &self.api_keys, "--api-key"),
             (
                 "server.allowed_hosts",
@@ -252,52 +273,64 @@ impl ServerArgs {
             ),
         ] {
             if !values.is_empty() {
-                overrides.push(Override {
-                    key: key.into(),
-                    value: toml::Value::Array(
-                        values
-                            .iter()
-                            .map(|v| toml::Value::String(v.clone()))
-                            .collect(),
-                    ),
-                    source: name.into(),
-                });
+                let list = values.iter().map(|v| text(v)).collect::<Vec<_>>();
+                out.push(Override::new(key, toml::Value::Array(list), flag));
             }
         }
-        Ok(petty_server::Config::load(
-            self.config.as_deref(),
-            &overrides,
-        )?)
+        out
     }
 }
 
 /// The VM a sandbox gets: shared by `petty run` and `petty create`.
 #[derive(Args)]
 pub struct VmOpts {
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256, value_name = "N")]
-    pub memory_mib: u32,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    pub vcpus: u32,
-    /// Root disk size in MiB (default: the image's size plus 2048 MiB of room to
-    /// work); the guest's / grows to fill it. Sparse: host disk is spent only as the guest writes.
+    /// Guest memory in MiB (default: defaults.memory_mb, 256).
+    #[arg(long, value_name = "N")]
+    pub memory_mib: Option<u32>,
+    /// Number of vCPUs (default: defaults.vcpu, 2).
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+    /// Root disk size in MiB (default: defaults.disk_size_mb, else the image's
+    /// size plus defaults.disk_free_mb, 2048 MiB of room to work); the guest's
+    /// / grows to fill it. Sparse: host disk is spent only as the guest writes.
     #[arg(long, value_name = "N")]
     pub disk_mib: Option<u32>,
-    /// VMM backend: qemu, firecracker or auto (default: PETTY_BACKEND, else auto).
-    #[arg(long, value_name = "KIND")]
-    pub backend: Option<String>,
+    /// VMM backend: qemu, firecracker or auto (default: backend.kind).
+    #[arg(long, value_name = "KIND", value_parser = parse_backend)]
+    pub backend: Option<Choice>,
+}
+
+/// A backend named on the command line: `auto` or one backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice(pub Option<BackendKind>);
+
+fn parse_backend(s: &str) -> Result<Choice, String> {
+    petty_core::backend_choice(s)
+        .map(Choice)
+        .map_err(|_| format!("{s:?} is not a backend; use qemu, firecracker or auto"))
 }
 
 impl VmOpts {
-    /// A sandbox config builder with these sizes.
-    pub fn builder(&self) -> petty_core::SandboxConfigBuilder {
+    /// A sandbox config builder with these sizes, the rest from `defaults.*`
+    /// and guest assets from `paths.cache_dir`.
+    pub fn builder(&self, s: &Settings) -> petty_core::SandboxConfigBuilder {
+        let d = &s.defaults;
         let b = petty_core::SandboxConfig::builder()
-            .memory_mib(self.memory_mib)
-            .vcpu_count(self.vcpus);
-        match self.disk_mib {
-            Some(d) => b.disk_size_mib(d),
+            .memory_mib(self.memory_mib.unwrap_or(d.memory_mb))
+            .vcpu_count(self.vcpus.unwrap_or(d.vcpu))
+            .disk_free_mib(d.disk_free_mb)
+            .assets_dir(s.paths.cache_dir.clone());
+        match self.disk_mib.or(d.disk_size_mb) {
+            Some(mib) => b.disk_size_mib(mib),
             None => b,
+        }
+    }
+
+    /// The backend asked for: the flag's, else `backend.kind`.
+    pub fn backend(&self, s: &Settings) -> Option<BackendKind> {
+        match self.backend {
+            Some(Choice(kind)) => kind,
+            None => petty::settings::configured_backend(s),
         }
     }
 }
@@ -370,64 +403,123 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 impl Cli {
-    /// For `serve` and `mcp`: the loaded configuration (its log format
-    /// decides how logging is set up, before anything runs).
-    pub fn server_config(&self) -> Option<anyhow::Result<petty_server::Config>> {
-        match &self.cmd {
-            Cmd::Serve(a) | Cmd::Mcp(a) => Some(a.load()),
-            _ => None,
+    /// True for the long-running commands (`serve`, `mcp`), which log what
+    /// they do.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.cmd, Cmd::Serve(_) | Cmd::Mcp(_))
+    }
+
+    /// The settings for this command: every source, this command's flags last.
+    pub fn load_settings(&self) -> anyhow::Result<Loaded> {
+        let flags = match &self.cmd {
+            Cmd::Serve(a) | Cmd::Mcp(a) => a.overrides(),
+            _ => Vec::new(),
+        };
+        let loaded = petty::settings::load(self.config.clone(), flags)?;
+        if self.is_daemon() {
+            petty_server::check_settings(&loaded.settings)?;
         }
+        Ok(loaded)
     }
 }
 
-pub async fn dispatch(cli: Cli, server: Option<petty_server::Config>) -> anyhow::Result<ExitCode> {
+pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
+    let s = &loaded.settings;
     match cli.cmd {
         Cmd::Serve(_) => {
-            petty_server::serve(server.expect("loaded in main")).await?;
+            let listener = petty_server::bind(s).await?;
+            let (manager, notice) = petty::settings::manager(s, true).await?;
+            eprintln!("{notice}");
+            let service = petty_server::start_service(manager, s, true).await?;
+            petty_server::serve(listener, service).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Mcp(_) => {
-            petty_server::serve_stdio(server.expect("loaded in main")).await?;
+            let (manager, notice) = petty::settings::manager(s, true).await?;
+            tracing::info!("{notice}");
+            // No warm pool: the daemon keeps one; this creates from templates.
+            let service = petty_server::start_service(manager, s, false).await?;
+            petty_server::serve_stdio(service).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run(args) => crate::run::run(args).await,
-        Cmd::Create(args) => crate::manage::create(args).await,
-        Cmd::Exec(args) => crate::manage::exec(args).await,
-        Cmd::Cp(args) => crate::manage::cp(args).await,
-        Cmd::Ls { all } => crate::manage::ls(all).await,
-        Cmd::Stop { sandboxes } => crate::manage::stop(sandboxes, true).await,
-        Cmd::Kill { sandboxes } => crate::manage::stop(sandboxes, false).await,
-        Cmd::Rm { force, sandboxes } => crate::manage::rm(sandboxes, force).await,
-        Cmd::Snapshot { sandbox, name } => crate::manage::snapshot(sandbox, name).await,
-        Cmd::Restore { snapshot, name } => crate::manage::restore(snapshot, name).await,
-        Cmd::Fork { source, count } => crate::manage::fork(source, count).await,
-        Cmd::Snapshots { cmd: None } => crate::manage::snapshots().await,
+        Cmd::Config {
+            cmd: ConfigCmd::Show { json },
+        } => config_show(&loaded, json),
+        Cmd::Run(args) => crate::run::run(args, s).await,
+        Cmd::Create(args) => crate::manage::create(args, s).await,
+        Cmd::Exec(args) => crate::manage::exec(args, s).await,
+        Cmd::Cp(args) => crate::manage::cp(args, s).await,
+        Cmd::Ls { all } => crate::manage::ls(all, s).await,
+        Cmd::Stop { sandboxes } => crate::manage::stop(sandboxes, true, s).await,
+        Cmd::Kill { sandboxes } => crate::manage::stop(sandboxes, false, s).await,
+        Cmd::Rm { force, sandboxes } => crate::manage::rm(sandboxes, force, s).await,
+        Cmd::Snapshot { sandbox, name } => crate::manage::snapshot(sandbox, name, s).await,
+        Cmd::Restore { snapshot, name } => crate::manage::restore(snapshot, name, s).await,
+        Cmd::Fork { source, count } => crate::manage::fork(source, count, s).await,
+        Cmd::Snapshots { cmd: None } => crate::manage::snapshots(s).await,
         Cmd::Snapshots {
             cmd: Some(SnapshotsCmd::Rm { names }),
-        } => crate::manage::snapshots_rm(names).await,
-        Cmd::Image { cmd } => image(cmd).await,
-        Cmd::Doctor => crate::doctor::doctor().await,
+        } => crate::manage::snapshots_rm(names, s).await,
+        Cmd::Image { cmd } => image(cmd, s).await,
+        Cmd::Doctor => crate::doctor::doctor(s).await,
         Cmd::Bench { cmd } => match cmd {
-            BenchCmd::Boot { runs } => crate::bench::boot(runs).await,
-            BenchCmd::Pool { runs } => crate::bench::pool(runs).await,
-            BenchCmd::Snapshot { runs, forks } => crate::bench::snapshot(runs, forks).await,
+            BenchCmd::Boot { runs } => crate::bench::boot(runs, s).await,
+            BenchCmd::Pool { runs } => crate::bench::pool(runs, s).await,
+            BenchCmd::Snapshot { runs, forks } => crate::bench::snapshot(runs, forks, s).await,
             BenchCmd::Serve {
                 runs,
                 clients,
                 per_client,
-            } => crate::bench_serve::serve(runs, clients, per_client).await,
-            BenchCmd::Halt { runs } => crate::bench::halt(runs).await,
+            } => crate::bench_serve::serve(runs, clients, per_client, s).await,
+            BenchCmd::Halt { runs } => crate::bench::halt(runs, s).await,
             BenchCmd::Density { count, memory_mib } => {
-                crate::bench::density(count, memory_mib).await
+                crate::bench::density(count, memory_mib, s).await
             }
         },
     }
 }
 
-async fn image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
+/// `petty config show`: every key, its source and its value.
+fn config_show(loaded: &Loaded, json: bool) -> anyhow::Result<ExitCode> {
+    match print_settings(loaded, json) {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        r => Ok(r.map(|()| ExitCode::SUCCESS)?),
+    }
+}
+
+fn print_settings(loaded: &Loaded, json: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let rows = loaded.rows();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!({ "key": r.key, "value": r.value, "source": r.source }))
+            .collect();
+        let text = serde_json::to_string_pretty(&list).expect("plain data");
+        writeln!(out, "{text}")?;
+    } else {
+        let key_w = rows.iter().map(|r| r.key.len()).max().unwrap_or(3);
+        let src_w = rows.iter().map(|r| r.source.len()).max().unwrap_or(6);
+        writeln!(out, "{:key_w$}  {:src_w$}  VALUE", "KEY", "SOURCE")?;
+        for r in &rows {
+            writeln!(
+                out,
+                "{:key_w$}  {:src_w$}  {}",
+                r.key,
+                r.source,
+                r.value_text()
+            )?;
+        }
+    }
+    out.flush()
+}
+
+async fn image(cmd: ImageCmd, s: &Settings) -> anyhow::Result<ExitCode> {
     let assets = match cmd {
-        ImageCmd::Build { quiet } => ensure_assets(!quiet).await?,
-        ImageCmd::Path => petty_image::ImageBuilder::new(petty_image::cache_dir()).locate()?,
+        ImageCmd::Build { quiet } => ensure_assets(s, !quiet).await?,
+        ImageCmd::Path => petty::settings::image_builder(s).locate()?,
     };
     println!("kernel  {}", assets.kernel.display());
     println!("vmlinux {}", assets.vmlinux.display());
@@ -436,8 +528,8 @@ async fn image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// Builds any missing guest asset (progress on stderr) and returns them all.
-pub async fn ensure_assets(progress: bool) -> anyhow::Result<petty_image::Assets> {
-    let builder = petty_image::ImageBuilder::new(petty_image::cache_dir()).with_progress(progress);
+pub async fn ensure_assets(s: &Settings, progress: bool) -> anyhow::Result<petty_image::Assets> {
+    let builder = petty::settings::image_builder(s).with_progress(progress);
     let assets = tokio::task::spawn_blocking(move || builder.ensure())
         .await
         .context("image build task")??;

@@ -2,9 +2,10 @@
 
 use std::process::ExitCode;
 
-use petty_image::{ImageBuilder, StatusKind};
-use petty_vmm::qemu::{find_on_path, QemuVmm};
-use petty_vmm::{runtime_root, Accel, AccelChoice};
+use petty_config::Settings;
+use petty_image::StatusKind;
+use petty_vmm::qemu::find_on_path;
+use petty_vmm::Accel;
 
 struct Line {
     ok: bool,
@@ -14,9 +15,10 @@ struct Line {
     fix: Option<String>,
 }
 
-pub async fn doctor() -> anyhow::Result<ExitCode> {
+pub async fn doctor(s: &Settings) -> anyhow::Result<ExitCode> {
     let mut lines = Vec::new();
-    let vmm = QemuVmm::new(AccelChoice::detect(), runtime_root());
+    let options = petty::settings::backend_options(s);
+    let (vmm, _) = options.qemu(s.paths.run_dir.clone());
 
     let qemu = vmm.find_binary();
     lines.push(Line {
@@ -31,7 +33,7 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
             .is_err()
             .then(|| "apt-get install qemu-system-x86".into()),
     });
-    let qemu_img = find_on_path("qemu-img");
+    let qemu_img = find_on_path("qemu-img", &s.paths.search_path);
     lines.push(Line {
         ok: qemu_img.is_some(),
         needed: true,
@@ -53,7 +55,7 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         detail: accel.reason.clone(),
         fix: None,
     });
-    let fc_vmm = petty_vmm::firecracker::FirecrackerVmm::new(runtime_root());
+    let fc_vmm = options.firecracker(s.paths.run_dir.clone());
     let fc = fc_vmm.availability();
     lines.push(Line {
         ok: fc.is_ok(),
@@ -69,9 +71,9 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         },
         // A setting that is wrong is said (and fixed) on the jailer's line.
         fix: (fc.is_err() && fc_vmm.settings_error().is_none())
-            .then(|| "install Firecracker 1.16.1 or later on PATH (or set PETTY_FIRECRACKER), on a host with KVM".into()),
+            .then(|| "install Firecracker 1.16.1 or later on PATH (or set backend.firecracker.binary), on a host with KVM".into()),
     });
-    lines.extend(firecracker_settings(&fc_vmm));
+    lines.extend(firecracker_settings(&fc_vmm, &s.paths.search_path));
     lines.push(Line {
         ok: qemu.is_ok(),
         needed: false,
@@ -92,11 +94,14 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         ok: auto != "none",
         needed: true,
         name: format!("backend chosen (auto): {auto}"),
-        detail: "PETTY_BACKEND=qemu|firecracker|auto overrides".into(),
+        detail: format!(
+            "backend.kind = {} (PETTY_BACKEND_KIND=qemu|firecracker|auto overrides)",
+            petty::settings::configured_backend(s).map_or("auto", |k| k.as_str())
+        ),
         fix: (auto == "none").then(|| "apt-get install qemu-system-x86".into()),
     });
 
-    let root = runtime_root();
+    let root = s.paths.run_dir.clone();
     let private = petty_vmm::ensure_run_root(&root);
     lines.push(Line {
         ok: private.is_ok(),
@@ -108,13 +113,13 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         },
         fix: private.is_err().then(|| {
             format!(
-                "remove or fix {} as the message says, or set PETTY_RUN_DIR to a private directory",
+                "remove or fix {} as the message says, or set paths.run_dir (PETTY_PATHS_RUN_DIR) to a private directory",
                 root.display()
             )
         }),
     });
 
-    let builder = ImageBuilder::new(petty_image::cache_dir());
+    let builder = petty::settings::image_builder(s);
     let image_mib = builder
         .locate()
         .ok()
@@ -125,34 +130,34 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         needed: false,
         name: "sandbox root disk".into(),
         detail: format!(
-            "{}+ {} MiB free by default (defaults.disk_free_mb for the daemon; --disk-mib N for a size); sparse, so host disk is spent only as the guest writes",
+            "{}+ {} MiB free by default (defaults.disk_free_mb; --disk-mib N for a size); sparse, so host disk is spent only as the guest writes",
             image_mib.map_or(String::new(), |m| format!("the image's {m} MiB ")),
-            petty_core::DEFAULT_DISK_FREE_MIB
+            s.defaults.disk_free_mb
         ),
         fix: None,
     });
-    for s in builder.status() {
-        let label = match s.kind {
-            StatusKind::Asset => format!("asset: {}", s.name),
-            StatusKind::Host => s.name.clone(),
+    for st in builder.status() {
+        let label = match st.kind {
+            StatusKind::Asset => format!("asset: {}", st.name),
+            StatusKind::Host => st.name.clone(),
         };
-        let mut detail = s
+        let mut detail = st
             .path
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        if let Some(d) = &s.detail {
+        if let Some(d) = &st.detail {
             if !detail.is_empty() {
                 detail.push_str(" — ");
             }
             detail.push_str(d);
         }
         lines.push(Line {
-            ok: s.present,
-            needed: s.needed,
+            ok: st.present,
+            needed: st.needed,
             name: label,
             detail,
-            fix: s.fix.clone(),
+            fix: st.fix.clone(),
         });
     }
 
@@ -184,16 +189,19 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
 
 /// What the Firecracker backend would do with its settings: snapshots,
 /// jailer, network.
-fn firecracker_settings(fc: &petty_vmm::firecracker::FirecrackerVmm) -> Vec<Line> {
+fn firecracker_settings(
+    fc: &petty_vmm::firecracker::FirecrackerVmm,
+    search_path: &[std::path::PathBuf],
+) -> Vec<Line> {
     let mut lines = vec![Line {
         ok: true,
         needed: false,
         name: "firecracker: snapshots".into(),
         detail: if fc.diff_snapshots() {
-            "restore, fork and templates; Diff snapshots of restored VMs (PETTY_FIRECRACKER_DIFF)"
+            "restore, fork and templates; Diff snapshots of restored VMs (backend.firecracker.diff_snapshots)"
                 .into()
         } else {
-            "restore, fork and templates; Full snapshots (PETTY_FIRECRACKER_DIFF=1 for Diffs)"
+            "restore, fork and templates; Full snapshots (backend.firecracker.diff_snapshots = true for Diffs)"
                 .into()
         },
         fix: None,
@@ -201,7 +209,7 @@ fn firecracker_settings(fc: &petty_vmm::firecracker::FirecrackerVmm) -> Vec<Line
     let jailer = match (fc.settings_error(), fc.jailer()) {
         (Some(e), _) => Err((e.to_string(), None)),
         (None, None) => Ok(
-            "off: VMs run unjailed (PETTY_JAILER, PETTY_JAILER_UID and PETTY_JAILER_GID turn it on)"
+            "off: VMs run unjailed (backend.firecracker.jailer, jailer_uid and jailer_gid turn it on)"
                 .to_string(),
         ),
         (None, Some(j)) => {
@@ -216,14 +224,14 @@ fn firecracker_settings(fc: &petty_vmm::firecracker::FirecrackerVmm) -> Vec<Line
             };
             // SAFETY: geteuid cannot fail.
             let root = unsafe { libc::geteuid() } == 0;
-            match find_on_path(&j.binary) {
+            match find_on_path(&j.binary, search_path) {
                 None => Err((
-                    format!("PETTY_JAILER is {} but it is not on PATH", j.binary),
+                    format!("backend.firecracker.jailer is {} but it is not on the search path", j.binary),
                     Some("install the jailer of the same release as firecracker".to_string()),
                 )),
                 Some(_) if !root => Err((
                     "the jailer needs petty to run as root".to_string(),
-                    Some("run petty as root, or unset PETTY_JAILER".to_string()),
+                    Some("run petty as root, or unset backend.firecracker.jailer".to_string()),
                 )),
                 Some(p) => Ok(format!(
                     "on: {} as uid {} gid {}, jails under {}, {cgroups}",
@@ -257,7 +265,7 @@ fn firecracker_settings(fc: &petty_vmm::firecracker::FirecrackerVmm) -> Vec<Line
         name: "firecracker: network".into(),
         detail: match fc.tap() {
             Some(tap) => format!("eth0 on TAP device {tap} (one VM at a time)"),
-            None => "none (PETTY_FIRECRACKER_TAP gives VMs eth0 on a TAP device)".into(),
+            None => "none (backend.firecracker.tap gives VMs eth0 on a TAP device)".into(),
         },
         fix: None,
     });

@@ -15,32 +15,35 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    // The daemon's config is read first: it decides the log format, and a
+    // The settings are read first, once: they decide the log format, and a
     // bad one stops everything before a socket or VM exists.
-    let server = match cli.server_config().transpose() {
-        Ok(c) => c,
+    let loaded = match cli.load_settings() {
+        Ok(l) => l,
         Err(e) => {
-            eprintln!("petty: error: {e}");
+            eprintln!("petty: error: {e:#}");
             return ExitCode::from(2);
         }
     };
     // The daemon logs what it does (info); commands only what went wrong.
-    let default_filter = if server.is_some() {
+    let default_filter = if cli.is_daemon() {
         "warn,petty=info,petty_server=info,petty_core=info,petty_vmm=info"
     } else {
         "warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PETTY_LOG")
-        .unwrap_or_else(|_| default_filter.into());
-    let json = server
-        .as_ref()
-        .is_some_and(|c| c.server.log_format == petty_server::config::LogFormat::Json);
+    let env = petty_config::env::Env::process();
+    let filter = [petty_config::env::PETTY_LOG, petty_config::env::RUST_LOG]
+        .iter()
+        .find_map(|name| env.text(name))
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| default_filter.into());
+    let json =
+        cli.is_daemon() && loaded.settings.server.log_format == petty_config::LogFormat::Json;
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(
             std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
+                && env.get(petty_config::env::NO_COLOR).is_none(),
         );
     if json {
         fmt.json().init();
@@ -57,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cli::dispatch(cli, server)) {
+    match rt.block_on(cli::dispatch(cli, loaded)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("petty: error: {e}");

@@ -4,27 +4,21 @@
 //! expired or died since the last one.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use petty_core::{ClientError, CoreError, FileType, ManagerConfig, SandboxManager, SandboxState};
-use petty_vmm::{choose_backend, runtime_root};
+use petty_config::Settings;
+use petty_core::{ClientError, CoreError, FileType, SandboxManager, SandboxState};
 use tokio::io::AsyncWriteExt;
 
 use crate::cli::{ensure_assets, ExecOpts};
 
-/// Opens the manager on the default data and run directories. No standby
-/// VMMs: a CLI command ends right after its create, and one would die
-/// unused with it.
-pub async fn manager() -> anyhow::Result<SandboxManager> {
-    let (vmm, _) = choose_backend(None, runtime_root())?;
-    let config = ManagerConfig {
-        standby: false,
-        ..ManagerConfig::default()
-    };
-    Ok(SandboxManager::new(config, Arc::from(vmm)).await?)
+/// Opens the manager on the configured data and run directories. No
+/// standby VMMs: a CLI command ends right after its create, and one would
+/// die unused with it.
+pub async fn manager(s: &Settings) -> anyhow::Result<SandboxManager> {
+    Ok(petty::settings::manager(s, false).await?.0)
 }
 
 /// Arguments of `petty create`.
@@ -53,12 +47,12 @@ fn secs(flag: &str, v: Option<f64>) -> anyhow::Result<Option<Duration>> {
     }
 }
 
-pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let mut b = args.vm.builder().owner("cli");
+pub async fn create(args: CreateArgs, s: &Settings) -> anyhow::Result<ExitCode> {
+    let mut b = args.vm.builder(s).owner("cli");
     if let Some(n) = args.name {
         b = b.name(n);
     }
-    if let Some(k) = &args.vm.backend {
+    if let Some(crate::cli::Choice(k)) = args.vm.backend {
         b = b.backend(k);
     }
     if let Some(t) = secs("ttl", args.ttl)? {
@@ -68,11 +62,11 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         b = b.idle_timeout(t);
     }
     let config = b.build()?;
-    let (vmm, notice) = choose_backend(args.vm.backend.as_deref(), runtime_root())?;
+    let (vmm, notice) = petty::settings::backend(s, args.vm.backend(s))?;
     vmm.check()?;
-    ensure_assets(true).await?;
+    ensure_assets(s, true).await?;
     eprintln!("{notice}");
-    let manager = manager().await?;
+    let manager = manager(s).await?;
     let id = manager.create(config).await?;
     let info = manager.info(&id.to_string()).await?;
     println!("{}", info.name);
@@ -91,9 +85,9 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-pub async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
+pub async fn exec(args: ExecArgs, s: &Settings) -> anyhow::Result<ExitCode> {
     let req = args.exec.request(args.command)?;
-    let manager = manager().await?;
+    let manager = manager(s).await?;
     let sandbox = manager.get(&args.sandbox).await?;
     let id = sandbox.id().to_string();
     let outcome = tokio::select! {
@@ -188,7 +182,7 @@ fn human(n: u64) -> String {
     }
 }
 
-pub async fn cp(args: CpArgs) -> anyhow::Result<ExitCode> {
+pub async fn cp(args: CpArgs, s: &Settings) -> anyhow::Result<ExitCode> {
     let limit = match (args.max_size, args.no_limit) {
         (_, true) => None,
         (Some(n), false) => Some(n),
@@ -199,10 +193,10 @@ pub async fn cp(args: CpArgs) -> anyhow::Result<ExitCode> {
             if args.max_size.is_some() || args.no_limit {
                 bail!("--max-size and --no-limit apply to copies from a sandbox; a copy into one is bounded by its free disk");
             }
-            copy_in(&from, &sandbox, &path).await
+            copy_in(&from, &sandbox, &path, s).await
         }
         (Place::Guest { sandbox, path }, Place::Host(to)) => {
-            copy_out(&sandbox, &path, &to, limit).await
+            copy_out(&sandbox, &path, &to, limit, s).await
         }
         _ => bail!("one side must be a sandbox path (NAME:/path) and the other a host path\nhint: petty cp ./file.txt mybox:/root/file.txt"),
     }
@@ -210,7 +204,12 @@ pub async fn cp(args: CpArgs) -> anyhow::Result<ExitCode> {
 
 /// Host to guest: the file streams in; the guest renames it into place
 /// only once it is whole.
-async fn copy_in(from: &std::path::Path, sandbox: &str, path: &str) -> anyhow::Result<ExitCode> {
+async fn copy_in(
+    from: &std::path::Path,
+    sandbox: &str,
+    path: &str,
+    s: &Settings,
+) -> anyhow::Result<ExitCode> {
     let file = tokio::fs::File::open(from)
         .await
         .with_context(|| format!("opening {}", from.display()))?;
@@ -226,7 +225,7 @@ async fn copy_in(from: &std::path::Path, sandbox: &str, path: &str) -> anyhow::R
         use std::os::unix::fs::PermissionsExt;
         md.permissions().mode() & 0o7777
     };
-    let manager = manager().await?;
+    let manager = manager(s).await?;
     let sb = manager.get(sandbox).await?;
     let n = sb.write_file_from(path, file, Some(mode)).await?;
     eprintln!("petty: copied {n} bytes to {sandbox}:{path}");
@@ -260,6 +259,7 @@ async fn copy_out(
     path: &str,
     to: &std::path::Path,
     limit: Option<u64>,
+    s: &Settings,
 ) -> anyhow::Result<ExitCode> {
     let to = if to.is_dir() {
         let name = std::path::Path::new(path)
@@ -275,7 +275,7 @@ async fn copy_out(
             stale.display()
         );
     }
-    let manager = manager().await?;
+    let manager = manager(s).await?;
     let sb = manager.get(sandbox).await?;
     let what = format!("{sandbox}:{path}");
     // Refused before anything is written when the guest says so; the
@@ -343,8 +343,8 @@ async fn copy_out(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn ls(all: bool) -> anyhow::Result<ExitCode> {
-    let manager = manager().await?;
+pub async fn ls(all: bool, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
     // Lifetimes are enforced by whichever petty process runs: this one, now.
     manager.reap_now().await?;
     let now = petty_core::store::now_ms();
@@ -415,16 +415,16 @@ async fn each(
     })
 }
 
-pub async fn stop(names: Vec<String>, graceful: bool) -> anyhow::Result<ExitCode> {
-    let manager = manager().await?;
+pub async fn stop(names: Vec<String>, graceful: bool, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
     each(names, false, async |n| {
         Ok(manager.stop(n, graceful).await?)
     })
     .await
 }
 
-pub async fn rm(names: Vec<String>, force: bool) -> anyhow::Result<ExitCode> {
-    let manager = manager().await?;
+pub async fn rm(names: Vec<String>, force: bool, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
     each(names, force, async |n| {
         let info = manager.info(n).await?;
         if info.state.has_vm() && info.state != SandboxState::Creating && !force {
@@ -438,8 +438,8 @@ pub async fn rm(names: Vec<String>, force: bool) -> anyhow::Result<ExitCode> {
     .await
 }
 
-pub async fn snapshot(sandbox: String, name: String) -> anyhow::Result<ExitCode> {
-    let manager = manager().await?;
+pub async fn snapshot(sandbox: String, name: String, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
     eprintln!("petty: snapshotting {sandbox} (the guest pauses while its state is saved)");
     let t = std::time::Instant::now();
     let snap = manager.snapshot(&sandbox, &name).await?;
@@ -453,23 +453,27 @@ pub async fn snapshot(sandbox: String, name: String) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn restore(snapshot: String, name: Option<String>) -> anyhow::Result<ExitCode> {
-    let manager = manager().await?;
+pub async fn restore(
+    snapshot: String,
+    name: Option<String>,
+    s: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
     let id = manager.restore(&snapshot, name.as_deref()).await?;
     println!("{}", manager.info(&id.to_string()).await?.name);
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn fork(source: String, count: usize) -> anyhow::Result<ExitCode> {
-    let manager = manager().await?;
+pub async fn fork(source: String, count: usize, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
     for id in manager.fork(&source, count).await? {
         println!("{}", manager.info(&id.to_string()).await?.name);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn snapshots() -> anyhow::Result<ExitCode> {
-    let manager = manager().await?;
+pub async fn snapshots(s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
     println!(
         "{:<28} {:<20} {:<28} {:>9} {:>6}",
         "NAME", "SOURCE", "PARENT", "SIZE", "MEM"
@@ -487,8 +491,8 @@ pub async fn snapshots() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn snapshots_rm(names: Vec<String>) -> anyhow::Result<ExitCode> {
-    let manager = manager().await?;
+pub async fn snapshots_rm(names: Vec<String>, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
     for n in names {
         manager.delete_snapshot(&n).await?;
         println!("{n}");

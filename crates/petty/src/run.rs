@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
+use petty_config::Settings;
 use petty_core::{ExecEvent, ExecRequest, Sandbox};
-use petty_vmm::{choose_backend, runtime_root, sweep_stale_run_dirs};
+use petty_vmm::sweep_stale_run_dirs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -13,7 +14,7 @@ use crate::cli::{ensure_assets, RunArgs};
 /// Exit code when `--timeout` killed the command (as GNU `timeout` uses).
 const EXIT_TIMEOUT: u8 = 124;
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: RunArgs, s: &Settings) -> anyhow::Result<ExitCode> {
     // Everything that can be checked is checked before a VM starts.
     let argv = match (&args.python, &args.sh, args.command.is_empty()) {
         (Some(code), _, _) => petty_core::code_argv("python", code)?,
@@ -23,7 +24,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "nothing to run\nhint: petty run -- CMD [ARGS...], or petty run --python CODE, or petty run --sh SCRIPT"
         ),
     };
-    let mut builder = args.vm.builder();
+    let mut builder = args.vm.builder(s);
     if let Some(k) = &args.kernel {
         builder = builder.kernel(k);
     }
@@ -31,12 +32,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         builder = builder.rootfs(r);
     }
     let config = builder.build()?;
-    let (vmm, notice) = choose_backend(args.vm.backend.as_deref(), runtime_root())?;
+    let (vmm, notice) = petty::settings::backend(s, args.vm.backend(s))?;
     vmm.check()?;
     if config.kernel.is_none() || config.rootfs.is_none() {
-        ensure_assets(true).await?;
+        ensure_assets(s, true).await?;
     }
-    sweep_stale_run_dirs(&runtime_root());
+    sweep_stale_run_dirs(&s.paths.run_dir);
     eprintln!("{notice}");
 
     let req = args.exec.request(argv)?;

@@ -8,7 +8,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use petty_image::{cache_dir, Assets, ImageBuilder, AGENT_SHA256};
+use petty_image::{Assets, ImageBuilder, AGENT_SHA256};
+
+/// The cache `petty` uses under this environment's settings.
+fn cache_dir() -> std::path::PathBuf {
+    petty_config::load(&petty_config::Sources::process())
+        .expect("the test environment's settings")
+        .settings
+        .paths
+        .cache_dir
+}
 use sha2::{Digest, Sha256};
 
 /// Why the real build cannot run here, if it cannot.

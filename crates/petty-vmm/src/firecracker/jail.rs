@@ -53,19 +53,20 @@ impl JailerConfig {
         }
     }
 
-    /// Reads `PETTY_JAILER` (the binary; jailing is on when it is set),
-    /// `PETTY_JAILER_UID`, `PETTY_JAILER_GID` (both required then),
-    /// `PETTY_JAILER_CHROOT_BASE` and `PETTY_JAILER_CGROUPS` (`file=value`
-    /// pairs separated by `;`) through `var`. `Ok(None)` when jailing is off;
+    /// Reads, through `var` (given a key's name, its value), the settings
+    /// `backend.firecracker.jailer` (the binary; jailing is on when it is set),
+    /// `backend.firecracker.jailer_uid`, `backend.firecracker.jailer_gid` (both required then),
+    /// `backend.firecracker.jailer_chroot_base` and `backend.firecracker.jailer_cgroups` (`file=value`
+    /// pairs separated by `;`). `Ok(None)` when jailing is off;
     /// `Err` names the setting that is wrong.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
+    pub fn from_settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
         let var = |k: &str| var(k).filter(|v| !v.trim().is_empty());
-        let Some(binary) = var("PETTY_JAILER") else {
+        let Some(binary) = var("backend.firecracker.jailer") else {
             return Ok(None);
         };
         let id = |k: &str| -> Result<u32, String> {
             let v = var(k).ok_or_else(|| {
-                format!("PETTY_JAILER is set but {k} is not; give the uid/gid Firecracker runs as")
+                format!("backend.firecracker.jailer is set but {k} is not; give the uid/gid Firecracker runs as")
             })?;
             v.trim()
                 .parse()
@@ -73,13 +74,13 @@ impl JailerConfig {
         };
         let mut config = Self::new(
             binary.trim(),
-            id("PETTY_JAILER_UID")?,
-            id("PETTY_JAILER_GID")?,
+            id("backend.firecracker.jailer_uid")?,
+            id("backend.firecracker.jailer_gid")?,
         );
-        if let Some(base) = var("PETTY_JAILER_CHROOT_BASE") {
+        if let Some(base) = var("backend.firecracker.jailer_chroot_base") {
             config.chroot_base = PathBuf::from(base.trim());
         }
-        if let Some(list) = var("PETTY_JAILER_CGROUPS") {
+        if let Some(list) = var("backend.firecracker.jailer_cgroups") {
             config.cgroups = parse_cgroups(&list)?;
         }
         config.validate()?;
@@ -168,7 +169,7 @@ fn parse_cgroups(list: &str) -> Result<Vec<(String, String)>, String> {
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
                 .ok_or_else(|| {
                     format!(
-                        "PETTY_JAILER_CGROUPS: {item:?} is not `file=value` (e.g. memory.max=1G)"
+                        "backend.firecracker.jailer_cgroups: {item:?} is not `file=value` (e.g. memory.max=1G)"
                     )
                 })
         })
@@ -304,14 +305,14 @@ mod tests {
 
     #[test]
     fn the_environment_turns_the_jailer_on_and_says_what_is_wrong() {
-        assert_eq!(JailerConfig::from_vars(vars(&[])).unwrap(), None);
-        let c = JailerConfig::from_vars(vars(&[
-            ("PETTY_JAILER", "/usr/bin/jailer"),
-            ("PETTY_JAILER_UID", "123"),
-            ("PETTY_JAILER_GID", "100"),
-            ("PETTY_JAILER_CHROOT_BASE", "/var/jail"),
+        assert_eq!(JailerConfig::from_settings(vars(&[])).unwrap(), None);
+        let c = JailerConfig::from_settings(vars(&[
+            ("backend.firecracker.jailer", "/usr/bin/jailer"),
+            ("backend.firecracker.jailer_uid", "123"),
+            ("backend.firecracker.jailer_gid", "100"),
+            ("backend.firecracker.jailer_chroot_base", "/var/jail"),
             (
-                "PETTY_JAILER_CGROUPS",
+                "backend.firecracker.jailer_cgroups",
                 "cpu.max=50000 100000; memory.max=1G;cpuset.cpus=0,2",
             ),
         ]))
@@ -327,45 +328,48 @@ mod tests {
                 ("cpuset.cpus".into(), "0,2".into()),
             ]
         );
-        let default_base = JailerConfig::from_vars(vars(&[
-            ("PETTY_JAILER", "jailer"),
-            ("PETTY_JAILER_UID", "1"),
-            ("PETTY_JAILER_GID", "1"),
+        let default_base = JailerConfig::from_settings(vars(&[
+            ("backend.firecracker.jailer", "jailer"),
+            ("backend.firecracker.jailer_uid", "1"),
+            ("backend.firecracker.jailer_gid", "1"),
         ]))
         .unwrap()
         .unwrap();
         assert_eq!(default_base.chroot_base, Path::new(DEFAULT_CHROOT_BASE));
 
         for (bad, says) in [
-            (vec![("PETTY_JAILER", "jailer")], "PETTY_JAILER_UID"),
+            (
+                vec![("backend.firecracker.jailer", "jailer")],
+                "backend.firecracker.jailer_uid",
+            ),
             (
                 vec![
-                    ("PETTY_JAILER", "jailer"),
-                    ("PETTY_JAILER_UID", "x"),
-                    ("PETTY_JAILER_GID", "1"),
+                    ("backend.firecracker.jailer", "jailer"),
+                    ("backend.firecracker.jailer_uid", "x"),
+                    ("backend.firecracker.jailer_gid", "1"),
                 ],
                 "not a numeric id",
             ),
             (
                 vec![
-                    ("PETTY_JAILER", "jailer"),
-                    ("PETTY_JAILER_UID", "1"),
-                    ("PETTY_JAILER_GID", "1"),
-                    ("PETTY_JAILER_CGROUPS", "memory"),
+                    ("backend.firecracker.jailer", "jailer"),
+                    ("backend.firecracker.jailer_uid", "1"),
+                    ("backend.firecracker.jailer_gid", "1"),
+                    ("backend.firecracker.jailer_cgroups", "memory"),
                 ],
-                "PETTY_JAILER_CGROUPS",
+                "backend.firecracker.jailer_cgroups",
             ),
             (
                 vec![
-                    ("PETTY_JAILER", "jailer"),
-                    ("PETTY_JAILER_UID", "1"),
-                    ("PETTY_JAILER_GID", "1"),
-                    ("PETTY_JAILER_CHROOT_BASE", "relative/base"),
+                    ("backend.firecracker.jailer", "jailer"),
+                    ("backend.firecracker.jailer_uid", "1"),
+                    ("backend.firecracker.jailer_gid", "1"),
+                    ("backend.firecracker.jailer_chroot_base", "relative/base"),
                 ],
                 "absolute",
             ),
         ] {
-            let e = JailerConfig::from_vars(vars(&bad)).unwrap_err();
+            let e = JailerConfig::from_settings(vars(&bad)).unwrap_err();
             assert!(e.contains(says), "{e:?} should mention {says}");
         }
     }

@@ -36,7 +36,7 @@
 //!
 //! The `memory` setting of [`VmConfig`] is not used: Firecracker boots with
 //! anonymous memory, and its snapshots always keep memory in a file of
-//! their own ([`Vmm::snapshot_ram_is_file`]).
+//! their own, so [`Vmm::share_snapshot_ram`] has nothing to do.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -101,42 +101,46 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Firecracker backend.
 pub struct FirecrackerVmm {
     binary: String,
+    search_path: Vec<PathBuf>,
     root: PathBuf,
     jailer: Option<JailerConfig>,
     tap: Option<String>,
     diff_snapshots: bool,
-    /// A setting from the environment that could not be read: every start
-    /// fails with it rather than silently running unjailed.
+    /// A jailer setting that is wrong: every start fails with it rather
+    /// than silently running unjailed.
     settings_error: Option<String>,
     turns: BootTurns,
 }
 
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
-}
-
 impl FirecrackerVmm {
-    /// A backend keeping run directories under `root`, set up from the
-    /// environment: `PETTY_FIRECRACKER` (the binary), `PETTY_JAILER*` (see
-    /// [`JailerConfig::from_vars`]), `PETTY_FIRECRACKER_TAP` (a host TAP
-    /// device for a network interface) and `PETTY_FIRECRACKER_DIFF=1` (Diff
-    /// snapshots).
+    /// A backend keeping run directories under `root`, running
+    /// `firecracker` from the standard directories, unjailed, without a
+    /// network interface, with Full snapshots; the `with_*` methods change
+    /// each.
     pub fn new(root: PathBuf) -> Self {
-        let (jailer, settings_error) = match JailerConfig::from_vars(|k| std::env::var(k).ok()) {
-            Ok(j) => (j, None),
-            Err(e) => (None, Some(e)),
-        };
         Self {
-            binary: std::env::var("PETTY_FIRECRACKER").unwrap_or_else(|_| "firecracker".into()),
-            jailer,
-            tap: std::env::var("PETTY_FIRECRACKER_TAP")
-                .ok()
-                .filter(|t| !t.trim().is_empty()),
-            diff_snapshots: env_flag("PETTY_FIRECRACKER_DIFF"),
-            settings_error,
+            binary: "firecracker".into(),
+            search_path: crate::standard_path(),
+            jailer: None,
+            tap: None,
+            diff_snapshots: false,
+            settings_error: None,
             turns: BootTurns::new(&root, crate::turns::host_cpus()),
             root,
         }
+    }
+
+    /// Looks for binaries given by name in these directories instead of
+    /// the standard ones.
+    pub fn with_search_path(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.search_path = dirs;
+        self
+    }
+
+    /// Refuses every start with `why` (a setting that could not be read).
+    pub fn with_settings_error(mut self, why: Option<String>) -> Self {
+        self.settings_error = why;
+        self
     }
 
     /// Lets `slots` VMs start at once on this host (see [`BootTurns`]).
@@ -187,8 +191,7 @@ impl FirecrackerVmm {
         self.diff_snapshots
     }
 
-    /// A setting from the environment that could not be read (every start
-    /// then fails with it).
+    /// A setting that could not be read (every start then fails with it).
     pub fn settings_error(&self) -> Option<&str> {
         self.settings_error.as_deref()
     }
@@ -199,15 +202,20 @@ impl FirecrackerVmm {
         if let Some(e) = &self.settings_error {
             return Err(e.clone());
         }
-        let binary =
-            find_on_path(&self.binary).ok_or_else(|| format!("no `{}` on PATH", self.binary))?;
+        let binary = find_on_path(&self.binary, &self.search_path)
+            .ok_or_else(|| format!("no `{}` on the search path", self.binary))?;
         if let Some(j) = &self.jailer {
-            find_on_path(&j.binary).ok_or_else(|| {
-                format!("PETTY_JAILER is set but there is no `{}` on PATH", j.binary)
+            find_on_path(&j.binary, &self.search_path).ok_or_else(|| {
+                format!(
+                    "backend.firecracker.jailer is set but there is no `{}` on the search path",
+                    j.binary
+                )
             })?;
             // SAFETY: geteuid cannot fail.
             if unsafe { libc::geteuid() } != 0 {
-                return Err("the jailer must run as root (PETTY_JAILER is set)".into());
+                return Err(
+                    "the jailer must run as root (backend.firecracker.jailer is set)".into(),
+                );
             }
             jailed_exec_file(&binary)?;
         }
@@ -225,13 +233,17 @@ impl FirecrackerVmm {
                 reason: reason.clone(),
             });
         }
-        let binary = find_on_path(&self.binary).ok_or_else(|| VmmError::BinaryMissing {
-            binary: self.binary.clone(),
+        let binary = find_on_path(&self.binary, &self.search_path).ok_or_else(|| {
+            VmmError::BinaryMissing {
+                binary: self.binary.clone(),
+            }
         })?;
         let jailer = match &self.jailer {
             Some(j) => {
-                let program = find_on_path(&j.binary).ok_or_else(|| VmmError::BinaryMissing {
-                    binary: j.binary.clone(),
+                let program = find_on_path(&j.binary, &self.search_path).ok_or_else(|| {
+                    VmmError::BinaryMissing {
+                        binary: j.binary.clone(),
+                    }
                 })?;
                 let exec_file =
                     jailed_exec_file(&binary).map_err(|reason| VmmError::Unavailable {
@@ -680,8 +692,8 @@ impl VmFacts {
 }
 
 impl Vmm for FirecrackerVmm {
-    fn name(&self) -> &'static str {
-        "firecracker"
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Firecracker
     }
 
     fn boot_turns(&self) -> &BootTurns {
@@ -696,12 +708,12 @@ impl Vmm for FirecrackerVmm {
         true
     }
 
-    fn snapshot_ram_is_file(&self) -> bool {
-        true
+    fn snapshot_disk(&self, dir: &Path) -> PathBuf {
+        dir.join(SNAPSHOT_ROOTFS)
     }
 
     fn binary_path(&self) -> Option<PathBuf> {
-        find_on_path(&self.binary)
+        find_on_path(&self.binary, &self.search_path)
     }
 
     fn check(&self) -> Result<(), VmmError> {

@@ -87,18 +87,8 @@ impl World {
 
     fn config(&self, id: &str, restore_from: Option<&Path>) -> VmConfig {
         VmConfig {
-            id: id.into(),
-            kernel: self.path("vmlinux"),
-            rootfs: self.path("rootfs.ext4"),
-            memory_mib: 256,
-            vcpus: 2,
-            extra_cmdline: Vec::new(),
-            die_with_parent: true,
             restore_from: restore_from.map(Path::to_path_buf),
-            memory: Default::default(),
-            start_paused: false,
-            disk_size_mib: None,
-            standby: false,
+            ..VmConfig::new(id, self.path("vmlinux"), self.path("rootfs.ext4"))
         }
     }
 

@@ -223,7 +223,7 @@ mod bad_input {
     fn missing_qemu() {
         refused(
             &["run", "--", "true"],
-            &[("PETTY_QEMU", "/no/such/qemu")],
+            &[("PETTY_BACKEND_QEMU_BINARY", "/no/such/qemu")],
             "hint: run `scripts/install-deps`",
         );
     }
@@ -242,7 +242,7 @@ fn doctor_reports_what_the_host_has_and_how_to_fix_gaps() {
 
     let out = petty(root.path())
         .arg("doctor")
-        .env("PETTY_QEMU", "/no/such/qemu")
+        .env("PETTY_BACKEND_QEMU_BINARY", "/no/such/qemu")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

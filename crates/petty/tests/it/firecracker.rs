@@ -1,8 +1,8 @@
 //! The Firecracker backend with real VMs. They run where a `firecracker`
 //! binary and a KVM that boots its guests exist; elsewhere each test prints
 //! one line saying what is missing and returns. The jailer's settings
-//! (`PETTY_JAILER*`), a TAP device and Diff snapshots come from the
-//! environment, as for `petty` itself, so the same tests run jailed where
+//! (`backend.firecracker.jailer*`), a TAP device and Diff snapshots come
+//! from the settings, as for `petty` itself, so the same tests run jailed where
 //! those are set. (What the backend asks of Firecracker, where it puts each
 //! file, the jail and its removal, and the merge of Diff memory are tested
 //! without Firecracker in `crates/petty-vmm/tests/it/firecracker_vmm.rs`.)
@@ -11,13 +11,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use petty_core::{ManagerConfig, Sandbox, SandboxConfig, SandboxManager};
+use petty_core::{ManagerConfig, Sandbox, SandboxManager};
 use petty_vmm::firecracker::FirecrackerVmm;
 
 use crate::{leftovers, petty, processes_mentioning, run_root, Env};
 
 fn firecracker(root: &std::path::Path) -> Option<FirecrackerVmm> {
-    let fc = FirecrackerVmm::new(root.to_path_buf());
+    let fc = petty::settings::backend_options(crate::settings()).firecracker(root.to_path_buf());
     match fc.availability() {
         Ok(_) => {
             crate::assets();
@@ -76,9 +76,7 @@ async fn boots_runs_commands_moves_files_and_snapshots() {
     let Some(fc) = firecracker(root.path()) else {
         return;
     };
-    let sb = Sandbox::create(&fc, SandboxConfig::default())
-        .await
-        .unwrap();
+    let sb = Sandbox::create(&fc, crate::sandbox_config()).await.unwrap();
     let r = sb.execute("echo hello; uname -r").await.unwrap();
     assert!(r.stdout.starts_with("hello\n6.1."), "{r:?}");
     sb.write_file("/root/x", b"over vsock").await.unwrap();
@@ -106,7 +104,7 @@ async fn a_snapshot_restores_with_its_files_and_its_running_processes() {
     // Templates on: the first create makes the template (a Firecracker
     // snapshot) and restores from it, so this covers templates too.
     let m = manager(fc, env.config()).await;
-    m.create(SandboxConfig::builder().name("origin").build().unwrap())
+    m.create(crate::config_builder().name("origin").build().unwrap())
         .await
         .unwrap();
     assert!(
@@ -169,7 +167,7 @@ async fn forks_of_one_snapshot_run_at_once_each_with_its_own_writes() {
     };
     let jails = fc.jailer().map(|j| j.chroot_base.clone());
     let m = manager(fc, env.config()).await;
-    m.create(SandboxConfig::builder().name("parent").build().unwrap())
+    m.create(crate::config_builder().name("parent").build().unwrap())
         .await
         .unwrap();
     sh(&m, "parent", "echo base > /root/shared").await;
@@ -235,7 +233,7 @@ async fn a_diff_snapshot_of_a_clone_restores_what_the_clone_wrote() {
     };
     let jails = fc.jailer().map(|j| j.chroot_base.clone());
     let m = manager(fc.with_diff_snapshots(true), env.config()).await;
-    m.create(SandboxConfig::builder().name("base").build().unwrap())
+    m.create(crate::config_builder().name("base").build().unwrap())
         .await
         .unwrap();
     m.snapshot("base", "s1").await.unwrap();
@@ -273,7 +271,7 @@ fn sigkill_of_the_managing_process_leaves_nothing_once_the_next_run_sweeps() {
     };
     let jails = fc.jailer().map(|j| j.chroot_base.clone());
     let mut child = petty(root.path())
-        .env("PETTY_BACKEND", "firecracker")
+        .env("PETTY_BACKEND_KIND", "firecracker")
         .args(["run", "--", "sleep", "1000"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -308,7 +306,7 @@ fn sigkill_of_the_managing_process_leaves_nothing_once_the_next_run_sweeps() {
     // Unjailed, Firecracker dies with petty (PR_SET_PDEATHSIG); jailed, the
     // next run's sweep kills it. Either way the next run removes its files.
     let out = petty(root.path())
-        .env("PETTY_BACKEND", "firecracker")
+        .env("PETTY_BACKEND_KIND", "firecracker")
         .args(["run", "--", "true"])
         .output()
         .unwrap();

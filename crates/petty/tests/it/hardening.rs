@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use petty_core::{CoreError, Sandbox, SandboxConfig, SandboxState};
+use petty_core::{CoreError, Sandbox, SandboxState};
 
 use crate::{leftovers, processes_mentioning, Env};
 
@@ -24,7 +24,7 @@ fn a_run_root_another_user_could_prepare_is_refused() {
     std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = env
         .cmd()
-        .env("PETTY_RUN_DIR", open.path())
+        .env("PETTY_PATHS_RUN_DIR", open.path())
         .args(["run", "--", "true"])
         .output()
         .unwrap();
@@ -40,7 +40,7 @@ fn a_run_root_another_user_could_prepare_is_refused() {
         std::os::unix::fs::chown(theirs.path(), Some(65534), Some(65534)).unwrap();
         let out = env
             .cmd()
-            .env("PETTY_RUN_DIR", theirs.path())
+            .env("PETTY_PATHS_RUN_DIR", theirs.path())
             .args(["create", "--name", "x"])
             .output()
             .unwrap();
@@ -80,7 +80,7 @@ fn nothing_is_written_through_a_link_at_the_old_shared_tsc_path() {
 async fn a_guest_that_powers_off_ends_the_exec_in_flight_with_the_cause() {
     let env = Env::new();
     let m = env.manager(env.config()).await;
-    m.create(SandboxConfig::builder().name("off").build().unwrap())
+    m.create(crate::config_builder().name("off").build().unwrap())
         .await
         .unwrap();
     let pid = m.info("off").await.unwrap().vmm_pid.unwrap();
@@ -125,7 +125,7 @@ async fn a_guest_that_powers_off_ends_the_exec_in_flight_with_the_cause() {
 
     // How soon after the power-off a streamed exec hears of it: the guest
     // prints its clock (set from the host's) just before the syscall.
-    m.create(SandboxConfig::builder().name("off2").build().unwrap())
+    m.create(crate::config_builder().name("off2").build().unwrap())
         .await
         .unwrap();
     let sb = m.get("off2").await.unwrap();
@@ -169,7 +169,7 @@ async fn a_guest_that_powers_off_ends_the_exec_in_flight_with_the_cause() {
 
     // An unmanaged sandbox (`petty run`'s) too.
     let vmm = crate::vmm(env.root.path());
-    let sb = Sandbox::create(&vmm, SandboxConfig::default())
+    let sb = Sandbox::create(&vmm, crate::sandbox_config())
         .await
         .unwrap();
     let r = tokio::time::timeout(Duration::from_secs(10), sb.execute(POWER_OFF_SOON))

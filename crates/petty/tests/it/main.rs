@@ -13,6 +13,7 @@ mod hardening;
 mod manager;
 mod sandbox;
 mod serve;
+mod settings;
 mod snapshots;
 mod standby;
 mod teardown;
@@ -22,17 +23,53 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use petty_config::Settings;
 use petty_vmm::qemu::QemuVmm;
-use petty_vmm::AccelChoice;
+
+/// The settings the tests run under, loaded as `petty` loads them, from
+/// this process's environment (`scripts/test` sets `PETTY_NO_CONFIG`, so
+/// no file of the machine's changes them): where the guest assets are,
+/// which QEMU, the Firecracker backend's options.
+pub fn settings() -> &'static Settings {
+    static SETTINGS: OnceLock<Settings> = OnceLock::new();
+    SETTINGS.get_or_init(|| {
+        petty::settings::load(None, Vec::new())
+            .expect("the settings of the test environment")
+            .settings
+    })
+}
 
 /// The guest assets, built once per test process.
 pub fn assets() -> &'static petty_image::Assets {
     static ASSETS: OnceLock<petty_image::Assets> = OnceLock::new();
     ASSETS.get_or_init(|| {
-        petty_image::ImageBuilder::new(petty_image::cache_dir())
+        petty::settings::image_builder(settings())
             .ensure()
             .expect("guest assets (run scripts/install-deps, then petty image build)")
     })
+}
+
+/// A sandbox config with the defaults and the test settings' guest assets.
+pub fn sandbox_config() -> petty_core::SandboxConfig {
+    config_builder().build().unwrap()
+}
+
+/// A sandbox config builder that finds the test settings' guest assets.
+pub fn config_builder() -> petty_core::SandboxConfigBuilder {
+    petty_core::SandboxConfig::builder().assets_dir(settings().paths.cache_dir.clone())
+}
+
+/// The manager's defaults, finding the test settings' guest assets and
+/// making backends (a Firecracker one too) as `petty` would.
+pub fn manager_defaults() -> petty_core::ManagerConfig {
+    let mut c = petty::settings::manager_config(settings());
+    let d = petty_core::ManagerConfig::default();
+    // The library's defaults, not the daemon's limits.
+    c.max_sandboxes = d.max_sandboxes;
+    c.max_concurrent_boots = d.max_concurrent_boots;
+    c.templates = d.templates;
+    c.standby = d.standby;
+    c
 }
 
 /// Size of the base rootfs image in MiB: a sandbox's root disk unless it
@@ -57,7 +94,9 @@ pub const DF_ROOT: &str = "df -m --output=size /";
 /// A QEMU backend whose run directories live under `root`.
 pub fn vmm(root: &Path) -> QemuVmm {
     assets();
-    QemuVmm::new(AccelChoice::detect(), root.to_path_buf())
+    petty::settings::backend_options(settings())
+        .qemu(root.to_path_buf())
+        .0
 }
 
 /// A fresh, empty directory for one test's VM run directories.
@@ -76,7 +115,8 @@ pub fn run_root() -> tempfile::TempDir {
 pub fn petty(root: &Path) -> Command {
     assets();
     let mut c = Command::new(env!("CARGO_BIN_EXE_petty"));
-    c.env("PETTY_RUN_DIR", root);
+    c.env("PETTY_NO_CONFIG", "1")
+        .env("PETTY_PATHS_RUN_DIR", root);
     c
 }
 
@@ -110,7 +150,7 @@ impl Env {
             data_dir: self.data.path().to_path_buf(),
             reap_interval: std::time::Duration::from_millis(200),
             standby: false,
-            ..petty_core::ManagerConfig::default()
+            ..manager_defaults()
         }
     }
 
@@ -123,7 +163,7 @@ impl Env {
     /// `petty` on this world's directories.
     pub fn cmd(&self) -> Command {
         let mut c = petty(self.root.path());
-        c.env("PETTY_DATA_DIR", self.data.path());
+        c.env("PETTY_PATHS_DATA_DIR", self.data.path());
         c
     }
 

@@ -2,9 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use petty_core::{
-    CoreError, ManagerConfig, PoolConfig, SandboxConfig, SandboxManager, SandboxPool, SandboxState,
-};
+use petty_core::{CoreError, ManagerConfig, PoolConfig, SandboxManager, SandboxPool, SandboxState};
 
 use crate::{base_image_mib, df_size_mib, leftovers, processes_mentioning, vmm, Env, DF_ROOT};
 
@@ -60,7 +58,7 @@ async fn capacity_error_past_the_limit_and_bad_names() {
             ..env.config()
         })
         .await;
-    let a = SandboxConfig::builder().name("alpha").build().unwrap();
+    let a = crate::config_builder().name("alpha").build().unwrap();
     m.create(a.clone()).await.unwrap();
     match m.create(a).await {
         Err(CoreError::NameTaken(n)) => assert_eq!(n, "alpha"),
@@ -92,7 +90,7 @@ async fn capacity_error_past_the_limit_and_bad_names() {
 async fn ttl_destroys_and_records_why() {
     let env = Env::new();
     let m = env.manager(env.config()).await;
-    let cfg = SandboxConfig::builder()
+    let cfg = crate::config_builder()
         .name("short-lived")
         .ttl(Duration::from_secs(2))
         .build()
@@ -119,7 +117,7 @@ async fn failed_create_leaves_no_row_process_or_file() {
         .await;
     let junk = env.data.path().join("junk-kernel");
     std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
-    let cfg = SandboxConfig::builder()
+    let cfg = crate::config_builder()
         .name("doomed")
         .kernel(&junk)
         .build()
@@ -137,11 +135,11 @@ async fn a_new_manager_finds_live_sandboxes_and_reaps_dead_ones() {
     let env = Env::new();
     let first = env.manager(env.config()).await;
     first
-        .create(SandboxConfig::builder().name("keeper").build().unwrap())
+        .create(crate::config_builder().name("keeper").build().unwrap())
         .await
         .unwrap();
     first
-        .create(SandboxConfig::builder().name("goner").build().unwrap())
+        .create(crate::config_builder().name("goner").build().unwrap())
         .await
         .unwrap();
     first
@@ -179,7 +177,7 @@ async fn a_new_manager_finds_live_sandboxes_and_reaps_dead_ones() {
 async fn health_check_marks_a_dead_vm_failed() {
     let env = Env::new();
     let m = env.manager(env.config()).await;
-    m.create(SandboxConfig::builder().name("fragile").build().unwrap())
+    m.create(crate::config_builder().name("fragile").build().unwrap())
         .await
         .unwrap();
     m.execute("fragile", "true").await.unwrap();
@@ -255,19 +253,17 @@ async fn register_adopts_a_sandbox_or_hands_it_back() {
             ..env.config()
         })
         .await;
-    let sb = petty_core::Sandbox::create(
-        &v,
-        SandboxConfig::builder().name("adopted").build().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sb =
+        petty_core::Sandbox::create(&v, crate::config_builder().name("adopted").build().unwrap())
+            .await
+            .unwrap();
     let id = m.register(sb).await.map_err(|(e, _)| e).unwrap();
     assert_eq!(
         m.execute("adopted", "echo hi").await.unwrap().stdout,
         "hi\n"
     );
     // At the limit, the sandbox comes back with the error, for the caller to clean up.
-    let extra = petty_core::Sandbox::create(&v, SandboxConfig::default())
+    let extra = petty_core::Sandbox::create(&v, crate::sandbox_config())
         .await
         .unwrap();
     let (err, extra) = m.register(extra).await.unwrap_err();
@@ -281,7 +277,7 @@ async fn register_adopts_a_sandbox_or_hands_it_back() {
 async fn pause_resume_and_idle_timeout() {
     let env = Env::new();
     let m = env.manager(env.config()).await;
-    let cfg = SandboxConfig::builder()
+    let cfg = crate::config_builder()
         .name("napper")
         .idle_timeout(Duration::from_secs(3))
         .build()
@@ -355,7 +351,7 @@ async fn template_creates_get_the_disk_size_asked_for() {
     let env = Env::new();
     let m = env.manager(env.config()).await;
     let base = base_image_mib();
-    let named = |n: &str| SandboxConfig::builder().name(n);
+    let named = |n: &str| crate::config_builder().name(n);
     m.create(named("plain").disk_free_mib(0).build().unwrap())
         .await
         .unwrap();
@@ -416,9 +412,9 @@ async fn each_sandbox_picks_its_backend_and_snapshots_remember_it() {
     let env = Env::new();
     let m = env.manager(env.config()).await;
     // Asked for by name, QEMU runs it; the row and its snapshots say so.
-    let cfg = SandboxConfig::builder()
+    let cfg = crate::config_builder()
         .name("on-qemu")
-        .backend("qemu")
+        .backend(petty_core::BackendKind::Qemu)
         .build()
         .unwrap();
     m.create(cfg).await.unwrap();
@@ -430,13 +426,14 @@ async fn each_sandbox_picks_its_backend_and_snapshots_remember_it() {
 
     // A backend this host cannot run is refused before any row or VM exists,
     // saying why.
-    let fc = petty_vmm::firecracker::FirecrackerVmm::new(env.root.path().to_path_buf());
+    let fc = petty::settings::backend_options(crate::settings())
+        .firecracker(env.root.path().to_path_buf());
     match fc.availability() {
         Ok(_) => eprintln!("firecracker is usable here: the refusal is not checked"),
         Err(why) => {
-            let cfg = SandboxConfig::builder()
+            let cfg = crate::config_builder()
                 .name("on-fc")
-                .backend("firecracker")
+                .backend(petty_core::BackendKind::Firecracker)
                 .build()
                 .unwrap();
             let e = m.create(cfg).await.unwrap_err().to_string();
@@ -444,7 +441,7 @@ async fn each_sandbox_picks_its_backend_and_snapshots_remember_it() {
             assert!(!m.exists("on-fc").await.unwrap());
         }
     }
-    let e = SandboxConfig::builder().backend("xen").build().unwrap_err();
+    let e = petty_core::backend_choice("xen").unwrap_err();
     assert!(e.to_string().contains("backend \"xen\""), "{e}");
 
     m.destroy_all().await.unwrap();

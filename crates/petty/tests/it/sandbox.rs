@@ -1,13 +1,13 @@
 //! The `petty-core` library against a real VM: one sandbox, many operations.
 
-use petty_core::{CoreError, ExecRequest, Sandbox, SandboxConfig};
+use petty_core::{CoreError, ExecRequest, Sandbox};
 use petty_vmm::Vmm;
 use sha2::{Digest, Sha256};
 
 use crate::{base_image_mib, df_size_mib, leftovers, processes_mentioning, run_root, vmm, DF_ROOT};
 
 async fn sandbox(root: &std::path::Path) -> Sandbox {
-    Sandbox::create(&vmm(root), SandboxConfig::builder().build().unwrap())
+    Sandbox::create(&vmm(root), crate::config_builder().build().unwrap())
         .await
         .expect("sandbox boots")
 }
@@ -148,7 +148,7 @@ async fn twenty_execs_in_flight_on_one_sandbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_reports_its_own_kernel_and_limits() {
     let root = run_root();
-    let config = SandboxConfig::builder()
+    let config = crate::config_builder()
         .memory_mib(384)
         .vcpu_count(1)
         .build()
@@ -183,14 +183,14 @@ async fn a_larger_disk_grows_the_root_file_system_at_boot() {
     let root = run_root();
     let vmm = vmm(root.path());
     let disk_mib = base_image_mib() + 512;
-    let big = SandboxConfig::builder()
+    let big = crate::config_builder()
         .disk_size_mib(disk_mib)
         .build()
         .unwrap();
     let (plain, big) = tokio::join!(
         Sandbox::create(
             &vmm,
-            SandboxConfig::builder().disk_free_mib(0).build().unwrap()
+            crate::config_builder().disk_free_mib(0).build().unwrap()
         ),
         Sandbox::create(&vmm, big),
     );
@@ -224,7 +224,7 @@ async fn a_larger_disk_grows_the_root_file_system_at_boot() {
 async fn a_new_sandbox_has_room_to_work_by_default() {
     let root = run_root();
     let vmm = vmm(root.path());
-    let sb = Sandbox::create(&vmm, SandboxConfig::default())
+    let sb = Sandbox::create(&vmm, crate::sandbox_config())
         .await
         .unwrap();
     let r = sb.execute("df -m --output=avail /").await.unwrap();
@@ -249,7 +249,7 @@ async fn a_disk_smaller_than_the_image_is_refused_and_leaves_nothing() {
     let root = run_root();
     let vmm = vmm(root.path());
     let base = base_image_mib();
-    let small = SandboxConfig::builder()
+    let small = crate::config_builder()
         .disk_size_mib(base - 1)
         .build()
         .unwrap();
@@ -264,18 +264,9 @@ async fn a_disk_smaller_than_the_image_is_refused_and_leaves_nothing() {
     // The VMM refuses it as well when asked directly.
     let assets = crate::assets();
     let config = petty_vmm::VmConfig {
-        id: "too-small".into(),
-        kernel: assets.kernel.clone(),
-        rootfs: assets.rootfs.clone(),
-        memory_mib: 256,
         vcpus: 1,
-        extra_cmdline: Vec::new(),
-        die_with_parent: true,
-        restore_from: None,
-        memory: Default::default(),
-        start_paused: false,
         disk_size_mib: Some(base - 1),
-        standby: false,
+        ..petty_vmm::VmConfig::new("too-small", &assets.kernel, &assets.rootfs)
     };
     let err = vmm.start(&config).await.err().expect("refused");
     assert!(
@@ -297,7 +288,7 @@ async fn guest_aslr_is_off_under_tcg_and_on_when_asked_for() {
     let base = "grep -m1 'libc.so' /proc/self/maps | cut -d- -f1";
     let probe = format!("cat /proc/sys/kernel/randomize_va_space; {base}; {base}");
     let default = vmm(root.path());
-    if std::env::var_os("PETTY_GUEST_ASLR").is_none() {
+    if crate::settings().backend.qemu.guest_aslr == petty_config::Switch::Auto {
         let kvm = default.accel().accel == petty_vmm::Accel::Kvm;
         assert_eq!(
             default.guest_aslr(),
@@ -308,7 +299,7 @@ async fn guest_aslr_is_off_under_tcg_and_on_when_asked_for() {
     let default_aslr = default.guest_aslr();
     let asked = vmm(root.path()).with_guest_aslr(true);
     for (vmm, aslr) in [(default, default_aslr), (asked, true)] {
-        let config = SandboxConfig::builder().build().unwrap();
+        let config = crate::config_builder().build().unwrap();
         let sb = Sandbox::create(&vmm, config).await.expect("sandbox boots");
         let out = sb.execute(&probe).await.unwrap().stdout;
         let lines: Vec<&str> = out.lines().collect();

@@ -679,8 +679,8 @@ async fn mcp_over_stdio_runs_every_tool() {
     let env = Env::new();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_petty"));
     cmd.arg("mcp")
-        .env("PETTY_RUN_DIR", env.root.path())
-        .env("PETTY_DATA_DIR", env.data.path())
+        .env("PETTY_PATHS_RUN_DIR", env.root.path())
+        .env("PETTY_PATHS_DATA_DIR", env.data.path())
         .stderr(Stdio::inherit());
     crate::assets();
     let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use petty_core::{CoreError, SandboxConfig, SandboxManager};
+use petty_core::{CoreError, SandboxManager};
 
 use crate::{base_image_mib, df_size_mib, Env, DF_ROOT};
 
 async fn named(m: &SandboxManager, name: &str) -> String {
     let id = m
-        .create(SandboxConfig::builder().name(name).build().unwrap())
+        .create(crate::config_builder().name(name).build().unwrap())
         .await
         .unwrap();
     m.info(&id.to_string()).await.unwrap().name
@@ -218,7 +218,7 @@ async fn restores_keep_or_grow_the_snapshot_disk_never_shrink_it() {
     let env = Env::new();
     let m = env.manager(env.config()).await;
     let base = base_image_mib();
-    let named = |n: &str| SandboxConfig::builder().name(n);
+    let named = |n: &str| crate::config_builder().name(n);
     let df = |key: &'static str| {
         let m = m.clone();
         async move { df_size_mib(&sh(&m, key, DF_ROOT).await) }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use petty_core::{ManagerConfig, SandboxConfig, SandboxManager};
+use petty_core::{ManagerConfig, SandboxManager};
 use petty_vmm::{sweep_stale_run_dirs, DETACHED_MARKER, PID_FILE};
 
 use crate::{base_image_mib, df_size_mib, leftovers, processes_mentioning, Env, DF_ROOT};
@@ -43,7 +43,7 @@ async fn standby_dir(env: &Env, m: &SandboxManager) -> PathBuf {
 /// template and booted; a standby followed. The standby's run directory.
 async fn first_and_a_standby(env: &Env) -> (SandboxManager, PathBuf) {
     let m = env.manager(with_standby(env)).await;
-    m.create(SandboxConfig::builder().name("first").build().unwrap())
+    m.create(crate::config_builder().name("first").build().unwrap())
         .await
         .unwrap();
     let standby = standby_dir(env, &m).await;
@@ -79,7 +79,7 @@ async fn a_create_from_a_template_restores_into_the_standby_vmm() {
     // store's, with the disk the template was made with.
     let disk_mib = base_image_mib() + petty_core::DEFAULT_DISK_FREE_MIB;
     let id = m
-        .create(SandboxConfig::builder().name("second").build().unwrap())
+        .create(crate::config_builder().name("second").build().unwrap())
         .await
         .unwrap();
     let info = m.info(&id.to_string()).await.unwrap();
@@ -130,7 +130,7 @@ async fn a_sweep_spares_a_live_managers_standby_and_a_dead_one_is_not_used() {
     // SAFETY: signalling the standby QEMU this test's manager started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let id = m
-        .create(SandboxConfig::builder().name("second").build().unwrap())
+        .create(crate::config_builder().name("second").build().unwrap())
         .await
         .unwrap();
     let info = m.info(&id.to_string()).await.unwrap();

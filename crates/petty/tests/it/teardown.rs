@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use petty_core::{CoreError, Sandbox, SandboxConfig};
+use petty_core::{CoreError, Sandbox};
 
 use crate::{leftovers, petty, processes_mentioning, run_root, vmm};
 
@@ -32,7 +32,7 @@ async fn bad_kernel_fails_create_and_leaves_nothing() {
     let root = run_root();
     let junk = root.path().with_extension("junk-kernel");
     std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
-    let config = SandboxConfig::builder()
+    let config = crate::config_builder()
         .kernel(&junk)
         .connect_timeout(Duration::from_secs(5))
         .build()
@@ -59,7 +59,7 @@ async fn agent_that_never_answers_fails_create_and_leaves_nothing() {
     // and the agent never answers.
     let junk = root.path().with_extension("junk-rootfs");
     std::fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
-    let config = SandboxConfig::builder()
+    let config = crate::config_builder()
         .rootfs(&junk)
         .connect_timeout(Duration::from_secs(20))
         .build()
@@ -87,7 +87,7 @@ async fn panic_while_holding_a_sandbox_kills_the_vm() {
     let root = run_root();
     let path = root.path().to_path_buf();
     let task = tokio::spawn(async move {
-        let sb = Sandbox::create(&vmm(&path), SandboxConfig::builder().build().unwrap())
+        let sb = Sandbox::create(&vmm(&path), crate::config_builder().build().unwrap())
             .await
             .unwrap();
         assert!(sb.is_healthy().await);

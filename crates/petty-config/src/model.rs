@@ -1,0 +1,433 @@
+//! The settings themselves: one typed section per concern, each key with
+//! its default. `petty.example.toml` lists every key (a test keeps it so).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Every setting, merged from all sources ([`crate::load`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where Petty keeps things.
+    pub paths: PathsSection,
+    /// The VMM backends.
+    pub backend: BackendSection,
+    /// Limits on what clients may ask for.
+    pub limits: LimitsSection,
+    /// What a create gets when it does not say.
+    pub defaults: DefaultsSection,
+    /// The daemon's warm pool.
+    pub pool: PoolSection,
+    /// The daemon: listening, keys, shutdown.
+    pub server: ServerSection,
+    /// MCP sessions.
+    pub mcp: McpSection,
+    /// Building the guest image.
+    pub image: ImageSection,
+}
+
+/// `[paths]`. Defaults follow the XDG base directories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsSection {
+    /// State: the SQLite file, snapshots, templates (default
+    /// `$XDG_DATA_HOME/petty`, else `~/.local/share/petty`).
+    pub data_dir: PathBuf,
+    /// Guest assets, kernel and rootfs (default `$XDG_CACHE_HOME/petty`,
+    /// else `~/.cache/petty`).
+    pub cache_dir: PathBuf,
+    /// The run root: one directory per VM with its sockets, disk overlay
+    /// and logs (default `$XDG_RUNTIME_DIR/petty`, else `/run/petty` for
+    /// root, else `/tmp/petty-<uid>`); it must be this user's, mode 0700.
+    pub run_dir: PathBuf,
+    /// Where programs are looked for (default: `$PATH`).
+    pub search_path: Vec<PathBuf>,
+}
+
+/// `[backend]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendSection {
+    /// `auto` (Firecracker where its binary and a KVM that boots its
+    /// guests exist, else QEMU), `qemu` or `firecracker`.
+    pub kind: BackendKind,
+    /// Guest kernel (default: the one `petty image build` made).
+    pub kernel: Option<PathBuf>,
+    /// Root filesystem image (default: the one `petty image build` made).
+    pub rootfs: Option<PathBuf>,
+    /// Create sandboxes by restoring a template snapshot (default true).
+    pub templates: bool,
+    /// A long-running process (`petty serve`, `petty mcp`) keeps one VMM
+    /// started ahead of need for each template in use (default true; QEMU).
+    pub standby: bool,
+    /// QEMU.
+    pub qemu: QemuSection,
+    /// Firecracker.
+    pub firecracker: FirecrackerSection,
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::Auto,
+            kernel: None,
+            rootfs: None,
+            templates: true,
+            standby: true,
+            qemu: QemuSection::default(),
+            firecracker: FirecrackerSection::default(),
+        }
+    }
+}
+
+/// Which VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Firecracker where it can run, else QEMU.
+    Auto,
+    /// QEMU (KVM or software emulation).
+    Qemu,
+    /// Firecracker (needs KVM).
+    Firecracker,
+}
+
+/// `[backend.qemu]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QemuSection {
+    /// The QEMU binary: a name looked for on the search path, or a path.
+    pub binary: String,
+    /// `auto` (KVM when it boots a stock kernel here, else TCG), `kvm` or `tcg`.
+    pub accel: AccelSetting,
+    /// Address randomisation inside guests: `auto` (on under KVM, off under
+    /// TCG, where QEMU 7.2 re-translates every process placed at new
+    /// addresses), `on` or `off`.
+    pub guest_aslr: Switch,
+}
+
+impl Default for QemuSection {
+    fn default() -> Self {
+        Self {
+            binary: "qemu-system-x86_64".into(),
+            accel: AccelSetting::Auto,
+            guest_aslr: Switch::Auto,
+        }
+    }
+}
+
+/// `backend.qemu.accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelSetting {
+    /// Probe the host.
+    Auto,
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// A setting that is on, off, or chosen by Petty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Petty chooses (the key's documentation says how).
+    Auto,
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+impl Switch {
+    /// `Some(true)` for on, `Some(false)` for off, `None` for auto.
+    pub fn forced(self) -> Option<bool> {
+        match self {
+            Self::Auto => None,
+            Self::On => Some(true),
+            Self::Off => Some(false),
+        }
+    }
+}
+
+/// `[backend.firecracker]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirecrackerSection {
+    /// The Firecracker binary: a name looked for on the search path, or a path.
+    pub binary: String,
+    /// A host TAP device: VMs get `eth0` on it (one VM at a time per device).
+    pub tap: Option<String>,
+    /// Track dirty pages, so a snapshot of a restored VM is a Diff.
+    pub diff_snapshots: bool,
+    /// The jailer binary: when set, Firecracker runs under it (as root).
+    pub jailer: Option<String>,
+    /// The uid jailed Firecracker runs as (required with `jailer`).
+    pub jailer_uid: Option<u32>,
+    /// The gid jailed Firecracker runs as (required with `jailer`).
+    pub jailer_gid: Option<u32>,
+    /// Where jails are built (default `/srv/jailer`).
+    pub jailer_chroot_base: Option<PathBuf>,
+    /// cgroup v2 limits of each jailed VM, `file=value` pairs separated by
+    /// `;`, e.g. `cpu.max=50000 100000;memory.max=1G`.
+    pub jailer_cgroups: Option<String>,
+}
+
+impl Default for FirecrackerSection {
+    fn default() -> Self {
+        Self {
+            binary: "firecracker".into(),
+            tap: None,
+            diff_snapshots: false,
+            jailer: None,
+            jailer_uid: None,
+            jailer_gid: None,
+            jailer_chroot_base: None,
+            jailer_cgroups: None,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Most sandboxes with a VM at once, across every Petty process sharing
+    /// the data directory (default 100); one more is refused (429).
+    pub max_concurrent_sandboxes: usize,
+    /// VMs starting at once on this host, across every Petty process that
+    /// shares its run root (default: the CPU count); more wait their turn.
+    pub max_concurrent_boots: Option<usize>,
+    /// REST and MCP sandboxes end this long after creation unless the
+    /// create says otherwise (default 3600; 0: no limit). The CLI's sandboxes
+    /// have none unless asked.
+    pub default_ttl_secs: u64,
+    /// REST and MCP sandboxes end after this long without a command or file
+    /// operation unless the create says otherwise (default 300; 0: no limit).
+    pub default_idle_timeout_secs: u64,
+    /// Largest guest memory a create may ask for, in MiB (default 8192).
+    pub max_memory_mb: u32,
+    /// Most vCPUs a create may ask for (default 8).
+    pub max_vcpu: u32,
+    /// Largest download from a guest, in MiB (default 4096; per call it can
+    /// be lifted).
+    pub max_download_mib: u64,
+    /// Largest streamed upload into a guest, in MiB (default 4096).
+    pub max_upload_mib: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_concurrent_sandboxes: 100,
+            max_concurrent_boots: None,
+            default_ttl_secs: 3600,
+            default_idle_timeout_secs: 300,
+            max_memory_mb: 8192,
+            max_vcpu: 8,
+            max_download_mib: 4096,
+            max_upload_mib: 4096,
+        }
+    }
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsSection {
+    /// vCPUs of a sandbox (default 2).
+    pub vcpu: u32,
+    /// Guest memory in MiB (default 256).
+    pub memory_mb: u32,
+    /// Root disk size in MiB (default: the image's size plus `disk_free_mb`).
+    pub disk_size_mb: Option<u32>,
+    /// Room to work on a new sandbox's root disk when no size is asked for:
+    /// this many MiB beyond the image (default 2048; 0: the image's size).
+    /// The disk is sparse, so host space is spent only as the guest writes.
+    pub disk_free_mb: u32,
+    /// Timeout of a command that sets none, in seconds (default 300).
+    pub exec_timeout_secs: u64,
+}
+
+impl Default for DefaultsSection {
+    fn default() -> Self {
+        Self {
+            vcpu: 2,
+            memory_mb: 256,
+            disk_size_mb: None,
+            disk_free_mb: 2048,
+            exec_timeout_secs: 300,
+        }
+    }
+}
+
+/// `[pool]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSection {
+    /// Warm sandboxes of the default size the daemon keeps ready (default 2;
+    /// 0 turns the pool off).
+    pub size: usize,
+    /// Pool boots in flight at once (default 1).
+    pub max_concurrent_boots: usize,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        Self {
+            size: 2,
+            max_concurrent_boots: 1,
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on (default `127.0.0.1:8080`). Anything beyond
+    /// loopback needs at least one API key.
+    pub listen: String,
+    /// Bearer keys accepted on REST and HTTP MCP; none means no auth (loopback only).
+    pub api_keys: Vec<String>,
+    /// Host names (or IP literals) a request's `Host` may name besides the
+    /// listen address, loopback addresses and `localhost`; others get 421.
+    /// No ports, no wildcards.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) of web pages allowed to call the
+    /// daemon, with CORS; a request with any other `Origin` gets 403. Empty
+    /// (the default): no page may, and CORS is off.
+    pub allowed_origins: Vec<String>,
+    /// What SIGTERM does to sandboxes: `keep` them running for the next
+    /// start (default) or `destroy` them.
+    pub on_shutdown: OnShutdown,
+    /// How long in-flight calls get to finish after SIGTERM (default 30).
+    pub shutdown_grace_secs: u64,
+    /// Largest request body in MiB (default 100); larger gets 413. File
+    /// uploads stream and have `limits.max_upload_mib` instead.
+    pub max_body_mib: u64,
+    /// Log lines as `text` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            api_keys: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            on_shutdown: OnShutdown::Keep,
+            shutdown_grace_secs: 30,
+            max_body_mib: 100,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// What happens to sandboxes when the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnShutdown {
+    /// They keep running; the next start finds them.
+    Keep,
+    /// They are destroyed.
+    Destroy,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[mcp]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpSection {
+    /// An MCP session over HTTP with no call for this long ends, and the
+    /// sandboxes it created (unless kept) go with it (default 600).
+    pub session_idle_secs: u64,
+}
+
+impl Default for McpSection {
+    fn default() -> Self {
+        Self {
+            session_idle_secs: 600,
+        }
+    }
+}
+
+/// `[image]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSection {
+    /// The Debian mirror the rootfs is built from (default: the host's own
+    /// apt sources).
+    pub debian_mirror: Option<String>,
+}
+
+/// Every key, as `section.key`: what files, the environment
+/// ([`crate::env::var_name`]) and flags can set.
+pub const KEYS: &[&str] = &[
+    "paths.data_dir",
+    "paths.cache_dir",
+    "paths.run_dir",
+    "paths.search_path",
+    "backend.kind",
+    "backend.kernel",
+    "backend.rootfs",
+    "backend.templates",
+    "backend.standby",
+    "backend.qemu.binary",
+    "backend.qemu.accel",
+    "backend.qemu.guest_aslr",
+    "backend.firecracker.binary",
+    "backend.firecracker.tap",
+    "backend.firecracker.diff_snapshots",
+    "backend.firecracker.jailer",
+    "backend.firecracker.jailer_uid",
+    "backend.firecracker.jailer_gid",
+    "backend.firecracker.jailer_chroot_base",
+    "backend.firecracker.jailer_cgroups",
+    "limits.max_concurrent_sandboxes",
+    "limits.max_concurrent_boots",
+    "limits.default_ttl_secs",
+    "limits.default_idle_timeout_secs",
+    "limits.max_memory_mb",
+    "limits.max_vcpu",
+    "limits.max_download_mib",
+    "limits.max_upload_mib",
+    "defaults.vcpu",
+    "defaults.memory_mb",
+    "defaults.disk_size_mb",
+    "defaults.disk_free_mb",
+    "defaults.exec_timeout_secs",
+    "pool.size",
+    "pool.max_concurrent_boots",
+    "server.listen",
+    "server.api_keys",
+    "server.allowed_hosts",
+    "server.allowed_origins",
+    "server.on_shutdown",
+    "server.shutdown_grace_secs",
+    "server.max_body_mib",
+    "server.log_format",
+    "mcp.session_idle_secs",
+    "image.debian_mirror",
+];
+
+/// Keys whose value is a list; from the environment, comma-separated
+/// (`paths.search_path`: colon-separated, as `PATH` is).
+pub(crate) const LIST_KEYS: &[&str] = &[
+    "server.api_keys",
+    "server.allowed_hosts",
+    "server.allowed_origins",
+    "paths.search_path",
+];

@@ -1,0 +1,8 @@
+//! The `petty` binary's edge, as a library so the benchmarks (`petty-bench`)
+//! and the end-to-end tests build what the binary builds: [`settings`]
+//! loads the configuration once and turns it into the typed values the
+//! libraries take.
+
+#![warn(missing_docs)]
+
+pub mod settings;

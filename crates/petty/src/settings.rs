@@ -1,0 +1,122 @@
+//! The edge: the settings are loaded once, here, from every source
+//! ([`petty_config::load`]), and turned into the typed values the libraries
+//! take: the backend's options, the manager's config, the image builder.
+//! Nothing below this module reads the environment.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use petty_config::{AccelSetting, BackendKind as KindSetting, Loaded, Override, Settings, Sources};
+use petty_core::{BackendKind, ManagerConfig, SandboxManager};
+use petty_image::ImageBuilder;
+use petty_vmm::firecracker::JailerConfig;
+use petty_vmm::{choose_backend, Accel, AccelChoice, BackendOptions, Vmm};
+
+/// Loads the settings: defaults, the system's and the user's files, `file`
+/// (`--config`, else `$PETTY_CONFIG`), `PETTY_<SECTION>_<KEY>` variables,
+/// then `flags`. Notices (an older variable name, a variable that is no
+/// setting) go to stderr, one line each.
+pub fn load(file: Option<PathBuf>, flags: Vec<Override>) -> anyhow::Result<Loaded> {
+    let mut sources = Sources::process();
+    sources.file = file;
+    sources.flags = flags;
+    let loaded = petty_config::load(&sources)?;
+    for n in &loaded.notices {
+        eprintln!("{n}");
+    }
+    Ok(loaded)
+}
+
+/// How backends are made under `s`.
+pub fn backend_options(s: &Settings) -> BackendOptions {
+    let q = &s.backend.qemu;
+    let fc = &s.backend.firecracker;
+    let accel = match q.accel {
+        AccelSetting::Auto => None,
+        AccelSetting::Kvm => Some(AccelChoice::forced(Accel::Kvm, "backend.qemu.accel = kvm")),
+        AccelSetting::Tcg => Some(AccelChoice::forced(Accel::Tcg, "backend.qemu.accel = tcg")),
+    };
+    let jailer = JailerConfig::from_settings(|key| match key {
+        "backend.firecracker.jailer" => fc.jailer.clone(),
+        "backend.firecracker.jailer_uid" => fc.jailer_uid.map(|v| v.to_string()),
+        "backend.firecracker.jailer_gid" => fc.jailer_gid.map(|v| v.to_string()),
+        "backend.firecracker.jailer_chroot_base" => fc
+            .jailer_chroot_base
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        "backend.firecracker.jailer_cgroups" => fc.jailer_cgroups.clone(),
+        _ => None,
+    });
+    BackendOptions {
+        search_path: Some(s.paths.search_path.clone()),
+        boot_slots: s.limits.max_concurrent_boots,
+        accel,
+        qemu_binary: Some(q.binary.clone()),
+        guest_aslr: q.guest_aslr.forced(),
+        firecracker_binary: Some(fc.binary.clone()),
+        firecracker_tap: fc.tap.clone(),
+        firecracker_diff_snapshots: fc.diff_snapshots,
+        jailer,
+    }
+}
+
+/// `backend.kind` as a choice (`None`: auto).
+pub fn configured_backend(s: &Settings) -> Option<BackendKind> {
+    match s.backend.kind {
+        KindSetting::Auto => None,
+        KindSetting::Qemu => Some(BackendKind::Qemu),
+        KindSetting::Firecracker => Some(BackendKind::Firecracker),
+    }
+}
+
+/// The backend `choice` names, else `backend.kind`, with its run
+/// directories under `paths.run_dir`, and the line saying which it is.
+pub fn backend(
+    s: &Settings,
+    choice: Option<BackendKind>,
+) -> anyhow::Result<(Box<dyn Vmm>, String)> {
+    let kind = choice.or_else(|| configured_backend(s));
+    Ok(choose_backend(
+        kind,
+        s.paths.run_dir.clone(),
+        &backend_options(s),
+    )?)
+}
+
+/// The manager's config under `s`: state in `paths.data_dir`, assets from
+/// `paths.cache_dir`, `limits.max_concurrent_sandboxes`, templates and
+/// standby VMMs as `backend.*` says.
+pub fn manager_config(s: &Settings) -> ManagerConfig {
+    let mut mc = ManagerConfig::new(s.paths.data_dir.clone());
+    mc.assets_dir = Some(s.paths.cache_dir.clone());
+    mc.backends = backend_options(s);
+    mc.max_sandboxes = s.limits.max_concurrent_sandboxes;
+    mc.templates = s.backend.templates;
+    mc.standby = s.backend.standby;
+    if let Some(n) = s.limits.max_concurrent_boots {
+        mc.max_concurrent_boots = n;
+    }
+    mc
+}
+
+/// Opens the manager on the configured backend and paths (recovering what
+/// earlier processes left). `standby: false` for a CLI command, which ends
+/// right after its create: a standby VMM would die unused with it.
+pub async fn manager(s: &Settings, standby: bool) -> anyhow::Result<(SandboxManager, String)> {
+    let (vmm, notice) = backend(s, None)?;
+    let mut mc = manager_config(s);
+    mc.standby &= standby;
+    let manager = SandboxManager::new(mc, Arc::from(vmm))
+        .await
+        .context("opening the sandbox manager")?;
+    Ok((manager, notice))
+}
+
+/// The image builder for `paths.cache_dir`, looking for its tools on
+/// `paths.search_path` and using `image.debian_mirror`.
+pub fn image_builder(s: &Settings) -> ImageBuilder {
+    ImageBuilder::new(s.paths.cache_dir.clone())
+        .with_search_path(s.paths.search_path.clone())
+        .with_debian_mirror(s.image.debian_mirror.clone())
+}

@@ -981,6 +981,15 @@ impl SandboxManager {
                 }
                 _ => continue,
             };
+            // Claimed in the store first: a sandbox paused, used or stopped
+            // (by any process) since the list was read is not reaped.
+            let (seen, why) = (r.clone(), reason.clone());
+            if !self
+                .db(move |s| s.claim(&seen, SandboxState::Stopping, &why))
+                .await?
+            {
+                continue;
+            }
             tracing::info!(sandbox = %r.id, %reason, "reaper destroys sandbox");
             self.reap(&r, &reason).await?;
         }

@@ -354,6 +354,33 @@ impl Store {
         Ok(())
     }
 
+    /// Moves sandbox `id` to `to` only if its row is still as `seen` was
+    /// read (same state, same last use): true if it moved. The reaper claims
+    /// a sandbox this way, so one paused, used or stopped since it listed the
+    /// rows is left alone.
+    pub fn claim(
+        &self,
+        seen: &SandboxRecord,
+        to: SandboxState,
+        reason: &str,
+    ) -> Result<bool, CoreError> {
+        let changed = self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET state = ?4, reason = ?5, updated_at = ?6
+                 WHERE id = ?1 AND state = ?2 AND last_used_at = ?3",
+                params![
+                    seen.id.to_string(),
+                    seen.state.as_str(),
+                    seen.last_used_ms,
+                    to.as_str(),
+                    reason,
+                    now_ms()
+                ],
+            )
+        })?;
+        Ok(changed == 1)
+    }
+
     /// Marks a pooled sandbox as handed out.
     /// Its lifetimes count from now; `owner` (when given) and
     /// `bound_to_owner` are its new owner's.
@@ -641,6 +668,32 @@ mod tests {
             owner: "rest".into(),
             bound_to_owner: true,
         }
+    }
+
+    #[test]
+    fn a_claim_moves_only_a_row_unchanged_since_it_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("petty.db")).unwrap();
+        let r = record("claimed");
+        s.insert(&r, None).unwrap();
+        s.set_state(r.id, SandboxState::Ready, None).unwrap();
+        let seen = s.get("claimed").unwrap().unwrap();
+        // Used since it was read: not claimed.
+        std::thread::sleep(Duration::from_millis(2));
+        s.touch(r.id).unwrap();
+        assert!(!s.claim(&seen, SandboxState::Stopping, "idle").unwrap());
+        // Paused since it was read: not claimed.
+        let seen = s.get("claimed").unwrap().unwrap();
+        s.set_state(r.id, SandboxState::Paused, None).unwrap();
+        assert!(!s.claim(&seen, SandboxState::Stopping, "idle").unwrap());
+        // As read: claimed, once.
+        let seen = s.get("claimed").unwrap().unwrap();
+        assert!(s.claim(&seen, SandboxState::Stopping, "idle").unwrap());
+        assert!(!s.claim(&seen, SandboxState::Stopping, "idle").unwrap());
+        assert_eq!(
+            s.get("claimed").unwrap().unwrap().state,
+            SandboxState::Stopping
+        );
     }
 
     #[test]

@@ -277,13 +277,14 @@ async fn register_adopts_a_sandbox_or_hands_it_back() {
 async fn pause_resume_and_idle_timeout() {
     let env = Env::new();
     let m = env.manager(env.config()).await;
-    let cfg = crate::config_builder()
-        .name("napper")
-        .idle_timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
+    let cfg = crate::config_builder().name("napper").build().unwrap();
     m.create(cfg).await.unwrap();
     m.pause("napper").await.unwrap();
+    // The idle timeout is set once paused: however long the create and the
+    // pause took, it never ran while the sandbox was ready.
+    m.set_lifetime("napper", None, Some(Some(Duration::from_secs(3))))
+        .await
+        .unwrap();
     assert_eq!(m.info("napper").await.unwrap().state, SandboxState::Paused);
     match m.execute("napper", "true").await {
         Err(e @ CoreError::InvalidState { .. }) => {

@@ -96,6 +96,67 @@ impl ManagerConfig {
     }
 }
 
+/// What a create makes: a sandbox from `config`, for the warm pool or not,
+/// booted or restored from a snapshot.
+pub(crate) struct CreatePlan {
+    /// The sandbox's config (a restore takes its kernel, rootfs, memory and
+    /// vCPUs from the snapshot).
+    pub(crate) config: SandboxConfig,
+    /// Held by the warm pool until handed out.
+    pub(crate) pooled: bool,
+    /// Restore this snapshot instead of booting.
+    pub(crate) from: Option<SnapshotRecord>,
+}
+
+impl CreatePlan {
+    /// A new sandbox, not pooled.
+    pub(crate) fn new(config: SandboxConfig) -> Self {
+        Self {
+            config,
+            pooled: false,
+            from: None,
+        }
+    }
+
+    /// A sandbox restored from `snapshot`.
+    pub(crate) fn restore(config: SandboxConfig, snapshot: SnapshotRecord) -> Self {
+        Self {
+            from: Some(snapshot),
+            ..Self::new(config)
+        }
+    }
+
+    /// A warm pool sandbox.
+    pub(crate) fn pooled(config: SandboxConfig) -> Self {
+        Self {
+            pooled: true,
+            ..Self::new(config)
+        }
+    }
+}
+
+/// A store transition's outcome as an error: `moved` is `None` when the
+/// row moved to `to`, else the state it is in (none: the row is gone).
+fn refused(
+    name: &str,
+    to: SandboxState,
+    moved: Option<Option<SandboxState>>,
+) -> Result<(), CoreError> {
+    match moved {
+        None => Ok(()),
+        Some(None) => Err(CoreError::NotFound(name.to_string())),
+        Some(Some(state)) => Err(CoreError::InvalidState {
+            id: name.to_string(),
+            state: state.to_string(),
+            hint: format!("it cannot become {to} (another process changed it)"),
+        }),
+    }
+}
+
+fn name_of(sb: &Sandbox) -> String {
+    sb.name().to_string()
+}
+
 /// A sandbox as [`SandboxManager::list`] reports it.
 pub type SandboxInfo = SandboxRecord;
 
@@ -250,15 +311,15 @@ impl SandboxManager {
     /// fails at once with [`CoreError::Capacity`]; a taken name with
     /// [`CoreError::NameTaken`]. A failed create leaves nothing behind.
     pub async fn create(&self, config: SandboxConfig) -> Result<SandboxId, CoreError> {
-        self.create_inner(config, false, None).await
+        self.create_inner(CreatePlan::new(config)).await
     }
 
-    pub(crate) async fn create_inner(
-        &self,
-        mut config: SandboxConfig,
-        pooled: bool,
-        from: Option<SnapshotRecord>,
-    ) -> Result<SandboxId, CoreError> {
+    pub(crate) async fn create_inner(&self, plan: CreatePlan) -> Result<SandboxId, CoreError> {
+        let CreatePlan {
+            mut config,
+            pooled,
+            from,
+        } = plan;
         if let Some(snap) = &from {
             // A restore runs the snapshot's own kernel, memory size and vCPUs.
             config.kernel = Some(snap.kernel.clone());
@@ -383,16 +444,13 @@ impl SandboxManager {
             let standby = standby
                 .filter(|s| restore_from.as_ref() == Some(&s.template))
                 .map(|s| s.vm);
-            let sandbox = Sandbox::boot(
-                vmm.as_ref(),
-                config,
-                id,
-                name,
-                true,
-                restore_from.clone(),
+            let plan = crate::sandbox::BootPlan {
+                persistent: true,
+                restore_from: restore_from.clone(),
                 standby,
-            )
-            .await?;
+                ..crate::sandbox::BootPlan::new(config, id, name)
+            };
+            let sandbox = Sandbox::boot(vmm.as_ref(), plan).await?;
             if let (Some(key), Some(config), Some(template)) =
                 (standby_key, standby_config, restore_from)
             {
@@ -419,9 +477,10 @@ impl SandboxManager {
                     &run_dir,
                     &run_dir.join(petty_vmm::qemu::AGENT_SOCKET),
                 )?;
-                s.set_state(id, SandboxState::Ready, None)
+                s.transition(id, SandboxState::Ready, None, false)
             })
-            .await;
+            .await
+            .and_then(|moved| refused(&name_of(&sandbox), SandboxState::Ready, moved));
         if let Err(e) = recorded {
             let _ = sandbox.stop_vm(false).await;
             return Err(e);
@@ -604,7 +663,7 @@ impl SandboxManager {
         // refused) rather than a VM that vanished (and reaps the row).
         let reason = why.to_string();
         if let Err(e) = self
-            .db(move |s| s.set_state(id, SandboxState::Failed, Some(&reason)))
+            .db(move |s| s.transition(id, SandboxState::Failed, Some(&reason), false))
             .await
         {
             tracing::warn!(sandbox = %id, "recording the failure: {e}");
@@ -796,12 +855,28 @@ impl SandboxManager {
         self.info(&id.to_string()).await
     }
 
+    /// Moves `sb`'s row to `to` if its state may become `to`, checked and
+    /// written in one statement (`touch`: its last use is now too); else
+    /// an [`CoreError::InvalidState`] naming the state it is in.
+    async fn transition(
+        &self,
+        sb: &Sandbox,
+        to: SandboxState,
+        reason: Option<&'static str>,
+        touch: bool,
+    ) -> Result<(), CoreError> {
+        let id = sb.id();
+        let moved = self
+            .db(move |s| s.transition(id, to, reason, touch))
+            .await?;
+        refused(sb.name(), to, moved)
+    }
+
     /// Freezes a sandbox's guest.
     pub async fn pause(&self, key: &str) -> Result<(), CoreError> {
         let sb = self.get(key).await?;
         sb.pause().await?;
-        let id = sb.id();
-        self.db(move |s| s.set_state(id, SandboxState::Paused, None))
+        self.transition(&sb, SandboxState::Paused, None, false)
             .await
     }
 
@@ -809,13 +884,8 @@ impl SandboxManager {
     pub async fn resume(&self, key: &str) -> Result<(), CoreError> {
         let sb = self.get(key).await?;
         sb.resume().await?;
-        let id = sb.id();
         // Paused time is not idle time: the idle clock starts again now.
-        self.db(move |s| {
-            s.set_state(id, SandboxState::Ready, None)?;
-            s.touch(id)
-        })
-        .await
+        self.transition(&sb, SandboxState::Ready, None, true).await
     }
 
     /// Shuts a sandbox's VM down (gracefully when `graceful`: the guest syncs
@@ -828,8 +898,18 @@ impl SandboxManager {
             self.stop_vm(&record, graceful).await?;
         }
         let id = record.id;
-        self.db(move |s| s.set_state(id, SandboxState::Stopped, Some(reason)))
-            .await
+        for to in [SandboxState::Stopping, SandboxState::Stopped] {
+            let moved = self
+                .db(move |s| s.transition(id, to, Some(reason), false))
+                .await?;
+            // Already stopping (or stopped) is no refusal of a stop.
+            if let Some(Some(now)) = moved {
+                if now != SandboxState::Stopping && now != SandboxState::Stopped {
+                    refused(&record.name, to, moved)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Stops the VM of `record`, whether this process holds it or not.
@@ -1108,7 +1188,7 @@ impl SandboxManager {
         config: SandboxConfig,
     ) -> Result<SandboxId, CoreError> {
         let snap = self.snapshot_info(snapshot).await?;
-        self.create_inner(config, false, Some(snap)).await
+        self.create_inner(CreatePlan::restore(config, snap)).await
     }
 
     /// `n` new sandboxes from `source`: a snapshot's name, or a running
@@ -1145,7 +1225,7 @@ impl SandboxManager {
         let mut children = Vec::with_capacity(n);
         for _ in 0..n {
             children.push(
-                self.create_inner(config.clone(), false, Some(snap.clone()))
+                self.create_inner(CreatePlan::restore(config.clone(), snap.clone()))
                     .await?,
             );
         }

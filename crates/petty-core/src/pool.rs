@@ -222,7 +222,9 @@ fn fill(inner: &Arc<PoolInner>) {
         tokio::spawn(async move {
             let result = inner
                 .manager
-                .create_inner(inner.config.sandbox_config.clone(), true, None)
+                .create_inner(crate::manager::CreatePlan::pooled(
+                    inner.config.sandbox_config.clone(),
+                ))
                 .await;
             if let Ok(id) = &result {
                 // Run the commonest first commands once: under software

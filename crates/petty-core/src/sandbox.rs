@@ -88,6 +88,37 @@ pub struct Sandbox {
     last_used_ms: AtomicI64,
 }
 
+/// What [`Sandbox::boot`] starts.
+pub(crate) struct BootPlan {
+    /// The sandbox's config (validated again).
+    pub(crate) config: SandboxConfig,
+    /// Its id, which names its run directory.
+    pub(crate) id: SandboxId,
+    /// Its name (the guest's hostname).
+    pub(crate) name: String,
+    /// A managed sandbox: its VM is detached and outlives this process.
+    pub(crate) persistent: bool,
+    /// Restore this snapshot instead of booting.
+    pub(crate) restore_from: Option<PathBuf>,
+    /// A VM started ahead of need by [`Sandbox::standby_vm`] for this id and
+    /// `restore_from`: finished rather than a VM started.
+    pub(crate) standby: Option<Box<dyn petty_vmm::Vm>>,
+}
+
+impl BootPlan {
+    /// A one-off sandbox booted from its config's kernel and rootfs.
+    pub(crate) fn new(config: SandboxConfig, id: SandboxId, name: String) -> Self {
+        Self {
+            config,
+            id,
+            name,
+            persistent: false,
+            restore_from: None,
+            standby: None,
+        }
+    }
+}
+
 impl Sandbox {
     /// Boots a VM on `vmm`, waits for its agent and checks the protocol
     /// version. On any error the VM is gone and nothing is left behind.
@@ -97,22 +128,20 @@ impl Sandbox {
         size_new_disk(&mut config, &rootfs)?;
         let id = SandboxId::new();
         let name = config.name.clone().unwrap_or_else(|| id.to_string());
-        Self::boot(vmm, config, id, name, false, None, None).await
+        Self::boot(vmm, BootPlan::new(config, id, name)).await
     }
 
-    /// Boots the VM of sandbox `id`. A persistent sandbox's VM is detached
-    /// from this process (it outlives it) and is not killed on drop. With
-    /// `standby` (a VM started by [`Sandbox::standby_vm`] for this id and
-    /// `restore_from`), the VM is that one, finished rather than started.
-    pub(crate) async fn boot(
-        vmm: &dyn Vmm,
-        mut config: SandboxConfig,
-        id: SandboxId,
-        name: String,
-        persistent: bool,
-        restore_from: Option<PathBuf>,
-        standby: Option<Box<dyn petty_vmm::Vm>>,
-    ) -> Result<Self, CoreError> {
+    /// Boots the VM `plan` describes. A persistent sandbox's VM is detached
+    /// from this process (it outlives it) and is not killed on drop.
+    pub(crate) async fn boot(vmm: &dyn Vmm, plan: BootPlan) -> Result<Self, CoreError> {
+        let BootPlan {
+            mut config,
+            id,
+            name,
+            persistent,
+            restore_from,
+            standby,
+        } = plan;
         config.validate()?;
         let restored = restore_from.is_some();
         if persistent {

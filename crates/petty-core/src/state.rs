@@ -68,6 +68,15 @@ impl SandboxState {
         )
     }
 
+    /// Every state that may become `to`.
+    pub fn predecessors(to: SandboxState) -> Vec<SandboxState> {
+        use SandboxState::*;
+        [Creating, Ready, Paused, Stopping, Stopped, Failed]
+            .into_iter()
+            .filter(|s| s.can_become(to))
+            .collect()
+    }
+
     /// `Ok(to)` when the move is legal, else an `InvalidState` error for `id`.
     pub fn transition(self, to: SandboxState, id: &str) -> Result<SandboxState, CoreError> {
         if self.can_become(to) {

@@ -354,6 +354,40 @@ impl Store {
         Ok(())
     }
 
+    /// Moves sandbox `id` to `to` if its row is in a state that may become
+    /// `to` ([`SandboxState::can_become`]), in one statement (so checked and
+    /// written at once, whichever process races it), with `reason`; with
+    /// `touch`, its last use is now too. `Ok(None)` when it moved, else the
+    /// state it is in (`None` inside when there is no such row).
+    pub fn transition(
+        &self,
+        id: SandboxId,
+        to: SandboxState,
+        reason: Option<&str>,
+        touch: bool,
+    ) -> Result<Option<Option<SandboxState>>, CoreError> {
+        let from: Vec<String> = SandboxState::predecessors(to)
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let sql = format!(
+            "UPDATE sandboxes SET state = ?2, reason = ?3, updated_at = ?4,
+                 last_used_at = CASE WHEN ?5 THEN ?4 ELSE last_used_at END
+             WHERE id = ?1 AND state IN ({})",
+            from.join(", ")
+        );
+        let moved = self.with(|c| {
+            c.execute(
+                &sql,
+                params![id.to_string(), to.as_str(), reason, now_ms(), touch],
+            )
+        })?;
+        if moved == 1 {
+            return Ok(None);
+        }
+        Ok(Some(self.get(&id.to_string())?.map(|r| r.state)))
+    }
+
     /// Moves sandbox `id` to `to` only if its row is still as `seen` was
     /// read (same state, same last use): true if it moved. The reaper claims
     /// a sandbox this way, so one paused, used or stopped since it listed the
@@ -668,6 +702,44 @@ mod tests {
             owner: "rest".into(),
             bound_to_owner: true,
         }
+    }
+
+    #[test]
+    fn transitions_are_checked_against_the_state_machine_as_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("petty.db")).unwrap();
+        let r = record("moving");
+        s.insert(&r, None).unwrap();
+        assert_eq!(
+            s.transition(r.id, SandboxState::Ready, None, false)
+                .unwrap(),
+            None
+        );
+        // Ready cannot become stopped without stopping first: refused, with
+        // the state it is in.
+        assert_eq!(
+            s.transition(r.id, SandboxState::Stopped, Some("x"), false)
+                .unwrap(),
+            Some(Some(SandboxState::Ready))
+        );
+        let before = s.get("moving").unwrap().unwrap().last_used_ms;
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            s.transition(r.id, SandboxState::Paused, None, false)
+                .unwrap(),
+            None
+        );
+        assert_eq!(s.get("moving").unwrap().unwrap().last_used_ms, before);
+        assert_eq!(
+            s.transition(r.id, SandboxState::Ready, None, true).unwrap(),
+            None
+        );
+        assert!(s.get("moving").unwrap().unwrap().last_used_ms > before);
+        assert_eq!(
+            s.transition(SandboxId::new(), SandboxState::Ready, None, false)
+                .unwrap(),
+            Some(None)
+        );
     }
 
     #[test]

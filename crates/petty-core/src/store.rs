@@ -121,10 +121,28 @@ pub struct HistoryRecord {
     pub reason: String,
 }
 
-/// Milliseconds since the epoch, now.
+/// Milliseconds since the epoch, now: every timestamp of the store and the
+/// manager (creation, last use, TTL and idle timeouts) comes from here.
+///
+/// It is the wall clock as tokio's clock sees it: the wall clock, moved by
+/// however far tokio's clock is from the monotonic clock. In a running
+/// program the two agree (the difference is the nanoseconds between two
+/// reads); in a test whose runtime paused time (`tokio::time::pause`, with
+/// tokio's `test-util`), this clock stands still with tokio's and moves by
+/// what `tokio::time::advance` (or auto-advance) moves it, so lifetimes are
+/// tested without waiting for them. Outside a runtime it is the wall clock.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    let wall = SystemTime::now();
+    let (tokio_now, real_now) = (
+        tokio::time::Instant::now().into_std(),
+        std::time::Instant::now(),
+    );
+    let wall = if tokio_now >= real_now {
+        wall + (tokio_now - real_now)
+    } else {
+        wall - (real_now - tokio_now)
+    };
+    wall.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as i64
 }

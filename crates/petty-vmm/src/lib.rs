@@ -26,10 +26,11 @@ use std::pin::Pin;
 
 pub use accel::{Accel, AccelChoice};
 pub use error::VmmError;
+pub use process::VmmProcess;
 pub use runclock::RunClock;
 pub use rundir::{
     ensure_run_root, pid_alive, remove_run_dir, run_dir_owner_alive, sweep_stale_run_dirs,
-    vmm_alive, DETACHED_MARKER, JAIL_FILE, PID_FILE,
+    vmm_alive, DETACHED_MARKER, JAIL_FILE, OWNER_FILE, PID_FILE,
 };
 pub use turns::{BootTurn, BootTurns};
 

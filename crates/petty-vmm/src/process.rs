@@ -19,9 +19,17 @@ use crate::{BoxFuture, VmConfig, VmmError};
 
 /// One VMM process and its run directory. Dropping it kills the process and
 /// removes the directory, unless it was detached.
-pub(crate) struct VmmProcess {
+///
+/// Every backend keeps its VMs' run directories this way (made whole under
+/// the run root, owner recorded, detached marker, pid file), because the
+/// sweep and the sandbox store's recovery read them; a backend outside this
+/// crate (a test's stand-in) uses it too.
+pub struct VmmProcess {
+    /// The VM's id: the run directory's name.
     pub id: String,
+    /// The run directory.
     pub dir: PathBuf,
+    /// The VMM's process id; 0 until [`VmmProcess::spawn`].
     pub pid: u32,
     /// Set when this process started the VMM; `None` for an attached one.
     child: Mutex<Option<Child>>,

@@ -999,7 +999,11 @@ impl SandboxManager {
             };
             if let Some(reason) = reason {
                 tracing::info!(sandbox = %r.id, %reason, "recovery removes sandbox");
-                self.reap(r, reason).await?;
+                // One row that cannot be reaped (a VM that will not die)
+                // does not stop the rest of recovery, or the manager.
+                if let Err(e) = self.reap(r, reason).await {
+                    tracing::warn!(sandbox = %r.id, %reason, "recovery could not reap it: {e}");
+                }
             }
         }
         // Run directories of detached VMs that no row claims.
@@ -1071,20 +1075,30 @@ impl SandboxManager {
                 continue;
             }
             tracing::info!(sandbox = %r.id, %reason, "reaper destroys sandbox");
-            self.reap(&r, &reason).await?;
+            if let Err(e) = self.reap(&r, &reason).await {
+                tracing::warn!(sandbox = %r.id, "reaping it failed: {e}");
+            }
         }
         if check_health {
             let held: Vec<_> = self.inner.live.read().await.values().cloned().collect();
+            // All at once: a silent agent's ping timeout delays no other
+            // sandbox's check (and no lifetime is judged late for it).
+            let mut checks = tokio::task::JoinSet::new();
             for sb in held {
                 if !matches!(sb.state(), SandboxState::Ready | SandboxState::Paused) {
                     continue;
                 }
-                if let Err(why) = sb.health().await {
-                    tracing::warn!(sandbox = %sb.id(), %why, "sandbox failed its health check");
-                    self.mark_failed(sb.id(), &format!("health check: {why}"))
-                        .await;
-                }
+                let manager = self.clone();
+                checks.spawn(async move {
+                    if let Err(why) = sb.health().await {
+                        tracing::warn!(sandbox = %sb.id(), %why, "sandbox failed its health check");
+                        manager
+                            .mark_failed(sb.id(), &format!("health check: {why}"))
+                            .await;
+                    }
+                });
             }
+            while checks.join_next().await.is_some() {}
         }
         Ok(())
     }

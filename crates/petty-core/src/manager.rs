@@ -607,6 +607,17 @@ impl SandboxManager {
     /// process created it.
     pub async fn get(&self, key: &str) -> Result<Arc<Sandbox>, CoreError> {
         let record = self.info(key).await?;
+        self.get_by_record(key, &record).await
+    }
+
+    /// [`get`](Self::get) given the record just read for `key` with
+    /// [`info`](Self::info): a caller that looks at the record first (the
+    /// daemon hides warm pool sandboxes) needs no second store read.
+    pub async fn get_by_record(
+        &self,
+        key: &str,
+        record: &SandboxRecord,
+    ) -> Result<Arc<Sandbox>, CoreError> {
         if matches!(record.state, SandboxState::Ready | SandboxState::Paused) {
             if let Some(sb) = self.inner.live.read().await.get(&record.id) {
                 return Ok(sb.clone());
@@ -629,7 +640,7 @@ impl SandboxManager {
         let vmm = self.vmm_for(Some(&record.backend))?;
         let attached = Sandbox::attach(
             vmm.as_ref(),
-            &record,
+            record,
             self.inner.config.connect_timeout,
             self.inner.config.rpc_timeout,
         )
@@ -638,7 +649,7 @@ impl SandboxManager {
             Ok(sb) => Arc::new(sb),
             Err(CoreError::Vm(petty_vmm::VmmError::Gone { .. })) => {
                 // Its VM died while no process watched: reap it now.
-                self.reap(&record, "its VMM process is gone").await?;
+                self.reap(record, "its VMM process is gone").await?;
                 return Err(CoreError::NotFound(format!(
                     "{key} (its VM had died; it was removed)"
                 )));
@@ -649,12 +660,33 @@ impl SandboxManager {
     }
 
     /// Runs `f` with the sandbox `key` (attaching if needed) and records the use.
+    ///
+    /// One store read and one write: the row is read even when this process
+    /// holds a connection, since the store is the truth across processes
+    /// (another may have stopped or removed the sandbox, and a held
+    /// connection does not know); the write is the use (`last_used`).
     pub async fn with_sandbox_async<F, Fut, T>(&self, key: &str, f: F) -> Result<T, CoreError>
     where
         F: FnOnce(Arc<Sandbox>) -> Fut,
         Fut: Future<Output = Result<T, CoreError>>,
     {
-        let sb = self.get(key).await?;
+        let record = self.info(key).await?;
+        self.with_record_async(key, &record, f).await
+    }
+
+    /// [`with_sandbox_async`](Self::with_sandbox_async) given the record
+    /// just read for `key` with [`info`](Self::info): one store write.
+    pub async fn with_record_async<F, Fut, T>(
+        &self,
+        key: &str,
+        record: &SandboxRecord,
+        f: F,
+    ) -> Result<T, CoreError>
+    where
+        F: FnOnce(Arc<Sandbox>) -> Fut,
+        Fut: Future<Output = Result<T, CoreError>>,
+    {
+        let sb = self.get_by_record(key, record).await?;
         let id = sb.id();
         let out = f(sb.clone()).await;
         if let Some(cause) = sb.died() {

@@ -10,12 +10,11 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use petty_protocol::{ExecRequest, FileEntry};
 use petty_vmm::{vmm_alive, Vmm, DETACHED_MARKER};
-use tokio::sync::RwLock;
 
 use crate::store::{now_ms, HistoryRecord, SandboxRecord, SnapshotRecord, Store};
 use crate::template::Templates;
@@ -109,7 +108,10 @@ struct Inner {
     backends: std::sync::Mutex<HashMap<String, Arc<dyn Vmm>>>,
     store: Arc<Store>,
     config: ManagerConfig,
-    /// Sandboxes this process holds a connection to.
+    /// Sandboxes this process holds a connection to. A blocking lock, held
+    /// for a lookup or an insert and never across an await (a guard held
+    /// there would make the daemon's futures not `Send`, so it would not
+    /// build): no request waits on another sandbox's attach or exec here.
     live: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
     /// Turns to boot.
     boots: tokio::sync::Semaphore,
@@ -221,6 +223,14 @@ impl SandboxManager {
     ) -> Result<T, CoreError> {
         let store = self.inner.store.clone();
         blocking(move || f(&store)).await
+    }
+
+    fn live(&self) -> RwLockReadGuard<'_, HashMap<SandboxId, Arc<Sandbox>>> {
+        self.inner.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live_mut(&self) -> RwLockWriteGuard<'_, HashMap<SandboxId, Arc<Sandbox>>> {
+        self.inner.live.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Creates a sandbox with the defaults.
@@ -548,7 +558,7 @@ impl SandboxManager {
     /// its own.
     async fn hold(&self, sb: Arc<Sandbox>) -> Arc<Sandbox> {
         let held = {
-            let mut live = self.inner.live.write().await;
+            let mut live = self.live_mut();
             let held = live.entry(sb.id()).or_insert(sb.clone()).clone();
             if !Arc::ptr_eq(&held, &sb) {
                 // Another task attached first: use its connection.
@@ -583,7 +593,7 @@ impl SandboxManager {
         {
             tracing::warn!(sandbox = %id, "recording the failure: {e}");
         }
-        let held = self.inner.live.write().await.remove(&id);
+        let held = self.live_mut().remove(&id);
         if let Some(sb) = held {
             sb.fail().await;
         }
@@ -619,13 +629,13 @@ impl SandboxManager {
         record: &SandboxRecord,
     ) -> Result<Arc<Sandbox>, CoreError> {
         if matches!(record.state, SandboxState::Ready | SandboxState::Paused) {
-            if let Some(sb) = self.inner.live.read().await.get(&record.id) {
+            if let Some(sb) = self.live().get(&record.id) {
                 return Ok(sb.clone());
             }
         } else {
             // Another process may have stopped it: the store is the truth,
             // and a connection this process still holds is stale.
-            self.inner.live.write().await.remove(&record.id);
+            self.live_mut().remove(&record.id);
             return Err(CoreError::InvalidState {
                 id: record.name.clone(),
                 state: record.state.to_string(),
@@ -840,7 +850,7 @@ impl SandboxManager {
 
     /// Stops the VM of `record`, whether this process holds it or not.
     async fn stop_vm(&self, record: &SandboxRecord, graceful: bool) -> Result<(), CoreError> {
-        let mut held = self.inner.live.write().await.remove(&record.id);
+        let mut held = self.live_mut().remove(&record.id);
         // A backend that cannot be made here any more: its VMM process is
         // still killed and its files removed through the default's.
         let vmm = self
@@ -991,7 +1001,7 @@ impl SandboxManager {
             self.reap(&r, &reason).await?;
         }
         if check_health {
-            let held: Vec<_> = self.inner.live.read().await.values().cloned().collect();
+            let held: Vec<_> = self.live().values().cloned().collect();
             for sb in held {
                 if !matches!(sb.state(), SandboxState::Ready | SandboxState::Paused) {
                     continue;
@@ -1176,7 +1186,7 @@ impl SandboxManager {
 
     /// Drops this process's hold on every sandbox: their VMs keep running.
     pub async fn release_all(&self) {
-        self.inner.live.write().await.clear();
+        self.live_mut().clear();
     }
 
     pub(crate) async fn unpool(

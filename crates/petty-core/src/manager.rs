@@ -16,7 +16,7 @@ use std::time::Duration;
 use petty_protocol::{ExecRequest, FileEntry};
 use petty_vmm::{vmm_alive, Vmm, DETACHED_MARKER};
 
-use crate::store::{now_ms, HistoryRecord, SandboxRecord, SnapshotRecord, Store};
+use crate::store::{now_ms, HistoryRecord, SandboxRecord, SnapshotRecord, Store, StoreStats};
 use crate::template::Templates;
 use crate::{CoreError, ExecResult, Sandbox, SandboxConfig, SandboxId, SandboxState};
 
@@ -191,6 +191,12 @@ impl SandboxManager {
     /// The SQLite file.
     pub fn store_path(&self) -> &Path {
         self.inner.store.path()
+    }
+
+    /// The store's reads and writes since this manager opened it: what a
+    /// request costs in SQLite round trips (tests and benchmarks count them).
+    pub fn store_stats(&self) -> StoreStats {
+        self.inner.store.stats()
     }
 
     /// The backend called `name` (`None` or `auto`: the default), made on

@@ -75,6 +75,7 @@ async fn measure(
     }
     eprintln!();
     let manager = service.manager().clone();
+    let manager_stats = manager.clone();
     let base = base.to_string();
     let base_url = base.clone();
     let client = http.clone();
@@ -124,6 +125,19 @@ async fn measure(
     }
     eprintln!();
     let (rest_med, lib_med) = (median(rest), median(lib));
+    // SQLite round trips of one REST exec, as the store counts them; the
+    // median, since the reaper's pass (once a second) reads the store too.
+    let (mut reads, mut writes) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let before = manager_stats.store_stats();
+        rest_exec(names[0].clone()).await?;
+        let after = manager_stats.store_stats();
+        reads.push(after.reads - before.reads);
+        writes.push(after.writes - before.writes);
+    }
+    reads.sort_unstable();
+    writes.sort_unstable();
+    let (reads, writes) = (reads[runs / 2], writes[runs / 2]);
     // The HTTP layer alone: a lookup that touches no VM (SQLite read), both ways.
     let (mut rest_get, mut lib_get) = (Vec::new(), Vec::new());
     for _ in 0..runs * 10 {
@@ -198,6 +212,9 @@ async fn measure(
     println!(
         "  REST overhead                                   {:+.1}% (target <= 20%)",
         overhead * 100.0
+    );
+    println!(
+        "  store round trips per REST exec                 {reads} read(s), {writes} write(s) (median)"
     );
     println!(
         "  sandbox lookup (no VM work), in-process         median {:.3} ms",

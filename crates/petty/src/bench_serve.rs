@@ -4,7 +4,7 @@
 //! run on the same sandboxes. A benchmark, not a test: it prints, never asserts.
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,7 +158,7 @@ async fn measure(
     let (rest_get, lib_get) = (median(rest_get), median(lib_get));
 
     let total = clients * per_client;
-    let lib_tp = {
+    let lib_run = || async {
         let t = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients {
@@ -174,9 +174,40 @@ async fn measure(
         for task in tasks {
             task.await??;
         }
-        t.elapsed()
+        Ok::<_, anyhow::Error>(t.elapsed())
     };
+    let lib_tp = lib_run().await?;
     eprintln!("in-process throughput run done");
+    // A lookup while those execs run again: its store read shares the
+    // store with every exec's reads and writes. Sampled every millisecond.
+    let busy = Arc::new(AtomicBool::new(true));
+    let looker = {
+        let (service, name, busy) = (service.clone(), names[0].clone(), busy.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let t = Instant::now();
+                service
+                    .get(&name)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                lat.push(t.elapsed());
+                if !busy.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok::<_, anyhow::Error>(lat)
+        })
+    };
+    let loaded = lib_run().await;
+    busy.store(false, Ordering::Relaxed);
+    let mut busy_get = looker.await??;
+    loaded?;
+    busy_get.sort_unstable();
+    let busy_get_p90 = busy_get[busy_get.len() * 9 / 10];
+    let busy_get = busy_get[busy_get.len() / 2];
+    eprintln!("lookups under load done");
     let (rest_tp, rest_lat) = {
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -224,6 +255,11 @@ async fn measure(
         "  sandbox lookup, REST GET /v1/sandboxes/*        median {:.3} ms (HTTP + JSON cost {:+.3} ms)",
         rest_get.as_secs_f64() * 1000.0,
         (rest_get.as_secs_f64() - lib_get.as_secs_f64()) * 1000.0
+    );
+    println!(
+        "  sandbox lookup, in-process, during {clients} clients' execs  median {:.3} ms, p90 {:.3} ms",
+        busy_get.as_secs_f64() * 1000.0,
+        busy_get_p90.as_secs_f64() * 1000.0
     );
     println!("  {clients} concurrent clients x {per_client} execs over {SANDBOXES} sandboxes:");
     println!(

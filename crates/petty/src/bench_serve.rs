@@ -1,7 +1,9 @@
 //! `petty bench serve`: exec round trip through the REST API against the
 //! same call made in-process on the library, and the throughput of many
 //! concurrent REST clients against the same done in-process, all in one
-//! run on the same sandboxes. A benchmark, not a test: it prints, never asserts.
+//! run on the same sandboxes; also the store's reads and writes per REST
+//! exec and a lookup's latency while many execs run. A benchmark, not a
+//! test: it prints, never asserts.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,14 +10,13 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use petty_protocol::{ExecRequest, FileEntry};
 use petty_vmm::{vmm_alive, BackendKind, Vmm, DETACHED_MARKER};
-use tokio::sync::RwLock;
 
-use crate::store::{now_ms, HistoryRecord, SandboxRecord, SnapshotRecord, Store};
+use crate::store::{now_ms, HistoryRecord, SandboxRecord, SnapshotRecord, Store, StoreStats};
 use crate::template::Templates;
 use crate::{CoreError, ExecResult, Sandbox, SandboxConfig, SandboxId, SandboxState};
 
@@ -174,7 +173,10 @@ struct Inner {
     backends: std::sync::Mutex<HashMap<BackendKind, Arc<dyn Vmm>>>,
     store: Arc<Store>,
     config: ManagerConfig,
-    /// Sandboxes this process holds a connection to.
+    /// Sandboxes this process holds a connection to. A blocking lock, held
+    /// for a lookup or an insert and never across an await (a guard held
+    /// there would make the daemon's futures not `Send`, so it would not
+    /// build): no request waits on another sandbox's attach or exec here.
     live: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
     /// Turns to boot.
     boots: tokio::sync::Semaphore,
@@ -261,6 +263,12 @@ impl SandboxManager {
         self.inner.store.path()
     }
 
+    /// The store's reads and writes since this manager opened it: what a
+    /// request costs in SQLite round trips (tests and benchmarks count them).
+    pub fn store_stats(&self) -> StoreStats {
+        self.inner.store.stats()
+    }
+
     /// The backend called `name` (`None` or `auto`: the default), made on
     /// first use with its run directories beside the default's. An error
     /// says why the backend cannot run here.
@@ -300,6 +308,14 @@ impl SandboxManager {
     ) -> Result<T, CoreError> {
         let store = self.inner.store.clone();
         blocking(move || f(&store)).await
+    }
+
+    fn live(&self) -> RwLockReadGuard<'_, HashMap<SandboxId, Arc<Sandbox>>> {
+        self.inner.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live_mut(&self) -> RwLockWriteGuard<'_, HashMap<SandboxId, Arc<Sandbox>>> {
+        self.inner.live.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Creates a sandbox with the defaults.
@@ -633,7 +649,7 @@ impl SandboxManager {
     /// its own.
     async fn hold(&self, sb: Arc<Sandbox>) -> Arc<Sandbox> {
         let held = {
-            let mut live = self.inner.live.write().await;
+            let mut live = self.live_mut();
             let held = live.entry(sb.id()).or_insert(sb.clone()).clone();
             if !Arc::ptr_eq(&held, &sb) {
                 // Another task attached first: use its connection.
@@ -668,7 +684,7 @@ impl SandboxManager {
         {
             tracing::warn!(sandbox = %id, "recording the failure: {e}");
         }
-        let held = self.inner.live.write().await.remove(&id);
+        let held = self.live_mut().remove(&id);
         if let Some(sb) = held {
             sb.fail().await;
         }
@@ -692,14 +708,25 @@ impl SandboxManager {
     /// process created it.
     pub async fn get(&self, key: &str) -> Result<Arc<Sandbox>, CoreError> {
         let record = self.info(key).await?;
+        self.get_by_record(key, &record).await
+    }
+
+    /// [`get`](Self::get) given the record just read for `key` with
+    /// [`info`](Self::info): a caller that looks at the record first (the
+    /// daemon hides warm pool sandboxes) needs no second store read.
+    pub async fn get_by_record(
+        &self,
+        key: &str,
+        record: &SandboxRecord,
+    ) -> Result<Arc<Sandbox>, CoreError> {
         if matches!(record.state, SandboxState::Ready | SandboxState::Paused) {
-            if let Some(sb) = self.inner.live.read().await.get(&record.id) {
+            if let Some(sb) = self.live().get(&record.id) {
                 return Ok(sb.clone());
             }
         } else {
             // Another process may have stopped it: the store is the truth,
             // and a connection this process still holds is stale.
-            self.inner.live.write().await.remove(&record.id);
+            self.live_mut().remove(&record.id);
             return Err(CoreError::InvalidState {
                 id: record.name.clone(),
                 state: record.state.to_string(),
@@ -714,7 +741,7 @@ impl SandboxManager {
         let vmm = self.vmm_named(&record.backend)?;
         let attached = Sandbox::attach(
             vmm.as_ref(),
-            &record,
+            record,
             self.inner.config.connect_timeout,
             self.inner.config.rpc_timeout,
         )
@@ -723,7 +750,7 @@ impl SandboxManager {
             Ok(sb) => Arc::new(sb),
             Err(CoreError::Vm(petty_vmm::VmmError::Gone { .. })) => {
                 // Its VM died while no process watched: reap it now.
-                self.reap(&record, "its VMM process is gone").await?;
+                self.reap(record, "its VMM process is gone").await?;
                 return Err(CoreError::NotFound(format!(
                     "{key} (its VM had died; it was removed)"
                 )));
@@ -734,12 +761,33 @@ impl SandboxManager {
     }
 
     /// Runs `f` with the sandbox `key` (attaching if needed) and records the use.
+    ///
+    /// One store read and one write: the row is read even when this process
+    /// holds a connection, since the store is the truth across processes
+    /// (another may have stopped or removed the sandbox, and a held
+    /// connection does not know); the write is the use (`last_used`).
     pub async fn with_sandbox_async<F, Fut, T>(&self, key: &str, f: F) -> Result<T, CoreError>
     where
         F: FnOnce(Arc<Sandbox>) -> Fut,
         Fut: Future<Output = Result<T, CoreError>>,
     {
-        let sb = self.get(key).await?;
+        let record = self.info(key).await?;
+        self.with_record_async(key, &record, f).await
+    }
+
+    /// [`with_sandbox_async`](Self::with_sandbox_async) given the record
+    /// just read for `key` with [`info`](Self::info): one store write.
+    pub async fn with_record_async<F, Fut, T>(
+        &self,
+        key: &str,
+        record: &SandboxRecord,
+        f: F,
+    ) -> Result<T, CoreError>
+    where
+        F: FnOnce(Arc<Sandbox>) -> Fut,
+        Fut: Future<Output = Result<T, CoreError>>,
+    {
+        let sb = self.get_by_record(key, record).await?;
         let id = sb.id();
         let out = f(sb.clone()).await;
         if let Some(cause) = sb.died() {
@@ -914,7 +962,7 @@ impl SandboxManager {
 
     /// Stops the VM of `record`, whether this process holds it or not.
     async fn stop_vm(&self, record: &SandboxRecord, graceful: bool) -> Result<(), CoreError> {
-        let mut held = self.inner.live.write().await.remove(&record.id);
+        let mut held = self.live_mut().remove(&record.id);
         // A backend that cannot be made here any more: its VMM process is
         // still killed and its files removed through the default's.
         let vmm = self
@@ -1080,7 +1128,7 @@ impl SandboxManager {
             }
         }
         if check_health {
-            let held: Vec<_> = self.inner.live.read().await.values().cloned().collect();
+            let held: Vec<_> = self.live().values().cloned().collect();
             // All at once: a silent agent's ping timeout delays no other
             // sandbox's check (and no lifetime is judged late for it).
             let mut checks = tokio::task::JoinSet::new();
@@ -1271,7 +1319,7 @@ impl SandboxManager {
 
     /// Drops this process's hold on every sandbox: their VMs keep running.
     pub async fn release_all(&self) {
-        self.inner.live.write().await.clear();
+        self.live_mut().clear();
     }
 
     pub(crate) async fn unpool(

@@ -4,12 +4,21 @@
 //! Several processes (CLI invocations, a daemon) share one database file;
 //! WAL mode and a busy timeout let them take turns. Calls are blocking: the
 //! manager runs them on the blocking pool.
+//!
+//! A [`Store`] writes through one connection (behind a mutex: SQLite takes
+//! one writer at a time anyway) and reads through a small pool of read-only
+//! ones. In WAL mode a reader neither waits for a writer nor holds one up,
+//! and each read statement outside a transaction sees every write committed
+//! before it began, by any connection of any process; so a lookup never
+//! queues behind another sandbox's write (a create's insert, say) in this
+//! process.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::{CoreError, SandboxId, SandboxState};
 
@@ -191,10 +200,33 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 ";
 
+/// How long a statement waits for another connection's lock (another
+/// process's write, a checkpoint) before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The SQLite file.
 pub struct Store {
-    conn: Mutex<Connection>,
+    /// Read-only connections not in use (at most `max_idle_readers`).
+    /// Declared before the writer so they close first: the last connection
+    /// to close checkpoints the WAL and removes it, which only a writer can.
+    readers: Mutex<Vec<Connection>>,
+    /// The one connection that writes; it made the schema.
+    writer: Mutex<Connection>,
+    max_idle_readers: usize,
     path: PathBuf,
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// What a [`Store`] has done since it was opened: the round trips to
+/// SQLite that requests pay for, counted per call (a transaction is one
+/// write).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Reads (lookups, lists), each through a reader connection.
+    pub reads: u64,
+    /// Writes (statements or transactions), each through the writer.
+    pub writes: u64,
 }
 
 fn db_err(path: &Path, e: rusqlite::Error) -> CoreError {
@@ -211,7 +243,7 @@ impl Store {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(path).map_err(|e| db_err(path, e))?;
-        conn.busy_timeout(Duration::from_secs(10))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| db_err(path, e))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| db_err(path, e))?;
@@ -254,8 +286,14 @@ impl Store {
             }
         }
         Ok(Self {
-            conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(conn),
+            // Reads are short; more than a few at once are rare outside a
+            // burst, when the extra connections are opened and closed.
+            max_idle_readers: (crate::host_cpus() * 2).clamp(1, 4),
             path: path.to_path_buf(),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         })
     }
 
@@ -264,9 +302,59 @@ impl Store {
         &self.path
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, CoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+    /// Reads and writes so far.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The writer connection, counted as one write.
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one write statement (or several that need no transaction).
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, CoreError> {
+        let conn = self.writer();
         f(&conn).map_err(|e| db_err(&self.path, e))
+    }
+
+    /// Runs `f` on a free reader, opening one when none is: a read never
+    /// waits for another read, nor for the writer.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, CoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let idle = self.idle_readers().pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => self.open_reader().map_err(|e| db_err(&self.path, e))?,
+        };
+        // Outside a transaction each statement reads the latest commit, and
+        // its read ends when the statement is reset (by the time `f`
+        // returns), so a reader kept idle holds no old snapshot.
+        let out = f(&conn);
+        let mut idle = self.idle_readers();
+        if idle.len() < self.max_idle_readers {
+            idle.push(conn);
+        }
+        out.map_err(|e| db_err(&self.path, e))
+    }
+
+    fn idle_readers(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.readers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection that cannot write, to the file the writer opened (and
+    /// put in WAL mode, which the file keeps).
+    fn open_reader(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(conn)
     }
 
     /// Adds a new sandbox. A taken name is [`CoreError::NameTaken`]; with a
@@ -274,7 +362,7 @@ impl Store {
     /// [`CoreError::Capacity`]. The count and the insert are one transaction,
     /// so processes creating at the same time cannot overshoot together.
     pub fn insert(&self, r: &SandboxRecord, limit: Option<usize>) -> Result<(), CoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conn = self.writer();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| db_err(&self.path, e))?;
@@ -341,7 +429,7 @@ impl Store {
         run_dir: &Path,
         agent_socket: &Path,
     ) -> Result<(), CoreError> {
-        self.with(|c| {
+        self.write(|c| {
             c.execute(
                 "UPDATE sandboxes SET vmm_pid = ?2, run_dir = ?3, agent_socket = ?4, updated_at = ?5 WHERE id = ?1",
                 params![
@@ -363,7 +451,7 @@ impl Store {
         state: SandboxState,
         reason: Option<&str>,
     ) -> Result<(), CoreError> {
-        self.with(|c| {
+        self.write(|c| {
             c.execute(
                 "UPDATE sandboxes SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
                 params![id.to_string(), state.as_str(), reason, now_ms()],
@@ -394,7 +482,7 @@ impl Store {
              WHERE id = ?1 AND state IN ({})",
             from.join(", ")
         );
-        let moved = self.with(|c| {
+        let moved = self.write(|c| {
             c.execute(
                 &sql,
                 params![id.to_string(), to.as_str(), reason, now_ms(), touch],
@@ -416,7 +504,7 @@ impl Store {
         to: SandboxState,
         reason: &str,
     ) -> Result<bool, CoreError> {
-        let changed = self.with(|c| {
+        let changed = self.write(|c| {
             c.execute(
                 "UPDATE sandboxes SET state = ?4, reason = ?5, updated_at = ?6
                  WHERE id = ?1 AND state = ?2 AND last_used_at = ?3",
@@ -442,7 +530,7 @@ impl Store {
         owner: Option<&str>,
         bound_to_owner: bool,
     ) -> Result<(), CoreError> {
-        self.with(|c| {
+        self.write(|c| {
             c.execute(
                 "UPDATE sandboxes SET pooled = 0, created_at = ?2, last_used_at = ?2, owner_pid = ?3,
                     owner = COALESCE(?4, owner), bound_to_owner = ?5
@@ -467,7 +555,7 @@ impl Store {
         ttl: Option<Duration>,
         idle_timeout: Option<Duration>,
     ) -> Result<(), CoreError> {
-        self.with(|c| {
+        self.write(|c| {
             c.execute(
                 "UPDATE sandboxes SET ttl_ms = ?2, idle_ms = ?3, updated_at = ?4 WHERE id = ?1",
                 params![
@@ -483,18 +571,17 @@ impl Store {
 
     /// Records a use, for the idle timeout.
     pub fn touch(&self, id: SandboxId) -> Result<(), CoreError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE sandboxes SET last_used_at = ?2 WHERE id = ?1",
-                params![id.to_string(), now_ms()],
-            )
+        // Cached: every exec and file operation runs it.
+        self.write(|c| {
+            c.prepare_cached("UPDATE sandboxes SET last_used_at = ?2 WHERE id = ?1")?
+                .execute(params![id.to_string(), now_ms()])
         })?;
         Ok(())
     }
 
     /// Removes a sandbox's row and records why in the history.
     pub fn remove(&self, id: SandboxId, reason: &str) -> Result<(), CoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conn = self.writer();
         let tx = conn.transaction().map_err(|e| db_err(&self.path, e))?;
         tx.execute(
             "INSERT INTO history (id, name, ended_at, reason)
@@ -512,19 +599,17 @@ impl Store {
 
     /// The sandbox with this id or name.
     pub fn get(&self, key: &str) -> Result<Option<SandboxRecord>, CoreError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT * FROM sandboxes WHERE id = ?1 OR name = ?1",
-                params![key],
-                from_row,
-            )
-            .optional()
+        // Cached: every request about a sandbox runs it.
+        self.read(|c| {
+            c.prepare_cached("SELECT * FROM sandboxes WHERE id = ?1 OR name = ?1")?
+                .query_row(params![key], from_row)
+                .optional()
         })
     }
 
     /// Every sandbox, oldest first.
     pub fn list(&self) -> Result<Vec<SandboxRecord>, CoreError> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare("SELECT * FROM sandboxes ORDER BY created_at, name")?;
             let rows = stmt.query_map([], from_row)?;
             rows.collect()
@@ -533,7 +618,7 @@ impl Store {
 
     /// How many sandboxes hold a VM (anything but stopped and failed).
     pub fn count_with_vm(&self) -> Result<usize, CoreError> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM sandboxes WHERE state IN ('creating', 'ready', 'paused', 'stopping')",
                 [],
@@ -545,7 +630,7 @@ impl Store {
 
     /// Records a snapshot. A taken name is [`CoreError::NameTaken`].
     pub fn insert_snapshot(&self, r: &SnapshotRecord) -> Result<(), CoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = self.writer();
         let res = conn.execute(
             "INSERT INTO snapshots (name, parent, source_sandbox, dir, size_bytes, memory_mib,
                 vcpus, kernel, rootfs, created_at, backend)
@@ -577,7 +662,7 @@ impl Store {
 
     /// The snapshot named `name`.
     pub fn get_snapshot(&self, name: &str) -> Result<Option<SnapshotRecord>, CoreError> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT * FROM snapshots WHERE name = ?1",
                 params![name],
@@ -589,7 +674,7 @@ impl Store {
 
     /// Every snapshot, oldest first.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, CoreError> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare("SELECT * FROM snapshots ORDER BY created_at, name")?;
             let rows = stmt.query_map([], snapshot_from_row)?;
             rows.collect()
@@ -599,7 +684,7 @@ impl Store {
     /// What depends on snapshot `name`: its child snapshots and the
     /// sandboxes restored from it.
     pub fn snapshot_dependents(&self, name: &str) -> Result<Vec<String>, CoreError> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT 'snapshot ' || name FROM snapshots WHERE parent = ?1
                  UNION ALL
@@ -612,13 +697,13 @@ impl Store {
 
     /// Forgets snapshot `name`.
     pub fn remove_snapshot(&self, name: &str) -> Result<(), CoreError> {
-        self.with(|c| c.execute("DELETE FROM snapshots WHERE name = ?1", params![name]))?;
+        self.write(|c| c.execute("DELETE FROM snapshots WHERE name = ?1", params![name]))?;
         Ok(())
     }
 
     /// The history of a removed sandbox (most recent first).
     pub fn history(&self, key: &str) -> Result<Vec<HistoryRecord>, CoreError> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, name, ended_at, reason FROM history WHERE id = ?1 OR name = ?1 ORDER BY ended_at DESC",
             )?;
@@ -870,5 +955,150 @@ mod tests {
         let h = s.history("same").unwrap();
         assert_eq!((h.len(), h[0].reason.as_str()), (1, "ttl expired"));
         s.insert(&record("same"), None).unwrap();
+    }
+
+    #[test]
+    fn a_read_does_not_wait_for_a_write_transaction_in_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Store::open(&dir.path().join("petty.db")).unwrap());
+        let r = record("alpha");
+        s.insert(&r, None).unwrap();
+        // The writer, mid-transaction with a write not committed (as a
+        // create's insert or a removal holds it).
+        let mut w = s.writer.lock().unwrap();
+        let tx = w
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        tx.execute(
+            "UPDATE sandboxes SET state = 'ready' WHERE id = ?1",
+            [r.id.to_string()],
+        )
+        .unwrap();
+        let (sent, seen) = std::sync::mpsc::channel();
+        let reader = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let _ = sent.send((s.get("alpha"), s.list(), s.count_with_vm()));
+            })
+        };
+        // The bound only keeps a broken build from hanging: a read that
+        // needed the writer would wait for this commit forever.
+        let seen = seen.recv_timeout(Duration::from_secs(60));
+        tx.commit().unwrap();
+        drop(w);
+        let (one, all, n) = seen.expect("a read waited for the writer's transaction");
+        reader.join().unwrap();
+        // What was committed before the transaction, not what it wrote.
+        assert_eq!(one.unwrap().unwrap().state, SandboxState::Creating);
+        assert_eq!(all.unwrap().len(), 1);
+        assert_eq!(n.unwrap(), 1);
+        // And the commit, at once.
+        assert_eq!(s.get("alpha").unwrap().unwrap().state, SandboxState::Ready);
+    }
+
+    #[test]
+    fn readers_see_every_commit_at_once_and_never_an_uncommitted_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petty.db");
+        let s = Store::open(&path).unwrap();
+        let r = record("beta");
+        s.insert(&r, None).unwrap();
+        let state = || s.get("beta").unwrap().unwrap().state;
+        assert_eq!(state(), SandboxState::Creating);
+        // This store's own writes.
+        s.set_state(r.id, SandboxState::Ready, None).unwrap();
+        assert_eq!(state(), SandboxState::Ready);
+        // Another process's: its own connection, a transaction held open.
+        let mut other = Connection::open(&path).unwrap();
+        let tx = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        tx.execute(
+            "UPDATE sandboxes SET state = 'stopped' WHERE id = ?1",
+            [r.id.to_string()],
+        )
+        .unwrap();
+        assert_eq!(state(), SandboxState::Ready);
+        assert_eq!(s.count_with_vm().unwrap(), 1);
+        tx.commit().unwrap();
+        // The readers used above (kept idle in the pool) hold no old view.
+        assert_eq!(state(), SandboxState::Stopped);
+        assert_eq!(s.count_with_vm().unwrap(), 0);
+        s.remove(r.id, "gone").unwrap();
+        assert!(s.get("beta").unwrap().is_none());
+        assert_eq!(s.history("beta").unwrap()[0].reason, "gone");
+    }
+
+    #[test]
+    fn readers_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("petty.db")).unwrap();
+        s.insert(&record("gamma"), None).unwrap();
+        let wrote = s.read(|c| c.execute("DELETE FROM sandboxes", []));
+        assert!(
+            matches!(&wrote, Err(CoreError::Store { source, .. })
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly)),
+            "{wrote:?}"
+        );
+        assert!(s.get("gamma").unwrap().is_some());
+    }
+
+    #[test]
+    fn many_reads_at_once_all_answer_and_few_readers_stay_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("petty.db")).unwrap();
+        let r = record("delta");
+        s.insert(&r, None).unwrap();
+        let before = s.stats();
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| {
+                    for _ in 0..20 {
+                        assert_eq!(s.get("delta").unwrap().unwrap().id, r.id);
+                        s.touch(r.id).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(s.idle_readers().len() <= s.max_idle_readers);
+        let after = s.stats();
+        assert_eq!(
+            (after.reads - before.reads, after.writes - before.writes),
+            (320, 320)
+        );
+    }
+
+    #[test]
+    fn stats_count_each_call_to_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("petty.db")).unwrap();
+        assert_eq!(s.stats(), StoreStats::default());
+        let r = record("eps");
+        s.insert(&r, Some(10)).unwrap();
+        assert_eq!(
+            s.stats(),
+            StoreStats {
+                reads: 0,
+                writes: 1
+            }
+        );
+        s.get("eps").unwrap();
+        s.list().unwrap();
+        assert_eq!(
+            s.stats(),
+            StoreStats {
+                reads: 2,
+                writes: 1
+            }
+        );
+        s.touch(r.id).unwrap();
+        s.remove(r.id, "done").unwrap();
+        assert_eq!(
+            s.stats(),
+            StoreStats {
+                reads: 2,
+                writes: 3
+            }
+        );
     }
 }

@@ -491,6 +491,13 @@ impl Service {
 
     /// One sandbox by id or name.
     pub async fn get(&self, key: &str) -> ApiResult<SandboxView> {
+        self.record(key).await.map(SandboxView::from)
+    }
+
+    /// The row of a sandbox handed out (a warm pool's is not found): one
+    /// store read, which an operation on the sandbox passes on to the
+    /// manager ([`SandboxManager::with_record_async`]) rather than read again.
+    async fn record(&self, key: &str) -> ApiResult<SandboxInfo> {
         let info = self
             .inner
             .manager
@@ -503,7 +510,7 @@ impl Service {
                 format!("no sandbox named {key}"),
             ));
         }
-        Ok(info.into())
+        Ok(info)
     }
 
     /// Sets how much longer a sandbox may live (see [`LifetimeSpec`]).
@@ -578,9 +585,18 @@ impl Service {
     #[tracing::instrument(skip(self, spec))]
     pub async fn exec(&self, sandbox: &str, spec: ExecSpec) -> ApiResult<ExecView> {
         let req = self.exec_request(&spec)?;
-        self.get(sandbox).await?;
+        let record = self.record(sandbox).await?;
         let started = Instant::now();
-        let out = self.inner.manager.exec(sandbox, req, spec.stdin).await;
+        let stdin = spec.stdin;
+        let out = self
+            .inner
+            .manager
+            .with_record_async(
+                sandbox,
+                &record,
+                |sb| async move { sb.exec(req, stdin).await },
+            )
+            .await;
         self.finish_exec(out, started)
     }
 
@@ -629,12 +645,16 @@ impl Service {
     #[tracing::instrument(skip(self, spec))]
     pub async fn exec_stream(&self, sandbox: &str, spec: ExecSpec) -> ApiResult<ExecStream> {
         let req = self.exec_request(&spec)?;
-        self.get(sandbox).await?;
+        let record = self.record(sandbox).await?;
         // Idle timeouts count from the start of the stream.
         let stream = self
             .inner
             .manager
-            .with_sandbox_async(sandbox, |sb| async move { sb.exec_stream(req).await })
+            .with_record_async(
+                sandbox,
+                &record,
+                |sb| async move { sb.exec_stream(req).await },
+            )
             .await
             .map_err(|e| self.fail(e))?;
         if let Some(data) = spec.stdin {
@@ -665,12 +685,12 @@ impl Service {
     #[tracing::instrument(skip(self))]
     pub async fn read_file(&self, sandbox: &str, path: &str, limit: u64) -> ApiResult<Vec<u8>> {
         check_path(path)?;
-        self.get(sandbox).await?;
+        let record = self.record(sandbox).await?;
         let p = path.to_string();
         let read = self
             .inner
             .manager
-            .with_sandbox_async(sandbox, |sb| async move {
+            .with_record_async(sandbox, &record, |sb| async move {
                 let stat = sb.stat_target(&p).await?;
                 if !readable(&stat) || stat.size > limit {
                     return Ok(Err(stat));
@@ -710,12 +730,12 @@ impl Service {
     ) -> ApiResult<tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>> {
         use tokio::io::AsyncReadExt as _;
         check_path(path)?;
-        self.get(sandbox).await?;
+        let record = self.record(sandbox).await?;
         let p = path.to_string();
         let sb = self
             .inner
             .manager
-            .with_sandbox_async(sandbox, |sb| async move {
+            .with_record_async(sandbox, &record, |sb| async move {
                 let stat = sb.stat_target(&p).await?;
                 Ok((sb, stat))
             })
@@ -801,10 +821,13 @@ impl Service {
     #[tracing::instrument(skip(self, data), fields(bytes = data.len()))]
     pub async fn write_file(&self, sandbox: &str, path: &str, data: &[u8]) -> ApiResult<()> {
         check_path(path)?;
-        self.get(sandbox).await?;
+        let record = self.record(sandbox).await?;
+        let p = path.to_string();
         self.inner
             .manager
-            .write_file(sandbox, path, data)
+            .with_record_async(sandbox, &record, |sb| async move {
+                sb.write_file(&p, data).await
+            })
             .await
             .map_err(|e| self.fail(e))
     }
@@ -841,14 +864,14 @@ impl Service {
         if declared.is_some_and(|n| n > limit) {
             return Err(too_large());
         }
-        self.get(sandbox).await?;
+        let record = self.record(sandbox).await?;
         let capped = Capped::new(body, limit);
         let state = capped.state.clone();
         let p = path.to_string();
         let written = self
             .inner
             .manager
-            .with_sandbox_async(sandbox, |sb| async move {
+            .with_record_async(sandbox, &record, |sb| async move {
                 sb.write_file_from(&p, capped, None).await
             })
             .await;
@@ -871,11 +894,12 @@ impl Service {
     #[tracing::instrument(skip(self))]
     pub async fn list_files(&self, sandbox: &str, path: &str) -> ApiResult<Vec<EntryView>> {
         check_path(path)?;
-        self.get(sandbox).await?;
+        let record = self.record(sandbox).await?;
+        let p = path.to_string();
         let entries: Vec<FileEntry> = self
             .inner
             .manager
-            .list_dir(sandbox, path)
+            .with_record_async(sandbox, &record, |sb| async move { sb.list_dir(&p).await })
             .await
             .map_err(|e| self.fail(e))?;
         let base = path.trim_end_matches('/');
@@ -897,11 +921,13 @@ impl Service {
         if path.trim_end_matches('/').is_empty() {
             return Err(ApiError::bad_request("refusing to remove /"));
         }
-        self.get(sandbox).await?;
+        let record = self.record(sandbox).await?;
         let p = path.to_string();
         self.inner
             .manager
-            .with_sandbox_async(sandbox, |sb| async move { sb.remove(&p, recursive).await })
+            .with_record_async(sandbox, &record, |sb| async move {
+                sb.remove(&p, recursive).await
+            })
             .await
             .map_err(|e| self.fail(e))
     }
@@ -910,11 +936,11 @@ impl Service {
     #[tracing::instrument(skip(self))]
     pub async fn mkdir(&self, sandbox: &str, path: &str) -> ApiResult<()> {
         check_path(path)?;
-        self.get(sandbox).await?;
+        let record = self.record(sandbox).await?;
         let p = path.to_string();
         self.inner
             .manager
-            .with_sandbox_async(sandbox, |sb| async move { sb.mkdir(&p).await })
+            .with_record_async(sandbox, &record, |sb| async move { sb.mkdir(&p).await })
             .await
             .map_err(|e| self.fail(e))
     }

@@ -1,10 +1,12 @@
 //! `petty bench serve`: exec round trip through the REST API against the
 //! same call made in-process on the library, and the throughput of many
 //! concurrent REST clients against the same done in-process, all in one
-//! run on the same sandboxes. A benchmark, not a test: it prints, never asserts.
+//! run on the same sandboxes; also the store's reads and writes per REST
+//! exec and a lookup's latency while many execs run. A benchmark, not a
+//! test: it prints, never asserts.
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +83,7 @@ async fn measure(
     }
     eprintln!();
     let manager = service.manager().clone();
+    let manager_stats = manager.clone();
     let base = base.to_string();
     let base_url = base.clone();
     let client = http.clone();
@@ -130,6 +133,19 @@ async fn measure(
     }
     eprintln!();
     let (rest_med, lib_med) = (median(rest), median(lib));
+    // SQLite round trips of one REST exec, as the store counts them; the
+    // median, since the reaper's pass (once a second) reads the store too.
+    let (mut reads, mut writes) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let before = manager_stats.store_stats();
+        rest_exec(names[0].clone()).await?;
+        let after = manager_stats.store_stats();
+        reads.push(after.reads - before.reads);
+        writes.push(after.writes - before.writes);
+    }
+    reads.sort_unstable();
+    writes.sort_unstable();
+    let (reads, writes) = (reads[runs / 2], writes[runs / 2]);
     // The HTTP layer alone: a lookup that touches no VM (SQLite read), both ways.
     let (mut rest_get, mut lib_get) = (Vec::new(), Vec::new());
     for _ in 0..runs * 10 {
@@ -150,7 +166,7 @@ async fn measure(
     let (rest_get, lib_get) = (median(rest_get), median(lib_get));
 
     let total = clients * per_client;
-    let lib_tp = {
+    let lib_run = || async {
         let t = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients {
@@ -166,9 +182,40 @@ async fn measure(
         for task in tasks {
             task.await??;
         }
-        t.elapsed()
+        Ok::<_, anyhow::Error>(t.elapsed())
     };
+    let lib_tp = lib_run().await?;
     eprintln!("in-process throughput run done");
+    // A lookup while those execs run again: its store read shares the
+    // store with every exec's reads and writes. Sampled every millisecond.
+    let busy = Arc::new(AtomicBool::new(true));
+    let looker = {
+        let (service, name, busy) = (service.clone(), names[0].clone(), busy.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let t = Instant::now();
+                service
+                    .get(&name)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                lat.push(t.elapsed());
+                if !busy.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok::<_, anyhow::Error>(lat)
+        })
+    };
+    let loaded = lib_run().await;
+    busy.store(false, Ordering::Relaxed);
+    let mut busy_get = looker.await??;
+    loaded?;
+    busy_get.sort_unstable();
+    let busy_get_p90 = busy_get[busy_get.len() * 9 / 10];
+    let busy_get = busy_get[busy_get.len() / 2];
+    eprintln!("lookups under load done");
     let (rest_tp, rest_lat) = {
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -206,6 +253,9 @@ async fn measure(
         overhead * 100.0
     );
     println!(
+        "  store round trips per REST exec                 {reads} read(s), {writes} write(s) (median)"
+    );
+    println!(
         "  sandbox lookup (no VM work), in-process         median {:.3} ms",
         lib_get.as_secs_f64() * 1000.0
     );
@@ -225,6 +275,11 @@ async fn measure(
         per_sec(rest_tp),
         ms(rest_tp),
         ms(median(rest_lat))
+    );
+    println!(
+        "    sandbox lookup during an in-process run      median {:.3} ms, p90 {:.3} ms",
+        busy_get.as_secs_f64() * 1000.0,
+        busy_get_p90.as_secs_f64() * 1000.0
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1020,3 +1020,186 @@ async fn a_killed_daemons_standby_vmm_is_swept_by_the_next_petty() {
     env.ok(&["rm", "-f", "kept"]);
     env.assert_clean();
 }
+
+/// What a request costs in SQLite round trips, as the store counts them: an
+/// exec or a file operation, through REST, MCP or the library, reads the
+/// sandbox's row once and writes once (its use), whether this process holds
+/// the sandbox or attaches to it; a refused one writes nothing. The daemon
+/// runs in this process (the router `petty serve` mounts) to see its store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_reads_the_store_once_and_writes_once() {
+    use petty_core::store::StoreStats;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    let env = Env::new();
+    // No reaper pass meanwhile: it reads the store on its own.
+    let m = env
+        .manager(petty_core::ManagerConfig {
+            reap_interval: Duration::from_secs(86_400),
+            ..env.config()
+        })
+        .await;
+    let mut config = petty_config::Settings::default();
+    config.server.listen = "127.0.0.1:0".into();
+    let service = petty_server::Service::new(
+        m.clone(),
+        None,
+        std::sync::Arc::new(petty_server::metrics::Metrics::default()),
+        config,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = petty_server::app(
+        service,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        petty_server::CancellationToken::new(),
+    );
+    let server = tokio::spawn(petty_server::serve_router(listener, app));
+    let http = reqwest::Client::new();
+    let send = |method: &str, path: &str, body: Option<Value>| {
+        let r = http.request(method.parse().unwrap(), format!("{base}{path}"));
+        let r = match body {
+            Some(b) => r.json(&b),
+            // The daemon takes a POST's body as JSON, even an empty one.
+            None if method == "POST" => r.header("content-type", "application/json"),
+            None => r,
+        };
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            // The whole body: a streamed exec has ended by then.
+            let text = resp.text().await.unwrap();
+            (status, text)
+        }
+    };
+    let made = send("POST", "/v1/sandboxes", Some(json!({"name": "counted"}))).await;
+    assert_eq!(made.0, 201, "{}", made.1);
+    let id = serde_json::from_str::<Value>(&made.1).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let since = |before: StoreStats| {
+        let now = m.store_stats();
+        (now.reads - before.reads, now.writes - before.writes)
+    };
+
+    let exec = json!({"argv": ["true"]});
+    let calls: Vec<(&str, String, Option<Value>, u16)> = vec![
+        (
+            "POST",
+            "/v1/sandboxes/counted/exec".into(),
+            Some(exec.clone()),
+            200,
+        ),
+        (
+            "POST",
+            format!("/v1/sandboxes/{id}/exec"),
+            Some(exec.clone()),
+            200,
+        ),
+        (
+            "POST",
+            "/v1/sandboxes/counted/exec/stream".into(),
+            Some(exec.clone()),
+            200,
+        ),
+        (
+            "POST",
+            "/v1/sandboxes/counted/code".into(),
+            Some(json!({"language": "sh", "code": "true"})),
+            200,
+        ),
+        (
+            "POST",
+            "/v1/sandboxes/counted/directories?path=/root/d".into(),
+            None,
+            201,
+        ),
+        (
+            "GET",
+            "/v1/sandboxes/counted/files?path=/root".into(),
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/v1/sandboxes/counted/files/content?path=/etc/hostname".into(),
+            None,
+            200,
+        ),
+        (
+            "DELETE",
+            "/v1/sandboxes/counted/files?path=/root/d".into(),
+            None,
+            204,
+        ),
+    ];
+    for (method, path, body, want) in calls {
+        let before = m.store_stats();
+        let (status, text) = send(method, &path, body).await;
+        assert_eq!(status, want, "{method} {path}: {text}");
+        assert_eq!(since(before), (1, 1), "{method} {path}: (reads, writes)");
+    }
+    // An upload (its body is not JSON).
+    let before = m.store_stats();
+    let resp = http
+        .put(format!(
+            "{base}/v1/sandboxes/counted/files/content?path=/root/f"
+        ))
+        .header("content-type", "application/octet-stream")
+        .body("data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(since(before), (1, 1), "upload: (reads, writes)");
+
+    // MCP's execute_command takes the same path.
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")),
+    );
+    let client = ().serve(transport).await.expect("MCP over HTTP handshake");
+    let before = m.store_stats();
+    let r = structured(
+        &call(
+            &client,
+            "execute_command",
+            json!({"sandbox": "counted", "command": "true"}),
+        )
+        .await,
+    );
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(
+        since(before),
+        (1, 1),
+        "MCP execute_command: (reads, writes)"
+    );
+    client.cancel().await.unwrap();
+
+    // The library, on a sandbox held and on one it attaches to.
+    let before = m.store_stats();
+    m.execute("counted", "true").await.unwrap();
+    assert_eq!(since(before), (1, 1), "library exec: (reads, writes)");
+    m.release_all().await;
+    let before = m.store_stats();
+    let (status, text) = send("POST", "/v1/sandboxes/counted/exec", Some(exec.clone())).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(since(before), (1, 1), "exec that attaches: (reads, writes)");
+
+    // Refused: no sandbox, or one another process stopped.
+    let before = m.store_stats();
+    let (status, _) = send("POST", "/v1/sandboxes/nope/exec", Some(exec.clone())).await;
+    assert_eq!((status, since(before)), (404, (1, 0)));
+    // Released first: a held sandbox's VM watch would record its end (a
+    // write of its own) while this counts.
+    m.release_all().await;
+    env.ok(&["kill", "counted"]);
+    let before = m.store_stats();
+    let (status, text) = send("POST", "/v1/sandboxes/counted/exec", Some(exec)).await;
+    assert_eq!(status, 409, "{text}");
+    assert_eq!(since(before), (1, 0), "refused exec: (reads, writes)");
+
+    server.abort();
+    m.destroy_all().await.unwrap();
+    env.assert_clean();
+}

@@ -789,7 +789,12 @@ impl SandboxManager {
     {
         let sb = self.get_by_record(key, record).await?;
         let id = sb.id();
-        let out = f(sb.clone()).await;
+        let out = {
+            // Not idle while it runs, however long (the store's last use
+            // moves when it ends).
+            let _busy = sb.busy();
+            f(sb.clone()).await
+        };
         if let Some(cause) = sb.died() {
             // Recorded now, not only by the watcher's task: a CLI process
             // may end before that task runs.
@@ -1108,7 +1113,11 @@ impl SandboxManager {
             let idle = Duration::from_millis((now - r.last_used_ms).max(0) as u64);
             let reason = match (r.ttl, r.idle_timeout) {
                 (Some(ttl), _) if age >= ttl => format!("ttl expired ({} s)", ttl.as_secs_f64()),
-                (_, Some(limit)) if idle >= limit && r.state == SandboxState::Ready => {
+                (_, Some(limit))
+                    if idle >= limit
+                        && r.state == SandboxState::Ready
+                        && !self.live().get(&r.id).is_some_and(|sb| sb.is_busy()) =>
+                {
                     format!("idle for {} s", limit.as_secs_f64())
                 }
                 _ => continue,

@@ -86,6 +86,17 @@ pub struct Sandbox {
     persistent: bool,
     created_at_ms: i64,
     last_used_ms: AtomicI64,
+    /// Calls of this process's manager running in it now.
+    busy: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A call running in a sandbox, counted while it lives ([`Sandbox::busy`]).
+pub(crate) struct Busy(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What [`Sandbox::boot`] starts.
@@ -210,6 +221,7 @@ impl Sandbox {
             persistent,
             created_at_ms: now,
             last_used_ms: AtomicI64::new(now),
+            busy: Default::default(),
         })
     }
 
@@ -262,6 +274,7 @@ impl Sandbox {
             persistent: true,
             created_at_ms: record.created_at_ms,
             last_used_ms: AtomicI64::new(record.last_used_ms),
+            busy: Default::default(),
         })
     }
 
@@ -306,6 +319,18 @@ impl Sandbox {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         *st = st.transition(to, &self.name)?;
         Ok(())
+    }
+
+    /// Counts a call running in the sandbox until the guard drops: the
+    /// manager's reaper never judges a sandbox idle while one runs.
+    pub(crate) fn busy(&self) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.busy.clone())
+    }
+
+    /// True while a call counted by [`Sandbox::busy`] runs.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) > 0
     }
 
     /// Creation time, ms since the epoch.

@@ -151,7 +151,6 @@ async fn the_background_reaper_applies_the_managers_default_ttl() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "known: the store's last use is touched when a call ends, so a command running longer than the idle timeout is reaped mid-run (SandboxManager::with_sandbox_async)"]
 async fn a_command_still_running_is_not_idle() {
     let env = Env::new();
     let m = env.manager(env.config()).await;

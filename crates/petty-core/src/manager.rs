@@ -402,7 +402,6 @@ impl SandboxManager {
             backend: vmm.name().into(),
             vmm_pid: None,
             run_dir: None,
-            agent_socket: None,
             owner_pid: std::process::id(),
             pooled,
             created_at_ms: now,
@@ -487,12 +486,7 @@ impl SandboxManager {
         let run_dir = sandbox.run_dir().await.unwrap_or_default();
         let recorded = self
             .db(move |s| {
-                s.set_vm(
-                    id,
-                    pid,
-                    &run_dir,
-                    &run_dir.join(petty_vmm::qemu::AGENT_SOCKET),
-                )?;
+                s.set_vm(id, pid, &run_dir)?;
                 s.transition(id, SandboxState::Ready, None, false)
             })
             .await
@@ -619,10 +613,6 @@ impl SandboxManager {
             backend: self.inner.vmm.name().into(),
             vmm_pid: sandbox.vmm_pid().await,
             run_dir: sandbox.run_dir().await,
-            agent_socket: sandbox
-                .run_dir()
-                .await
-                .map(|d| d.join(petty_vmm::qemu::AGENT_SOCKET)),
             owner_pid: std::process::id(),
             pooled: false,
             created_at_ms: sandbox.created_at_ms(),

@@ -45,8 +45,6 @@ pub struct SandboxRecord {
     pub vmm_pid: Option<u32>,
     /// Run directory (sockets, overlay, logs).
     pub run_dir: Option<PathBuf>,
-    /// Agent socket path.
-    pub agent_socket: Option<PathBuf>,
     /// Process that created it (for recovery of interrupted creates and pools).
     pub owner_pid: u32,
     /// Held by a warm pool, not yet handed out.
@@ -168,7 +166,6 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     backend       TEXT NOT NULL,
     vmm_pid       INTEGER,
     run_dir       TEXT,
-    agent_socket  TEXT,
     owner_pid     INTEGER NOT NULL,
     pooled        INTEGER NOT NULL DEFAULT 0,
     created_at    INTEGER NOT NULL,
@@ -229,6 +226,15 @@ pub struct StoreStats {
     pub writes: u64,
 }
 
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
 fn db_err(path: &Path, e: rusqlite::Error) -> CoreError {
     CoreError::Store {
         path: path.to_path_buf(),
@@ -268,19 +274,23 @@ impl Store {
                 "backend TEXT NOT NULL DEFAULT 'qemu'",
             ),
         ] {
-            let has: bool = conn
-                .query_row(
-                    "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
-                    [table, column],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(|e| db_err(path, e))?
-                > 0;
-            if !has {
+            if !has_column(&conn, table, column).map_err(|e| db_err(path, e))? {
                 // Another process may add it between the check and here.
                 match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {decl}")) {
                     Err(rusqlite::Error::SqliteFailure(_, Some(m)))
                         if m.contains("duplicate column") => {}
+                    other => other.map_err(|e| db_err(path, e))?,
+                }
+            }
+        }
+        // Columns dropped: `agent_socket` was written for every sandbox and
+        // never read back (the backend knows where its sockets are).
+        for (table, column) in [("sandboxes", "agent_socket")] {
+            if has_column(&conn, table, column).map_err(|e| db_err(path, e))? {
+                match conn.execute_batch(&format!("ALTER TABLE {table} DROP COLUMN {column}")) {
+                    // Another process dropped it first.
+                    Err(rusqlite::Error::SqliteFailure(_, Some(m)))
+                        if m.contains("no such column") => {}
                     other => other.map_err(|e| db_err(path, e))?,
                 }
             }
@@ -380,10 +390,10 @@ impl Store {
         }
         let res = tx.execute(
             "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
-                vmm_pid, run_dir, agent_socket, owner_pid, pooled, created_at, updated_at,
+                vmm_pid, run_dir, owner_pid, pooled, created_at, updated_at,
                 last_used_at, ttl_ms, idle_ms, reason, from_snapshot, disk_size_mib, owner,
                 bound_to_owner)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
             params![
                 r.id.to_string(),
                 r.name,
@@ -395,7 +405,6 @@ impl Store {
                 r.backend,
                 r.vmm_pid,
                 r.run_dir.as_ref().map(|p| p.display().to_string()),
-                r.agent_socket.as_ref().map(|p| p.display().to_string()),
                 r.owner_pid,
                 r.pooled,
                 r.created_at_ms,
@@ -422,23 +431,11 @@ impl Store {
     }
 
     /// Records the VM of a sandbox once it runs.
-    pub fn set_vm(
-        &self,
-        id: SandboxId,
-        pid: u32,
-        run_dir: &Path,
-        agent_socket: &Path,
-    ) -> Result<(), CoreError> {
+    pub fn set_vm(&self, id: SandboxId, pid: u32, run_dir: &Path) -> Result<(), CoreError> {
         self.write(|c| {
             c.execute(
-                "UPDATE sandboxes SET vmm_pid = ?2, run_dir = ?3, agent_socket = ?4, updated_at = ?5 WHERE id = ?1",
-                params![
-                    id.to_string(),
-                    pid,
-                    run_dir.display().to_string(),
-                    agent_socket.display().to_string(),
-                    now_ms()
-                ],
+                "UPDATE sandboxes SET vmm_pid = ?2, run_dir = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id.to_string(), pid, run_dir.display().to_string(), now_ms()],
             )
         })?;
         Ok(())
@@ -756,9 +753,6 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
         backend: r.get("backend")?,
         vmm_pid: r.get("vmm_pid")?,
         run_dir: r.get::<_, Option<String>>("run_dir")?.map(PathBuf::from),
-        agent_socket: r
-            .get::<_, Option<String>>("agent_socket")?
-            .map(PathBuf::from),
         owner_pid: r.get("owner_pid")?,
         pooled: r.get("pooled")?,
         created_at_ms: r.get("created_at")?,
@@ -791,7 +785,6 @@ mod tests {
             backend: "qemu".into(),
             vmm_pid: None,
             run_dir: None,
-            agent_socket: None,
             owner_pid: std::process::id(),
             pooled: false,
             created_at_ms: now,
@@ -879,13 +872,7 @@ mod tests {
         {
             let s = Store::open(&path).unwrap();
             s.insert(&r, None).unwrap();
-            s.set_vm(
-                r.id,
-                42,
-                Path::new("/run/x"),
-                Path::new("/run/x/agent.sock"),
-            )
-            .unwrap();
+            s.set_vm(r.id, 42, Path::new("/run/x")).unwrap();
             s.set_state(r.id, SandboxState::Ready, None).unwrap();
         }
         let s = Store::open(&path).unwrap();
@@ -936,6 +923,37 @@ mod tests {
         s.insert(&record("new"), None).unwrap();
         assert_eq!(s.get("new").unwrap().unwrap().disk_size_mib, Some(2048));
         // Opening again finds the columns there and adds nothing.
+        drop(s);
+        Store::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_database_with_the_dropped_agent_socket_column_loses_it_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petty.db");
+        let r = record("old");
+        {
+            // The schema before the column was dropped, with a row using it.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch("ALTER TABLE sandboxes ADD COLUMN agent_socket TEXT")
+                .unwrap();
+            c.execute(
+                "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs,
+                    backend, owner_pid, created_at, updated_at, last_used_at, run_dir,
+                    agent_socket)
+                 VALUES (?1, 'old', 'ready', 256, 2, '/k', '/r', 'qemu', 1, 0, 0, 0,
+                    '/run/x', '/run/x/agent.sock')",
+                params![r.id.to_string()],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let got = s.get("old").unwrap().unwrap();
+        assert_eq!((got.id, got.run_dir), (r.id, Some(PathBuf::from("/run/x"))));
+        let c = Connection::open(&path).unwrap();
+        assert!(!has_column(&c, "sandboxes", "agent_socket").unwrap());
+        s.insert(&record("new"), None).unwrap();
         drop(s);
         Store::open(&path).unwrap();
     }

@@ -137,7 +137,6 @@ impl Env {
             backend: "qemu".into(),
             vmm_pid: vm.map(VmHandle::pid),
             run_dir: vm.map(|v| v.run_dir().to_path_buf()),
-            agent_socket: vm.map(|v| v.run_dir().join("agent.sock")),
             owner_pid,
             pooled: false,
             created_at_ms: now,

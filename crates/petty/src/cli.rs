@@ -1,9 +1,9 @@
 //! Argument definitions and dispatch.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use petty_config::{Loaded, Override, Settings};
 use petty_core::BackendKind;
@@ -104,10 +104,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// Benchmarks (figures beside a baseline measured in the same run).
+    /// Benchmarks (figures beside a baseline measured in the same run):
+    /// boot, pool, snapshot, serve, halt, density. Run by the `petty-bench`
+    /// binary, found beside this one or on PATH; `petty bench --help` lists
+    /// them and their flags.
+    #[command(disable_help_flag = true, disable_version_flag = true)]
     Bench {
-        #[command(subcommand)]
-        cmd: BenchCmd,
+        /// The benchmark and its flags, given to `petty-bench` as they are.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
     },
 }
 
@@ -142,61 +151,6 @@ enum ImageCmd {
     },
     /// Print the paths of the cached assets (fails if they are not built).
     Path,
-}
-
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// Boot time of `petty run -- true` against bare QEMU booting the same
-    /// kernel, and exec round trip against the guest's own spawn cost.
-    Boot {
-        /// Runs per measurement.
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
-    },
-    /// Warm-pool acquire time against a cold create, from the same run.
-    Pool {
-        /// Runs per measurement.
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
-    },
-    /// Create from a template against a cold boot, snapshot cost, forks, and their memory.
-    Snapshot {
-        /// Runs per measurement.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Children in the fork measurement.
-        #[arg(long, default_value_t = 10)]
-        forks: usize,
-    },
-    /// Exec round trip through the REST API against the in-process round
-    /// trip, and the throughput of many concurrent REST clients.
-    Serve {
-        /// Runs per measurement.
-        #[arg(long, default_value_t = 30)]
-        runs: usize,
-        /// Concurrent clients in the throughput measurement.
-        #[arg(long, default_value_t = 32)]
-        clients: usize,
-        /// Commands each client runs.
-        #[arg(long, default_value_t = 10)]
-        per_client: usize,
-    },
-    /// How soon a guest's power-off ends the command in flight, beside how
-    /// soon an ordinary command's exit reaches the host.
-    Halt {
-        /// Runs (one sandbox each).
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
-    },
-    /// Start many idle sandboxes, check each answers, and report host memory per sandbox.
-    Density {
-        /// How many sandboxes.
-        #[arg(long, default_value_t = 50)]
-        count: usize,
-        /// Guest memory of each, in MiB.
-        #[arg(long, default_value_t = 256)]
-        memory_mib: u32,
-    },
 }
 
 /// Options of `petty serve` and `petty mcp`; each overrides the config
@@ -409,6 +363,17 @@ impl Cli {
         matches!(self.cmd, Cmd::Serve(_) | Cmd::Mcp(_))
     }
 
+    /// `petty bench ARGS`: what to run instead of a command of this binary's.
+    pub fn bench(&self) -> Option<Bench> {
+        match &self.cmd {
+            Cmd::Bench { args } => Some(Bench {
+                config: self.config.clone(),
+                args: args.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The settings for this command: every source, this command's flags last.
     pub fn load_settings(&self) -> anyhow::Result<Loaded> {
         let flags = match &self.cmd {
@@ -462,20 +427,12 @@ pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
         } => crate::manage::snapshots_rm(names, s).await,
         Cmd::Image { cmd } => image(cmd, s).await,
         Cmd::Doctor => crate::doctor::doctor(s).await,
-        Cmd::Bench { cmd } => match cmd {
-            BenchCmd::Boot { runs } => crate::bench::boot(runs, s).await,
-            BenchCmd::Pool { runs } => crate::bench::pool(runs, s).await,
-            BenchCmd::Snapshot { runs, forks } => crate::bench::snapshot(runs, forks, s).await,
-            BenchCmd::Serve {
-                runs,
-                clients,
-                per_client,
-            } => crate::bench_serve::serve(runs, clients, per_client, s).await,
-            BenchCmd::Halt { runs } => crate::bench::halt(runs, s).await,
-            BenchCmd::Density { count, memory_mib } => {
-                crate::bench::density(count, memory_mib, s).await
-            }
-        },
+        // `main` runs it before loading the settings: petty-bench loads them.
+        Cmd::Bench { args } => Ok(Bench {
+            config: cli.config,
+            args,
+        }
+        .exec()),
     }
 }
 
@@ -518,7 +475,7 @@ fn print_settings(loaded: &Loaded, json: bool) -> std::io::Result<()> {
 
 async fn image(cmd: ImageCmd, s: &Settings) -> anyhow::Result<ExitCode> {
     let assets = match cmd {
-        ImageCmd::Build { quiet } => ensure_assets(s, !quiet).await?,
+        ImageCmd::Build { quiet } => petty::settings::ensure_assets(s, !quiet).await?,
         ImageCmd::Path => petty::settings::image_builder(s).locate()?,
     };
     println!("kernel  {}", assets.kernel.display());
@@ -527,11 +484,47 @@ async fn image(cmd: ImageCmd, s: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds any missing guest asset (progress on stderr) and returns them all.
-pub async fn ensure_assets(s: &Settings, progress: bool) -> anyhow::Result<petty_image::Assets> {
-    let builder = petty::settings::image_builder(s).with_progress(progress);
-    let assets = tokio::task::spawn_blocking(move || builder.ensure())
-        .await
-        .context("image build task")??;
-    Ok(assets)
+/// `petty bench ARGS`, which the `petty-bench` binary runs: the benchmarks
+/// are apart from this binary, so that it carries no HTTP client.
+pub struct Bench {
+    config: Option<PathBuf>,
+    args: Vec<OsString>,
+}
+
+/// What `petty bench` runs, and how to get it when it is missing.
+const BENCH_BIN: &str = "petty-bench";
+
+impl Bench {
+    /// Replaces this process with `petty-bench [--config FILE] ARGS`, found
+    /// beside this binary or on `$PATH`, so its exit status (or the signal
+    /// that ended it) is this command's. Returns only on failure.
+    pub fn exec(self) -> ExitCode {
+        use std::os::unix::process::CommandExt as _;
+        let env = petty_config::env::Env::process();
+        let search_path: Vec<PathBuf> = env
+            .get(petty_config::env::PATH)
+            .map(|p| std::env::split_paths(p).collect())
+            .unwrap_or_default();
+        let Some(bin) = petty::exe::find(BENCH_BIN, &search_path) else {
+            let here = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.display().to_string()))
+                .unwrap_or_else(|| "this binary's directory".into());
+            eprintln!(
+                "petty: error: `petty bench` runs the `{BENCH_BIN}` binary, and there is none in {here} or on PATH\n  \
+                 hint: build it beside petty with `cargo build --release -p {BENCH_BIN}` (or put it on PATH)"
+            );
+            return ExitCode::FAILURE;
+        };
+        let mut cmd = std::process::Command::new(&bin);
+        // Its usage lines then read `petty bench …`, as it was called.
+        cmd.arg0("petty bench");
+        if let Some(file) = self.config {
+            cmd.arg("--config").arg(file);
+        }
+        cmd.args(self.args);
+        let err = cmd.exec();
+        eprintln!("petty: error: running {}: {err}", bin.display());
+        ExitCode::FAILURE
+    }
 }

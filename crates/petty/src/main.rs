@@ -1,8 +1,6 @@
 //! `petty`: the one command-line tool. Parses arguments, sets up logging, runs
 //! the subcommand, and turns its result into an exit code.
 
-mod bench;
-mod bench_serve;
 mod cli;
 mod doctor;
 mod manage;
@@ -15,6 +13,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // `petty bench` is another binary's, settings and all.
+    if let Some(bench) = cli.bench() {
+        return bench.exec();
+    }
     // The settings are read first, once: they decide the log format, and a
     // bad one stops everything before a socket or VM exists.
     let loaded = match cli.load_settings() {

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use petty::settings::ensure_assets;
 use petty_config::Settings;
 use petty_core::{ClientError, CoreError, FileType, SandboxManager, SandboxState};
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::{ensure_assets, ExecOpts};
+use crate::cli::ExecOpts;
 
 /// Opens the manager on the configured data and run directories. No
 /// standby VMMs: a CLI command ends right after its create, and one would

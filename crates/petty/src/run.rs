@@ -3,13 +3,14 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
+use petty::settings::ensure_assets;
 use petty_config::Settings;
 use petty_core::{ExecEvent, ExecRequest, Sandbox};
 use petty_vmm::sweep_stale_run_dirs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{ensure_assets, RunArgs};
+use crate::cli::RunArgs;
 
 /// Exit code when `--timeout` killed the command (as GNU `timeout` uses).
 const EXIT_TIMEOUT: u8 = 124;

@@ -120,3 +120,13 @@ pub fn image_builder(s: &Settings) -> ImageBuilder {
         .with_search_path(s.paths.search_path.clone())
         .with_debian_mirror(s.image.debian_mirror.clone())
 }
+
+/// Builds any missing guest asset (progress on stderr when `progress`) and
+/// returns them all.
+pub async fn ensure_assets(s: &Settings, progress: bool) -> anyhow::Result<petty_image::Assets> {
+    let builder = image_builder(s).with_progress(progress);
+    let assets = tokio::task::spawn_blocking(move || builder.ensure())
+        .await
+        .context("image build task")??;
+    Ok(assets)
+}

@@ -1,5 +1,5 @@
 //! Every request the Firecracker backend sends, checked against
-//! Firecracker's own API spec (`shared/specs/firecracker-api.yaml`): the path
+//! Firecracker's own API spec (`tests/data/firecracker-api.yaml`): the path
 //! and method exist, and the body satisfies the schema (required fields,
 //! types, enums, bounds, no unknown fields: Firecracker rejects those). And
 //! the HTTP client against a unix-socket server that stands in for
@@ -20,17 +20,10 @@ pub struct Spec(Yaml);
 
 impl Spec {
     pub fn load() -> Self {
-        // The spec lives in the project's shared/ folder, beside the
-        // repository (as CI checks it out); PETTY_SHARED_DIR overrides.
-        let shared = std::env::var_os("PETTY_SHARED_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-        let path = shared.join("specs/firecracker-api.yaml");
+        // A copy in the repository (tests/data/README.md says whence).
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/firecracker-api.yaml");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "reading Firecracker's API spec at {}: {e} (set PETTY_SHARED_DIR to the shared/ folder)",
-                path.display()
-            )
+            panic!("reading Firecracker's API spec at {}: {e}", path.display())
         });
         Spec(serde_yaml::from_str(&text).unwrap())
     }

@@ -6,6 +6,7 @@
 //! progress). They fail, rather than skip, when those are missing: a green
 //! run means real VMs ran.
 
+mod bench;
 mod cli;
 mod cli_manage;
 mod firecracker;

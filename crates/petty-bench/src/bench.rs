@@ -1,16 +1,17 @@
-//! `petty bench boot`: sandbox start-to-exit against bare QEMU booting the
-//! same kernel, and exec round trip against the guest's own spawn cost, all
-//! measured in one run. A benchmark, not a test: it prints, it never asserts.
+//! The VM benchmarks: `petty bench boot` (sandbox start-to-exit against
+//! bare QEMU booting the same kernel, and exec round trip against the
+//! guest's own spawn cost, all measured in one run), `pool`, `density`,
+//! `snapshot` and `halt`. Benchmarks, not tests: they print, never assert.
 
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use petty::settings::ensure_assets;
 use petty_config::Settings;
 use petty_core::{ExecRequest, Sandbox, SandboxConfig};
 use petty_vmm::VmConfig;
-
-use crate::cli::ensure_assets;
 
 pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -21,13 +22,20 @@ pub(crate) fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-pub async fn boot(runs: usize, s: &Settings) -> anyhow::Result<ExitCode> {
+/// `petty bench boot`; `config` is the `--config` given, which the timed
+/// `petty run` gets too.
+pub async fn boot(runs: usize, config: Option<&Path>, s: &Settings) -> anyhow::Result<ExitCode> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
     let assets = ensure_assets(s, true).await?;
     let (vmm, notice) = petty::settings::backend_options(s).qemu(s.paths.run_dir.clone());
     let qemu = vmm.find_binary()?;
+    // What step 2 times, found before step 1 takes its time.
+    let exe = petty::exe::find("petty", &s.paths.search_path).context(
+        "timing `petty run -- true`: no `petty` beside petty-bench or on the search path \
+         (hint: cargo build --release -p petty)",
+    )?;
     eprintln!("{notice}");
 
     // 1. Baseline: bare QEMU, same kernel, same devices, the guest's init
@@ -69,11 +77,14 @@ pub async fn boot(runs: usize, s: &Settings) -> anyhow::Result<ExitCode> {
     eprintln!();
 
     // 2. `petty run -- true`, start to exit, as a user would see it.
-    let exe = std::env::current_exe()?;
     let mut petty_run = Vec::new();
     for i in 0..runs {
+        let mut cmd = tokio::process::Command::new(&exe);
+        if let Some(file) = config {
+            cmd.arg("--config").arg(file);
+        }
         let t = Instant::now();
-        let status = tokio::process::Command::new(&exe)
+        let status = cmd
             .args(["run", "--", "true"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

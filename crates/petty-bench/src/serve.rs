@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use petty::settings::ensure_assets;
 use petty_core::ExecRequest;
 
 use crate::bench::{median, ms};
-use crate::cli::ensure_assets;
 
 /// Sandboxes the throughput clients spread over.
 const SANDBOXES: usize = 4;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use load::{load, ConfigError, Loaded, Override, Row, Source, Sources, SYSTEM_FILE};
 pub use model::*;
-pub use paths::find_program;
+pub use paths::{find_program, STANDARD_PATH};
 
 impl Default for Settings {
     /// The built-in settings, paths derived from this process's environment.

@@ -10,8 +10,9 @@ use crate::model::{
     PoolSection, ServerSection, Settings,
 };
 
-/// Where programs are looked for when `PATH` is not set.
-const STANDARD_PATH: &[&str] = &[
+/// Where programs are looked for when `PATH` is not set (and by the
+/// libraries when their caller gives no search path).
+pub const STANDARD_PATH: &[&str] = &[
     "/usr/local/sbin",
     "/usr/local/bin",
     "/usr/sbin",

@@ -1,5 +1,6 @@
 //! Facts about the build host: its Debian codename and mirror (read from
-//! `/etc/os-release` and apt's sources, overridable with `PETTY_DEBIAN_MIRROR`),
+//! `/etc/os-release` and apt's sources, unless the caller's
+//! `image.debian_mirror` setting names one),
 //! where host programs are, and which package provides each of them.
 //!
 //! Only cheap lookups live here (small file reads and `stat`s); nothing runs a
@@ -11,14 +12,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
+// Where programs are looked for when the caller gives no search path.
+use petty_config::STANDARD_PATH;
+
 use crate::error::ImageError;
 
 /// The setting that chooses the Debian mirror debootstrap uses (the
 /// caller's configuration holds it; this crate reads no environment).
 pub(crate) const MIRROR_SETTING: &str = "image.debian_mirror (PETTY_IMAGE_DEBIAN_MIRROR)";
-
-/// Where programs are looked for when the caller gives no search path.
-const STANDARD_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 
 /// What a build takes from its caller about the host: where programs are
 /// and the Debian mirror, if one was chosen.

@@ -401,7 +401,7 @@ impl Vm for FakeVm {
     fn connect_agent(&self) -> BoxFuture<'_, Result<AgentStream, VmmError>> {
         Box::pin(async move {
             let refused = |source| VmmError::AgentConnect {
-                path: self.proc.dir.join(petty_vmm::qemu::AGENT_SOCKET),
+                path: self.proc.dir.join("agent"),
                 source,
             };
             let guest = &self.vm.guest;

@@ -37,14 +37,7 @@ pub use turns::{BootTurn, BootTurns};
 pub use qemu::find_on_path;
 
 /// Where programs are looked for unless a backend is given a search path.
-pub const STANDARD_PATH: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
+pub use petty_config::STANDARD_PATH;
 
 fn standard_path() -> Vec<PathBuf> {
     STANDARD_PATH.iter().map(PathBuf::from).collect()

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use petty_config::Settings;
 use petty_image::StatusKind;
-use petty_vmm::qemu::find_on_path;
+use petty_vmm::find_on_path;
 use petty_vmm::Accel;
 
 struct Line {

@@ -14,10 +14,13 @@ use anyhow::{bail, Context};
 use petty::settings::ensure_assets;
 use petty_core::ExecRequest;
 
-use crate::bench::{median, ms};
+use crate::bench::{median, ms, percentiles};
 
 /// Sandboxes the throughput clients spread over.
 const SANDBOXES: usize = 4;
+
+/// The wide throughput run: this many clients over this many sandboxes.
+const WIDE: (usize, usize) = (64, 32);
 
 pub async fn serve(
     runs: usize,
@@ -64,7 +67,8 @@ async fn measure(
 ) -> anyhow::Result<ExitCode> {
     let http = reqwest::Client::new();
     let mut names = Vec::new();
-    for i in 0..SANDBOXES {
+    let made = SANDBOXES.max(WIDE.1);
+    for i in 0..made {
         let name = format!("bench-{i}");
         let resp = http
             .post(format!("{base}/v1/sandboxes"))
@@ -79,7 +83,7 @@ async fn measure(
             );
         }
         names.push(name);
-        eprint!("\rsandboxes: {}/{SANDBOXES}", i + 1);
+        eprint!("\rsandboxes: {}/{made}", i + 1);
     }
     eprintln!();
     let manager = service.manager().clone();
@@ -132,6 +136,7 @@ async fn measure(
         eprint!("\rround trips: {}/{runs}", i + 1);
     }
     eprintln!();
+    let (rest_pct, lib_pct) = (percentiles(rest.clone()), percentiles(lib.clone()));
     let (rest_med, lib_med) = (median(rest), median(lib));
     // SQLite round trips of one REST exec, as the store counts them; the
     // median, since the reaper's pass (once a second) reads the store too.
@@ -165,26 +170,7 @@ async fn measure(
     }
     let (rest_get, lib_get) = (median(rest_get), median(lib_get));
 
-    let total = clients * per_client;
-    let lib_run = || async {
-        let t = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..clients {
-            let name = names[c % SANDBOXES].clone();
-            let lib_exec = lib_exec.clone();
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..per_client {
-                    lib_exec(name.clone()).await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            }));
-        }
-        for task in tasks {
-            task.await??;
-        }
-        Ok::<_, anyhow::Error>(t.elapsed())
-    };
-    let lib_tp = lib_run().await?;
+    let lib_tp = run_clients(clients, per_client, &names[..SANDBOXES], lib_exec.clone()).await?;
     eprintln!("in-process throughput run done");
     // A lookup while those execs run again: its store read shares the
     // store with every exec's reads and writes. Sampled every millisecond.
@@ -208,7 +194,7 @@ async fn measure(
             Ok::<_, anyhow::Error>(lat)
         })
     };
-    let loaded = lib_run().await;
+    let loaded = run_clients(clients, per_client, &names[..SANDBOXES], lib_exec.clone()).await;
     busy.store(false, Ordering::Relaxed);
     let mut busy_get = looker.await??;
     loaded?;
@@ -216,36 +202,27 @@ async fn measure(
     let busy_get_p90 = busy_get[busy_get.len() * 9 / 10];
     let busy_get = busy_get[busy_get.len() / 2];
     eprintln!("lookups under load done");
-    let (rest_tp, rest_lat) = {
-        let t = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..clients {
-            let name = names[c % SANDBOXES].clone();
-            let rest_exec = rest_exec.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                for _ in 0..per_client {
-                    lat.push(rest_exec(name.clone()).await?);
-                }
-                Ok::<_, anyhow::Error>(lat)
-            }));
-        }
-        let mut lat = Vec::new();
-        for task in tasks {
-            lat.extend(task.await??);
-        }
-        (t.elapsed(), lat)
-    };
+    let rest_tp = run_clients(clients, per_client, &names[..SANDBOXES], rest_exec.clone()).await?;
     eprintln!("REST throughput run done");
-    let per_sec = |d: Duration| total as f64 / d.as_secs_f64();
+    let (wide_clients, wide_sandboxes) = WIDE;
+    let wide_lib =
+        run_clients(wide_clients, per_client, &names[..wide_sandboxes], lib_exec).await?;
+    let wide_rest = run_clients(
+        wide_clients,
+        per_client,
+        &names[..wide_sandboxes],
+        rest_exec,
+    )
+    .await?;
+    eprintln!("wide throughput runs done");
     let overhead = rest_med.as_secs_f64() / lib_med.as_secs_f64() - 1.0;
     println!("petty bench serve ({runs} runs; exec `true`; 256 MiB, 2 vCPUs; daemon in this process on 127.0.0.1)");
     println!(
-        "  exec round trip, in-process library call        median {}",
+        "  exec round trip, in-process library call        median {}; {lib_pct}",
         ms(lib_med)
     );
     println!(
-        "  exec round trip, REST POST /v1/sandboxes/*/exec median {}",
+        "  exec round trip, REST POST /v1/sandboxes/*/exec median {}; {rest_pct}",
         ms(rest_med)
     );
     println!(
@@ -265,21 +242,69 @@ async fn measure(
         (rest_get.as_secs_f64() - lib_get.as_secs_f64()) * 1000.0
     );
     println!("  {clients} concurrent clients x {per_client} execs over {SANDBOXES} sandboxes:");
-    println!(
-        "    in-process                                    {:.0} execs/s ({} total)",
-        per_sec(lib_tp),
-        ms(lib_tp)
-    );
-    println!(
-        "    REST                                          {:.0} execs/s ({} total; median latency {})",
-        per_sec(rest_tp),
-        ms(rest_tp),
-        ms(median(rest_lat))
-    );
+    lib_tp.print("in-process");
+    rest_tp.print("REST");
     println!(
         "    sandbox lookup during an in-process run      median {:.3} ms, p90 {:.3} ms",
         busy_get.as_secs_f64() * 1000.0,
         busy_get_p90.as_secs_f64() * 1000.0
     );
+    println!(
+        "  {wide_clients} concurrent clients x {per_client} execs over {wide_sandboxes} sandboxes:"
+    );
+    wide_lib.print("in-process");
+    wide_rest.print("REST");
     Ok(ExitCode::SUCCESS)
+}
+
+/// One throughput run: how long the whole took and each exec's latency.
+struct Throughput {
+    total: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Throughput {
+    fn print(&self, what: &str) {
+        println!(
+            "    {what:<46}{:.0} execs/s ({} total); latency {}",
+            self.latencies.len() as f64 / self.total.as_secs_f64(),
+            ms(self.total),
+            percentiles(self.latencies.clone())
+        );
+    }
+}
+
+/// `clients` tasks at once, client `c` running `per_client` execs one after
+/// another in sandbox `names[c % names.len()]`.
+async fn run_clients<F, Fut>(
+    clients: usize,
+    per_client: usize,
+    names: &[String],
+    exec: F,
+) -> anyhow::Result<Throughput>
+where
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Duration>> + Send,
+{
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let name = names[c % names.len()].clone();
+        let exec = exec.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                lat.push(exec(name.clone()).await?);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(clients * per_client);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(Throughput {
+        total: t.elapsed(),
+        latencies,
+    })
 }

@@ -1,0 +1,17 @@
+//! Sandbox networking: what a sandbox may reach, decided in one place.
+//!
+//! - [`addr`]: CIDR blocks and the address classifier — which addresses are
+//!   the public internet and which are the host, loopback, private networks,
+//!   link-local, multicast or a cloud's metadata service.
+//! - [`policy`]: a sandbox's network mode (`none`, `public`, `allow`), its
+//!   allow rules (names exact or `*.suffix`, CIDRs, optional ports) and the
+//!   verdict for a name or a connection.
+//!
+//! This crate reads no environment and runs no program to decide: the
+//! policy is data, and every verdict is a pure function of it.
+
+pub mod addr;
+pub mod policy;
+
+pub use addr::{classify, AddrClass, Cidr};
+pub use policy::{Denied, HostPattern, NetworkMode, Policy, Rule, RuleError};

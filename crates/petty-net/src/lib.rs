@@ -6,11 +6,14 @@
 //! - [`policy`]: a sandbox's network mode (`none`, `public`, `allow`), its
 //!   allow rules (names exact or `*.suffix`, CIDRs, optional ports) and the
 //!   verdict for a name or a connection.
+//! - [`netns`]: named network namespaces (iproute2's), joined to the host by
+//!   veth pairs, removed with everything inside them when dropped.
 //!
-//! This crate reads no environment and runs no program to decide: the
-//! policy is data, and every verdict is a pure function of it.
+//! This crate reads no environment. Deciding runs no program: the policy is
+//! data, and every verdict is a pure function of it; [`netns`] runs `ip`.
 
 pub mod addr;
+pub mod netns;
 pub mod policy;
 
 pub use addr::{classify, AddrClass, Cidr};

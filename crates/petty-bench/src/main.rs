@@ -21,38 +21,6 @@ fn main() -> ExitCode {
         }
     };
     // As `petty`'s commands: only what went wrong.
-    let env = petty_config::env::Env::process();
-    let filter = [petty_config::env::PETTY_LOG, petty_config::env::RUST_LOG]
-        .iter()
-        .find_map(|name| env.text(name))
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && env.get(petty_config::env::NO_COLOR).is_none(),
-        )
-        .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("petty-bench: error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(cli::dispatch(cli, &loaded.settings)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("petty-bench: error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    petty::process::init_logging("warn", false);
+    petty::process::run("petty-bench", cli::dispatch(cli, &loaded.settings))
 }

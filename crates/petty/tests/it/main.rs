@@ -51,6 +51,32 @@ pub fn assets() -> &'static petty_image::Assets {
     })
 }
 
+/// README.md's section under `heading` (a whole heading line, as
+/// `## Using it`): its text up to the next heading, read at test time.
+/// Lines starting with `#` inside code blocks are shell comments, not
+/// headings.
+pub fn readme_section(heading: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let mut lines = readme.lines().skip_while(|l| *l != heading);
+    assert!(
+        lines.next().is_some(),
+        "README.md has no {heading:?} section"
+    );
+    let mut in_code = false;
+    let mut section = String::new();
+    for line in lines {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            break;
+        }
+        section.push_str(line);
+        section.push('\n');
+    }
+    section
+}
+
 /// A sandbox config with the defaults and the test settings' guest assets.
 pub fn sandbox_config() -> petty_core::SandboxConfig {
     config_builder().build().unwrap()

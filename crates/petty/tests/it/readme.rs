@@ -9,20 +9,11 @@ use std::process::{Command, Stdio};
 
 use crate::Env;
 
-/// The shell blocks of README.md's "Using it" section, up to the daemon's.
+/// The shell blocks of README.md's "Using it" section.
 fn using_it_lines() -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README.md");
-    let start = readme
-        .find("## Using it")
-        .expect("README.md has a Using it section");
-    let end = start
-        + readme[start..]
-            .find("### The daemon")
-            .expect("README.md has a daemon section");
     let mut lines = Vec::new();
     let mut in_sh = false;
-    for line in readme[start..end].lines() {
+    for line in crate::readme_section("## Using it").lines() {
         match line.trim() {
             "```sh" => in_sh = true,
             "```" => in_sh = false,

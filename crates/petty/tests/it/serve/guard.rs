@@ -485,19 +485,15 @@ async fn configured_origins_and_hosts_are_let_in_with_cors() {
 
 /// The curl lines of README.md's daemon section, read at test time.
 fn readme_curl_lines() -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README.md");
-    let start = readme
-        .find("### The daemon")
-        .expect("README.md has a daemon section");
-    let section = &readme[start..];
-    let end = section[1..].find("\n#").map_or(section.len(), |i| i + 1);
-    let lines: Vec<String> = section[..end]
+    let lines: Vec<String> = crate::readme_section("### The daemon: REST, MCP and metrics")
         .lines()
         .filter(|l| l.starts_with("curl "))
         .map(str::to_string)
         .collect();
-    assert!(!lines.is_empty(), "no curl line in the daemon section");
+    assert!(
+        lines.iter().any(|l| l.contains("openapi.json")),
+        "the daemon section's curl lines were not all read: {lines:?}"
+    );
     lines
 }
 
@@ -508,11 +504,17 @@ async fn every_readme_curl_example_succeeds() {
     let d = Daemon::start(&env, &["--pool-size", "0"]);
     let port = d.host_port().rsplit(':').next().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    // The files the lines upload (`@FILE`).
+    // The files the lines upload (`@FILE`, `-T FILE`).
     let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     for line in &lines {
-        for word in line.split_whitespace() {
-            if let Some(file) = word.strip_prefix('@') {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for (i, word) in words.iter().enumerate() {
+            let file = match word.strip_prefix('@') {
+                Some(f) => Some(f),
+                None if *word == "-T" => words.get(i + 1).copied(),
+                None => None,
+            };
+            if let Some(file) = file {
                 std::fs::write(dir.path().join(file.trim_matches('\'')), &data).unwrap();
             }
         }

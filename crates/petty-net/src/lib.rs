@@ -3,6 +3,10 @@
 //! - [`addr`]: CIDR blocks and the address classifier — which addresses are
 //!   the public internet and which are the host, loopback, private networks,
 //!   link-local, multicast or a cloud's metadata service.
+//! - [`dns`]: a small DNS message codec for the filtering resolver between
+//!   a guest and the host's upstream resolver: a query's one question, a
+//!   reply carrying only a response code, an answer's addresses and CNAME
+//!   targets, DNS-over-TCP framing.
 //! - [`policy`]: a sandbox's network mode (`none`, `public`, `allow`), its
 //!   allow rules (names exact or `*.suffix`, CIDRs, optional ports) and the
 //!   verdict for a name or a connection.
@@ -13,6 +17,7 @@
 //! data, and every verdict is a pure function of it; [`netns`] runs `ip`.
 
 pub mod addr;
+pub mod dns;
 pub mod netns;
 pub mod policy;
 

@@ -1,4 +1,5 @@
-//! PID 1 duties: mount the pseudo filesystems, grow `/` to fill its disk,
+//! PID 1 duties: mount the pseudo filesystems, bring up `lo` (and `eth0`
+//! when the VM has a network: [`crate::net`]), grow `/` to fill its disk,
 //! find the host channel, serve it for the life of the VM, and power off
 //! cleanly.
 //!
@@ -86,6 +87,8 @@ fn setup_filesystems() {
     // SAFETY: name is valid for its length.
     unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
     loopback_up();
+    // A VM given a network has eth0: its fixed address, route and resolver.
+    crate::net::configure();
 }
 
 /// Brings `lo` up so programs can talk to themselves over 127.0.0.1.

@@ -1,7 +1,8 @@
 //! `petty-agent`: the guest side of Petty.
 //!
 //! Started by the kernel as PID 1 (`init=/sbin/petty-agent`), it mounts the
-//! pseudo filesystems, grows `/` to fill its disk, reaps orphans, finds its
+//! pseudo filesystems, configures its network interface if it has one,
+//! grows `/` to fill its disk, reaps orphans, finds its
 //! channel to the host (the `petty.agent` virtio-serial port under QEMU,
 //! vsock port 52 under Firecracker) and serves framed requests on it: exec
 //! with streamed output, file operations, ping, clock and power-off.
@@ -18,6 +19,7 @@ mod disk;
 mod exec;
 mod files;
 mod init;
+mod net;
 mod reaper;
 mod server;
 mod workers;

@@ -25,6 +25,7 @@
 
 mod frame;
 mod message;
+pub mod net;
 
 pub use frame::{
     Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD,

@@ -72,6 +72,16 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// The VM's network namespace or TAP device settings cannot be used.
+    #[error("the VM's network (namespace {}, TAP device {tap:?}): {problem}", netns.display())]
+    Network {
+        /// The network namespace file.
+        netns: PathBuf,
+        /// The TAP device.
+        tap: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// `qemu-img create` failed.
     #[error("creating the copy-on-write disk overlay failed: {0}")]
     Overlay(String),

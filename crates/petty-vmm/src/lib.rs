@@ -90,12 +90,89 @@ pub struct VmConfig {
     /// finished: until then the sweep kills it once its creator is gone.
     /// Implies `die_with_parent: false` and `start_paused: false`.
     pub standby: bool,
+    /// A network interface on a TAP device inside a network namespace the
+    /// caller made; `None`: no network device at all (the guest has only
+    /// `lo`). The VMM process is started inside that namespace.
+    ///
+    /// A snapshot records whether its VM had one (its device state is in
+    /// the snapshot): a snapshot taken with a network restores only into a
+    /// VM given a network, and one taken without only into a VM without.
+    /// The restored guest keeps the addresses it had; the namespace it is
+    /// restored into gives its TAP device the same ones
+    /// ([`petty_protocol::net`]).
+    pub network: Option<VmNetwork>,
+}
+
+/// A VM's network interface: a TAP device inside a network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmNetwork {
+    /// The namespace, as a file to `setns(2)` into (e.g.
+    /// `/run/netns/petty-abc`, made by `ip netns add petty-abc`). It must
+    /// exist when the VM starts.
+    pub netns: PathBuf,
+    /// The TAP device inside it (made already, e.g. `ip tuntap add dev
+    /// tap0 mode tap`, persistent, so the VMM only attaches to it):
+    /// 1 to 15 characters, letters, digits, `-`, `_` or `.`.
+    pub tap: String,
+    /// The guest interface's MAC address, `xx:xx:xx:xx:xx:xx` (hex).
+    pub mac: String,
+}
+
+impl VmNetwork {
+    /// A network on TAP device [`petty_protocol::net::TAP_NAME`] in
+    /// namespace `netns`, the guest's MAC [`petty_protocol::net::GUEST_MAC`].
+    pub fn new(netns: impl Into<PathBuf>) -> Self {
+        Self {
+            netns: netns.into(),
+            tap: petty_protocol::net::TAP_NAME.into(),
+            mac: petty_protocol::net::GUEST_MAC.into(),
+        }
+    }
+
+    /// An error unless the TAP device's name and the MAC are well formed
+    /// (they go into the VMM's arguments).
+    pub fn validate(&self) -> Result<(), VmmError> {
+        let fail = |problem: String| VmmError::Network {
+            netns: self.netns.clone(),
+            tap: self.tap.clone(),
+            problem,
+        };
+        let name_ok = (1..=15).contains(&self.tap.len())
+            && self
+                .tap
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !name_ok {
+            return Err(fail(
+                "the TAP device's name must be 1 to 15 letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        let octets: Vec<&str> = self.mac.split(':').collect();
+        let mac_ok = octets.len() == 6
+            && octets
+                .iter()
+                .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !mac_ok {
+            return Err(fail(format!(
+                "{:?} is not a MAC address (six pairs of hex digits joined by ':')",
+                self.mac
+            )));
+        }
+        let first = u8::from_str_radix(octets[0], 16).expect("hex");
+        if first & 1 != 0 {
+            return Err(fail(format!(
+                "{} is a multicast MAC address; a guest's must be unicast",
+                self.mac
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl VmConfig {
     /// A VM booting `kernel` on `rootfs`, with the defaults: 256 MiB, 2
     /// vCPUs, anonymous RAM, dying with its creator, the disk the size of
-    /// the image. Set the other fields with struct update syntax:
+    /// the image, no network. Set the other fields with struct update syntax:
     /// `VmConfig { memory_mib: 512, ..VmConfig::new(id, kernel, rootfs) }`.
     pub fn new(
         id: impl Into<String>,
@@ -115,6 +192,7 @@ impl VmConfig {
             start_paused: false,
             disk_size_mib: None,
             standby: false,
+            network: None,
         }
     }
 }
@@ -259,6 +337,8 @@ pub trait Vmm: Send + Sync {
     /// memory file) does nothing; QEMU, which saves RAM inside the state,
     /// loads the state once into a paused VM whose RAM is that file mapped
     /// shared and saves it again without RAM, taking a turn to start it.
+    /// A networked VM's snapshot needs `base` to carry its network: that VM
+    /// runs in the same namespace, on a TAP device of its own.
     fn share_snapshot_ram<'a>(
         &'a self,
         dir: &'a Path,

@@ -15,7 +15,7 @@ use crate::rundir::{
     ensure_run_root, kill_vmm, remove_run_dir, vmm_alive, write_owner, DETACHED_MARKER, PID_FILE,
     STAGING_PREFIX,
 };
-use crate::{BoxFuture, VmConfig, VmmError};
+use crate::{BoxFuture, VmConfig, VmNetwork, VmmError};
 
 /// One VMM process and its run directory. Dropping it kills the process and
 /// removes the directory, unless it was detached.
@@ -215,6 +215,54 @@ impl Drop for VmmProcess {
             tracing::warn!(vm = %self.id, "cleaning up VM: {e}");
         }
     }
+}
+
+/// `NS_GET_NSTYPE`: `_IO(0xb7, 0x3)`, the kind of namespace a file is.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Makes the child of `cmd` join `network`'s namespace before it runs
+/// (`setns(2)` in `pre_exec`), so the VMM sees that namespace's devices.
+/// The namespace file is opened (and checked to be a network namespace)
+/// here, so a missing one fails before anything is spawned; the returned
+/// file must live until `cmd` is spawned.
+pub(crate) fn join_netns(cmd: &mut Command, network: &VmNetwork) -> Result<fs::File, VmmError> {
+    use std::os::fd::AsRawFd;
+    network.validate()?;
+    let fail = |problem: String| VmmError::Network {
+        netns: network.netns.clone(),
+        tap: network.tap.clone(),
+        problem,
+    };
+    let file = fs::File::open(&network.netns).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => fail(
+            "the network namespace does not exist: make it before starting the VM (e.g. `ip netns add NAME`, which makes /run/netns/NAME)"
+                .into(),
+        ),
+        _ => fail(format!("opening the network namespace: {e}")),
+    })?;
+    let fd = file.as_raw_fd();
+    // SAFETY: an ioctl without argument on a descriptor we own.
+    let kind = unsafe { libc::ioctl(fd, NS_GET_NSTYPE) };
+    if kind < 0 {
+        return Err(fail(format!(
+            "not a namespace file ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if kind != libc::CLONE_NEWNET {
+        return Err(fail("a namespace, but not a network namespace".into()));
+    }
+    // SAFETY: setns is async-signal-safe; `file` outlives the spawn (the
+    // caller keeps it until `spawn` returns).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(file)
 }
 
 /// The last `max` bytes of a file, lossily decoded.

@@ -19,8 +19,8 @@ use crate::qmp::Qmp;
 use crate::rundir::vmm_alive;
 use crate::{
     check_disk_size, disk_image_size, Accel, AccelChoice, AgentStream, BootTurns, BoxFuture,
-    MemoryBacking, SnapshotFiles, Vm, VmConfig, Vmm, VmmError, SNAPSHOT_DISK, SNAPSHOT_RAM,
-    SNAPSHOT_STATE,
+    MemoryBacking, SnapshotFiles, Vm, VmConfig, VmNetwork, Vmm, VmmError, SNAPSHOT_DISK,
+    SNAPSHOT_RAM, SNAPSHOT_STATE,
 };
 
 /// Socket the agent's virtio-serial port is bound to, inside the run directory.
@@ -40,6 +40,12 @@ const OVERLAY: &str = "overlay.qcow2";
 /// An empty overlay on a snapshot's disk layer, kept in the snapshot directory.
 const EMPTY_OVERLAY: &str = "empty-overlay.qcow2";
 const STDERR_LOG: &str = "qemu.stderr";
+/// Present in a run directory whose VM has a network device, and in a
+/// snapshot directory whose state has one: a restore must then be given a
+/// network, and must not be given one otherwise (QEMU refuses state for a
+/// device it lacks only once started, and loads state lacking one of its
+/// devices without a word).
+const NETWORK_MARKER: &str = "network";
 
 /// The descriptor a restoring QEMU reads its snapshot's state from
 /// (inherited, `fd:3`): no `exec:cat` child on the restore path.
@@ -136,6 +142,10 @@ impl QemuVmm {
 
     /// The full QEMU argument list for `config`, with files in `dir`.
     pub fn args(&self, config: &VmConfig, dir: &Path, disk: &Path) -> Vec<String> {
+        self.args_with(config, dir, disk, TapUse::Named)
+    }
+
+    fn args_with(&self, config: &VmConfig, dir: &Path, disk: &Path, tap: TapUse) -> Vec<String> {
         let mut cmdline = BASE_CMDLINE.to_string();
         if self.accel.accel == Accel::Tcg {
             // Under TCG the guest's TSC runs at the host's rate, but the
@@ -226,8 +236,46 @@ impl QemuVmm {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(
+            config
+                .network
+                .as_ref()
+                .map(|n| net_args(n, tap))
+                .into_iter()
+                .flatten(),
+        )
         .collect()
     }
+}
+
+/// Which TAP device a VM's network interface is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TapUse {
+    /// The one [`VmNetwork::tap`] names (made by the caller, persistent).
+    Named,
+    /// One QEMU makes and removes itself, with a name the kernel picks: for
+    /// a VM whose guest never runs (the RAM re-save of a snapshot), while
+    /// the named one is held by the VM the snapshot was taken from.
+    Throwaway,
+}
+
+/// The arguments giving the guest its network interface: last of all, on
+/// cold boots and restores alike, so the devices before it sit where they
+/// sit in a VM without one and migration state matches between the two
+/// starts of one networked VM. (A TAP device is what QEMU's migrated
+/// virtio-net state expects of its peer: its offloads need the vnet
+/// header a TAP device has.)
+fn net_args(network: &VmNetwork, tap: TapUse) -> [String; 4] {
+    let netdev = match tap {
+        TapUse::Named => format!("tap,id=net0,ifname={},script=no,downscript=no", network.tap),
+        TapUse::Throwaway => "tap,id=net0,script=no,downscript=no".to_string(),
+    };
+    [
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        format!("virtio-net-device,netdev=net0,mac={}", network.mac),
+    ]
 }
 
 /// Name of the file under the run root that keeps the measured TSC rate.
@@ -350,9 +398,12 @@ impl QemuVmm {
                 ..base.clone()
             };
             let _turn = self.turns.acquire().await?;
-            let vm = self.start(&config).await?;
+            // A snapshot of a networked VM has its network device: so does
+            // this VM, on a TAP device of its own (the VM snapshotted may
+            // still hold the named one; this guest never runs).
+            let vm = self.start_qemu(&config, TapUse::Throwaway).await?;
             vm.snapshot(&resave, false).await?;
-            vm.stop().await?;
+            Box::new(vm).stop().await?;
             fs::rename(resave.join(SNAPSHOT_STATE), dir.join(SNAPSHOT_STATE)).map_err(prepare)?;
             fs::rename(&ram, dir.join(SNAPSHOT_RAM)).map_err(prepare)?;
             Ok(())
@@ -422,15 +473,18 @@ impl Vmm for QemuVmm {
 
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<Box<dyn Vm>, VmmError>> {
         Box::pin(async move {
-            let vm = self.start_qemu(config).await?;
+            let vm = self.start_qemu(config, TapUse::Named).await?;
             Ok(Box::new(vm) as Box<dyn Vm>)
         })
     }
 }
 
 impl QemuVmm {
-    async fn start_qemu(&self, config: &VmConfig) -> Result<QemuVm, VmmError> {
+    async fn start_qemu(&self, config: &VmConfig, tap: TapUse) -> Result<QemuVm, VmmError> {
         let binary = self.find_binary()?;
+        if let Some(network) = &config.network {
+            network.validate()?;
+        }
         for (what, path) in [
             ("guest kernel", &config.kernel),
             ("guest rootfs", &config.rootfs),
@@ -465,6 +519,24 @@ impl QemuVmm {
                 message: "a standby VM is a restore that runs once finished".into(),
             });
         }
+        if let Some(snap) = &config.restore_from {
+            let message = match (snap.join(NETWORK_MARKER).exists(), &config.network) {
+                (true, None) => Some(
+                    "it was taken with a network interface: restore it with a network (VmConfig::network)",
+                ),
+                (false, Some(_)) => Some(
+                    "it was taken without a network interface, and a restore cannot add one: restore it without a network",
+                ),
+                _ => None,
+            };
+            if let Some(message) = message {
+                return Err(VmmError::Snapshot {
+                    op: "restoring",
+                    dir: snap.clone(),
+                    message: message.into(),
+                });
+            }
+        }
         check_disk_size(config.disk_size_mib, &backing)?;
         // From here on, dropping `vm` removes the directory and kills QEMU.
         let vm = QemuVm {
@@ -473,6 +545,13 @@ impl QemuVmm {
             standby: std::sync::Mutex::new(None),
         };
         let dir = vm.proc.dir.clone();
+        if config.network.is_some() {
+            // For whichever process snapshots it.
+            fs::write(dir.join(NETWORK_MARKER), b"").map_err(|source| VmmError::Prepare {
+                dir: dir.clone(),
+                source,
+            })?;
+        }
         let overlay = dir.join(OVERLAY);
         // An empty overlay on a given backing file is the same bytes every
         // time: a snapshot keeps one beside its disk layer, and restores copy
@@ -483,7 +562,9 @@ impl QemuVmm {
             .map(|snap| snap.join(EMPTY_OVERLAY));
         if let Some(cached) = cached.as_ref().filter(|c| c.is_file()) {
             if fs::copy(cached, &overlay).is_ok() {
-                return self.launch(vm, config, &binary, &overlay, &backing).await;
+                return self
+                    .launch(vm, config, &binary, &overlay, &backing, tap)
+                    .await;
             }
         }
         let mut qemu_img = tokio::process::Command::new("qemu-img");
@@ -515,7 +596,8 @@ impl QemuVmm {
                 let _ = fs::remove_file(&tmp);
             }
         }
-        self.launch(vm, config, &binary, &overlay, &backing).await
+        self.launch(vm, config, &binary, &overlay, &backing, tap)
+            .await
     }
 
     /// Starts QEMU on a prepared run directory and overlay; for a restore,
@@ -527,6 +609,7 @@ impl QemuVmm {
         binary: &Path,
         overlay: &Path,
         backing: &Path,
+        tap: TapUse,
     ) -> Result<QemuVm, VmmError> {
         let dir = vm.proc.dir.clone();
         let prepare = |source| VmmError::Prepare {
@@ -536,7 +619,12 @@ impl QemuVmm {
         tracing::debug!(vm = %config.id, "overlay created");
         let stderr = fs::File::create(dir.join(STDERR_LOG)).map_err(prepare)?;
         let mut cmd = std::process::Command::new(binary);
-        cmd.args(self.args(config, &dir, overlay));
+        cmd.args(self.args_with(config, &dir, overlay, tap));
+        // QEMU runs inside the VM's network namespace, where its TAP device is.
+        let netns = match &config.network {
+            Some(network) => Some(crate::process::join_netns(&mut cmd, network)?),
+            None => None,
+        };
         // A restore reads its state from a descriptor QEMU inherits, opened
         // here so a missing or unreadable file fails before QEMU starts.
         let state = match &config.restore_from {
@@ -559,6 +647,7 @@ impl QemuVmm {
         vm.proc
             .spawn(cmd, config.die_with_parent && !config.standby, &self.binary)?;
         drop(state);
+        drop(netns);
 
         // QEMU opens both sockets before the guest runs its first instruction.
         let deadline = Instant::now() + START_TIMEOUT;
@@ -812,6 +901,12 @@ impl QemuVm {
             dir: dir.to_path_buf(),
             message,
         };
+        // Before the state, which is written last (and before the guest
+        // is paused, so failing here leaves it running).
+        if self.proc.dir.join(NETWORK_MARKER).exists() {
+            fs::write(dir.join(NETWORK_MARKER), b"")
+                .map_err(|e| fail(format!("writing {NETWORK_MARKER}: {e}")))?;
+        }
         let mut qmp = self.qmp().await?;
         qmp.execute("stop", None).await?;
         // RAM that is a shared file already needs no copy in the state. Set
@@ -999,6 +1094,125 @@ mod tests {
             .file_type()
             .is_symlink());
         assert_eq!(read_tsc_cache(&cache, "boot-1"), Some(3_000_000));
+    }
+
+    #[test]
+    fn a_network_is_a_virtio_net_device_on_its_tap_last_of_all() {
+        let vmm = QemuVmm::new(
+            AccelChoice {
+                accel: Accel::Tcg,
+                reason: "test".into(),
+            },
+            "/run".into(),
+        );
+        let args = |network: Option<VmNetwork>, tap: TapUse| {
+            let config = VmConfig {
+                network,
+                ..VmConfig::new("t", "/k", "/r")
+            };
+            vmm.args_with(&config, Path::new("/run"), Path::new("/d.qcow2"), tap)
+        };
+        let without = args(None, TapUse::Named);
+        assert!(!without.iter().any(|a| a.contains("net")), "{without:?}");
+        let net = VmNetwork {
+            netns: "/run/netns/petty-x".into(),
+            tap: "tap0".into(),
+            mac: "02:50:54:00:00:15".into(),
+        };
+        let with = args(Some(net.clone()), TapUse::Named);
+        // The same devices first, then the network's.
+        assert_eq!(with[..without.len()], without[..]);
+        assert_eq!(
+            with[without.len()..],
+            [
+                "-netdev",
+                "tap,id=net0,ifname=tap0,script=no,downscript=no",
+                "-device",
+                "virtio-net-device,netdev=net0,mac=02:50:54:00:00:15",
+            ]
+        );
+        // The re-save's VM: the same device, on a TAP device QEMU makes.
+        let throwaway = args(Some(net), TapUse::Throwaway);
+        assert_eq!(
+            throwaway[without.len() + 1],
+            "tap,id=net0,script=no,downscript=no"
+        );
+        assert_eq!(throwaway[without.len() + 3], with[without.len() + 3]);
+    }
+
+    #[test]
+    fn network_settings_that_would_change_qemus_arguments_are_refused() {
+        let ok = VmNetwork::new("/run/netns/petty-x");
+        assert_eq!(ok.tap, "tap0");
+        ok.validate().unwrap();
+        for (tap, mac) in [
+            ("tap0,script=/bin/evil", "02:50:54:00:00:15"),
+            ("", "02:50:54:00:00:15"),
+            ("a-very-long-tap-name", "02:50:54:00:00:15"),
+            ("tap0", "02:50:54:00:00:15,romfile=x"),
+            ("tap0", "02:50:54:00:15"),
+            ("tap0", "03:50:54:00:00:15"),
+        ] {
+            let bad = VmNetwork {
+                tap: tap.into(),
+                mac: mac.into(),
+                ..ok.clone()
+            };
+            let e = bad.validate().unwrap_err();
+            assert!(matches!(e, VmmError::Network { .. }), "{tap} {mac}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_network_namespace_fails_before_qemu_starts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("run");
+        for f in ["k", "r"] {
+            std::fs::write(tmp.path().join(f), b"x").unwrap();
+        }
+        // A stand-in QEMU that would show it ran.
+        let ran = tmp.path().join("ran");
+        let qemu = tmp.path().join("qemu");
+        std::fs::write(
+            &qemu,
+            format!("#!/bin/sh\ntouch {}\nsleep 100\n", ran.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let vmm = QemuVmm::new(
+            AccelChoice {
+                accel: Accel::Tcg,
+                reason: "test".into(),
+            },
+            root.clone(),
+        )
+        .with_binary(qemu.display().to_string());
+        let config = VmConfig {
+            network: Some(VmNetwork::new(tmp.path().join("no-such-netns"))),
+            ..VmConfig::new("t", tmp.path().join("k"), tmp.path().join("r"))
+        };
+        let e = vmm.start(&config).await.err().expect("refused");
+        assert!(
+            matches!(e, VmmError::Network { .. }) && e.to_string().contains("does not exist"),
+            "{e}"
+        );
+        // Not a namespace at all.
+        let config = VmConfig {
+            network: Some(VmNetwork::new(tmp.path().join("k"))),
+            ..config
+        };
+        let e = vmm.start(&config).await.err().expect("refused");
+        assert!(e.to_string().contains("not a namespace"), "{e}");
+        assert!(!ran.exists(), "QEMU was started");
+        assert_eq!(
+            std::fs::read_dir(&root)
+                .unwrap()
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count(),
+            0
+        );
     }
 
     #[test]

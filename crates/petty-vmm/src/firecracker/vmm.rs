@@ -163,7 +163,8 @@ impl FirecrackerVmm {
     }
 
     /// Gives every VM a network interface on host TAP device `tap`
-    /// (`None`: no network). One TAP device serves one VM at a time.
+    /// (`None`: no network). One TAP device serves one VM at a time. A VM
+    /// given its own ([`VmConfig::network`]) uses that instead.
     pub fn with_tap(mut self, tap: Option<String>) -> Self {
         self.tap = tap;
         self
@@ -276,17 +277,10 @@ impl FirecrackerVmm {
             None => config.rootfs.clone(),
         };
         check_disk_size(config.disk_size_mib, &disk_base)?;
-        // A clone's interface is the snapshot's (its device state is in the
-        // snapshot), moved to our TAP device; none can be added after a load.
-        let tap = match &snapshot {
-            Some(s) if s.meta.network => Some(self.tap.clone().ok_or_else(|| {
-                s.fail("it was taken with a network interface; set PETTY_FIRECRACKER_TAP to a TAP device for its clones (a template under data/templates can instead be deleted, to be made again)".into())
-            })?),
-            Some(_) => None,
-            None => self.tap.clone(),
-        };
-
         let fc_id = fc_id(&config.id);
+        let network = interface(config, self.tap.as_deref(), &fc_id, snapshot.as_ref())?;
+        let tap = network.as_ref().map(|n| n.tap.clone());
+
         // From here on, dropping `vm` kills Firecracker and removes the
         // directory (and the jail).
         let proc = VmmProcess::prepare(&self.root, config)?;
@@ -376,10 +370,17 @@ impl FirecrackerVmm {
             }
         };
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+        // The VM's own network: Firecracker (the jailer, which stays in it)
+        // runs inside its namespace, where its TAP device is.
+        let netns = match &config.network {
+            Some(network) => Some(crate::process::join_netns(&mut cmd, network)?),
+            None => None,
+        };
         // Under the jailer the parent-death signal does not survive its
         // change of user: a VM meant to die with us is killed by the next
         // sweep instead (`sweep_stale_run_dirs`).
         vm.proc.spawn(cmd, config.die_with_parent, &program)?;
+        drop(netns);
 
         let deadline = Instant::now() + START_TIMEOUT;
         while !vm.api_socket.exists() {
@@ -415,10 +416,7 @@ impl FirecrackerVmm {
                     // Each VM has its own vsock device behind its own socket.
                     vsock_cid: 3,
                     vsock_uds: VSOCK_SOCKET.into(),
-                    network: tap.map(|tap| Network {
-                        tap,
-                        guest_mac: guest_mac(&fc_id),
-                    }),
+                    network,
                     track_dirty_pages: self.diff_snapshots,
                 };
                 for req in boot_sequence(&spec) {
@@ -468,6 +466,43 @@ fn jailed_exec_file(binary: &Path) -> Result<PathBuf, String> {
             "the jailer runs only a binary whose name contains `firecracker`, not {}",
             real.display()
         ))
+    }
+}
+
+/// The network interface of VM `config` (Firecracker id `fc_id`): its own
+/// ([`VmConfig::network`]: its TAP device and MAC) when it has one, else
+/// the backend's TAP device (`backend_tap`) with a MAC derived from its id.
+/// A clone's interface is the snapshot's (its device state, MAC included,
+/// is in the snapshot), moved to that TAP device; none can be added after a
+/// load, nor left out.
+fn interface(
+    config: &VmConfig,
+    backend_tap: Option<&str>,
+    fc_id: &str,
+    snapshot: Option<&SnapshotDir>,
+) -> Result<Option<Network>, VmmError> {
+    if let Some(n) = &config.network {
+        n.validate()?;
+    }
+    let chosen = match &config.network {
+        Some(n) => Some(Network {
+            tap: n.tap.clone(),
+            guest_mac: n.mac.clone(),
+        }),
+        None => backend_tap.map(|tap| Network {
+            tap: tap.to_string(),
+            guest_mac: guest_mac(fc_id),
+        }),
+    };
+    match snapshot {
+        None => Ok(chosen),
+        Some(s) if s.meta.network => chosen.map(Some).ok_or_else(|| {
+            s.fail("it was taken with a network interface; give the restore a network, or set PETTY_FIRECRACKER_TAP to a TAP device for its clones (a template under data/templates can instead be deleted, to be made again)".into())
+        }),
+        Some(s) if config.network.is_some() => Err(s.fail(
+            "it was taken without a network interface, and a restore cannot add one: restore it without a network, or snapshot a VM that has one".into(),
+        )),
+        Some(_) => Ok(None),
     }
 }
 
@@ -968,6 +1003,80 @@ mod tests {
             "locally administered unicast: {mac}"
         );
         assert_ne!(mac, guest_mac("another"));
+    }
+
+    #[test]
+    fn a_vms_own_network_comes_before_the_backends_tap() {
+        let plain = VmConfig::new("vm-1", "/k", "/r");
+        let own = VmConfig {
+            network: Some(crate::VmNetwork {
+                netns: "/run/netns/petty-1".into(),
+                tap: "tap0".into(),
+                mac: "02:50:54:00:00:15".into(),
+            }),
+            ..plain.clone()
+        };
+        let snapshot = |network| SnapshotDir {
+            dir: "/snap".into(),
+            meta: SnapshotMeta {
+                memory_id: "m".into(),
+                network,
+            },
+        };
+        let net = |tap: &str, mac: &str| {
+            Some(Network {
+                tap: tap.into(),
+                guest_mac: mac.into(),
+            })
+        };
+        // Booting.
+        assert_eq!(interface(&plain, None, "vm-1", None).unwrap(), None);
+        assert_eq!(
+            interface(&plain, Some("tap-g"), "vm-1", None).unwrap(),
+            net("tap-g", &guest_mac("vm-1"))
+        );
+        for global in [None, Some("tap-g")] {
+            assert_eq!(
+                interface(&own, global, "vm-1", None).unwrap(),
+                net("tap0", "02:50:54:00:00:15")
+            );
+        }
+        // Restoring a snapshot taken with a network.
+        let with = snapshot(true);
+        assert_eq!(
+            interface(&own, Some("tap-g"), "vm-1", Some(&with))
+                .unwrap()
+                .map(|n| n.tap),
+            Some("tap0".into())
+        );
+        assert_eq!(
+            interface(&plain, Some("tap-g"), "vm-1", Some(&with))
+                .unwrap()
+                .map(|n| n.tap),
+            Some("tap-g".into())
+        );
+        let e = interface(&plain, None, "vm-1", Some(&with)).unwrap_err();
+        assert!(e.to_string().contains("give the restore a network"), "{e}");
+        // Restoring one taken without: no interface can be added.
+        let without = snapshot(false);
+        assert_eq!(
+            interface(&plain, Some("tap-g"), "vm-1", Some(&without)).unwrap(),
+            None
+        );
+        let e = interface(&own, None, "vm-1", Some(&without)).unwrap_err();
+        assert!(e.to_string().contains("cannot add one"), "{e}");
+        // A malformed one is refused.
+        let bad = VmConfig {
+            network: Some(crate::VmNetwork {
+                tap: "tap0,x".into(),
+                ..own.network.clone().unwrap()
+            }),
+            ..plain
+        };
+        assert!(matches!(
+            interface(&bad, None, "vm-1", None),
+            Err(VmmError::Network { .. })
+        ));
     }
 
     #[test]

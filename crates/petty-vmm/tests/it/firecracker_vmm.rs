@@ -680,3 +680,126 @@ async fn restores_are_refused_before_anything_starts_when_they_cannot_work() {
     assert!(err.contains("state is missing"), "{err}");
     w.assert_clean();
 }
+
+/// A network namespace made for one test, with `ip` (root only); `None`,
+/// saying why, otherwise.
+fn test_netns(tag: &str) -> Option<petty_net::netns::Netns> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: network namespaces need root");
+        return None;
+    }
+    let Some(ip) = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        eprintln!("skipped: no iproute2 `ip`");
+        return None;
+    };
+    let name = format!("petty-t-{tag}-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+    Some(petty_net::netns::Netns::create(&ip, &name).expect("a network namespace"))
+}
+
+/// The inode of a network namespace: of its file, or of a process's.
+fn netns_inode(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[tokio::test]
+async fn a_vms_own_network_is_its_tap_and_mac_and_firecracker_runs_in_its_namespace() {
+    let Some(ns) = test_netns("fc") else { return };
+    let spec = Spec::load();
+    let w = World::new();
+    // The backend's own TAP device is overridden by the VM's.
+    let vmm = w.vmm().with_tap(Some("tap-global".into()));
+    let network = petty_vmm::VmNetwork {
+        netns: ns.path(),
+        tap: "tap0".into(),
+        mac: "02:50:54:00:00:15".into(),
+    };
+    let origin = id("origin");
+    let (cwd, sock) = w.plain(&origin);
+    let api = StandIn::start(sock, cwd);
+    let vm = start(
+        &vmm,
+        &VmConfig {
+            network: Some(network.clone()),
+            ..w.config(&origin, None)
+        },
+    )
+    .await;
+    assert!(api
+        .calls(&spec)
+        .contains(&"PUT /network-interfaces/eth0".to_string()));
+    let iface = api.body("PUT", "/network-interfaces/eth0");
+    assert_eq!(iface["host_dev_name"], "tap0");
+    assert_eq!(iface["guest_mac"], "02:50:54:00:00:15");
+    let proc_ns = PathBuf::from(format!("/proc/{}/ns/net", vm.pid()));
+    assert_eq!(netns_inode(&proc_ns), netns_inode(&ns.path()));
+    assert_ne!(
+        netns_inode(&proc_ns),
+        netns_inode(Path::new("/proc/self/ns/net"))
+    );
+    let snap = w.snapshot_dir("own-net");
+    vm.snapshot(&snap, true).await.unwrap();
+
+    // Its clone, in another namespace: the snapshot's interface moved to
+    // that namespace's TAP device.
+    let Some(ns2) = test_netns("fc2") else { return };
+    let cid = id("clone");
+    let (ccwd, csock) = w.plain(&cid);
+    let capi = StandIn::start(csock, ccwd);
+    let clone = start(
+        &vmm,
+        &VmConfig {
+            network: Some(petty_vmm::VmNetwork {
+                netns: ns2.path(),
+                tap: "tap1".into(),
+                ..network
+            }),
+            ..w.config(&cid, Some(&snap))
+        },
+    )
+    .await;
+    capi.calls(&spec);
+    let load = capi.body("PUT", "/snapshot/load");
+    assert_eq!(
+        load["network_overrides"],
+        json!([{ "iface_id": "eth0", "host_dev_name": "tap1" }])
+    );
+    let clone_ns = PathBuf::from(format!("/proc/{}/ns/net", clone.pid()));
+    assert_eq!(netns_inode(&clone_ns), netns_inode(&ns2.path()));
+
+    // A restore without a network cannot leave the interface out when no
+    // TAP device is set at all; one without a namespace fails before
+    // Firecracker starts.
+    let err = w
+        .vmm()
+        .start(&w.config(&id("clone"), Some(&snap)))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("give the restore a network"), "{err}");
+    let err = vmm
+        .start(&VmConfig {
+            network: Some(petty_vmm::VmNetwork {
+                netns: w.path("no-such-netns"),
+                tap: "tap0".into(),
+                mac: "02:50:54:00:00:15".into(),
+            }),
+            ..w.config(&id("clone"), Some(&snap))
+        })
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, petty_vmm::VmmError::Network { .. })
+            && err.to_string().contains("does not exist"),
+        "{err}"
+    );
+    clone.stop().await.unwrap();
+    vm.stop().await.unwrap();
+    w.assert_clean();
+}

@@ -12,6 +12,7 @@ mod cli_manage;
 mod firecracker;
 mod hardening;
 mod manager;
+mod network;
 mod readme;
 mod sandbox;
 mod serve;

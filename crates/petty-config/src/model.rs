@@ -25,6 +25,9 @@ pub struct Settings {
     pub mcp: McpSection,
     /// Building the guest image.
     pub image: ImageSection,
+    /// Sandbox networks.
+    #[serde(default)]
+    pub network: NetworkSection,
 }
 
 /// `[paths]`. Defaults follow the XDG base directories.
@@ -373,6 +376,43 @@ pub struct ImageSection {
     pub debian_mirror: Option<String>,
 }
 
+/// `[network]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// A create's network mode when it names none: `none` (only the
+    /// guest's loopback), `public` or `allow` (default `none`).
+    pub default: petty_net::NetworkMode,
+    /// Blocks `public` mode never reaches, nor names in `allow` mode
+    /// resolve to (default: private networks, CGNAT, loopback, link-local,
+    /// multicast, IPv6 unique-local and link-local, Azure's wire server).
+    /// The host's own addresses are refused whatever this says.
+    pub deny_cidrs: Vec<petty_net::Cidr>,
+    /// Resolvers the sandboxes' DNS asks (default: the host's
+    /// `/etc/resolv.conf`).
+    pub dns: Vec<std::net::IpAddr>,
+    /// Where published ports listen on the host (default 127.0.0.1).
+    pub publish_address: std::net::IpAddr,
+    /// Each sandbox's cap on bytes each way, in Mbit/s (default 0: none).
+    pub bandwidth_mbit: u32,
+    /// Most connections one sandbox has open at once (default 1024; 0:
+    /// none).
+    pub max_connections: u32,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        Self {
+            default: petty_net::NetworkMode::None,
+            deny_cidrs: petty_net::policy::default_deny(),
+            dns: Vec::new(),
+            publish_address: std::net::Ipv4Addr::LOCALHOST.into(),
+            bandwidth_mbit: 0,
+            max_connections: 1024,
+        }
+    }
+}
+
 /// Every key, as `section.key`: what files, the environment
 /// ([`crate::env::var_name`]) and flags can set.
 pub const KEYS: &[&str] = &[
@@ -421,6 +461,12 @@ pub const KEYS: &[&str] = &[
     "server.log_format",
     "mcp.session_idle_secs",
     "image.debian_mirror",
+    "network.default",
+    "network.deny_cidrs",
+    "network.dns",
+    "network.publish_address",
+    "network.bandwidth_mbit",
+    "network.max_connections",
 ];
 
 /// Keys whose value is a list; from the environment, comma-separated
@@ -430,4 +476,6 @@ pub(crate) const LIST_KEYS: &[&str] = &[
     "server.allowed_hosts",
     "server.allowed_origins",
     "paths.search_path",
+    "network.deny_cidrs",
+    "network.dns",
 ];

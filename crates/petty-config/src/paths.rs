@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use crate::env::{self, Env};
 use crate::model::{
-    BackendSection, DefaultsSection, ImageSection, LimitsSection, McpSection, PathsSection,
-    PoolSection, ServerSection, Settings,
+    BackendSection, DefaultsSection, ImageSection, LimitsSection, McpSection, NetworkSection,
+    PathsSection, PoolSection, ServerSection, Settings,
 };
 
 /// Where programs are looked for when `PATH` is not set (and by the
@@ -101,6 +101,7 @@ pub(crate) fn defaults(env: &Env) -> (Settings, BTreeMap<String, String>) {
         server: ServerSection::default(),
         mcp: McpSection::default(),
         image: ImageSection::default(),
+        network: NetworkSection::default(),
     };
     (settings, from)
 }

@@ -74,6 +74,11 @@ pub struct SandboxConfig {
     /// ends (an MCP session's sandboxes): if that process could not remove
     /// it, the next Petty process's recovery does.
     pub bound_to_owner: bool,
+    /// Its network: mode, allow rules, published ports (default: none,
+    /// only the guest's loopback). Needs [`crate::ManagerConfig::network`].
+    /// A restore of a snapshot taken with a network gets the network of
+    /// the sandbox it was taken from when this is none.
+    pub network: petty_net::NetworkSpec,
 }
 
 impl Default for SandboxConfig {
@@ -96,6 +101,7 @@ impl Default for SandboxConfig {
             assets_dir: None,
             owner: None,
             bound_to_owner: false,
+            network: petty_net::NetworkSpec::default(),
         }
     }
 }
@@ -298,6 +304,12 @@ impl SandboxConfigBuilder {
     /// [`SandboxConfig::bound_to_owner`]).
     pub fn bound_to_owner(mut self, yes: bool) -> Self {
         self.0.bound_to_owner = yes;
+        self
+    }
+
+    /// Its network (see [`SandboxConfig::network`]).
+    pub fn network(mut self, spec: petty_net::NetworkSpec) -> Self {
+        self.0.network = spec;
         self
     }
 

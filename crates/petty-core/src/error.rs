@@ -38,6 +38,13 @@ pub enum CoreError {
     /// A request to the agent failed.
     #[error(transparent)]
     Rpc(#[from] ClientError),
+    /// The host cannot give this sandbox a network (not root, a program
+    /// missing); the message says what to do.
+    #[error("{0}")]
+    NetworkUnavailable(String),
+    /// Making, changing or asking about a sandbox's network failed.
+    #[error("sandbox network: {0}")]
+    Network(String),
     /// No sandbox with this name or id.
     #[error("no sandbox named {0}")]
     NotFound(String),

@@ -114,6 +114,8 @@ pub(crate) struct BootPlan {
     /// A VM started ahead of need by [`Sandbox::standby_vm`] for this id and
     /// `restore_from`: finished rather than a VM started.
     pub(crate) standby: Option<Box<dyn petty_vmm::Vm>>,
+    /// The VM's network interface, in the namespace made for it.
+    pub(crate) network: Option<petty_vmm::VmNetwork>,
 }
 
 impl BootPlan {
@@ -126,6 +128,7 @@ impl BootPlan {
             persistent: false,
             restore_from: None,
             standby: None,
+            network: None,
         }
     }
 }
@@ -152,6 +155,7 @@ impl Sandbox {
             persistent,
             restore_from,
             standby,
+            network,
         } = plan;
         config.validate()?;
         let restored = restore_from.is_some();
@@ -188,7 +192,8 @@ impl Sandbox {
         let vm = match standby {
             Some(vm) => vm,
             None => {
-                let vm_config = vm_config(vmm, &config, id, kernel, rootfs, restore_from);
+                let mut vm_config = vm_config(vmm, &config, id, kernel, rootfs, restore_from);
+                vm_config.network = network;
                 vmm.start(&vm_config).await?
             }
         };

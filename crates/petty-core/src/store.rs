@@ -71,6 +71,9 @@ pub struct SandboxRecord {
     /// It goes when its owner process (`owner_pid`) ends; recovery removes
     /// it if that process could not.
     pub bound_to_owner: bool,
+    /// Its network (mode, rules, published ports with their host ports);
+    /// `None`: none.
+    pub network: Option<petty_net::NetworkSpec>,
 }
 
 impl SandboxRecord {
@@ -113,6 +116,10 @@ pub struct SnapshotRecord {
     pub created_at_ms: i64,
     /// VMM backend that took it (`qemu`, `firecracker`); restores use the same.
     pub backend: String,
+    /// The network of the sandbox it was taken from, when its VM had a
+    /// network interface (its children need one, and get these rules
+    /// unless they ask for others).
+    pub network: Option<petty_net::NetworkSpec>,
 }
 
 /// A removed sandbox and why it went.
@@ -273,6 +280,8 @@ impl Store {
                 "backend",
                 "backend TEXT NOT NULL DEFAULT 'qemu'",
             ),
+            ("sandboxes", "network", "network TEXT"),
+            ("snapshots", "network", "network TEXT"),
         ] {
             if !has_column(&conn, table, column).map_err(|e| db_err(path, e))? {
                 // Another process may add it between the check and here.
@@ -392,8 +401,8 @@ impl Store {
             "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
                 vmm_pid, run_dir, owner_pid, pooled, created_at, updated_at,
                 last_used_at, ttl_ms, idle_ms, reason, from_snapshot, disk_size_mib, owner,
-                bound_to_owner)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                bound_to_owner, network)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
             params![
                 r.id.to_string(),
                 r.name,
@@ -417,6 +426,7 @@ impl Store {
                 r.disk_size_mib,
                 r.owner,
                 r.bound_to_owner,
+                network_json(r.network.as_ref()),
             ],
         );
         match res {
@@ -436,6 +446,22 @@ impl Store {
             c.execute(
                 "UPDATE sandboxes SET vmm_pid = ?2, run_dir = ?3, updated_at = ?4 WHERE id = ?1",
                 params![id.to_string(), pid, run_dir.display().to_string(), now_ms()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Records a sandbox's network as it is now (its published ports).
+    pub fn set_network(
+        &self,
+        id: SandboxId,
+        spec: Option<&petty_net::NetworkSpec>,
+    ) -> Result<(), CoreError> {
+        let json = network_json(spec);
+        self.write(|c| {
+            c.execute(
+                "UPDATE sandboxes SET network = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id.to_string(), json, now_ms()],
             )
         })?;
         Ok(())
@@ -630,8 +656,8 @@ impl Store {
         let conn = self.writer();
         let res = conn.execute(
             "INSERT INTO snapshots (name, parent, source_sandbox, dir, size_bytes, memory_mib,
-                vcpus, kernel, rootfs, created_at, backend)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                vcpus, kernel, rootfs, created_at, backend, network)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 r.name,
                 r.parent,
@@ -644,6 +670,7 @@ impl Store {
                 r.rootfs.display().to_string(),
                 r.created_at_ms,
                 r.backend,
+                network_json(r.network.as_ref()),
             ],
         );
         match res {
@@ -736,7 +763,18 @@ fn snapshot_from_row(r: &Row<'_>) -> rusqlite::Result<SnapshotRecord> {
         rootfs: PathBuf::from(r.get::<_, String>("rootfs")?),
         created_at_ms: r.get("created_at")?,
         backend: r.get("backend")?,
+        network: network_from(r.get("network")?),
     })
+}
+
+/// A network spec as its column holds it.
+fn network_json(spec: Option<&petty_net::NetworkSpec>) -> Option<String> {
+    spec.map(|s| serde_json::to_string(s).expect("a network spec serializes"))
+}
+
+/// A network column's spec; one this release cannot read counts as none.
+fn network_from(text: Option<String>) -> Option<petty_net::NetworkSpec> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
@@ -765,6 +803,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
         disk_size_mib: r.get("disk_size_mib")?,
         owner: r.get("owner")?,
         bound_to_owner: r.get("bound_to_owner")?,
+        network: network_from(r.get("network")?),
     })
 }
 
@@ -797,6 +836,7 @@ mod tests {
             disk_size_mib: Some(2048),
             owner: "rest".into(),
             bound_to_owner: true,
+            network: None,
         }
     }
 

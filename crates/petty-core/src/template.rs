@@ -71,10 +71,14 @@ impl Templates {
         memory_mib: u32,
         vcpus: u32,
         disk_size_mib: Option<u32>,
+        network: bool,
     ) -> Result<String, CoreError> {
         let disk = disk_size_mib.map_or_else(|| "image".to_string(), |d| d.to_string());
+        // A VM with a network interface saves state only one with the same
+        // devices loads.
+        let net = if network { ":net" } else { "" };
         let versions = format!(
-            "{}:{}:{backend}:{profile}:{memory_mib}:{vcpus}:{disk}",
+            "{}:{}:{backend}:{profile}:{memory_mib}:{vcpus}:{disk}{net}",
             TEMPLATE_VERSION,
             petty_protocol::PROTOCOL_VERSION
         );
@@ -108,6 +112,7 @@ impl Templates {
         vcpus: u32,
         disk_size_mib: Option<u32>,
         connect_timeout: Duration,
+        network: Option<&petty_net::NetSettings>,
     ) -> Result<PathBuf, CoreError> {
         let binary = vmm.binary_path();
         let key = Self::key(
@@ -119,6 +124,7 @@ impl Templates {
             memory_mib,
             vcpus,
             disk_size_mib,
+            network.is_some(),
         )?;
         let dir = self.dir.join(&key);
         if vmm.snapshot_exists(&dir) {
@@ -154,6 +160,7 @@ impl Templates {
             vcpus,
             disk_size_mib,
             connect_timeout,
+            network,
         )
         .await;
         match built {
@@ -181,6 +188,7 @@ async fn build(
     vcpus: u32,
     disk_size_mib: Option<u32>,
     connect_timeout: Duration,
+    network: Option<&petty_net::NetSettings>,
 ) -> Result<(), CoreError> {
     let mut config = shared_ram_vm(
         format!("template-{}-{}", &key[..8], std::process::id()),
@@ -191,6 +199,17 @@ async fn build(
         tmp.join(SNAPSHOT_RAM),
     );
     config.disk_size_mib = disk_size_mib;
+    // A networked template's VM has the interface its restores will have,
+    // in a namespace of its own that reaches nothing (removed with `_net`).
+    let _net = match network {
+        Some(settings) => {
+            let (settings, id) = (settings.clone(), config.id.clone());
+            let net = crate::manager::make_network(settings, id, Default::default()).await?;
+            config.network = Some(crate::manager::vm_network(&net));
+            Some(net)
+        }
+        None => None,
+    };
     // Held for the whole build: a boot, the warm-up and the save are all CPU.
     let _turn = vmm.boot_turns().acquire().await?;
     let vm = vmm.start(&config).await?;
@@ -277,11 +296,13 @@ mod tests {
         std::fs::write(&k, b"kernel").unwrap();
         std::fs::write(&r, b"rootfs").unwrap();
         std::fs::write(&q, b"qemu 7.2").unwrap();
-        let key =
-            |b, m, v| Templates::key(b, "tcg:aslr=false", Some(&q), &k, &r, m, v, None).unwrap();
+        let key = |b, m, v| {
+            Templates::key(b, "tcg:aslr=false", Some(&q), &k, &r, m, v, None, false).unwrap()
+        };
         let base = key("qemu", 256, 2);
         // Another disk size is another template (its guest grew to fit it).
-        let sized = |d| Templates::key("qemu", "tcg:aslr=false", Some(&q), &k, &r, 256, 2, d);
+        let sized =
+            |d| Templates::key("qemu", "tcg:aslr=false", Some(&q), &k, &r, 256, 2, d, false);
         assert_ne!(base, sized(Some(2700)).unwrap());
         assert_ne!(sized(Some(2700)).unwrap(), sized(Some(2800)).unwrap());
         assert_eq!(base, key("qemu", 256, 2));
@@ -289,12 +310,36 @@ mod tests {
         assert_ne!(base, key("qemu", 256, 1));
         assert_ne!(base, key("firecracker", 256, 2));
         let no_binary =
-            Templates::key("qemu", "tcg:aslr=false", None, &k, &r, 256, 2, None).unwrap();
+            Templates::key("qemu", "tcg:aslr=false", None, &k, &r, 256, 2, None, false).unwrap();
         assert_ne!(base, no_binary);
         // Another accelerator or boot option (ASLR) is another guest.
-        let with_aslr =
-            Templates::key("qemu", "tcg:aslr=true", Some(&q), &k, &r, 256, 2, None).unwrap();
+        let with_aslr = Templates::key(
+            "qemu",
+            "tcg:aslr=true",
+            Some(&q),
+            &k,
+            &r,
+            256,
+            2,
+            None,
+            false,
+        )
+        .unwrap();
         assert_ne!(base, with_aslr);
+        // A VM with a network interface has other devices.
+        let with_net = Templates::key(
+            "qemu",
+            "tcg:aslr=false",
+            Some(&q),
+            &k,
+            &r,
+            256,
+            2,
+            None,
+            true,
+        )
+        .unwrap();
+        assert_ne!(base, with_net);
         std::fs::write(&r, b"rootfs, rebuilt").unwrap();
         let rebuilt = key("qemu", 256, 2);
         assert_ne!(base, rebuilt);

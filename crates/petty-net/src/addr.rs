@@ -125,25 +125,10 @@ fn classify_v6(ip: Ipv6Addr) -> AddrClass {
     if ip.is_loopback() {
         return AddrClass::Loopback;
     }
-    // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d):
-    // judged by the IPv4 address, which is where a socket would go.
-    if let Some(v4) = ip.to_ipv4() {
-        return classify_v4(v4);
-    }
-    // NAT64 (64:ff9b::/96) reaches the IPv4 address in its low bits.
-    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return classify_v4(low_v4(&seg));
-    }
-    // 6to4 (2002::/16) carries an IPv4 address in bits 16..48.
-    if seg[0] == 0x2002 {
-        let v4 = Ipv4Addr::new(
-            (seg[1] >> 8) as u8,
-            seg[1] as u8,
-            (seg[2] >> 8) as u8,
-            seg[2] as u8,
-        );
+    if let Some((v4, form)) = embedded_v4(ip) {
         let inner = classify_v4(v4);
-        if !inner.is_public() {
+        // A 6to4 address of a public IPv4 address is judged as IPv6.
+        if form != V4Form::SixToFour || !inner.is_public() {
             return inner;
         }
     }
@@ -157,6 +142,42 @@ fn classify_v6(ip: Ipv6Addr) -> AddrClass {
         s if s & 0xe000 == 0x2000 => AddrClass::Public,
         _ => AddrClass::Reserved,
     }
+}
+
+/// How an IPv6 address carries an IPv4 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V4Form {
+    /// `::ffff:a.b.c.d`, or the old compatible `::a.b.c.d`.
+    Mapped,
+    /// NAT64, `64:ff9b::/96`.
+    Nat64,
+    /// 6to4, `2002::/16`, the address in bits 16..48.
+    SixToFour,
+}
+
+/// The IPv4 address an IPv6 address carries, and how: where a socket to it
+/// would go (mapped, NAT64) or be tunnelled (6to4).
+pub fn embedded_v4(ip: Ipv6Addr) -> Option<(Ipv4Addr, V4Form)> {
+    let seg = ip.segments();
+    if ip.is_unspecified() || ip.is_loopback() {
+        return None;
+    }
+    if let Some(v4) = ip.to_ipv4() {
+        return Some((v4, V4Form::Mapped));
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some((low_v4(&seg), V4Form::Nat64));
+    }
+    if seg[0] == 0x2002 {
+        let v4 = Ipv4Addr::new(
+            (seg[1] >> 8) as u8,
+            seg[1] as u8,
+            (seg[2] >> 8) as u8,
+            seg[2] as u8,
+        );
+        return Some((v4, V4Form::SixToFour));
+    }
+    None
 }
 
 fn low_v4(seg: &[u16; 8]) -> Ipv4Addr {
@@ -219,6 +240,19 @@ impl Cidr {
             Self::V4(a, _) => IpAddr::V4(a),
             Self::V6(a, _) => IpAddr::V6(a),
         }
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -18,8 +18,16 @@
 
 pub mod addr;
 pub mod dns;
+pub mod guest;
+pub mod helper;
 pub mod netns;
 pub mod policy;
+pub mod ruleset;
+pub mod sandbox;
+pub mod spec;
 
 pub use addr::{classify, AddrClass, Cidr};
+pub use netns::NetError;
 pub use policy::{Denied, HostPattern, NetworkMode, Policy, Rule, RuleError};
+pub use sandbox::{NetSettings, SandboxNet};
+pub use spec::{NetworkSpec, Publish};

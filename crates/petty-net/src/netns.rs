@@ -132,7 +132,13 @@ impl Netns {
     /// The file that is the namespace, for `setns(2)` (what a VMM is
     /// started inside).
     pub fn path(&self) -> PathBuf {
-        Path::new(NETNS_DIR).join(&self.name)
+        path_of(&self.name)
+    }
+
+    /// Leaves the namespace (and its veths) in place: something else
+    /// removes it now ([`remove_named`]).
+    pub fn forget(mut self) {
+        self.removed = true;
     }
 
     /// Runs `ip ARGS` inside the namespace; its stdout.
@@ -221,6 +227,11 @@ impl Drop for Netns {
 }
 
 /// The Petty namespaces that exist (`ip netns list`, those named
+/// The file of namespace `name`, which a process joins with `setns`.
+pub fn path_of(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
 /// [`PREFIX`]…): what a sweep compares with the sandboxes that live.
 pub fn list(ip: &Path) -> Result<Vec<String>, NetError> {
     let out = run(ip, ["netns", "list"])?;

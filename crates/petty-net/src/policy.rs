@@ -2,9 +2,12 @@
 //! a DNS name or a connection.
 //!
 //! - `none`: no network at all (only the guest's `lo`).
-//! - `public`: the internet; never an address [`classify`] does not call
-//!   public (the host, loopback, private networks, CGNAT, link-local,
-//!   multicast, metadata, reserved space).
+//! - `public`: the internet; never an address in the policy's deny list
+//!   ([`DEFAULT_DENY`] unless configured: private networks, CGNAT,
+//!   link-local, multicast, IPv6 unique-local and link-local, metadata),
+//!   and never loopback or the unspecified address, whatever the list says.
+//!   The host's own addresses are refused by the caller, which knows them
+//!   ([`Denied::Host`]).
 //! - `allow`: only what a rule allows. A name rule (`example.com`, or
 //!   `*.example.com` for every name below it, not the name itself) lets the
 //!   name resolve, and lets connections go to the public addresses it
@@ -23,7 +26,39 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{classify, AddrClass, Cidr};
+use crate::addr::{classify, embedded_v4, AddrClass, Cidr};
+
+/// The blocks `public` mode never reaches unless configured otherwise
+/// (`network.deny_cidrs`): "this network", RFC 1918, CGNAT, loopback,
+/// link-local (where metadata services live), multicast, broadcast,
+/// Azure's wire server, and their IPv6 kin (unique-local, link-local,
+/// multicast). Documentation and benchmarking ranges are not in it: some
+/// hosts' resolvers answer from them.
+pub const DEFAULT_DENY: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+    "168.63.129.16/32",
+    "::/128",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// [`DEFAULT_DENY`], parsed.
+pub fn default_deny() -> Vec<Cidr> {
+    DEFAULT_DENY
+        .iter()
+        .map(|c| c.parse().expect("DEFAULT_DENY holds valid blocks"))
+        .collect()
+}
 
 /// What a sandbox may reach.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +109,13 @@ impl FromStr for NetworkMode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct RuleError(String);
+
+impl RuleError {
+    /// A refusal saying `message`.
+    pub fn new(message: String) -> Self {
+        Self(message)
+    }
+}
 
 /// A DNS name a rule matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -235,6 +277,11 @@ pub enum Denied {
     /// `allow` mode: the name is allowed, but it resolved to an address
     /// that is not the internet, and no CIDR rule allows that address.
     Rebinding(AddrClass),
+    /// The host's own address (the caller knows the host's addresses).
+    Host,
+    /// In a block of the deny list that the classifier calls public or
+    /// reserved (a block the user added).
+    DenyList(Cidr),
 }
 
 impl fmt::Display for Denied {
@@ -247,17 +294,32 @@ impl fmt::Display for Denied {
                 f,
                 "an allowed name resolved to a {c} address, which only a CIDR rule can allow"
             ),
+            Self::Host => f.write_str("the host's own addresses are never reachable"),
+            Self::DenyList(c) => write!(f, "{c} is in network.deny_cidrs"),
         }
     }
 }
 
 /// A sandbox's egress policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// The mode.
     pub mode: NetworkMode,
     /// What `allow` mode allows (other modes take none).
     pub rules: Vec<Rule>,
+    /// What `public` mode and allowed names never reach
+    /// ([`DEFAULT_DENY`] unless configured).
+    pub deny: Vec<Cidr>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            mode: NetworkMode::None,
+            rules: Vec::new(),
+            deny: default_deny(),
+        }
+    }
 }
 
 impl Policy {
@@ -273,7 +335,38 @@ impl Policy {
                     .join(", ")
             )));
         }
-        Ok(Self { mode, rules })
+        Ok(Self {
+            mode,
+            rules,
+            deny: default_deny(),
+        })
+    }
+
+    /// The same policy with another deny list (`network.deny_cidrs`).
+    pub fn with_deny(mut self, deny: Vec<Cidr>) -> Self {
+        self.deny = deny;
+        self
+    }
+
+    /// Why `public` mode may not reach `ip`, if it may not: loopback and
+    /// the unspecified address always, else a block of the deny list.
+    pub fn denied_address(&self, ip: IpAddr) -> Option<Denied> {
+        let inner = match ip {
+            IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, |(v4, _)| IpAddr::V4(v4)),
+            IpAddr::V4(_) => ip,
+        };
+        let class = classify(ip);
+        if matches!(class, AddrClass::Loopback | AddrClass::Unspecified) {
+            return Some(Denied::NotPublic(class));
+        }
+        let block = self
+            .deny
+            .iter()
+            .find(|c| c.contains(ip) || c.contains(inner))?;
+        Some(match class {
+            AddrClass::Public | AddrClass::Reserved => Denied::DenyList(*block),
+            class => Denied::NotPublic(class),
+        })
     }
 
     /// Whether the guest gets a network interface at all.
@@ -299,11 +392,10 @@ impl Policy {
     /// resolver answered with `ip` for this sandbox (empty when the guest
     /// used the address directly).
     pub fn connect(&self, ip: IpAddr, port: u16, names: &[&str]) -> Result<(), Denied> {
-        let class = classify(ip);
+        let denied = self.denied_address(ip);
         match self.mode {
             NetworkMode::None => Err(Denied::NoNetwork),
-            NetworkMode::Public if class.is_public() => Ok(()),
-            NetworkMode::Public => Err(Denied::NotPublic(class)),
+            NetworkMode::Public => denied.map_or(Ok(()), Err),
             NetworkMode::Allow => {
                 let by_cidr = self.rules.iter().any(|r| {
                     matches!(r, Rule::Cidr { cidr, port: p }
@@ -317,9 +409,9 @@ impl Policy {
                         if Rule::port_allows(*p, port)
                             && names.iter().any(|n| pattern.matches(n)))
                 });
-                match (by_name, class.is_public()) {
-                    (true, true) => Ok(()),
-                    (true, false) => Err(Denied::Rebinding(class)),
+                match (by_name, denied) {
+                    (true, None) => Ok(()),
+                    (true, Some(_)) => Err(Denied::Rebinding(classify(ip))),
                     (false, _) => Err(Denied::NotAllowed),
                 }
             }
@@ -447,6 +539,9 @@ mod tests {
             ("fd00:ec2::254", AddrClass::UniqueLocal),
             ("::ffff:192.168.0.1", AddrClass::Private),
             ("224.0.0.1", AddrClass::Multicast),
+            ("::ffff:127.0.0.1", AddrClass::Loopback),
+            ("fe80::1", AddrClass::LinkLocal),
+            ("0.0.0.0", AddrClass::Unspecified),
         ] {
             assert_eq!(
                 p.connect(ip(addr), 80, &[]),
@@ -454,6 +549,29 @@ mod tests {
                 "{addr}"
             );
         }
+    }
+
+    #[test]
+    fn the_deny_list_is_configurable_but_never_opens_loopback() {
+        let p = Policy::new(NetworkMode::Public, vec![]).unwrap();
+        // Documentation space is not denied by default (some hosts'
+        // resolvers answer from it).
+        assert_eq!(p.connect(ip("203.0.113.7"), 80, &[]), Ok(()));
+        let block: Cidr = "203.0.113.0/24".parse().unwrap();
+        let p = p.with_deny(vec![block]);
+        assert_eq!(
+            p.connect(ip("203.0.113.7"), 80, &[]),
+            Err(Denied::DenyList(block))
+        );
+        assert_eq!(p.connect(ip("10.0.0.1"), 80, &[]), Ok(()));
+        assert_eq!(
+            p.connect(ip("127.0.0.1"), 80, &[]),
+            Err(Denied::NotPublic(AddrClass::Loopback))
+        );
+        assert_eq!(
+            p.connect(ip("::"), 80, &[]),
+            Err(Denied::NotPublic(AddrClass::Unspecified))
+        );
     }
 
     #[test]

@@ -106,3 +106,45 @@ fn names_that_are_not_pettys_are_refused_before_anything_runs() {
         Err(NetError::Invalid(_))
     ));
 }
+
+#[test]
+fn the_sandbox_ruleset_loads_into_a_namespace_and_its_counter_reads_back() {
+    let Some(ip) = ip() else { return };
+    let Some(nft) = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipped: no nft (scripts/install-deps installs nftables)");
+        return;
+    };
+    let name = format!("petty-t-rules{}", std::process::id());
+    let ns = Netns::create(&ip, &name).unwrap();
+    let mut load = ns
+        .command(&[nft.as_os_str(), "-f".as_ref(), "-".as_ref()])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    load.stdin
+        .take()
+        .unwrap()
+        .write_all(petty_net::ruleset::ruleset().as_bytes())
+        .unwrap();
+    let out = load.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft refused the ruleset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = ns
+        .command(&[nft.as_os_str(), "list".as_ref(), "ruleset".as_ref()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("redirect to :15001"), "{listed}");
+    assert!(listed.contains("counter refused"), "{listed}");
+    drop(ns);
+    assert!(!netns::list(&ip).unwrap().contains(&name));
+}

@@ -207,7 +207,10 @@ fn kind_of(e: &CoreError) -> ErrorKind {
         CoreError::Rpc(_) | CoreError::AgentTimeout { .. } | CoreError::Connection { .. } => {
             K::AgentError
         }
-        CoreError::Image(_) | CoreError::BackendUnavailable(_) => K::Unavailable,
+        CoreError::Image(_)
+        | CoreError::BackendUnavailable(_)
+        | CoreError::NetworkUnavailable(_) => K::Unavailable,
+        CoreError::Network(_) => K::VmError,
         CoreError::Vm(_) => K::VmError,
         CoreError::Store { .. } | CoreError::Io(_) => K::Internal,
     }

@@ -290,6 +290,17 @@ pub struct LifetimeParams {
     pub idle_timeout_secs: Option<u64>,
 }
 
+/// `publish_port` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct PublishParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// The guest's port.
+    pub guest_port: u16,
+    /// The host's port (default: one the host picks).
+    pub host_port: Option<u16>,
+}
+
 /// Empty arguments.
 #[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 pub struct NoParams {}
@@ -438,6 +449,40 @@ impl PettyMcp {
             self.own([view]);
         }
         respond("create_sandbox", made)
+    }
+
+    #[tool(
+        description = "Publish a port of a running sandbox created with a network: connections to the returned host_port on the server's host (127.0.0.1 unless configured) reach guest_port in the sandbox. Returns the sandbox, whose network.published lists its ports."
+    )]
+    async fn publish_port(
+        &self,
+        Parameters(p): Parameters<PublishParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("publish_port of sandbox {}", p.sandbox),
+            self.service
+                .publish(
+                    &p.sandbox,
+                    crate::service::PublishSpec {
+                        guest_port: p.guest_port,
+                        host_port: p.host_port,
+                    },
+                )
+                .await,
+        )
+    }
+
+    #[tool(
+        description = "What a sandbox's network did: connections made, open and refused, DNS names answered and refused, bytes each way, and the latest refusals with their destination and reason."
+    )]
+    async fn network_status(
+        &self,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("network_status of sandbox {}", p.sandbox),
+            self.service.network_status(&p.sandbox).await,
+        )
     }
 
     #[tool(

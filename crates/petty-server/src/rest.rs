@@ -25,8 +25,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::service::{
-    CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, Requester, SandboxView,
-    Service, SnapshotView,
+    CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, PublishSpec, Requester,
+    SandboxView, Service, SnapshotView,
 };
 
 /// Shared state of every handler.
@@ -302,6 +302,7 @@ pub struct Health {
     ),
     paths(
         create_sandbox, list_sandboxes, get_sandbox, delete_sandbox, set_lifetime,
+        publish_port, network_status,
         exec, exec_stream, run_code,
         list_files, remove_file, download_file, upload_file, make_dir,
         snapshot_sandbox, fork_sandbox, list_snapshots, get_snapshot, delete_snapshot,
@@ -339,6 +340,8 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
             get(get_sandbox).delete(delete_sandbox),
         )
         .route("/v1/sandboxes/{id}/lifetime", post(set_lifetime))
+        .route("/v1/sandboxes/{id}/ports", post(publish_port))
+        .route("/v1/sandboxes/{id}/network", get(network_status))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/stream", post(exec_stream))
         .route("/v1/sandboxes/{id}/code", post(run_code))
@@ -476,6 +479,32 @@ async fn set_lifetime(
     JsonBody(spec): JsonBody<LifetimeSpec>,
 ) -> ApiJson<SandboxView> {
     Ok(Json(s.service.set_lifetime(&id, spec).await?))
+}
+
+/// Publish a port of a running networked sandbox on the host (the server's
+/// network.publish_address, 127.0.0.1 unless configured).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/ports", tag = "network",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    request_body = PublishSpec,
+    responses((status = 200, body = SandboxView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn publish_port(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(spec): JsonBody<PublishSpec>,
+) -> ApiJson<SandboxView> {
+    Ok(Json(s.service.publish(&id, spec).await?))
+}
+
+/// What a sandbox's network did: connections made, open and refused, names
+/// answered and refused, bytes each way, the latest refusals.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/network", tag = "network",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn network_status(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiJson<serde_json::Value> {
+    Ok(Json(s.service.network_status(&id).await?))
 }
 
 /// Run a command to completion.

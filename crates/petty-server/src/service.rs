@@ -57,6 +57,78 @@ pub struct CreateSpec {
     /// (default false: the session's sandboxes go with it, unless created
     /// with a ttl_secs).
     pub keep: Option<bool>,
+    /// Network: "none" (only the guest's loopback), "public" (the internet,
+    /// never the host or the networks around it) or "allow" (only what
+    /// allow_hosts and allow_cidrs allow); default the server's
+    /// network.default ("allow" when rules are given).
+    pub network: Option<String>,
+    /// With network "allow": names that may resolve and be reached
+    /// ("example.com", "*.example.com", optionally ":PORT").
+    pub allow_hosts: Option<Vec<String>>,
+    /// With network "allow": blocks that may be reached ("10.0.0.0/8",
+    /// optionally ":PORT").
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Guest ports to reach from the host: "GUEST_PORT" or
+    /// "GUEST_PORT:HOST_PORT"; the chosen host ports come back in
+    /// `network.published`.
+    pub publish: Option<Vec<String>>,
+}
+
+/// A sandbox's network as the API shows it.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+pub struct NetworkView {
+    /// "public" or "allow".
+    pub mode: String,
+    /// Names allowed ("allow" mode).
+    pub allow_hosts: Vec<String>,
+    /// Blocks allowed ("allow" mode).
+    pub allow_cidrs: Vec<String>,
+    /// Published ports.
+    pub published: Vec<PortView>,
+}
+
+/// A published port.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+pub struct PortView {
+    /// The guest's port.
+    pub guest_port: u16,
+    /// The host's port (on the server's network.publish_address, 127.0.0.1
+    /// unless configured).
+    pub host_port: u16,
+}
+
+impl From<petty_net::NetworkSpec> for NetworkView {
+    fn from(n: petty_net::NetworkSpec) -> Self {
+        Self {
+            mode: n.mode.to_string(),
+            allow_hosts: n.allow_hosts,
+            allow_cidrs: n.allow_cidrs,
+            published: n
+                .publish
+                .iter()
+                .map(|p| PortView {
+                    guest_port: p.guest,
+                    host_port: p.host,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A port to publish on a running sandbox.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSpec {
+    /// The guest's port.
+    pub guest_port: u16,
+    /// The host's port (default: one the host picks).
+    pub host_port: Option<u16>,
 }
 
 /// Who asks for new sandboxes: the owner they are shown with, and whether
@@ -143,6 +215,8 @@ pub struct SandboxView {
     /// When its TTL or idle timeout will end it (the earlier), ms since the
     /// Unix epoch; none without either.
     pub expires_at_ms: Option<i64>,
+    /// Its network; none when it has only the guest's loopback.
+    pub network: Option<NetworkView>,
 }
 
 impl From<SandboxInfo> for SandboxView {
@@ -164,6 +238,7 @@ impl From<SandboxInfo> for SandboxView {
             reason: r.reason,
             owner: r.owner,
             session_bound: r.bound_to_owner,
+            network: r.network.map(NetworkView::from),
         }
     }
 }
@@ -436,6 +511,7 @@ impl Service {
             b = b.backend(petty_core::backend_choice(backend).map_err(|e| self.fail(e))?);
         }
         b.owner(who.owner.clone())
+            .network(self.network_spec(spec)?)
             .bound_to_owner(who.binds(spec))
             .build()
             .map_err(|e| self.fail(e))
@@ -451,6 +527,73 @@ impl Service {
             && spec.vcpu.is_none_or(|v| v == d.vcpu)
             && spec.memory_mb.is_none_or(|m| m == d.memory_mb)
             && spec.disk_size_mb.is_none_or(|s| Some(s) == d.disk_size_mb)
+            && spec.network.is_none()
+            && spec.allow_hosts.is_none()
+            && spec.allow_cidrs.is_none()
+            && spec.publish.is_none()
+            && self.inner.config.network.default == petty_net::NetworkMode::None
+    }
+
+    /// The network a create spec asks for, with the server's default mode.
+    fn network_spec(&self, spec: &CreateSpec) -> ApiResult<petty_net::NetworkSpec> {
+        let rules = spec.allow_hosts.as_ref().is_some_and(|v| !v.is_empty())
+            || spec.allow_cidrs.as_ref().is_some_and(|v| !v.is_empty());
+        let mode = match &spec.network {
+            Some(m) => m
+                .parse::<petty_net::NetworkMode>()
+                .map_err(|e| ApiError::bad_request(format!("network: {e}")))?,
+            None if rules => petty_net::NetworkMode::Allow,
+            None => self.inner.config.network.default,
+        };
+        let publish = spec
+            .publish
+            .iter()
+            .flatten()
+            .map(|p| p.parse::<petty_net::Publish>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::bad_request(format!("publish: {e}")))?;
+        Ok(petty_net::NetworkSpec {
+            mode,
+            allow_hosts: spec.allow_hosts.clone().unwrap_or_default(),
+            allow_cidrs: spec.allow_cidrs.clone().unwrap_or_default(),
+            publish,
+        })
+    }
+
+    /// Publishes a port of a running sandbox; the sandbox as it is now.
+    #[tracing::instrument(skip(self))]
+    pub async fn publish(&self, sandbox: &str, spec: PublishSpec) -> ApiResult<SandboxView> {
+        self.get(sandbox).await?;
+        let p = petty_net::Publish {
+            guest: spec.guest_port,
+            host: spec.host_port.unwrap_or(0),
+        };
+        if p.guest == 0 {
+            return Err(ApiError::bad_request(
+                "guest_port must be a port from 1 to 65535",
+            ));
+        }
+        self.inner
+            .manager
+            .publish(sandbox, p)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.get(sandbox).await
+    }
+
+    /// What a sandbox's network did: counters and the latest refusals.
+    pub async fn network_status(&self, sandbox: &str) -> ApiResult<serde_json::Value> {
+        self.get(sandbox).await?;
+        let (status, packets) = self
+            .inner
+            .manager
+            .network_status(sandbox)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let mut v = serde_json::to_value(status)
+            .map_err(|e| ApiError::new(crate::error::ErrorKind::Internal, e.to_string()))?;
+        v["refused_packets"] = packets.into();
+        Ok(v)
     }
 
     /// Creates a sandbox: from the warm pool when the spec allows, else new.

@@ -99,6 +99,12 @@ enum Cmd {
     Mcp(ServerArgs),
     /// Say what this host has and lacks for running sandboxes, and how to fix each gap.
     Doctor,
+    /// A sandbox's network: what it may reach, its published ports, what it
+    /// refused.
+    Network {
+        #[command(subcommand)]
+        cmd: NetworkCmd,
+    },
     /// The effective settings and where each came from.
     Config {
         #[command(subcommand)]
@@ -128,6 +134,26 @@ enum ConfigCmd {
         /// One JSON object per key, for scripts.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Mode, rules, published ports, counters and the latest refusals.
+    Show {
+        /// The sandbox's name or id.
+        sandbox: String,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a port of a running sandbox: GUEST_PORT[:HOST_PORT]; prints
+    /// the host address.
+    Publish {
+        /// The sandbox's name or id.
+        sandbox: String,
+        /// GUEST_PORT[:HOST_PORT].
+        port: petty_net::Publish,
     },
 }
 
@@ -252,6 +278,25 @@ pub struct VmOpts {
     /// VMM backend: qemu, firecracker or auto (default: backend.kind).
     #[arg(long, value_name = "KIND", value_parser = parse_backend)]
     pub backend: Option<Choice>,
+    /// Network: none (only lo), public (the internet, never the host or the
+    /// networks around it) or allow (only what --allow-host/--allow-cidr
+    /// allow); default network.default.
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<petty_net::NetworkMode>,
+    /// With --network allow: a name that may resolve and be reached
+    /// (example.com, *.example.com for the names below it, optionally
+    /// :PORT; repeatable).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
+    /// With --network allow: a block that may be reached (10.0.0.0/8,
+    /// optionally :PORT; repeatable).
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    pub allow_cidrs: Vec<String>,
+    /// Forward a host port (on network.publish_address, 127.0.0.1) to a
+    /// guest port: GUEST_PORT[:HOST_PORT], the host's chosen when left out
+    /// (repeatable).
+    #[arg(long = "publish", short = 'p', value_name = "GUEST[:HOST]")]
+    pub publish: Vec<petty_net::Publish>,
 }
 
 /// A backend named on the command line: `auto` or one backend.
@@ -274,9 +319,32 @@ impl VmOpts {
             .vcpu_count(self.vcpus.unwrap_or(d.vcpu))
             .disk_free_mib(d.disk_free_mb)
             .assets_dir(s.paths.cache_dir.clone());
+        let b = b.network(self.network_spec(s));
         match self.disk_mib.or(d.disk_size_mb) {
             Some(mib) => b.disk_size_mib(mib),
             None => b,
+        }
+    }
+
+    /// The network asked for: the flags', the mode from network.default
+    /// when none is given (allow when rules are, without a mode).
+    pub fn network_spec(&self, s: &Settings) -> petty_net::NetworkSpec {
+        let rules = !self.allow_hosts.is_empty() || !self.allow_cidrs.is_empty();
+        let mode = match self.network {
+            Some(m) => m,
+            None if rules => petty_net::NetworkMode::Allow,
+            None if !self.publish.is_empty()
+                && s.network.default == petty_net::NetworkMode::None =>
+            {
+                petty_net::NetworkMode::Public
+            }
+            None => s.network.default,
+        };
+        petty_net::NetworkSpec {
+            mode,
+            allow_hosts: self.allow_hosts.clone(),
+            allow_cidrs: self.allow_cidrs.clone(),
+            publish: self.publish.clone(),
         }
     }
 
@@ -427,6 +495,12 @@ pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
         } => crate::manage::snapshots_rm(names, s).await,
         Cmd::Image { cmd } => image(cmd, s).await,
         Cmd::Doctor => crate::doctor::doctor(s).await,
+        Cmd::Network {
+            cmd: NetworkCmd::Show { sandbox, json },
+        } => crate::manage::network_show(sandbox, json, s).await,
+        Cmd::Network {
+            cmd: NetworkCmd::Publish { sandbox, port },
+        } => crate::manage::network_publish(sandbox, port, s).await,
         // `main` runs it before loading the settings: petty-bench loads them.
         Cmd::Bench { args } => Ok(Bench {
             config: cli.config,

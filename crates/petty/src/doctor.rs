@@ -161,6 +161,33 @@ pub async fn doctor(s: &Settings) -> anyhow::Result<ExitCode> {
         });
     }
 
+    // Networks: which modes this host can give sandboxes.
+    let net = petty::settings::net_settings(s);
+    let why = net.unavailable();
+    lines.push(Line {
+        ok: why.is_none(),
+        needed: false,
+        name: "network modes".into(),
+        detail: match &why {
+            None => format!(
+                "none, public and allow (namespaces by {}, rules by {}; resolvers: {})",
+                net.ip.display(),
+                net.nft.display(),
+                if net.upstreams.is_empty() {
+                    "none found".to_string()
+                } else {
+                    net.upstreams
+                        .iter()
+                        .map(|a| a.ip().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+            Some(why) => format!("none only: {why}"),
+        },
+        fix: why.map(|_| "run as root; apt-get install iproute2 nftables".into()),
+    });
+
     let mut blocking = 0;
     for l in &lines {
         let mark = match (l.ok, l.needed) {

@@ -12,6 +12,19 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A sandbox's network helper, which a create starts (not for users).
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new("__net-helper")) {
+        petty::process::init_logging("info", false);
+        let config = std::path::PathBuf::from(args.next().unwrap_or_default());
+        return match petty_net::helper::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("petty network helper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = cli::Cli::parse();
     // `petty bench` is another binary's, settings and all.
     if let Some(bench) = cli.bench() {

@@ -70,6 +70,15 @@ pub async fn create(args: CreateArgs, s: &Settings) -> anyhow::Result<ExitCode> 
     let manager = manager(s).await?;
     let id = manager.create(config).await?;
     let info = manager.info(&id.to_string()).await?;
+    if let Some(n) = &info.network {
+        for p in &n.publish {
+            eprintln!(
+                "guest port {} published on {}",
+                p.guest,
+                std::net::SocketAddr::new(s.network.publish_address, p.host)
+            );
+        }
+    }
     println!("{}", info.name);
     Ok(ExitCode::SUCCESS)
 }
@@ -350,8 +359,8 @@ pub async fn ls(all: bool, s: &Settings) -> anyhow::Result<ExitCode> {
     manager.reap_now().await?;
     let now = petty_core::store::now_ms();
     println!(
-        "{:<20} {:<36} {:<8} {:>6} {:>5} {:>8} {:>8}  {:<20} {:>8}",
-        "NAME", "ID", "STATE", "MEM", "VCPUS", "AGE", "EXPIRES", "OWNER", "PID"
+        "{:<20} {:<36} {:<8} {:>6} {:>5} {:>8} {:>8}  {:<20} {:>8}  {:<7} PORTS",
+        "NAME", "ID", "STATE", "MEM", "VCPUS", "AGE", "EXPIRES", "OWNER", "PID", "NETWORK"
     );
     let secs = |ms: i64| Duration::from_millis(ms.max(0) as u64).as_secs();
     for r in manager.list().await? {
@@ -368,8 +377,12 @@ pub async fn ls(all: bool, s: &Settings) -> anyhow::Result<ExitCode> {
             (o, true) => format!("{o}(session)"),
             (o, false) => o.to_string(),
         };
+        let (mode, ports) = match &r.network {
+            Some(n) => (n.mode.as_str(), published_list(s, &n.publish)),
+            None => ("none", "-".to_string()),
+        };
         println!(
-            "{:<20} {:<36} {:<8} {:>6} {:>5} {:>7}s {:>8}  {owner:<20} {:>8}",
+            "{:<20} {:<36} {:<8} {:>6} {:>5} {:>7}s {:>8}  {owner:<20} {:>8}  {mode:<7} {ports}",
             r.name,
             r.id,
             if r.pooled { "pooled" } else { r.state.as_str() },
@@ -383,6 +396,84 @@ pub async fn ls(all: bool, s: &Settings) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| "-".into()),
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Published ports as `petty ls` shows them: `HOST_ADDR:PORT->GUEST_PORT`,
+/// comma-separated (one word), or `-`.
+fn published_list(s: &Settings, ports: &[petty_net::Publish]) -> String {
+    if ports.is_empty() {
+        return "-".into();
+    }
+    let addr = s.network.publish_address;
+    ports
+        .iter()
+        .map(|p| format!("{}->{}", std::net::SocketAddr::new(addr, p.host), p.guest))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `petty network show`.
+pub async fn network_show(sandbox: String, json: bool, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
+    let (status, packets) = manager.network_status(&sandbox).await?;
+    if json {
+        let mut v = serde_json::to_value(&status)?;
+        v["refused_packets"] = packets.into();
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let spec = &status.spec;
+    println!("sandbox      {}", status.sandbox);
+    println!("mode         {}", spec.mode);
+    if spec.mode == petty_net::NetworkMode::Allow {
+        let rules: Vec<&str> = spec
+            .allow_hosts
+            .iter()
+            .chain(&spec.allow_cidrs)
+            .map(String::as_str)
+            .collect();
+        println!(
+            "allow        {}",
+            if rules.is_empty() {
+                "-".into()
+            } else {
+                rules.join(" ")
+            }
+        );
+    }
+    println!("published    {}", published_list(s, &spec.publish));
+    println!(
+        "connections  {} made, {} open, {} refused",
+        status.connections, status.active, status.refused_connections
+    );
+    println!(
+        "names        {} answered, {} refused",
+        status.names, status.refused_names
+    );
+    println!(
+        "bytes        {} out, {} in",
+        status.bytes_out, status.bytes_in
+    );
+    println!("other        {packets} packets refused (not TCP or DNS)");
+    for r in &status.recent_refusals {
+        println!("refused      {} ({})", r.destination, r.reason);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `petty network publish`.
+pub async fn network_publish(
+    sandbox: String,
+    port: petty_net::Publish,
+    s: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
+    let p = manager.publish(&sandbox, port).await?;
+    println!(
+        "{}",
+        std::net::SocketAddr::new(s.network.publish_address, p.host)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

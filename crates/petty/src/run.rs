@@ -44,6 +44,9 @@ pub async fn run(args: RunArgs, s: &Settings) -> anyhow::Result<ExitCode> {
     let req = args.exec.request(argv)?;
 
     let mut signals = Signals::new()?;
+    if config.network.has_network() {
+        return run_networked(config, req, s, &mut signals).await;
+    }
     // Dropping the create future on a signal drops the half-started VM, which kills it.
     let sandbox = tokio::select! {
         s = Sandbox::create(vmm.as_ref(), config) => s?,
@@ -54,6 +57,49 @@ pub async fn run(args: RunArgs, s: &Settings) -> anyhow::Result<ExitCode> {
         code = signals.recv() => Ok(code),
     };
     let destroyed = sandbox.destroy().await;
+    let code = outcome?;
+    destroyed?;
+    Ok(ExitCode::from(code))
+}
+
+/// `petty run` with a network: the sandbox is the manager's (its network
+/// has a helper and a namespace the manager sweeps), bound to this process
+/// so that, however this process ends, the next Petty process removes it.
+async fn run_networked(
+    config: petty_core::SandboxConfig,
+    req: ExecRequest,
+    s: &Settings,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    let (manager, _) = petty::settings::manager(s, false).await?;
+    let config = petty_core::SandboxConfig {
+        owner: Some("cli".into()),
+        bound_to_owner: true,
+        ..config
+    };
+    let id = tokio::select! {
+        id = manager.create(config) => id?.to_string(),
+        code = signals.recv() => return Ok(ExitCode::from(code)),
+    };
+    let outcome = async {
+        let info = manager.info(&id).await?;
+        if let Some(n) = &info.network {
+            for p in &n.publish {
+                eprintln!(
+                    "guest port {} published on {}",
+                    p.guest,
+                    std::net::SocketAddr::new(s.network.publish_address, p.host)
+                );
+            }
+        }
+        let sandbox = manager.get(&id).await?;
+        tokio::select! {
+            r = stream(&sandbox, req) => r,
+            code = signals.recv() => Ok(code),
+        }
+    }
+    .await;
+    let destroyed = manager.destroy(&id).await;
     let code = outcome?;
     destroyed?;
     Ok(ExitCode::from(code))

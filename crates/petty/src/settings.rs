@@ -97,7 +97,42 @@ pub fn manager_config(s: &Settings) -> ManagerConfig {
     if let Some(n) = s.limits.max_concurrent_boots {
         mc.max_concurrent_boots = n;
     }
+    mc.network = Some(net_settings(s));
     mc
+}
+
+/// How sandbox networks are made under `s`: `ip` and `nft` from
+/// `paths.search_path`, the helper (the `petty` binary, found beside this
+/// executable or on the search path), state under `paths.run_dir`, and
+/// the `network.*` keys; the resolvers are `network.dns`, else the host's
+/// `/etc/resolv.conf`.
+pub fn net_settings(s: &Settings) -> petty_net::NetSettings {
+    let find = |name: &str| {
+        petty_vmm::find_on_path(name, &s.paths.search_path)
+            .unwrap_or_else(|| PathBuf::from("/usr/sbin").join(name))
+    };
+    let n = &s.network;
+    let upstreams = if n.dns.is_empty() {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| petty_net::sandbox::resolv_conf_servers(&t))
+            .unwrap_or_default()
+    } else {
+        n.dns
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(*ip, 53))
+            .collect()
+    };
+    petty_net::NetSettings {
+        ip: find("ip"),
+        nft: find("nft"),
+        helper: crate::exe::find("petty", &s.paths.search_path),
+        state_root: s.paths.run_dir.join(".net"),
+        deny: n.deny_cidrs.clone(),
+        upstreams,
+        bandwidth_mbit: n.bandwidth_mbit,
+        max_connections: n.max_connections,
+        publish_address: n.publish_address,
+    }
 }
 
 /// Opens the manager on the configured backend and paths (recovering what

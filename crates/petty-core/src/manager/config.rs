@@ -46,6 +46,9 @@ pub struct ManagerConfig {
     /// CPU; it dies with the manager (or, should this process be killed,
     /// at the next sweep of any petty process).
     pub standby: bool,
+    /// How sandbox networks are made on this host (`None`: sandboxes asking
+    /// for a network are refused).
+    pub network: Option<petty_net::NetSettings>,
 }
 
 impl Default for ManagerConfig {
@@ -64,6 +67,7 @@ impl Default for ManagerConfig {
             max_concurrent_boots: crate::host_cpus(),
             templates: true,
             standby: true,
+            network: None,
         }
     }
 }

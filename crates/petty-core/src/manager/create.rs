@@ -132,18 +132,27 @@ impl SandboxManager {
             &rootfs,
             from.as_ref().map(|s| s.dir.as_path()),
         )?;
+        // Its network, checked (and the host's ability to make one) before
+        // anything exists.
+        let network = self.network_for(&config, from.as_ref())?;
+        let net_settings = match &network {
+            Some(_) => Some(self.net_settings()?.clone()),
+            None => None,
+        };
         // A create from a template takes the standby VMM for it, if one is
         // waiting; its id (naming its run directory) becomes the sandbox's.
+        // Networked creates take none: a standby has no namespace yet.
         let from_template = from.is_none() && self.inner.config.templates && vmm.can_restore();
         let standby_key =
-            (from_template && self.inner.config.standby && vmm.can_standby()).then(|| StandbyKey {
-                backend: vmm.name(),
-                kernel: kernel.clone(),
-                rootfs: rootfs.clone(),
-                memory_mib: config.memory_mib,
-                vcpus: config.vcpu_count,
-                disk_size_mib: config.disk_size_mib,
-            });
+            (from_template && network.is_none() && self.inner.config.standby && vmm.can_standby())
+                .then(|| StandbyKey {
+                    backend: vmm.name(),
+                    kernel: kernel.clone(),
+                    rootfs: rootfs.clone(),
+                    memory_mib: config.memory_mib,
+                    vcpus: config.vcpu_count,
+                    disk_size_mib: config.disk_size_mib,
+                });
         let standby = standby_key.as_ref().and_then(|k| self.take_standby(k));
         let id = standby.as_ref().map_or_else(SandboxId::new, |s| s.id);
         let name = config.name.clone().unwrap_or_else(|| short_name(id));
@@ -171,6 +180,7 @@ impl SandboxManager {
             disk_size_mib: config.disk_size_mib,
             owner: config.owner.clone().unwrap_or_default(),
             bound_to_owner: config.bound_to_owner,
+            network: network.clone(),
         };
         // The row comes first: it takes a slot under the limit (refused at
         // once past it) and the name, and a crash from here on leaves a
@@ -186,7 +196,15 @@ impl SandboxManager {
         config.kernel = Some(kernel);
         config.rootfs = Some(rootfs);
         let standby_config = standby_key.is_some().then(|| config.clone());
+        // The network's namespace, TAP device, rules and helper, before the
+        // VM that attaches to them; dropped on any failure below, which
+        // removes them.
+        let mut net = None;
         let booted = async {
+            if let (Some(spec), Some(settings)) = (&network, &net_settings) {
+                let made = super::make_network(settings.clone(), id.to_string(), spec.clone());
+                net = Some(made.await?);
+            }
             let restore_from = match &from {
                 Some(snap) => Some(snap.dir.clone()),
                 None if from_template => Some(
@@ -200,6 +218,7 @@ impl SandboxManager {
                             config.vcpu_count,
                             config.disk_size_mib,
                             config.connect_timeout,
+                            net_settings.as_ref(),
                         )
                         .await?,
                 ),
@@ -220,6 +239,7 @@ impl SandboxManager {
                 persistent: true,
                 restore_from: restore_from.clone(),
                 standby,
+                network: net.as_ref().map(super::vm_network),
                 ..crate::sandbox::BootPlan::new(config, id, name)
             };
             let sandbox = Sandbox::boot(vmm.as_ref(), plan).await?;
@@ -234,6 +254,7 @@ impl SandboxManager {
         let sandbox = match booted {
             Ok(sb) => sb,
             Err(e) => {
+                drop(net);
                 let reason = format!("create failed: {e}");
                 self.db(move |s| s.remove(id, &reason)).await?;
                 return Err(e);
@@ -241,15 +262,42 @@ impl SandboxManager {
         };
         let pid = sandbox.vmm_pid().await.unwrap_or_default();
         let run_dir = sandbox.run_dir().await.unwrap_or_default();
+        // The helper follows the VMM from now on, and the ports it chose
+        // are recorded.
+        let network = match (net, network) {
+            (Some(net), Some(mut spec)) => {
+                let (net, attached) = tokio::task::spawn_blocking(move || {
+                    let attached = net.attach(pid);
+                    (net, attached)
+                })
+                .await
+                .map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
+                if let Err(e) = attached {
+                    let _ = sandbox.stop_vm(false).await;
+                    drop(net);
+                    let reason = format!("create failed: {e}");
+                    self.db(move |s| s.remove(id, &reason)).await?;
+                    return Err(CoreError::Network(e.to_string()));
+                }
+                spec.publish = net.published().to_vec();
+                net.keep();
+                Some(spec)
+            }
+            _ => None,
+        };
         let recorded = self
             .db(move |s| {
                 s.set_vm(id, pid, &run_dir)?;
+                if network.is_some() {
+                    s.set_network(id, network.as_ref())?;
+                }
                 s.transition(id, SandboxState::Ready, None, false)
             })
             .await
             .and_then(|moved| refused(&name_of(&sandbox), SandboxState::Ready, moved));
         if let Err(e) = recorded {
             let _ = sandbox.stop_vm(false).await;
+            self.remove_network(id).await;
             return Err(e);
         }
         self.hold(Arc::new(sandbox)).await;
@@ -382,6 +430,7 @@ impl SandboxManager {
             disk_size_mib: cfg.disk_size_mib,
             owner: cfg.owner.clone().unwrap_or_default(),
             bound_to_owner: cfg.bound_to_owner,
+            network: None,
         };
         let max = self.inner.config.max_sandboxes;
         if let Err(e) = self.db(move |s| s.insert(&record, Some(max))).await {
@@ -435,6 +484,7 @@ impl SandboxManager {
         if let Some(sb) = held {
             sb.fail().await;
         }
+        self.remove_network(id).await;
     }
 
     pub(crate) async fn unpool(

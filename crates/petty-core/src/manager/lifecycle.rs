@@ -144,16 +144,20 @@ impl SandboxManager {
             .ok()
             .map(Arc::new);
         }
-        if let Some(sb) = held {
-            return sb.stop_vm(graceful).await;
-        }
-        match (record.vmm_pid, &record.run_dir) {
-            (Some(pid), Some(_)) => match vmm.attach(&record.id.to_string(), pid) {
+        let stopped = match (held, record.vmm_pid, &record.run_dir) {
+            (Some(sb), _, _) => sb.stop_vm(graceful).await,
+            (None, Some(pid), Some(_)) => match vmm.attach(&record.id.to_string(), pid) {
                 Ok(vm) => vm.stop().await.map_err(CoreError::from),
                 Err(_) => remove_run_dir(record.run_dir.as_deref()),
             },
             _ => remove_run_dir(record.run_dir.as_deref()),
+        };
+        // The network goes with the VM (the helper would notice, but not
+        // before this returns).
+        if record.network.is_some() {
+            self.remove_network(record.id).await;
         }
+        stopped
     }
 
     /// Destroys a sandbox: kills its VM, removes its files and its record.

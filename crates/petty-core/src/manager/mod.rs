@@ -22,12 +22,14 @@ use crate::{CoreError, ExecResult, Sandbox, SandboxId, SandboxState};
 mod config;
 mod create;
 mod lifecycle;
+mod network;
 mod recovery;
 mod snapshots;
 
 pub use config::ManagerConfig;
 pub(crate) use create::CreatePlan;
 use create::{StandbyKey, StandbyVm};
+pub(crate) use network::{make_network, vm_network};
 use recovery::reaper;
 
 /// A sandbox as [`SandboxManager::list`] reports it.

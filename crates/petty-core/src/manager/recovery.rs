@@ -81,6 +81,8 @@ impl SandboxManager {
         for dir in swept {
             tracing::info!(dir = %dir.display(), "removed the run directory of a dead process");
         }
+        // And networks whose helper is gone.
+        self.sweep_networks().await;
         Ok(())
     }
 

@@ -32,9 +32,17 @@ impl SandboxManager {
             sb.snapshot_to(&dir).await?;
             // The sandbox runs on already; now make the snapshot one whose
             // children share its memory pages.
+            // A networked guest's state loads only into a VM with its
+            // interface: the re-save VM runs in the sandbox's namespace.
+            let network = source.network.as_ref().map(|_| {
+                petty_vmm::VmNetwork::new(petty_net::netns::path_of(
+                    &petty_net::NetSettings::netns_name(&source.id.to_string()),
+                ))
+            });
             let base = petty_vmm::VmConfig {
                 memory_mib: source.memory_mib,
                 vcpus: source.vcpus,
+                network,
                 ..petty_vmm::VmConfig::new(
                     format!("resave-{}", uuid::Uuid::new_v4()),
                     &source.kernel,
@@ -61,6 +69,7 @@ impl SandboxManager {
             rootfs: source.rootfs.clone(),
             created_at_ms: now_ms(),
             backend: source.backend.clone(),
+            network: source.network.clone(),
         };
         let r = record.clone();
         if let Err(e) = self.db(move |s| s.insert_snapshot(&r)).await {

@@ -149,6 +149,7 @@ impl Env {
             disk_size_mib: None,
             owner: String::new(),
             bound_to_owner: false,
+            network: None,
         }
     }
 }

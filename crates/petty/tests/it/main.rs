@@ -9,6 +9,7 @@
 mod bench;
 mod cli;
 mod cli_manage;
+mod egress;
 mod firecracker;
 mod hardening;
 mod manager;
@@ -253,6 +254,11 @@ pub fn leftovers(root: &Path) -> Vec<PathBuf> {
         .map(|d| {
             d.flatten()
                 .filter(|e| !matches!(e.file_name().to_str(), Some(".turns" | ".tsc-khz")))
+                // Sandbox networks' state: a leftover only if not empty.
+                .filter(|e| {
+                    e.file_name() != ".net"
+                        || std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_some())
+                })
                 .map(|e| e.path())
                 .collect()
         })

@@ -527,11 +527,15 @@ impl Service {
             && spec.vcpu.is_none_or(|v| v == d.vcpu)
             && spec.memory_mb.is_none_or(|m| m == d.memory_mb)
             && spec.disk_size_mb.is_none_or(|s| Some(s) == d.disk_size_mb)
-            && spec.network.is_none()
-            && spec.allow_hosts.is_none()
-            && spec.allow_cidrs.is_none()
-            && spec.publish.is_none()
-            && self.inner.config.network.default == petty_net::NetworkMode::None
+            // The pool's sandboxes have network.default's mode, no rules
+            // and no published ports.
+            && spec
+                .network
+                .as_deref()
+                .is_none_or(|m| m == self.inner.config.network.default.as_str())
+            && spec.allow_hosts.as_ref().is_none_or(Vec::is_empty)
+            && spec.allow_cidrs.as_ref().is_none_or(Vec::is_empty)
+            && spec.publish.as_ref().is_none_or(Vec::is_empty)
     }
 
     /// The network a create spec asks for, with the server's default mode.

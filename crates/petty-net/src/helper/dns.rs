@@ -17,12 +17,19 @@ use crate::policy::{NetworkMode, Rule};
 
 /// How long each upstream resolver gets.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Queries in flight at once; a guest sending more has the rest dropped
+/// (as a busy resolver drops them), so a flood costs the helper little.
+const MAX_IN_FLIGHT: usize = 64;
 
 pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket) {
     let socket = Arc::new(socket);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
         let query = buf[..n].to_vec();
@@ -32,6 +39,7 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket) {
             if let Some(reply) = answer(&shared, &query, false).await {
                 let _ = socket.send_to(&reply, peer).await;
             }
+            drop(slot);
         });
     }
 }

@@ -21,6 +21,7 @@
 
 mod dns;
 mod proxy;
+mod sni;
 
 use std::collections::HashMap;
 use std::io;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::Shared;
+use super::{sni, Shared};
 use crate::guest::GUEST_IP;
 use crate::policy::Denied;
 use crate::spec::Publish;
@@ -144,7 +144,20 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// One connection counted open while it lives (from its accept, so
+/// connections still opening count against the cap too).
+struct Open<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn connect_out(shared: Arc<Shared>, guest: TcpStream) {
+    let c = &shared.counters;
+    let open_before = c.active.fetch_add(1, Ordering::Relaxed);
+    let _open = Open(&c.active);
     let dst = match original_dst(&guest) {
         Ok(d) => d,
         Err(e) => {
@@ -163,10 +176,9 @@ async fn connect_out(shared: Arc<Shared>, guest: TcpStream) {
             .connect(ip, dst.port(), &names)
             .map_err(|d| d.to_string())
     };
-    let c = &shared.counters;
     let max = u64::from(shared.config.max_connections);
     let verdict = verdict.and_then(|()| {
-        if max > 0 && c.active.load(Ordering::Relaxed) >= max {
+        if max > 0 && open_before >= max {
             Err(format!(
                 "{max} connections are open (network.max_connections)"
             ))
@@ -174,6 +186,29 @@ async fn connect_out(shared: Arc<Shared>, guest: TcpStream) {
             Ok(())
         }
     });
+    // Let through by a name rule on 443 or 80: the connection must also
+    // ask (TLS server name, HTTP Host) for a name the rules allow, or an
+    // address many sites share would reach them all.
+    let mut guest = guest;
+    let mut head = Vec::new();
+    let verdict = match verdict {
+        Ok(()) if needs_name_check(&shared, ip, dst.port()) => {
+            match read_asked_name(&mut guest, dst.port(), &mut head).await {
+                sni::Asked::Name(n) if shared.policy.connect(ip, dst.port(), &[&n]).is_ok() => {
+                    Ok(())
+                }
+                sni::Asked::Name(n) => Err(format!(
+                    "it asked for {n} (TLS server name or HTTP Host), which no rule allows"
+                )),
+                _ => Err(format!(
+                    "a name rule lets port {} through only for a TLS server name or HTTP Host \
+                     the rules allow, and it gave none",
+                    dst.port()
+                )),
+            }
+        }
+        other => other,
+    };
     if let Err(reason) = verdict {
         c.refused_connections.fetch_add(1, Ordering::Relaxed);
         shared.refuse(dst.to_string(), reason);
@@ -191,16 +226,59 @@ async fn connect_out(shared: Arc<Shared>, guest: TcpStream) {
         }
     };
     c.connections.fetch_add(1, Ordering::Relaxed);
-    c.active.fetch_add(1, Ordering::Relaxed);
     let _ = guest.set_nodelay(true);
     let _ = out.set_nodelay(true);
     let (gr, gw) = guest.into_split();
-    let (or, ow) = out.into_split();
+    let (or, mut ow) = out.into_split();
+    if !head.is_empty() {
+        if ow.write_all(&head).await.is_err() {
+            return;
+        }
+        c.bytes_out.fetch_add(head.len() as u64, Ordering::Relaxed);
+    }
     let _ = tokio::join!(
         pipe(gr, ow, shared.up.as_ref(), &c.bytes_out),
         pipe(or, gw, shared.down.as_ref(), &c.bytes_in),
     );
-    c.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Whether a connection to `ip:port` that the policy allows must also
+/// name an allowed host in its first bytes: `allow` mode, port 443 or 80,
+/// and no CIDR rule covers it.
+fn needs_name_check(shared: &Shared, ip: IpAddr, port: u16) -> bool {
+    shared.policy.mode == crate::policy::NetworkMode::Allow
+        && matches!(port, 80 | 443)
+        && shared.policy.connect(ip, port, &[]).is_err()
+}
+
+/// How long a client gets to say which name it wants.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of it read to find the name.
+const ASK_MAX: usize = 16 * 1024;
+
+/// Reads the guest's first bytes into `head` until they name a host (TLS
+/// on 443, HTTP on 80), show they never will, or time runs out.
+async fn read_asked_name(guest: &mut TcpStream, port: u16, head: &mut Vec<u8>) -> sni::Asked {
+    let parse = |b: &[u8]| {
+        if port == 443 {
+            sni::tls_server_name(b)
+        } else {
+            sni::http_host(b)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    loop {
+        match parse(head) {
+            sni::Asked::More if head.len() < ASK_MAX => {}
+            sni::Asked::More => return sni::Asked::Nothing,
+            done => return done,
+        }
+        match tokio::time::timeout_at(deadline, guest.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return sni::Asked::Nothing,
+        }
+    }
 }
 
 /// Copies `r` to `w` until the end, at the bucket's pace, and passes the

@@ -114,6 +114,17 @@ fn fetch(url: &str) -> String {
     )
 }
 
+/// Python that opens `n` connections to ip:port, keeping each, and prints
+/// what each read or its error's class, one a line.
+fn connect_many(ip: &str, port: u16, n: usize) -> String {
+    format!(
+        "import socket\nkeep = []\nfor i in range({n}):\n    try:\n        \
+         s = socket.create_connection(({ip:?}, {port}), timeout=10)\n        keep.append(s)\n        \
+         print(s.recv(100).decode() or 'EOF')\n    except Exception as e:\n        \
+         print(type(e).__name__)"
+    )
+}
+
 /// Python that connects to ip:port and prints what it reads, or the
 /// error's class (a refusal is a reset or refused connection, not a
 /// timeout).
@@ -179,9 +190,13 @@ fn test_host(n: u8) -> TestHost {
         .command(&[
             "python3",
             "-c",
-            "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('0.0.0.0', 8080))\ns.listen(16)\nwhile True:\n    c, _ = s.accept()\n    \
-             c.sendall(b'test host')\n    c.close()",
+            "import socket, threading\ns = socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', 8080))\ns.listen(16)\n\
+             def serve(c):\n    c.sendall(b'test host')\n    \
+             while c.recv(100):\n        pass\n    c.close()\n\
+             while True:\n    c, _ = s.accept()\n    \
+             threading.Thread(target=serve, args=(c,), daemon=True).start()",
         ])
         .stdout(Stdio::null())
         .spawn()
@@ -392,6 +407,24 @@ fn allow_rules_decide_what_resolves_and_what_connects() {
 
     let named = create(&env, &["--network", "allow", "--allow-host", &host]);
     assert_eq!(py(&env, &named, &fetch(&url)).1, "200");
+    // The address the allowed name resolved to, asked for another name
+    // (an address shared by many sites reaches only the allowed one).
+    let (_, out, _) = py(
+        &env,
+        &named,
+        &format!(
+            "import socket\naddr = socket.getaddrinfo({host:?}, 80, socket.AF_INET)[0][4][0]\n\
+             s = socket.create_connection((addr, 80), timeout=10)\n\
+             s.sendall(b'GET / HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n')\n\
+             try:\n    print(s.recv(100) or 'EOF')\nexcept Exception as e:\n    print(type(e).__name__)"
+        ),
+    );
+    assert_eq!(
+        out, "ConnectionResetError",
+        "another Host at an allowed address"
+    );
+    let show = env.ok(&["network", "show", &named]);
+    assert!(show.contains("it asked for example.com"), "{show}");
 
     let other = create(&env, &["--network", "allow", "--allow-host", "example.com"]);
     let (_, out, _) = py(
@@ -535,6 +568,59 @@ fn published_ports_reach_the_guest_and_forks_each_get_their_own() {
 }
 
 #[test]
+fn the_connection_cap_refuses_connections_past_it() {
+    if !can_run() {
+        return;
+    }
+    let _turn = turn();
+    let env = Env::new();
+    let testhost = test_host(3);
+    let out = env
+        .cmd()
+        .env("PETTY_NETWORK_MAX_CONNECTIONS", "2")
+        .args([
+            "create",
+            "--network",
+            "allow",
+            "--allow-cidr",
+            &testhost.cidr,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (_, out, _) = py(
+        &env,
+        &name,
+        &connect_many(&testhost.addr.to_string(), 8080, 3),
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["test host", "test host", "ConnectionResetError"]
+    );
+    let show = env.ok(&["network", "show", &name]);
+    assert!(show.contains("network.max_connections"), "{show}");
+    // Closed, they make room again (once the helper has seen both ends
+    // close: a bounded wait).
+    let mut answer = String::new();
+    for _ in 0..40 {
+        answer = py(&env, &name, &connect(&testhost.addr.to_string(), 8080)).1;
+        if answer == "test host" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(answer, "test host");
+    env.ok(&["rm", "-f", &name]);
+    env.assert_clean();
+}
+
+#[test]
 fn failed_creates_and_killed_runs_leave_no_network_behind() {
     if !can_run() {
         return;
@@ -585,6 +671,59 @@ fn failed_creates_and_killed_runs_leave_no_network_behind() {
     run.kill().unwrap();
     run.wait().unwrap();
     env.ok(&["ls"]);
+    env.assert_clean();
+    assert_back_to(&before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_pool_holds_sandboxes_with_the_default_network() {
+    if !can_run() {
+        return;
+    }
+    let _turn = turn();
+    let before = host_state();
+    let env = Env::new();
+    let (_, url) = registry();
+    let mut d = crate::serve::Daemon::start_with(
+        &env,
+        &["--pool-size", "1", "--on-shutdown", "destroy"],
+        &[("PETTY_NETWORK_DEFAULT", "public")],
+    );
+    let mut ready = false;
+    for _ in 0..600 {
+        if d.ok("GET", "/v1/pool", None).await["ready"] == 1 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the pool never filled");
+    let view = d
+        .ok("POST", "/v1/sandboxes", Some(serde_json::json!({})))
+        .await;
+    assert_eq!(view["network"]["mode"], "public", "{view}");
+    assert_eq!(d.ok("GET", "/v1/pool", None).await["hits"], 1);
+    let id = view["id"].as_str().unwrap().to_string();
+    let code = fetch(&url);
+    let out = d
+        .ok(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(serde_json::json!({ "argv": ["python3", "-c", code] })),
+        )
+        .await;
+    assert_eq!(out["stdout"].as_str().unwrap().trim(), "200", "{out}");
+    // A create asking for another network is not the pool's.
+    let none = d
+        .ok(
+            "POST",
+            "/v1/sandboxes",
+            Some(serde_json::json!({ "network": "none" })),
+        )
+        .await;
+    assert!(none["network"].is_null(), "{none}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(), 0);
     env.assert_clean();
     assert_back_to(&before);
 }

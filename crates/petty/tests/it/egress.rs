@@ -676,6 +676,9 @@ fn failed_creates_and_killed_runs_leave_no_network_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The turn is held across the whole test on purpose: the other tests that
+// wait for it run on threads of their own, not on this runtime.
+#[allow(clippy::await_holding_lock)]
 async fn the_warm_pool_holds_sandboxes_with_the_default_network() {
     if !can_run() {
         return;

@@ -12,12 +12,17 @@
 //! namespace forwards nothing, and no rule is added to the host's own
 //! firewall.
 //!
+//! Once its sockets exist it gives up root (it becomes `nobody`, with no
+//! way back): everything that parses what the guest sends runs
+//! unprivileged.
+//!
 //! Its life follows the sandbox's: it watches the process that made it
-//! until it is told the VMM's pid, then the VMM; when the one it watches is
-//! gone it removes the namespace and its own directory and exits. A helper
-//! killed outright leaves a namespace no helper serves, which the next
-//! sweep removes ([`crate::sandbox::sweep`]; helpers are found by their
-//! command line, `petty __net-helper DIR/net.json`).
+//! until it is told the VMM's pid, then the VMM, and exits when the one it
+//! watches is gone. The manager removes a sandbox's namespace with its VM;
+//! one whose VMM died unseen, or whose helper was killed, has no helper
+//! left, and the next sweep of any Petty process removes it
+//! ([`crate::sandbox::sweep`]; helpers are found by their command line,
+//! `petty __net-helper DIR/net.json`).
 
 mod dns;
 mod proxy;
@@ -367,6 +372,10 @@ async fn serve(config: HelperConfig, policy: Policy) -> Result<(), String> {
             .map_err(|e| format!("publishing guest port {}: {e}", p.guest))?;
     }
 
+    // Every socket that needs root exists: what parses the guest's bytes
+    // from here on does so as nobody, without a way back.
+    drop_privileges().map_err(|e| format!("giving up root: {e}"))?;
+
     // Ready: say so on stdout, then let it go.
     let ready = serde_json::json!({ "ready": true, "publish": *shared.published.lock().unwrap_or_else(|e| e.into_inner()) });
     println!("{ready}");
@@ -403,7 +412,39 @@ async fn serve(config: HelperConfig, policy: Policy) -> Result<(), String> {
     Ok(())
 }
 
-/// Removes the namespace and the helper's directory.
+/// The user the helper runs as once set up.
+const NOBODY: libc::uid_t = 65534;
+
+/// Becomes `nobody` (no supplementary groups, no new privileges), when
+/// root: the helper reads what a hostile guest sends (DNS, TLS, HTTP).
+/// Host ports below 1024 can then be published only at create.
+fn drop_privileges() -> io::Result<()> {
+    // SAFETY: plain credential syscalls; glibc applies set*id to every
+    // thread of the process (the namespace thread included).
+    unsafe {
+        if libc::geteuid() != 0 {
+            return Ok(());
+        }
+        let check = |rc: libc::c_int| {
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(NOBODY, NOBODY, NOBODY))?;
+        check(libc::setresuid(NOBODY, NOBODY, NOBODY))?;
+        if libc::geteuid() == 0 {
+            return Err(io::Error::other("still root after setresuid"));
+        }
+    }
+    Ok(())
+}
+
+/// Removes the namespace and the helper's directory, where it still may
+/// (a helper that gave up root leaves both to the next sweep).
 fn teardown(config: &HelperConfig) {
     let _ = std::process::Command::new(&config.ip)
         .args(["netns", "delete", &config.netns])

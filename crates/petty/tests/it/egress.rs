@@ -730,3 +730,30 @@ async fn the_warm_pool_holds_sandboxes_with_the_default_network() {
     env.assert_clean();
     assert_back_to(&before);
 }
+
+#[test]
+fn a_cold_booted_sandbox_gets_its_network_too() {
+    if !can_run() {
+        return;
+    }
+    let _turn = turn();
+    let env = Env::new();
+    let (_, url) = registry();
+    // No template: the guest boots with its interface and configures it.
+    let out = env
+        .cmd()
+        .env("PETTY_BACKEND_TEMPLATES", "false")
+        .args(["create", "--network", "public"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(py(&env, &name, &fetch(&url)).1, "200");
+    env.ok(&["rm", "-f", &name]);
+    env.assert_clean();
+}

@@ -70,15 +70,7 @@ pub async fn create(args: CreateArgs, s: &Settings) -> anyhow::Result<ExitCode> 
     let manager = manager(s).await?;
     let id = manager.create(config).await?;
     let info = manager.info(&id.to_string()).await?;
-    if let Some(n) = &info.network {
-        for p in &n.publish {
-            eprintln!(
-                "guest port {} published on {}",
-                p.guest,
-                std::net::SocketAddr::new(s.network.publish_address, p.host)
-            );
-        }
-    }
+    say_published(&info, s);
     println!("{}", info.name);
     Ok(ExitCode::SUCCESS)
 }
@@ -411,6 +403,17 @@ fn published_list(s: &Settings, ports: &[petty_net::Publish]) -> String {
         .map(|p| format!("{}->{}", std::net::SocketAddr::new(addr, p.host), p.guest))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Says on stderr where each of a new sandbox's ports was published.
+pub(crate) fn say_published(info: &petty_core::SandboxInfo, s: &Settings) {
+    for p in info.network.iter().flat_map(|n| &n.publish) {
+        eprintln!(
+            "guest port {} published on {}",
+            p.guest,
+            std::net::SocketAddr::new(s.network.publish_address, p.host)
+        );
+    }
 }
 
 /// `petty network show`.

@@ -82,16 +82,7 @@ async fn run_networked(
         code = signals.recv() => return Ok(ExitCode::from(code)),
     };
     let outcome = async {
-        let info = manager.info(&id).await?;
-        if let Some(n) = &info.network {
-            for p in &n.publish {
-                eprintln!(
-                    "guest port {} published on {}",
-                    p.guest,
-                    std::net::SocketAddr::new(s.network.publish_address, p.host)
-                );
-            }
-        }
+        crate::manage::say_published(&manager.info(&id).await?, s);
         let sandbox = manager.get(&id).await?;
         tokio::select! {
             r = stream(&sandbox, req) => r,

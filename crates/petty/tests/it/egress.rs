@@ -239,6 +239,25 @@ fn turn() -> std::sync::MutexGuard<'static, ()> {
     turn
 }
 
+/// This test's turn, when this host can run it.
+fn begin() -> Option<std::sync::MutexGuard<'static, ()>> {
+    can_run().then(turn)
+}
+
+/// `petty create ARGS` with environment `vars`; the sandbox's name.
+fn create_with(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> String {
+    let out = env
+        .cmd()
+        .envs(vars.iter().copied())
+        .arg("create")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 type HostState = (Vec<String>, Vec<String>, String);
 
 /// What the host's network looks like: sandbox namespaces, links (a TAP
@@ -283,17 +302,12 @@ fn assert_back_to(before: &HostState) {
 }
 
 fn create(env: &Env, args: &[&str]) -> String {
-    let mut all = vec!["create"];
-    all.extend_from_slice(args);
-    env.ok(&all).trim().to_string()
+    create_with(env, &[], args)
 }
 
 #[test]
 fn none_has_only_loopback_and_public_reaches_the_registry_never_the_host_or_private_networks() {
-    if !can_run() {
-        return;
-    }
-    let _turn = turn();
+    let Some(_turn) = begin() else { return };
     let before = host_state();
     let env = Env::new();
     let (_, url) = registry();
@@ -391,10 +405,7 @@ fn petty_net_host_addrs() -> Vec<IpAddr> {
 
 #[test]
 fn allow_rules_decide_what_resolves_and_what_connects() {
-    if !can_run() {
-        return;
-    }
-    let _turn = turn();
+    let Some(_turn) = begin() else { return };
     let env = Env::new();
     let (host, url) = registry();
     let registry_ip = (host.as_str(), 80)
@@ -515,10 +526,7 @@ fn serve_in(env: &Env, name: &str, port: u16) {
 
 #[test]
 fn published_ports_reach_the_guest_and_forks_each_get_their_own() {
-    if !can_run() {
-        return;
-    }
-    let _turn = turn();
+    let Some(_turn) = begin() else { return };
     let before = host_state();
     let env = Env::new();
     let (_, url) = registry();
@@ -569,10 +577,7 @@ fn published_ports_reach_the_guest_and_forks_each_get_their_own() {
 
 #[test]
 fn the_connection_cap_refuses_connections_past_it() {
-    if !can_run() {
-        return;
-    }
-    let _turn = turn();
+    let Some(_turn) = begin() else { return };
     let env = Env::new();
     let testhost = test_host(3);
     let out = env
@@ -622,10 +627,7 @@ fn the_connection_cap_refuses_connections_past_it() {
 
 #[test]
 fn failed_creates_and_killed_runs_leave_no_network_behind() {
-    if !can_run() {
-        return;
-    }
-    let _turn = turn();
+    let Some(_turn) = begin() else { return };
     let before = host_state();
     let env = Env::new();
     // A host port that is taken: the create fails, naming it, and leaves
@@ -680,10 +682,7 @@ fn failed_creates_and_killed_runs_leave_no_network_behind() {
 // wait for it run on threads of their own, not on this runtime.
 #[allow(clippy::await_holding_lock)]
 async fn the_warm_pool_holds_sandboxes_with_the_default_network() {
-    if !can_run() {
-        return;
-    }
-    let _turn = turn();
+    let Some(_turn) = begin() else { return };
     let before = host_state();
     let env = Env::new();
     let (_, url) = registry();
@@ -733,10 +732,7 @@ async fn the_warm_pool_holds_sandboxes_with_the_default_network() {
 
 #[test]
 fn a_cold_booted_sandbox_gets_its_network_too() {
-    if !can_run() {
-        return;
-    }
-    let _turn = turn();
+    let Some(_turn) = begin() else { return };
     let env = Env::new();
     let (_, url) = registry();
     // No template: the guest boots with its interface and configures it.

@@ -138,6 +138,14 @@ impl Sandbox {
     /// version. On any error the VM is gone and nothing is left behind.
     pub async fn create(vmm: &dyn Vmm, mut config: SandboxConfig) -> Result<Self, CoreError> {
         config.validate()?;
+        if config.network.has_network() {
+            // Its namespace and helper are the manager's to make and sweep.
+            return Err(CoreError::InvalidConfig(format!(
+                "network {} needs a SandboxManager (SandboxManager::create); \
+                 Sandbox::create makes sandboxes without a network",
+                config.network.mode
+            )));
+        }
         let (_, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
         size_new_disk(&mut config, &rootfs)?;
         let id = SandboxId::new();

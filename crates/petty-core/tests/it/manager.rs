@@ -220,3 +220,70 @@ async fn snapshots_restores_and_forks_keep_their_rows() {
     assert!(!snap.dir.exists());
     env.assert_clean();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_network_the_host_cannot_give_is_refused_before_any_row_or_vm() {
+    let env = Env::new();
+    let public = petty_net::NetworkSpec::mode(petty_net::NetworkMode::Public);
+    // A manager opened without network settings.
+    let m = env.manager(env.config()).await;
+    let config = env
+        .sandbox()
+        .name("box")
+        .network(public.clone())
+        .build()
+        .unwrap();
+    let e = m.create(config.clone()).await.unwrap_err();
+    assert!(matches!(e, CoreError::NetworkUnavailable(_)), "{e:?}");
+    assert!(e.to_string().contains("ManagerConfig::network"), "{e}");
+    // Settings naming programs that do not exist: the message says what to
+    // install (or, not root, that networks need root).
+    let settings = petty_net::NetSettings {
+        ip: "/nonexistent/ip".into(),
+        nft: "/nonexistent/nft".into(),
+        helper: Some("/nonexistent/petty".into()),
+        state_root: env.dir.path().join("net"),
+        deny: petty_net::policy::default_deny(),
+        upstreams: Vec::new(),
+        bandwidth_mbit: 0,
+        max_connections: 0,
+        publish_address: std::net::Ipv4Addr::LOCALHOST.into(),
+    };
+    let m = env
+        .manager(ManagerConfig {
+            network: Some(settings),
+            ..env.config()
+        })
+        .await;
+    let e = m.create(config.clone()).await.unwrap_err();
+    assert!(matches!(e, CoreError::NetworkUnavailable(_)), "{e:?}");
+    let said = e.to_string();
+    assert!(
+        said.contains("apt-get install iproute2") || said.contains("need root"),
+        "{said}"
+    );
+    // Rules that do not hold together, refused with what to write.
+    let bad = petty_net::NetworkSpec {
+        allow_hosts: vec!["example.com".into()],
+        ..public
+    };
+    let e = m
+        .create(env.sandbox().network(bad).build().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CoreError::NetworkUnavailable(_) | CoreError::InvalidConfig(_)
+        ),
+        "{e:?}"
+    );
+    assert_eq!(env.fake.start_attempts(), 0);
+    assert!(m.list().await.unwrap().is_empty());
+    env.assert_clean();
+    // A sandbox outside a manager has no network to get.
+    match petty_core::Sandbox::create(env.fake.as_ref(), config).await {
+        Err(e) => assert!(e.to_string().contains("needs a SandboxManager"), "{e}"),
+        Ok(_) => panic!("a sandbox outside a manager got a network"),
+    }
+}

@@ -188,6 +188,14 @@ impl SandboxConfig {
                 "timeouts must be greater than zero".into(),
             ));
         }
+        // Without a network, published ports and allow rules would be
+        // dropped without a word: refused instead. (A network's rules are
+        // checked against the host's deny list when it is made.)
+        if !self.network.has_network() {
+            self.network
+                .policy(&[])
+                .map_err(|e| CoreError::InvalidConfig(e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -385,5 +393,28 @@ mod tests {
             let e = b.build().unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should mention {want:?}");
         }
+    }
+
+    #[test]
+    fn ports_and_rules_without_a_network_are_refused() {
+        let none = |f: fn(&mut petty_net::NetworkSpec)| {
+            let mut spec = petty_net::NetworkSpec::default();
+            f(&mut spec);
+            SandboxConfig::builder().network(spec).build()
+        };
+        let e = none(|s| s.publish = vec!["80".parse().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("published ports need a network"), "{e}");
+        let e = none(|s| s.allow_cidrs = vec!["10.0.0.0/8".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("need network mode allow"), "{e}");
+        assert!(none(|_| {}).is_ok());
+        let public = petty_net::NetworkSpec {
+            publish: vec!["80".parse().unwrap()],
+            ..petty_net::NetworkSpec::mode(petty_net::NetworkMode::Public)
+        };
+        assert!(SandboxConfig::builder().network(public).build().is_ok());
     }
 }

@@ -21,7 +21,7 @@ use petty_net::netns::Netns;
 use crate::Env;
 
 /// Whether this host can run the tests: root, `ip` and `nft`.
-fn can_run() -> bool {
+pub(crate) fn can_run() -> bool {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: sandbox networks need root");
@@ -128,7 +128,7 @@ fn connect_many(ip: &str, port: u16, n: usize) -> String {
 /// Python that connects to ip:port and prints what it reads, or the
 /// error's class (a refusal is a reset or refused connection, not a
 /// timeout).
-fn connect(ip: &str, port: u16) -> String {
+pub(crate) fn connect(ip: &str, port: u16) -> String {
     format!(
         "import socket\n\
          try:\n    s = socket.create_connection(({ip:?}, {port}), timeout=10)\n    \
@@ -138,12 +138,12 @@ fn connect(ip: &str, port: u16) -> String {
 }
 
 /// A TCP server on the host that greets each connection, until dropped.
-struct Greeter {
-    port: u16,
+pub(crate) struct Greeter {
+    pub(crate) port: u16,
     _stop: std::sync::mpsc::Sender<()>,
 }
 
-fn greeter(addr: IpAddr, greeting: &'static str) -> Greeter {
+pub(crate) fn greeter(addr: IpAddr, greeting: &'static str) -> Greeter {
     let l = TcpListener::bind((addr, 0)).unwrap();
     l.set_nonblocking(true).unwrap();
     let port = l.local_addr().unwrap().port();
@@ -164,11 +164,11 @@ fn greeter(addr: IpAddr, greeting: &'static str) -> Greeter {
 
 /// A test host in its own namespace, on a veth pair: 10.209.N.2 behind
 /// the host's 10.209.N.1, running a greeter on port 8080.
-struct TestHost {
+pub(crate) struct TestHost {
     server: Child,
     _ns: Netns,
-    addr: Ipv4Addr,
-    cidr: String,
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) cidr: String,
 }
 
 impl Drop for TestHost {
@@ -178,7 +178,7 @@ impl Drop for TestHost {
     }
 }
 
-fn test_host(n: u8) -> TestHost {
+pub(crate) fn test_host(n: u8) -> TestHost {
     let ip = ip_tool();
     let name = format!("petty-t-eg{}-{n}", std::process::id());
     let mut ns = Netns::create(&ip, &name).unwrap();
@@ -228,12 +228,13 @@ fn test_host(n: u8) -> TestHost {
 }
 
 /// These tests compare the host's namespaces before and after, so they
-/// take turns (no other test makes a sandbox network).
+/// take turns, as every test making a sandbox network does (the daemon's
+/// in `serve/network.rs` too).
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// This test's turn, once networks an earlier failed run left are swept
 /// (any petty process's recovery sweeps them).
-fn turn() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn turn() -> std::sync::MutexGuard<'static, ()> {
     let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     Env::new().ok(&["ls"]);
     turn
@@ -262,13 +263,13 @@ fn create_with(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-type HostState = (Vec<String>, Vec<String>, String);
+pub(crate) type HostState = (Vec<String>, Vec<String>, String);
 
 /// What the host's network looks like: sandbox namespaces, links (a TAP
 /// or veth of a sandbox's would be a leak: they live in its namespace),
 /// the host's own ruleset. Ports a helper listened on go with its process,
 /// which [`Env::assert_clean`] checks for.
-fn host_state() -> HostState {
+pub(crate) fn host_state() -> HostState {
     let run = |args: &[&str]| {
         let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
@@ -291,7 +292,7 @@ fn host_state() -> HostState {
 }
 
 /// Waits (bounded) until the host's network state is `before` again.
-fn assert_back_to(before: &HostState) {
+pub(crate) fn assert_back_to(before: &HostState) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let now = host_state();
@@ -514,18 +515,17 @@ fn ls_ports(env: &Env, name: &str) -> Vec<(u16, u16)> {
 /// Starts `python3 -m http.server PORT` in the guest, serving a file that
 /// names the sandbox.
 fn serve_in(env: &Env, name: &str, port: u16) {
-    env.ok(&[
-        "exec",
-        name,
-        "--",
-        "sh",
-        "-c",
-        &format!(
-            "mkdir -p /srv && hostname > /srv/who && cd /srv && \
-             (setsid python3 -m http.server {port} >/dev/null 2>&1 &) && \
-             for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}))' 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
-        ),
-    ]);
+    env.ok(&["exec", name, "--", "sh", "-c", &serve_script(port)]);
+}
+
+/// The shell line [`serve_in`] runs in the guest: it starts the server
+/// and waits (bounded) until it listens; exit 1 if it never does.
+pub(crate) fn serve_script(port: u16) -> String {
+    format!(
+        "mkdir -p /srv && hostname > /srv/who && cd /srv && \
+         (setsid python3 -m http.server {port} >/dev/null 2>&1 &) && \
+         for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}))' 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+    )
 }
 
 #[test]

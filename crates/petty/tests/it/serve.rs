@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::Env;
 
 mod guard;
+mod network;
 mod sessions;
 
 const KEY: &str = "test-key-0123456789abcdef";
@@ -672,6 +673,8 @@ const TOOLS: &[&str] = &[
     "restore_snapshot",
     "fork_sandbox",
     "set_sandbox_lifetime",
+    "publish_port",
+    "network_status",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -483,6 +483,7 @@ async fn control_loop(
     let watch = Arc::new(watch);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
         let shared = shared.clone();

@@ -315,7 +315,21 @@ pub(crate) async fn publish(shared: &Arc<Shared>, mut p: Publish) -> io::Result<
             ));
         }
     }
-    let listener = TcpListener::bind((shared.config.publish_address, p.host)).await?;
+    let listener = match TcpListener::bind((shared.config.publish_address, p.host)).await {
+        Ok(l) => l,
+        // The helper gave up root once set up.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && p.host < 1024 => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "host port {} is below 1024, which can be published only when the \
+                     sandbox is created (--publish {}:{})",
+                    p.host, p.guest, p.host
+                ),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     p.host = listener.local_addr()?.port();
     shared
         .published

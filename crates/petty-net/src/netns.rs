@@ -102,6 +102,13 @@ impl Netns {
     /// Makes namespace `name` (which must start with [`PREFIX`]) with its
     /// loopback up, using the iproute2 `ip` at `ip`.
     pub fn create(ip: &Path, name: &str) -> Result<Self, NetError> {
+        Self::create_with(ip, name, &[])
+    }
+
+    /// [`Netns::create`], then `setup` (lines of `ip` commands, as
+    /// [`Netns::ip_batch`] takes them) in the same `ip` run that brings the
+    /// loopback up: two processes in all.
+    pub fn create_with(ip: &Path, name: &str, setup: &[String]) -> Result<Self, NetError> {
         let ok = name.starts_with(PREFIX)
             && name.len() <= 64
             && name
@@ -120,7 +127,9 @@ impl Netns {
             removed: false,
         };
         // Dropping `ns` on an error removes the namespace just made.
-        ns.ip(["link", "set", "lo", "up"])?;
+        let mut lines = vec!["link set lo up".to_string()];
+        lines.extend_from_slice(setup);
+        ns.ip_batch(&lines)?;
         Ok(ns)
     }
 
@@ -150,6 +159,66 @@ impl Netns {
         let mut all: Vec<std::ffi::OsString> = vec!["-n".into(), self.name.clone().into()];
         all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         run(&self.ip, all)
+    }
+
+    /// Runs several `ip` commands inside the namespace in one `ip -batch`
+    /// (one process instead of one each); each line as `ip` would take it
+    /// after `ip -n NAME`.
+    pub fn ip_batch(&self, lines: &[String]) -> Result<(), NetError> {
+        use std::io::Write as _;
+        let args: Vec<std::ffi::OsString> = vec![
+            "-n".into(),
+            self.name.clone().into(),
+            "-batch".into(),
+            "-".into(),
+        ];
+        let mut child = Command::new(&self.ip)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| NetError::Spawn {
+                program: self.ip.clone(),
+                source,
+            })?;
+        let mut text = lines.join("\n");
+        text.push('\n');
+        let _ = child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes());
+        let out = child.wait_with_output().map_err(|source| NetError::Spawn {
+            program: self.ip.clone(),
+            source,
+        })?;
+        let mut shown = args;
+        shown.push(format!("<<< {}", lines.join("; ")).into());
+        check(&self.ip, &shown, out).map(|_| ())
+    }
+
+    /// A command that runs `program` inside the namespace, joined with
+    /// `setns` just before it execs (no `ip netns exec` in between); the
+    /// namespace's file is held open by the command until it is dropped.
+    pub fn command_inside(&self, program: &Path) -> Result<Command, NetError> {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::process::CommandExt as _;
+        let file = std::fs::File::open(self.path())
+            .map_err(|e| NetError::Invalid(format!("{}: {e}", self.path().display())))?;
+        let mut c = Command::new(program);
+        // SAFETY: setns is async-signal-safe; `file` moves into the
+        // closure, so the descriptor stays open until the command is
+        // dropped.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(c)
     }
 
     /// A command that runs `argv` inside the namespace (`ip netns exec`).

@@ -207,7 +207,7 @@ pub(crate) fn clean_up_on_signal(scratch: std::path::PathBuf) {
 
 /// SIGKILLs every process (but this one) whose command line names `dir`:
 /// the VMMs of a benchmark's scratch directory.
-fn kill_processes_mentioning(dir: &std::path::Path) {
+pub(crate) fn kill_processes_mentioning(dir: &std::path::Path) {
     let needle = dir.as_os_str().as_encoded_bytes();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
@@ -613,10 +613,15 @@ pub async fn snapshot(runs: usize, forks: usize, s: &Settings) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `p` quantile (0 to 1) of `sorted`, by nearest rank.
+pub(crate) fn nearest_rank(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
 /// The p50, p95 and p99 of `v` (nearest rank), formatted.
 pub(crate) fn percentiles(mut v: Vec<Duration>) -> String {
     v.sort();
-    let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    let at = |p: f64| nearest_rank(&v, p);
     format!(
         "p50 {}  p95 {}  p99 {}",
         ms(at(0.50)),

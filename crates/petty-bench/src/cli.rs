@@ -65,6 +65,24 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Sandbox networks (needs root): create to first exec with `--network
+    /// public` beside `none`; a download in the guest from a test host in a
+    /// namespace of its own beside the host's; round trips through a
+    /// published port beside a host-local echo server.
+    Network {
+        /// Creates of each kind (interleaved).
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// Downloads of each kind.
+        #[arg(long, default_value_t = 3)]
+        downloads: usize,
+        /// Size of each download, in MB (10^6 bytes).
+        #[arg(long, default_value_t = 50)]
+        megabytes: u64,
+        /// Echo round trips of each kind.
+        #[arg(long, default_value_t = 200)]
+        round_trips: usize,
+    },
     /// Start many idle sandboxes, check each answers, and report host memory per sandbox.
     Density {
         /// How many sandboxes.
@@ -87,6 +105,20 @@ pub async fn dispatch(cli: Cli, s: &Settings) -> anyhow::Result<ExitCode> {
             per_client,
         } => crate::serve::serve(runs, clients, per_client, s).await,
         BenchCmd::Halt { runs } => crate::bench::halt(runs, s).await,
+        BenchCmd::Network {
+            iterations,
+            downloads,
+            megabytes,
+            round_trips,
+        } => {
+            let o = crate::network::Options {
+                iterations,
+                downloads,
+                megabytes,
+                round_trips,
+            };
+            crate::network::network(o, s).await
+        }
         BenchCmd::Density { count, memory_mib } => {
             crate::bench::density(count, memory_mib, s).await
         }

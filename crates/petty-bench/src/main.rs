@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod network;
 mod serve;
 
 use std::process::ExitCode;

@@ -19,7 +19,9 @@ fn help_lists_every_benchmark() {
     let out = bench(&["--help"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    for cmd in ["boot", "pool", "snapshot", "serve", "halt", "density"] {
+    for cmd in [
+        "boot", "pool", "snapshot", "serve", "halt", "network", "density",
+    ] {
         assert!(
             stdout.lines().any(|l| l.trim_start().starts_with(cmd)),
             "{cmd} not in:\n{stdout}"
@@ -29,6 +31,16 @@ fn help_lists_every_benchmark() {
     let out = bench(&["serve", "--help"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for flag in ["--runs", "--clients", "--per-client"] {
+        assert!(stdout.contains(flag), "{flag} not in:\n{stdout}");
+    }
+    let out = bench(&["network", "--help"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--iterations",
+        "--downloads",
+        "--megabytes",
+        "--round-trips",
+    ] {
         assert!(stdout.contains(flag), "{flag} not in:\n{stdout}");
     }
 }
@@ -59,4 +71,12 @@ fn a_zero_count_is_refused_after_the_settings_load() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--runs must be at least 1"), "{stderr}");
+}
+
+#[test]
+fn the_network_benchmark_refuses_a_zero_count_before_looking_at_the_host() {
+    let out = bench(&["-c", "/dev/null", "network", "--round-trips", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("must be at least 1"), "{stderr}");
 }

@@ -12,9 +12,17 @@
 //!   verdict for a name or a connection.
 //! - [`netns`]: named network namespaces (iproute2's), joined to the host by
 //!   veth pairs, removed with everything inside them when dropped.
+//! - [`spec`]: what a sandbox asks for (mode, rules, published ports).
+//! - [`ruleset`]: the nftables table inside every sandbox's namespace.
+//! - [`sandbox`]: a sandbox's network on the host: namespace, TAP device,
+//!   ruleset and helper; removal and the sweep.
+//! - [`helper`]: the per-sandbox process that carries the traffic and owns
+//!   every verdict (proxy, resolver, published ports, caps).
+//! - [`guest`]: the addresses every networked guest has.
 //!
-//! This crate reads no environment. Deciding runs no program: the policy is
-//! data, and every verdict is a pure function of it; [`netns`] runs `ip`.
+//! This crate reads no environment (its caller gives it [`NetSettings`]).
+//! The policy is data and every verdict a pure function of it; [`netns`]
+//! and [`sandbox`] run `ip` and `nft`.
 
 pub mod addr;
 pub mod dns;

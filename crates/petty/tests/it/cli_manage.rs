@@ -84,10 +84,11 @@ fn a_vm_killed_behind_petty_s_back_is_reaped_by_the_next_command() {
     env.ok(&["create", "--name", "victim"]);
     env.ok(&["create", "--name", "survivor"]);
     let ls = env.ok(&["ls"]);
+    // NAME ID STATE MEM VCPUS AGE EXPIRES OWNER PID NETWORK PORTS
     let pid: i32 = row(&ls, "victim")
         .unwrap()
         .split_whitespace()
-        .last()
+        .nth(8)
         .unwrap()
         .parse()
         .unwrap();

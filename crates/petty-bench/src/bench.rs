@@ -442,7 +442,7 @@ async fn pss_of_all(manager: &petty_core::SandboxManager) -> anyhow::Result<u64>
 /// `ManagerConfig::standby`), so a measurement starts with one, as a
 /// daemon's create does unless it follows another within a fraction of a
 /// second.
-async fn wait_for_standby(manager: &petty_core::SandboxManager) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_standby(manager: &petty_core::SandboxManager) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while manager.standby_count() == 0 {
         if Instant::now() > deadline {

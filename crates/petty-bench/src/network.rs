@@ -38,7 +38,7 @@ use petty_core::{ExecRequest, SandboxConfig, SandboxManager};
 use petty_net::netns::Netns;
 use petty_net::{NetSettings, NetworkMode, NetworkSpec, Publish};
 
-use crate::bench::{median, ms, nearest_rank};
+use crate::bench::{median, ms, nearest_rank, wait_for_standby};
 
 /// The test host's /30: the host's end of the veth pair, and the test host.
 const TEST_NET: &str = "10.209.250.0/30";
@@ -396,18 +396,6 @@ async fn create_and_exec(
         bail!("the first exec of `true` failed: {r:?}");
     }
     Ok((ready, total, destroy))
-}
-
-/// Waits until `manager` has its standby VMM (see `petty bench snapshot`).
-async fn wait_for_standby(manager: &SandboxManager) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while manager.standby_count() == 0 {
-        if Instant::now() > deadline {
-            bail!("no standby VMM started within 30 s (see PETTY_LOG=debug)");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
 }
 
 /// `python3 -c CODE`, with a timeout long enough for a slow emulated guest.

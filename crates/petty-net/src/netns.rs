@@ -199,25 +199,11 @@ impl Netns {
     }
 
     /// A command that runs `program` inside the namespace, joined with
-    /// `setns` just before it execs (no `ip netns exec` in between); the
-    /// namespace's file is held open by the command until it is dropped.
+    /// `setns` just before it execs (no `ip netns exec` in between).
     pub fn command_inside(&self, program: &Path) -> Result<Command, NetError> {
-        use std::os::fd::AsRawFd as _;
-        use std::os::unix::process::CommandExt as _;
-        let file = std::fs::File::open(self.path())
-            .map_err(|e| NetError::Invalid(format!("{}: {e}", self.path().display())))?;
         let mut c = Command::new(program);
-        // SAFETY: setns is async-signal-safe; `file` moves into the
-        // closure, so the descriptor stays open until the command is
-        // dropped.
-        unsafe {
-            c.pre_exec(move || {
-                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        join_in_child(&mut c, &self.path())
+            .map_err(|e| NetError::Invalid(format!("{}: {e}", self.path().display())))?;
         Ok(c)
     }
 
@@ -296,6 +282,47 @@ impl Drop for Netns {
 }
 
 /// The Petty namespaces that exist (`ip netns list`, those named
+/// `NS_GET_NSTYPE`: `_IO(0xb7, 0x3)`, the kind of namespace a file is.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Makes the child of `cmd` join the network namespace at `netns` (a file
+/// such as `/run/netns/NAME`) just before it execs, with `setns(2)` in
+/// `pre_exec`. The file is opened and checked to be a network namespace
+/// here, so a missing one (`NotFound`) or another kind of file
+/// (`InvalidInput`) fails before anything is spawned; `cmd` holds it open
+/// until it is dropped.
+pub fn join_in_child(cmd: &mut Command, netns: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+    let file = std::fs::File::open(netns)?;
+    // SAFETY: an ioctl without argument on a descriptor we own.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    if kind < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a namespace file ({e})"),
+        ));
+    }
+    if kind != libc::CLONE_NEWNET {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a namespace, but not a network namespace",
+        ));
+    }
+    // SAFETY: setns is async-signal-safe; `file` moves into the closure,
+    // so the descriptor stays open as long as `cmd`.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// The file of namespace `name`, which a process joins with `setns`.
 pub fn path_of(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)

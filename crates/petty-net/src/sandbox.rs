@@ -347,9 +347,11 @@ pub fn status(settings: &NetSettings, id: &str) -> Result<(Status, u64), NetErro
     let v = control(settings, id, &Control::Status)?;
     let status: Status = serde_json::from_value(v)
         .map_err(|e| NetError::Invalid(format!("the network helper's answer: {e}")))?;
-    let packets = Command::new(&settings.ip)
-        .args(["netns", "exec", &NetSettings::netns_name(id)])
-        .arg(&settings.nft)
+    let mut nft = Command::new(&settings.nft);
+    let netns = netns::path_of(&NetSettings::netns_name(id));
+    netns::join_in_child(&mut nft, &netns)
+        .map_err(|e| NetError::Invalid(format!("{}: {e}", netns.display())))?;
+    let packets = nft
         .args([
             "-j",
             "list",
@@ -410,11 +412,17 @@ fn helper_pid(settings: &NetSettings, id: &str) -> Option<i32> {
 /// Removes sandbox `id`'s network: its helper, namespace and directory.
 /// Nothing there is not an error.
 pub fn remove(settings: &NetSettings, id: &str) -> Result<(), NetError> {
+    let name = NetSettings::netns_name(id);
+    // A sandbox that never had a network: two stats, not a scan of /proc.
+    // (A helper's configuration is in its directory, which only this
+    // removes.)
+    if !settings.dir(id).exists() && !netns::path_of(&name).exists() {
+        return Ok(());
+    }
     if let Some(pid) = helper_pid(settings, id) {
         // SAFETY: kill(2) on the pid just checked to be the helper.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    let name = NetSettings::netns_name(id);
     let r = if netns::path_of(&name).exists() {
         netns::remove_named(&settings.ip, &name)
     } else {

@@ -217,52 +217,20 @@ impl Drop for VmmProcess {
     }
 }
 
-/// `NS_GET_NSTYPE`: `_IO(0xb7, 0x3)`, the kind of namespace a file is.
-const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
-
 /// Makes the child of `cmd` join `network`'s namespace before it runs
-/// (`setns(2)` in `pre_exec`), so the VMM sees that namespace's devices.
-/// The namespace file is opened (and checked to be a network namespace)
-/// here, so a missing one fails before anything is spawned; the returned
-/// file must live until `cmd` is spawned.
-pub(crate) fn join_netns(cmd: &mut Command, network: &VmNetwork) -> Result<fs::File, VmmError> {
-    use std::os::fd::AsRawFd;
+/// (`setns(2)` in `pre_exec`, [`petty_net::netns::join_in_child`]), so the
+/// VMM sees that namespace's devices. A missing namespace, or a file that
+/// is not one, fails here, before anything is spawned.
+pub(crate) fn join_netns(cmd: &mut Command, network: &VmNetwork) -> Result<(), VmmError> {
     network.validate()?;
-    let fail = |problem: String| VmmError::Network {
+    petty_net::netns::join_in_child(cmd, &network.netns).map_err(|e| VmmError::Network {
         netns: network.netns.clone(),
         tap: network.tap.clone(),
-        problem,
-    };
-    let file = fs::File::open(&network.netns).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => fail(
-            "the network namespace does not exist: make it before starting the VM (e.g. `ip netns add NAME`, which makes /run/netns/NAME)"
-                .into(),
-        ),
-        _ => fail(format!("opening the network namespace: {e}")),
-    })?;
-    let fd = file.as_raw_fd();
-    // SAFETY: an ioctl without argument on a descriptor we own.
-    let kind = unsafe { libc::ioctl(fd, NS_GET_NSTYPE) };
-    if kind < 0 {
-        return Err(fail(format!(
-            "not a namespace file ({})",
-            std::io::Error::last_os_error()
-        )));
-    }
-    if kind != libc::CLONE_NEWNET {
-        return Err(fail("a namespace, but not a network namespace".into()));
-    }
-    // SAFETY: setns is async-signal-safe; `file` outlives the spawn (the
-    // caller keeps it until `spawn` returns).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(file)
+        problem: match e.kind() {
+            std::io::ErrorKind::NotFound => "the network namespace does not exist: make it before starting the VM (e.g. `ip netns add NAME`, which makes /run/netns/NAME)".into(),
+            _ => format!("opening the network namespace: {e}"),
+        },
+    })
 }
 
 /// The last `max` bytes of a file, lossily decoded.

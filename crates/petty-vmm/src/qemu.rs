@@ -621,10 +621,9 @@ impl QemuVmm {
         let mut cmd = std::process::Command::new(binary);
         cmd.args(self.args_with(config, &dir, overlay, tap));
         // QEMU runs inside the VM's network namespace, where its TAP device is.
-        let netns = match &config.network {
-            Some(network) => Some(crate::process::join_netns(&mut cmd, network)?),
-            None => None,
-        };
+        if let Some(network) = &config.network {
+            crate::process::join_netns(&mut cmd, network)?;
+        }
         // A restore reads its state from a descriptor QEMU inherits, opened
         // here so a missing or unreadable file fails before QEMU starts.
         let state = match &config.restore_from {
@@ -647,7 +646,6 @@ impl QemuVmm {
         vm.proc
             .spawn(cmd, config.die_with_parent && !config.standby, &self.binary)?;
         drop(state);
-        drop(netns);
 
         // QEMU opens both sockets before the guest runs its first instruction.
         let deadline = Instant::now() + START_TIMEOUT;

@@ -134,10 +134,9 @@ impl SandboxManager {
         )?;
         // Its network, checked (and the host's ability to make one) before
         // anything exists.
-        let network = self.network_for(&config, from.as_ref())?;
-        let net_settings = match &network {
-            Some(_) => Some(self.net_settings()?.clone()),
-            None => None,
+        let (network, net_settings) = match self.network_for(&config, from.as_ref())? {
+            Some((spec, settings)) => (Some(spec), Some(settings)),
+            None => (None, None),
         };
         // A create from a template takes the standby VMM for it, if one is
         // waiting; its id (naming its run directory) becomes the sandbox's.

@@ -45,12 +45,13 @@ impl SandboxManager {
     }
 
     /// The network a create gets: its own, else (a restore) the network
-    /// of the sandbox its snapshot was taken from. `None`: no interface.
+    /// of the sandbox its snapshot was taken from, with the settings that
+    /// make it. `None`: no interface.
     pub(super) fn network_for(
         &self,
         config: &SandboxConfig,
         from: Option<&SnapshotRecord>,
-    ) -> Result<Option<NetworkSpec>, CoreError> {
+    ) -> Result<Option<(NetworkSpec, NetSettings)>, CoreError> {
         let asked = config.network.has_network().then(|| config.network.clone());
         let spec = match from {
             None => asked,
@@ -75,12 +76,11 @@ impl SandboxManager {
                 (None, None) => None,
             },
         };
-        if let Some(spec) = &spec {
-            let settings = self.net_settings()?;
-            spec.policy(&settings.deny)
-                .map_err(|e| CoreError::InvalidConfig(e.to_string()))?;
-        }
-        Ok(spec)
+        let Some(spec) = spec else { return Ok(None) };
+        let settings = self.net_settings()?;
+        spec.policy(&settings.deny)
+            .map_err(|e| CoreError::InvalidConfig(e.to_string()))?;
+        Ok(Some((spec, settings.clone())))
     }
 
     /// Removes sandbox `id`'s network, if it has one (idempotent).

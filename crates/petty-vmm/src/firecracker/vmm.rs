@@ -372,15 +372,13 @@ impl FirecrackerVmm {
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         // The VM's own network: Firecracker (the jailer, which stays in it)
         // runs inside its namespace, where its TAP device is.
-        let netns = match &config.network {
-            Some(network) => Some(crate::process::join_netns(&mut cmd, network)?),
-            None => None,
-        };
+        if let Some(network) = &config.network {
+            crate::process::join_netns(&mut cmd, network)?;
+        }
         // Under the jailer the parent-death signal does not survive its
         // change of user: a VM meant to die with us is killed by the next
         // sweep instead (`sweep_stale_run_dirs`).
         vm.proc.spawn(cmd, config.die_with_parent, &program)?;
-        drop(netns);
 
         let deadline = Instant::now() + START_TIMEOUT;
         while !vm.api_socket.exists() {

@@ -584,25 +584,11 @@ fn the_connection_cap_refuses_connections_past_it() {
     let Some(_turn) = begin() else { return };
     let env = Env::new();
     let testhost = test_host(3);
-    let out = env
-        .cmd()
-        .env("PETTY_NETWORK_MAX_CONNECTIONS", "2")
-        .args([
-            "create",
-            "--network",
-            "allow",
-            "--allow-cidr",
-            &testhost.cidr,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let name = create_with(
+        &env,
+        &[("PETTY_NETWORK_MAX_CONNECTIONS", "2")],
+        &["--network", "allow", "--allow-cidr", &testhost.cidr],
     );
-    let name = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let (_, out, _) = py(
         &env,
         &name,
@@ -740,19 +726,11 @@ fn a_cold_booted_sandbox_gets_its_network_too() {
     let env = Env::new();
     let (_, url) = registry();
     // No template: the guest boots with its interface and configures it.
-    let out = env
-        .cmd()
-        .env("PETTY_BACKEND_TEMPLATES", "false")
-        .args(["create", "--network", "public"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let name = create_with(
+        &env,
+        &[("PETTY_BACKEND_TEMPLATES", "false")],
+        &["--network", "public"],
     );
-    let name = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(py(&env, &name, &fetch(&url)).1, "200");
     env.ok(&["rm", "-f", &name]);
     env.assert_clean();

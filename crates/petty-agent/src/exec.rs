@@ -51,8 +51,32 @@ fn forget(conn: &Conn, id: u32) {
 
 fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Receiver<Vec<u8>>>) {
     let w = &conn.writer;
-    let env = build_env(&req.env);
-    let cwd = req.cwd.clone().unwrap_or_else(|| DEFAULT_CWD.to_string());
+    // Another user: resolved in the guest's own tables, its HOME and USER
+    // the defaults the request's variables may still override.
+    let creds = match req.user.as_deref().filter(|u| !u.is_empty()) {
+        None => None,
+        Some(spec) => match crate::user::resolve(spec) {
+            Ok(c) => Some(c),
+            Err(msg) => {
+                w.error(id, ErrorKind::InvalidRequest, msg);
+                return;
+            }
+        },
+    };
+    let mut extra = Vec::new();
+    if let Some(c) = &creds {
+        extra.push((
+            "HOME".to_string(),
+            c.home.clone().unwrap_or_else(|| "/".into()),
+        ));
+        extra.push((
+            "USER".to_string(),
+            c.name.clone().unwrap_or_else(|| c.uid.to_string()),
+        ));
+    }
+    extra.extend(req.env.iter().cloned());
+    let env = build_env(&extra);
+    let cwd = req.cwd.clone().unwrap_or_else(default_cwd);
     if !Path::new(&cwd).is_dir() {
         w.error(
             id,
@@ -80,6 +104,21 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
         return;
     };
 
+    // posix_spawn cannot change credentials: the agent itself starts,
+    // drops to the user and execs the program.
+    let (program, argv) = match creds.filter(|c| c.uid != 0 || c.gid != 0) {
+        None => (program, argv),
+        Some(c) => {
+            let mut wrapped = vec![
+                "petty-agent".to_string(),
+                "--run-as".to_string(),
+                c.arg(),
+                program.to_string_lossy().into_owned(),
+            ];
+            wrapped.extend(argv);
+            (PathBuf::from("/proc/self/exe"), wrapped)
+        }
+    };
     let child = match spawn(&program, &argv, &env, &cwd, req.stdin) {
         Ok(c) => c,
         Err(e) => {
@@ -139,6 +178,15 @@ fn not_run(code: i32) -> ExitStatus {
         code,
         signal: None,
         timed_out: false,
+    }
+}
+
+/// `/root`, or `/` in an image that has none.
+fn default_cwd() -> String {
+    if Path::new(DEFAULT_CWD).is_dir() {
+        DEFAULT_CWD.to_string()
+    } else {
+        "/".to_string()
     }
 }
 

@@ -22,6 +22,7 @@ mod init;
 mod net;
 mod reaper;
 mod server;
+mod user;
 mod workers;
 
 use std::process::ExitCode;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--stdio") => server::serve_stdio(),
+        Some("--run-as") => user::run_as(&args[1..]),
         Some("--version") => {
             println!("petty-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -38,8 +38,9 @@ pub use message::{
 /// Version of this protocol; the agent reports it in [`Pong`] and the host
 /// refuses an agent that speaks another. 4: `cancel`, `stat` with
 /// `follow`, the file type in `FileStat`, the `not_a_regular_file` and
-/// `no_space` error kinds, and writes through a temporary file.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// `no_space` error kinds, and writes through a temporary file. 5: `user`
+/// in `ExecRequest`, and a working directory of `/` when `/root` is missing.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The vsock port the agent listens on under Firecracker.
 pub const VSOCK_PORT: u32 = 52;

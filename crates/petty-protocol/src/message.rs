@@ -30,6 +30,10 @@ pub struct ExecRequest {
     /// Kill the command's whole process group after this many milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Run as this user (`name`, `uid`, `name:group`, `uid:gid`, resolved
+    /// by the guest's `/etc/passwd` and `/etc/group`); root when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl ExecRequest {
@@ -54,6 +58,7 @@ impl ExecRequest {
             cwd: None,
             stdin: false,
             timeout_ms: None,
+            user: None,
         }
     }
 }

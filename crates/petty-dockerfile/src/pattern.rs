@@ -247,9 +247,9 @@ mod tests {
 
     #[test]
     fn many_stars_are_fast() {
-        let p = Pattern::glob(&"a*".repeat(40)).unwrap();
-        assert!(!p.matches(&format!("{}b", "a".repeat(100))));
-        assert!(p.matches(&"a".repeat(100)));
+        let p = Pattern::glob(&format!("{}c", "a*".repeat(40))).unwrap();
+        assert!(!p.matches(&"a".repeat(100)));
+        assert!(p.matches(&format!("{}c", "a".repeat(100))));
         assert!(!Pattern::ignore(&"**/a".repeat(30))
             .unwrap()
             .matches(&"a/".repeat(200)));

@@ -186,8 +186,7 @@ pub fn plan_on(
                 if c.add {
                     refuse_urls(line, &sources)?;
                 }
-                if let Some(empty) = sources.iter().find(|s| s.is_empty()) {
-                    let _ = empty;
+                if sources.iter().any(String::is_empty) {
                     return Err(DockerfileError::syntax(
                         line,
                         "a source is empty once its variables are substituted; hint: set the ARG or ENV it uses",

@@ -1,7 +1,12 @@
 use super::*;
 
 fn kinds(text: &str) -> Vec<Kind> {
-    parse(text).unwrap().instructions.into_iter().map(|i| i.kind).collect()
+    parse(text)
+        .unwrap()
+        .instructions
+        .into_iter()
+        .map(|i| i.kind)
+        .collect()
 }
 
 fn one(text: &str) -> Kind {
@@ -28,14 +33,30 @@ fn basic_file() {
     );
     let err = df.unwrap_err();
     assert_eq!(err.line(), 7);
-    assert!(err.to_string().starts_with("Dockerfile line 7: unknown instruction `from_ignored_case_not`"));
+    assert!(err
+        .to_string()
+        .starts_with("Dockerfile line 7: unknown instruction `from_ignored_case_not`"));
 
     let df = parse("FROM debian:12 AS base\nrun echo hi\nCmd [\"sh\"]\n").unwrap();
-    assert_eq!(df.from, From { image: "debian:12".into(), raw: "debian:12".into(), stage: Some("base".into()), line: 1 });
-    assert_eq!(df.instructions[0].kind, Kind::Run(Command::Shell("echo hi".into())));
+    assert_eq!(
+        df.from,
+        From {
+            image: "debian:12".into(),
+            raw: "debian:12".into(),
+            stage: Some("base".into()),
+            line: 1
+        }
+    );
+    assert_eq!(
+        df.instructions[0].kind,
+        Kind::Run(Command::Shell("echo hi".into()))
+    );
     assert_eq!(df.instructions[0].text, "run echo hi");
     assert_eq!(df.instructions[0].line, 2);
-    assert_eq!(df.instructions[1].kind, Kind::Cmd(Command::Exec(s(&["sh"]))));
+    assert_eq!(
+        df.instructions[1].kind,
+        Kind::Cmd(Command::Exec(s(&["sh"])))
+    );
 }
 
 #[test]
@@ -49,29 +70,49 @@ fn continuations_comments_and_line_numbers() {
                 ENV A=1\n";
     let df = parse(text).unwrap();
     assert_eq!(df.instructions[0].line, 2);
-    assert_eq!(df.instructions[0].kind, Kind::Run(Command::Shell("apk add     curl     jq".into())));
+    assert_eq!(
+        df.instructions[0].kind,
+        Kind::Run(Command::Shell("apk add     curl     jq".into()))
+    );
     assert_eq!(df.instructions[0].text, "RUN apk add     curl     jq");
     assert_eq!(df.instructions[1].line, 7);
 
     // A continued instruction reports its first line.
     let e = err("FROM alpine\n\nCOPY --from=build \\\n  /a \\\n  /b\n");
     assert_eq!(e.line(), 3);
-    assert!(e.to_string().starts_with("Dockerfile line 3: COPY --from is not supported; hint: multi-stage"));
+    assert!(e
+        .to_string()
+        .starts_with("Dockerfile line 3: COPY --from is not supported; hint: multi-stage"));
 
     // Trailing whitespace after the escape still continues; a continuation at EOF ends the instruction.
-    assert_eq!(one("RUN a \\  \t\n b"), Kind::Run(Command::Shell("a  b".into())));
-    assert_eq!(kinds("FROM a\nRUN x \\"), vec![Kind::Run(Command::Shell("x".into()))]);
+    assert_eq!(
+        one("RUN a \\  \t\n b"),
+        Kind::Run(Command::Shell("a  b".into()))
+    );
+    assert_eq!(
+        kinds("FROM a\nRUN x \\"),
+        vec![Kind::Run(Command::Shell("x".into()))]
+    );
     // `#` after the start of an instruction is not a comment.
-    assert_eq!(one("RUN echo # not a comment"), Kind::Run(Command::Shell("echo # not a comment".into())));
+    assert_eq!(
+        one("RUN echo # not a comment"),
+        Kind::Run(Command::Shell("echo # not a comment".into()))
+    );
     // Indented comments, CRLF, a BOM.
-    assert_eq!(kinds("\u{feff}FROM a\r\n   # c\r\nRUN x\r\n"), vec![Kind::Run(Command::Shell("x".into()))]);
+    assert_eq!(
+        kinds("\u{feff}FROM a\r\n   # c\r\nRUN x\r\n"),
+        vec![Kind::Run(Command::Shell("x".into()))]
+    );
 }
 
 #[test]
 fn escape_directive() {
     let df = parse("# escape=`\nFROM mcr/windows\nRUN dir `\n  C:\\\n").unwrap();
     assert_eq!(df.escape, '`');
-    assert_eq!(df.instructions[0].kind, Kind::Run(Command::Shell("dir   C:\\".into())));
+    assert_eq!(
+        df.instructions[0].kind,
+        Kind::Run(Command::Shell("dir   C:\\".into()))
+    );
     // Directives only count at the top.
     let df = parse("FROM a\n# escape=`\nRUN a \\\n b\n").unwrap();
     assert_eq!(df.escape, '\\');
@@ -80,7 +121,10 @@ fn escape_directive() {
     // Spaces and case.
     assert_eq!(parse("#  ESCAPE = ` \nFROM a\n").unwrap().escape, '`');
     // Syntax directive ignored, then escape.
-    assert_eq!(parse("# syntax=x\n# escape=`\nFROM a\n").unwrap().escape, '`');
+    assert_eq!(
+        parse("# syntax=x\n# escape=`\nFROM a\n").unwrap().escape,
+        '`'
+    );
     let e = err("# escape=x\nFROM a\n");
     assert_eq!(e.line(), 1);
     assert!(e.to_string().contains("invalid escape"));
@@ -89,15 +133,36 @@ fn escape_directive() {
 
 #[test]
 fn exec_and_shell_forms() {
-    assert_eq!(one("RUN [\"echo\", \"a b\"]"), Kind::Run(Command::Exec(s(&["echo", "a b"]))));
-    assert_eq!(one("ENTRYPOINT [\"/bin/app\"]"), Kind::Entrypoint(Command::Exec(s(&["/bin/app"]))));
+    assert_eq!(
+        one("RUN [\"echo\", \"a b\"]"),
+        Kind::Run(Command::Exec(s(&["echo", "a b"])))
+    );
+    assert_eq!(
+        one("ENTRYPOINT [\"/bin/app\"]"),
+        Kind::Entrypoint(Command::Exec(s(&["/bin/app"])))
+    );
     // Invalid JSON falls back to the shell form, as in Docker.
-    assert_eq!(one("CMD [echo, hi]"), Kind::Cmd(Command::Shell("[echo, hi]".into())));
-    assert_eq!(one("CMD [\"a\", 1]"), Kind::Cmd(Command::Shell("[\"a\", 1]".into())));
-    assert_eq!(one("CMD [\"a\"] x"), Kind::Cmd(Command::Shell("[\"a\"] x".into())));
+    assert_eq!(
+        one("CMD [echo, hi]"),
+        Kind::Cmd(Command::Shell("[echo, hi]".into()))
+    );
+    assert_eq!(
+        one("CMD [\"a\", 1]"),
+        Kind::Cmd(Command::Shell("[\"a\", 1]".into()))
+    );
+    assert_eq!(
+        one("CMD [\"a\"] x"),
+        Kind::Cmd(Command::Shell("[\"a\"] x".into()))
+    );
     assert_eq!(one("CMD []"), Kind::Cmd(Command::Exec(vec![])));
-    assert_eq!(one("SHELL [\"/bin/bash\", \"-eu\", \"-c\"]"), Kind::Shell(s(&["/bin/bash", "-eu", "-c"])));
-    assert_eq!(one("VOLUME [\"/a\", \"/b\"]"), Kind::Volume(s(&["/a", "/b"])));
+    assert_eq!(
+        one("SHELL [\"/bin/bash\", \"-eu\", \"-c\"]"),
+        Kind::Shell(s(&["/bin/bash", "-eu", "-c"]))
+    );
+    assert_eq!(
+        one("VOLUME [\"/a\", \"/b\"]"),
+        Kind::Volume(s(&["/a", "/b"]))
+    );
     assert_eq!(one("VOLUME /a /b"), Kind::Volume(s(&["/a", "/b"])));
     let e = err("FROM a\nSHELL /bin/bash -c\n");
     assert_eq!(e.line(), 2);
@@ -116,18 +181,32 @@ fn env_and_label() {
             ("i".into(), "j\\ k".into()),
         ])
     );
-    assert_eq!(one("ENV a b c"), Kind::Env(vec![("a".into(), "b c".into())]));
-    assert_eq!(one("ENV a=\"\""), Kind::Env(vec![("a".into(), "\"\"".into())]));
+    assert_eq!(
+        one("ENV a b c"),
+        Kind::Env(vec![("a".into(), "b c".into())])
+    );
+    assert_eq!(
+        one("ENV a=\"\""),
+        Kind::Env(vec![("a".into(), "\"\"".into())])
+    );
     assert_eq!(one("ENV a="), Kind::Env(vec![("a".into(), "".into())]));
     assert_eq!(
         one("LABEL org.opencontainers.image.title=\"My app\" version=1"),
-        Kind::Label(vec![("org.opencontainers.image.title".into(), "\"My app\"".into()), ("version".into(), "1".into())])
+        Kind::Label(vec![
+            ("org.opencontainers.image.title".into(), "\"My app\"".into()),
+            ("version".into(), "1".into())
+        ])
     );
-    assert_eq!(one("LABEL maintainer me@example"), Kind::Label(vec![("maintainer".into(), "me@example".into())]));
+    assert_eq!(
+        one("LABEL maintainer me@example"),
+        Kind::Label(vec![("maintainer".into(), "me@example".into())])
+    );
     let e = err("FROM a\nENV a=1 b\n");
     assert_eq!(e.line(), 2);
     assert!(e.to_string().contains("no `=` in `b`"), "{e}");
-    assert!(err("FROM a\nENV onlyname\n").to_string().contains("has no value"));
+    assert!(err("FROM a\nENV onlyname\n")
+        .to_string()
+        .contains("has no value"));
     assert!(err("FROM a\nENV =x\n").to_string().contains("no name"));
 }
 
@@ -135,9 +214,14 @@ fn env_and_label() {
 fn arg() {
     assert_eq!(one("ARG V"), Kind::Arg("V".into(), None));
     assert_eq!(one("ARG V=1.2"), Kind::Arg("V".into(), Some("1.2".into())));
-    assert_eq!(one("ARG V=\"a b\""), Kind::Arg("V".into(), Some("\"a b\"".into())));
+    assert_eq!(
+        one("ARG V=\"a b\""),
+        Kind::Arg("V".into(), Some("\"a b\"".into()))
+    );
     assert_eq!(one("ARG V="), Kind::Arg("V".into(), Some("".into())));
-    assert!(err("FROM a\nARG a b\n").to_string().contains("one ARG per line"));
+    assert!(err("FROM a\nARG a b\n")
+        .to_string()
+        .contains("one ARG per line"));
     assert!(parse("FROM a\nARG =x\n").is_err());
 }
 
@@ -147,8 +231,17 @@ fn from_and_pre_from_args() {
     assert_eq!(df.from.image, "debian:12");
     assert_eq!(df.from.raw, "$IMG");
     assert_eq!(df.from.line, 3);
-    assert_eq!(df.args_before_from, vec![("TAG".into(), Some("12".into())), ("IMG".into(), Some("debian:${TAG}".into()))]);
-    assert_eq!(parse("from Alpine as B\n").unwrap().from.stage.as_deref(), Some("B"));
+    assert_eq!(
+        df.args_before_from,
+        vec![
+            ("TAG".into(), Some("12".into())),
+            ("IMG".into(), Some("debian:${TAG}".into()))
+        ]
+    );
+    assert_eq!(
+        parse("from Alpine as B\n").unwrap().from.stage.as_deref(),
+        Some("B")
+    );
     let e = err("ARG X\nFROM $X\n");
     assert_eq!(e.line(), 2);
     assert!(e.to_string().contains("names no image"));
@@ -166,10 +259,18 @@ fn missing_or_late_from() {
     assert!(e.to_string().contains("no FROM"));
     let e = err("ARG A\nRUN echo\nFROM a\n");
     assert_eq!(e.line(), 2);
-    assert!(e.to_string().starts_with("Dockerfile line 2: RUN comes before FROM; hint:"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("Dockerfile line 2: RUN comes before FROM; hint:"),
+        "{e}"
+    );
     let e = err("FROM a\nRUN x\nFROM b\n");
     assert_eq!(e.line(), 3);
-    assert!(e.to_string().contains("a second FROM (the first is on line 1)"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("a second FROM (the first is on line 1)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -196,7 +297,9 @@ fn copy_and_add() {
             link: false
         })
     );
-    let Kind::Copy(c) = one("copy --chmod=644 x y") else { panic!() };
+    let Kind::Copy(c) = one("copy --chmod=644 x y") else {
+        panic!()
+    };
     assert_eq!(c.chmod, Some(0o644));
     for (text, needle) in [
         ("COPY a", "needs a source and a destination"),
@@ -212,20 +315,35 @@ fn copy_and_add() {
     }
     for (text, needle) in [
         ("COPY --from=builder /a /b", "multi-stage"),
-        ("ADD https://example.invalid/x.tgz /x", "download it in a RUN step"),
-        ("ADD http://example.invalid/x /x", "download it in a RUN step"),
-        ("ADD git@example.invalid:a/b.git /x", "download it in a RUN step"),
+        (
+            "ADD https://example.invalid/x.tgz /x",
+            "download it in a RUN step",
+        ),
+        (
+            "ADD http://example.invalid/x /x",
+            "download it in a RUN step",
+        ),
+        (
+            "ADD git@example.invalid:a/b.git /x",
+            "download it in a RUN step",
+        ),
         ("COPY --parents a /b/", "remove the flag"),
         ("COPY <<EOF /f", "heredoc"),
         ("RUN <<EOF", "heredoc"),
         ("RUN cat <<-'END' > /f", "heredoc"),
-        ("RUN --mount=type=cache,target=/root/.cache pip install x", "RUN --mount"),
+        (
+            "RUN --mount=type=cache,target=/root/.cache pip install x",
+            "RUN --mount",
+        ),
         ("RUN --network=none make", "RUN --network"),
         ("ONBUILD RUN make", "ONBUILD"),
     ] {
         let e = err(&format!("FROM a\n{text}\n"));
         assert_eq!(e.line(), 2, "{text}");
-        assert!(matches!(e, DockerfileError::Unsupported { .. }), "{text}: {e:?}");
+        assert!(
+            matches!(e, DockerfileError::Unsupported { .. }),
+            "{text}: {e:?}"
+        );
         assert!(e.to_string().contains(needle), "{text}: {e}");
     }
     // Here-strings and shifts are not heredocs.
@@ -237,26 +355,73 @@ fn other_instructions() {
     assert_eq!(one("WORKDIR /a b"), Kind::Workdir("/a b".into()));
     assert_eq!(one("USER app:app"), Kind::User("app:app".into()));
     assert_eq!(one("EXPOSE 80 53/udp"), Kind::Expose(s(&["80", "53/udp"])));
-    assert_eq!(one("STOPSIGNAL SIGTERM"), Kind::StopSignal("SIGTERM".into()));
-    assert_eq!(one("HEALTHCHECK --interval=5s CMD true"), Kind::Healthcheck("--interval=5s CMD true".into()));
-    assert_eq!(one("MAINTAINER Me <me@example>"), Kind::Maintainer("Me <me@example>".into()));
-    assert!(err("FROM a\nUSER a b\n").to_string().contains("exactly one argument"));
-    for name in ["RUN", "CMD", "COPY", "ENV", "WORKDIR", "EXPOSE", "LABEL", "ARG", "USER", "VOLUME"] {
+    assert_eq!(
+        one("STOPSIGNAL SIGTERM"),
+        Kind::StopSignal("SIGTERM".into())
+    );
+    assert_eq!(
+        one("HEALTHCHECK --interval=5s CMD true"),
+        Kind::Healthcheck("--interval=5s CMD true".into())
+    );
+    assert_eq!(
+        one("MAINTAINER Me <me@example>"),
+        Kind::Maintainer("Me <me@example>".into())
+    );
+    assert!(err("FROM a\nUSER a b\n")
+        .to_string()
+        .contains("exactly one argument"));
+    for name in [
+        "RUN", "CMD", "COPY", "ENV", "WORKDIR", "EXPOSE", "LABEL", "ARG", "USER", "VOLUME",
+    ] {
         let e = err(&format!("FROM a\n{name}\n"));
         assert_eq!(e.line(), 2);
-        assert!(e.to_string().contains("requires at least one argument"), "{name}: {e}");
+        assert!(
+            e.to_string().contains("requires at least one argument"),
+            "{name}: {e}"
+        );
     }
 }
 
 #[test]
 fn odd_inputs_do_not_panic() {
     let odd = [
-        "", "\\", "`", "#", "# escape=", "# escape=`", "FROM", "FROM \\", "\u{feff}", "\r", "\r\n\r\n", "FROM a\n\\\n",
-        "FROM a\nRUN [", "FROM a\nRUN [\"", "FROM a\nCOPY [\"a\"]", "FROM a\nCOPY [] x", "FROM a\nENV \"", "FROM a\nENV a=\"",
-        "FROM a\nENV a='", "FROM a\nENV \\", "FROM a\nLABEL =", "FROM a\nCOPY --=x a b", "FROM a\nCOPY -- a b",
-        "FROM a\nCOPY --chown= a b", "FROM a\nRUN --", "FROM a\nRUN <<", "FROM a\nRUN <<1", "FROM a\nARG ==",
-        "ARG A=${\nFROM a", "ARG A=\"\nFROM a", "FROM ${A:?missing}", "FROM a\nEXPOSE \u{0}", "FROM a\n\u{2028}RUN x",
-        "FROM a\nRUN \u{0}", "FROM a\nADD", "FROM a\nHEALTHCHECK", "FROM ａ\nＲＵＮ x",
+        "",
+        "\\",
+        "`",
+        "#",
+        "# escape=",
+        "# escape=`",
+        "FROM",
+        "FROM \\",
+        "\u{feff}",
+        "\r",
+        "\r\n\r\n",
+        "FROM a\n\\\n",
+        "FROM a\nRUN [",
+        "FROM a\nRUN [\"",
+        "FROM a\nCOPY [\"a\"]",
+        "FROM a\nCOPY [] x",
+        "FROM a\nENV \"",
+        "FROM a\nENV a=\"",
+        "FROM a\nENV a='",
+        "FROM a\nENV \\",
+        "FROM a\nLABEL =",
+        "FROM a\nCOPY --=x a b",
+        "FROM a\nCOPY -- a b",
+        "FROM a\nCOPY --chown= a b",
+        "FROM a\nRUN --",
+        "FROM a\nRUN <<",
+        "FROM a\nRUN <<1",
+        "FROM a\nARG ==",
+        "ARG A=${\nFROM a",
+        "ARG A=\"\nFROM a",
+        "FROM ${A:?missing}",
+        "FROM a\nEXPOSE \u{0}",
+        "FROM a\n\u{2028}RUN x",
+        "FROM a\nRUN \u{0}",
+        "FROM a\nADD",
+        "FROM a\nHEALTHCHECK",
+        "FROM ａ\nＲＵＮ x",
     ];
     for text in odd {
         let _ = parse(text);

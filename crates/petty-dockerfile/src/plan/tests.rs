@@ -6,7 +6,9 @@ fn s(v: &[&str]) -> Vec<String> {
 }
 
 fn kv(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    v.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn plan_of(text: &str, args: &[(&str, &str)]) -> Plan {
@@ -18,7 +20,10 @@ fn plan_err(text: &str) -> DockerfileError {
 }
 
 fn env_of(step: &Step, name: &str) -> Option<String> {
-    step.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    step.env
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
 }
 
 #[test]
@@ -28,10 +33,16 @@ fn run_forms_and_shell() {
         &[],
     );
     assert_eq!(p.base, "a");
-    assert_eq!(p.steps[0].action, Action::Run(s(&["/bin/sh", "-c", "echo $HOME"])));
+    assert_eq!(
+        p.steps[0].action,
+        Action::Run(s(&["/bin/sh", "-c", "echo $HOME"]))
+    );
     assert_eq!(p.steps[1].action, Action::Run(s(&["ls", "$HOME"])));
     assert_eq!(p.steps[2].action, Action::Meta);
-    assert_eq!(p.steps[3].action, Action::Run(s(&["/bin/bash", "-c", "echo hi"])));
+    assert_eq!(
+        p.steps[3].action,
+        Action::Run(s(&["/bin/bash", "-c", "echo hi"]))
+    );
     assert_eq!(p.steps[3].shell, s(&["/bin/bash", "-c"]));
     assert_eq!(p.steps[0].workdir, "/");
     assert_eq!(p.steps[0].user, None);
@@ -59,31 +70,58 @@ fn env_args_and_build_args() {
     assert_eq!(env_of(&p.steps[6], "D").as_deref(), Some("env"));
     // The image keeps ENV, not ARGs.
     assert!(p.config.env.iter().all(|(k, _)| k != "BASE"));
-    assert_eq!(p.config.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["PATH", "A", "B", "C", "V", "D"]);
+    assert_eq!(
+        p.config
+            .env
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["PATH", "A", "B", "C", "V", "D"]
+    );
 
     // Build args override declared ARGs only.
-    let p = plan_of(text, &[("TAG", "3.19"), ("V", "9"), ("NOPE", "x"), ("BASE", "debian")]);
+    let p = plan_of(
+        text,
+        &[
+            ("TAG", "3.19"),
+            ("V", "9"),
+            ("NOPE", "x"),
+            ("BASE", "debian"),
+        ],
+    );
     assert_eq!(p.base, "debian:3.19");
     assert_eq!(env_of(&p.steps[5], "A").as_deref(), Some("9"));
     assert_eq!(env_of(&p.steps[5], "BASE").as_deref(), Some("debian"));
     assert_eq!(p.unused_build_args, s(&["NOPE"]));
     // Pre-FROM args are not visible after FROM unless redeclared.
     let p = plan_of("ARG X=1\nFROM a\nENV Y=$X\n", &[]);
-    assert_eq!(p.config.env.last().unwrap(), &("Y".to_string(), String::new()));
+    assert_eq!(
+        p.config.env.last().unwrap(),
+        &("Y".to_string(), String::new())
+    );
 }
 
 #[test]
 fn env_pairs_see_the_previous_environment() {
     // Docker's documented example: def sees the old abc.
-    let p = plan_of("FROM a\nENV abc=hello\nENV abc=bye def=$abc\nENV ghi=$abc\n", &[]);
+    let p = plan_of(
+        "FROM a\nENV abc=hello\nENV abc=bye def=$abc\nENV ghi=$abc\n",
+        &[],
+    );
     let env = &p.config.env;
     assert!(env.contains(&("abc".into(), "bye".into())));
     assert!(env.contains(&("def".into(), "hello".into())));
     assert!(env.contains(&("ghi".into(), "bye".into())));
     let p = plan_of("FROM a\nENV PATH=/opt/bin:$PATH\n", &[]);
-    assert_eq!(p.config.env[0], ("PATH".into(), format!("/opt/bin:{DEFAULT_PATH}")));
+    assert_eq!(
+        p.config.env[0],
+        ("PATH".into(), format!("/opt/bin:{DEFAULT_PATH}"))
+    );
     let p = plan_of("FROM a\nENV legacy value with  spaces\n", &[]);
-    assert!(p.config.env.contains(&("legacy".into(), "value with  spaces".into())));
+    assert!(p
+        .config
+        .env
+        .contains(&("legacy".into(), "value with  spaces".into())));
 }
 
 #[test]
@@ -97,9 +135,13 @@ fn base_image_config() {
         labels: kv(&[("from", "base")]),
         exposed: s(&["22/tcp"]),
     };
-    let df = parse("FROM a\nENV PATH=/x:$PATH\nRUN pwd\nENTRYPOINT [\"/app\"]\nEXPOSE 80\n").unwrap();
+    let df =
+        parse("FROM a\nENV PATH=/x:$PATH\nRUN pwd\nENTRYPOINT [\"/app\"]\nEXPOSE 80\n").unwrap();
     let p = plan_on(&df, &[], &base).unwrap();
-    assert_eq!(p.config.env, kv(&[("PATH", "/x:/base/bin"), ("LANG", "C.UTF-8")]));
+    assert_eq!(
+        p.config.env,
+        kv(&[("PATH", "/x:/base/bin"), ("LANG", "C.UTF-8")])
+    );
     assert_eq!(p.steps[1].workdir, "/srv");
     assert_eq!(p.steps[1].user.as_deref(), Some("nobody"));
     // ENTRYPOINT drops an inherited CMD.
@@ -109,7 +151,10 @@ fn base_image_config() {
     assert_eq!(p.config.labels, kv(&[("from", "base")]));
     // A CMD in this Dockerfile survives a later ENTRYPOINT.
     let df = parse("FROM a\nCMD x\nENTRYPOINT [\"/app\"]\n").unwrap();
-    assert_eq!(plan_on(&df, &[], &base).unwrap().config.cmd, Some(s(&["/bin/sh", "-c", "x"])));
+    assert_eq!(
+        plan_on(&df, &[], &base).unwrap().config.cmd,
+        Some(s(&["/bin/sh", "-c", "x"]))
+    );
 }
 
 #[test]
@@ -126,12 +171,24 @@ fn workdir_user_and_copy_dest() {
         Action::Copy(c) => c.clone(),
         other => panic!("{other:?}"),
     };
-    assert_eq!((copy(3).dest, copy(3).dest_is_dir), ("/app/lib/".into(), true));
-    assert_eq!((copy(4).dest, copy(4).dest_is_dir), ("/app/lib/z".into(), false));
-    assert_eq!((copy(5).dest, copy(5).dest_is_dir), ("/app/lib/dir".into(), true));
+    assert_eq!(
+        (copy(3).dest, copy(3).dest_is_dir),
+        ("/app/lib/".into(), true)
+    );
+    assert_eq!(
+        (copy(4).dest, copy(4).dest_is_dir),
+        ("/app/lib/z".into(), false)
+    );
+    assert_eq!(
+        (copy(5).dest, copy(5).dest_is_dir),
+        ("/app/lib/dir".into(), true)
+    );
     assert_eq!((copy(6).dest, copy(6).dest_is_dir), ("/out".into(), true));
     let c = copy(7);
-    assert_eq!((c.dest.as_str(), c.chown.as_deref(), c.chmod, c.add), ("/abs/f", Some("app:app"), Some(0o600), false));
+    assert_eq!(
+        (c.dest.as_str(), c.chown.as_deref(), c.chmod, c.add),
+        ("/abs/f", Some("app:app"), Some(0o600), false)
+    );
     assert_eq!(p.steps[8].user.as_deref(), Some("app"));
     assert_eq!(p.config.user.as_deref(), Some("app"));
     assert_eq!(copy(10).dest, "/sub/");
@@ -145,8 +202,13 @@ fn workdir_user_and_copy_dest() {
 
 #[test]
 fn copy_substitution() {
-    let p = plan_of("FROM a\nARG SRC=dist\nARG DST\nCOPY $SRC/ \"/opt/${DST:-app}/\"\n", &[("DST", "tool")]);
-    let Action::Copy(c) = &p.steps[2].action else { panic!() };
+    let p = plan_of(
+        "FROM a\nARG SRC=dist\nARG DST\nCOPY $SRC/ \"/opt/${DST:-app}/\"\n",
+        &[("DST", "tool")],
+    );
+    let Action::Copy(c) = &p.steps[2].action else {
+        panic!()
+    };
     assert_eq!(c.sources, s(&["dist/"]));
     assert_eq!(c.dest, "/opt/tool/");
     let e = plan_err("FROM a\nARG URL=https://example.invalid/a\nADD $URL /a\n");
@@ -189,9 +251,18 @@ fn escape_directive_reaches_substitution() {
 #[test]
 fn odd_inputs_do_not_panic() {
     for text in [
-        "FROM a\nWORKDIR $X\n", "FROM a\nUSER $X\n", "FROM a\nENV $X=1\n", "FROM a\nLABEL ${X}=\n",
-        "FROM a\nEXPOSE $X\n", "FROM a\nCOPY ${X:?} y\n", "FROM a\nENV A=\"\n", "FROM a\nCOPY \"a b\" /x\n",
-        "FROM a\nWORKDIR ..\n", "FROM a\nVOLUME ${\n", "FROM a\nSTOPSIGNAL ${X\n", "FROM a\nARG A=${B:-${C:-d}}\nENV E=$A\n",
+        "FROM a\nWORKDIR $X\n",
+        "FROM a\nUSER $X\n",
+        "FROM a\nENV $X=1\n",
+        "FROM a\nLABEL ${X}=\n",
+        "FROM a\nEXPOSE $X\n",
+        "FROM a\nCOPY ${X:?} y\n",
+        "FROM a\nENV A=\"\n",
+        "FROM a\nCOPY \"a b\" /x\n",
+        "FROM a\nWORKDIR ..\n",
+        "FROM a\nVOLUME ${\n",
+        "FROM a\nSTOPSIGNAL ${X\n",
+        "FROM a\nARG A=${B:-${C:-d}}\nENV E=$A\n",
     ] {
         if let Ok(df) = parse(text) {
             let _ = plan(&df, &kv(&[("X", ""), ("", "")]));

@@ -3,7 +3,7 @@
 //! (exec) and shell forms.
 //!
 //! Values are kept as written (quotes and `$VAR`s unprocessed, as Docker
-//! keeps them until it runs an instruction); [`crate::plan`] substitutes
+//! keeps them until it runs an instruction); [`crate::plan()`] substitutes
 //! them. Only a single-stage build is accepted: a second `FROM`, `--from`,
 //! heredocs, `ONBUILD`, `RUN` flags and ADD from a URL are refused with a
 //! hint.
@@ -28,7 +28,7 @@ pub struct Dockerfile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct From {
     /// The base image after substitution of the `ARG` defaults declared
-    /// before `FROM` ([`crate::plan`] substitutes again with build args).
+    /// before `FROM` ([`crate::plan()`] substitutes again with build args).
     pub image: String,
     /// The image as written.
     pub raw: String,
@@ -407,8 +407,11 @@ fn parse_instruction(
                     "remove the flag: Petty runs every RUN step with the sandbox's own network and no extra mounts",
                 ));
             }
-            refuse_heredoc(line, "RUN", rest)?;
-            Kind::Run(command(rest))
+            let command = command(rest);
+            if let Command::Shell(script) = &command {
+                refuse_heredoc(line, "RUN", script)?;
+            }
+            Kind::Run(command)
         }
         "CMD" => Kind::Cmd(command(rest)),
         "ENTRYPOINT" => Kind::Entrypoint(command(rest)),

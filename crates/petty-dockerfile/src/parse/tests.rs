@@ -348,6 +348,7 @@ fn copy_and_add() {
     }
     // Here-strings and shifts are not heredocs.
     assert!(parse("FROM a\nRUN cat <<< hi\nRUN echo $((1<<2))\n").is_ok());
+    assert!(parse("FROM a\nRUN [\"sh\", \"-c\", \"cat <<EOF\"]\n").is_ok());
 }
 
 #[test]

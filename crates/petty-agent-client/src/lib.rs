@@ -687,6 +687,11 @@ impl AgentClient {
         .await
     }
 
+    /// Has the guest write everything to its disks (see [`Request::Sync`]).
+    pub async fn sync(&self) -> Result<(), ClientError> {
+        self.call_ok("sync", Request::Sync).await
+    }
+
     /// Tells the agent a snapshot follows (see [`Request::BeforeSnapshot`]).
     pub async fn before_snapshot(&self) -> Result<(), ClientError> {
         self.call_ok("before_snapshot", Request::BeforeSnapshot)

@@ -405,6 +405,11 @@ fn handle_request(
             }
             w.respond(id, &Response::Ok);
         }
+        Request::Sync => {
+            // SAFETY: sync takes no arguments and cannot fail.
+            unsafe { libc::sync() };
+            w.respond(id, &Response::Ok);
+        }
         Request::Shutdown => {
             w.respond(id, &Response::Ok);
             return true;

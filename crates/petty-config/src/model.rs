@@ -28,6 +28,9 @@ pub struct Settings {
     /// Sandbox networks.
     #[serde(default)]
     pub network: NetworkSection,
+    /// Named templates: builds, their cache, the warm pool per template.
+    #[serde(default)]
+    pub templates: TemplatesSection,
 }
 
 /// `[paths]`. Defaults follow the XDG base directories.
@@ -367,13 +370,87 @@ impl Default for McpSection {
     }
 }
 
-/// `[image]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[image]`: Petty's own image, and the OCI images templates are made
+/// from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImageSection {
     /// The Debian mirror the rootfs is built from (default: the host's own
     /// apt sources).
     pub debian_mirror: Option<String>,
+    /// The registry (`host[:port]`) of an image reference that names none
+    /// (`busybox:1`); default none: references must name their registry.
+    pub default_registry: Option<String>,
+    /// Registries (`host[:port]`) pulled from over plain HTTP; loopback
+    /// ones always may be.
+    pub insecure_registries: Vec<String>,
+    /// Largest image to pull: its layers' compressed sizes together, in
+    /// MiB (default 8192).
+    pub max_image_mib: u64,
+    /// Most layers an image may have (default 128).
+    pub max_layers: usize,
+    /// Largest unpacked image in MiB (default 16384).
+    pub max_unpacked_mib: u64,
+}
+
+impl Default for ImageSection {
+    fn default() -> Self {
+        Self {
+            debian_mirror: None,
+            default_registry: None,
+            insecure_registries: Vec::new(),
+            max_image_mib: 8192,
+            max_layers: 128,
+            max_unpacked_mib: 16384,
+        }
+    }
+}
+
+/// `[templates]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplatesSection {
+    /// Guest memory of a Dockerfile build's sandbox in MiB (default 1024).
+    pub build_memory_mb: u32,
+    /// Give build sandboxes the `public` network so `RUN apt-get` and
+    /// `pip install` work (default true; needs what sandbox networks need).
+    pub build_network: bool,
+    /// Bound on one build step's command, in seconds (default 3600).
+    pub step_timeout_secs: u64,
+    /// What build step caches and cached layers may take together, in MiB;
+    /// past it the oldest go (default 20480).
+    pub cache_max_mib: u64,
+    /// Templates the daemon keeps warm sandboxes of, each `NAME` or
+    /// `NAME=COUNT` (default none; `pool.size` is the base image's).
+    pub warm: Vec<String>,
+}
+
+impl Default for TemplatesSection {
+    fn default() -> Self {
+        Self {
+            build_memory_mb: 1024,
+            build_network: true,
+            step_timeout_secs: 3600,
+            cache_max_mib: 20480,
+            warm: Vec::new(),
+        }
+    }
+}
+
+impl TemplatesSection {
+    /// `warm` as (template, count); a bad entry is an error naming it.
+    pub fn warm_pools(&self) -> Result<Vec<(String, usize)>, String> {
+        self.warm
+            .iter()
+            .map(|w| match w.split_once('=') {
+                None => Ok((w.clone(), 1)),
+                Some((name, n)) => n
+                    .parse::<usize>()
+                    .map(|n| (name.to_string(), n))
+                    .map_err(|_| format!("templates.warm entry {w:?}: use NAME or NAME=COUNT")),
+            })
+            .collect()
+    }
 }
 
 /// `[network]`.
@@ -461,12 +538,22 @@ pub const KEYS: &[&str] = &[
     "server.log_format",
     "mcp.session_idle_secs",
     "image.debian_mirror",
+    "image.default_registry",
+    "image.insecure_registries",
+    "image.max_image_mib",
+    "image.max_layers",
+    "image.max_unpacked_mib",
     "network.default",
     "network.deny_cidrs",
     "network.dns",
     "network.publish_address",
     "network.bandwidth_mbit",
     "network.max_connections",
+    "templates.build_memory_mb",
+    "templates.build_network",
+    "templates.step_timeout_secs",
+    "templates.cache_max_mib",
+    "templates.warm",
 ];
 
 /// Keys whose value is a list; from the environment, comma-separated
@@ -478,4 +565,6 @@ pub(crate) const LIST_KEYS: &[&str] = &[
     "paths.search_path",
     "network.deny_cidrs",
     "network.dns",
+    "image.insecure_registries",
+    "templates.warm",
 ];

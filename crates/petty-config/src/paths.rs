@@ -102,6 +102,7 @@ pub(crate) fn defaults(env: &Env) -> (Settings, BTreeMap<String, String>) {
         mcp: McpSection::default(),
         image: ImageSection::default(),
         network: NetworkSection::default(),
+        templates: crate::model::TemplatesSection::default(),
     };
     (settings, from)
 }

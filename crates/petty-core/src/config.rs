@@ -79,6 +79,13 @@ pub struct SandboxConfig {
     /// A restore of a snapshot taken with a network gets the network of
     /// the sandbox it was taken from when this is none.
     pub network: petty_net::NetworkSpec,
+    /// The named template to create from (its image and its exec
+    /// defaults; managed sandboxes): `None` or `base` is the rootfs above,
+    /// else Petty's own image. Not with `rootfs` (the manager refuses both).
+    pub template: Option<String>,
+    /// What every exec gets unless its request says otherwise (variables,
+    /// working directory, user); a manager fills it from the template.
+    pub exec_defaults: crate::ImageDefaults,
 }
 
 impl Default for SandboxConfig {
@@ -102,6 +109,8 @@ impl Default for SandboxConfig {
             owner: None,
             bound_to_owner: false,
             network: petty_net::NetworkSpec::default(),
+            template: None,
+            exec_defaults: crate::ImageDefaults::default(),
         }
     }
 }
@@ -318,6 +327,12 @@ impl SandboxConfigBuilder {
     /// Its network (see [`SandboxConfig::network`]).
     pub fn network(mut self, spec: petty_net::NetworkSpec) -> Self {
         self.0.network = spec;
+        self
+    }
+
+    /// The named template to create from (managed sandboxes).
+    pub fn template(mut self, name: impl Into<String>) -> Self {
+        self.0.template = Some(name.into());
         self
     }
 

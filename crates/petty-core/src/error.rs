@@ -86,6 +86,19 @@ pub enum CoreError {
     /// No snapshot with this name.
     #[error("no snapshot named {0}; `petty snapshots` lists them")]
     SnapshotNotFound(String),
+    /// No template with this name.
+    #[error(
+        "no template named {0}; `petty templates` lists them, `petty template build` makes one"
+    )]
+    TemplateNotFound(String),
+    /// A template cannot be removed while sandboxes or snapshots use it.
+    #[error("template {name} is in use by {}; remove those first", users.join(", "))]
+    TemplateInUse {
+        /// The template.
+        name: String,
+        /// Sandboxes and snapshots on its image.
+        users: Vec<String>,
+    },
     /// Another sandbox already has this name.
     #[error("a sandbox named {0} already exists; pick another name or remove it (`petty rm {0}`)")]
     NameTaken(String),

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod catalog;
 mod config;
 mod error;
 mod manager;
@@ -17,6 +18,7 @@ mod state;
 pub mod store;
 mod template;
 
+pub use catalog::{ImageDefaults, TemplateRecord, BASE_TEMPLATE};
 pub use config::{
     backend_choice, host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder,
     DEFAULT_DISK_FREE_MIB,

@@ -146,6 +146,17 @@ impl Sandbox {
                 config.network.mode
             )));
         }
+        if let Some(t) = config
+            .template
+            .as_deref()
+            .filter(|t| *t != crate::BASE_TEMPLATE)
+        {
+            // Named templates are recorded in a manager's store.
+            return Err(CoreError::InvalidConfig(format!(
+                "template {t} needs a SandboxManager (SandboxManager::create); \
+                 Sandbox::create takes a rootfs"
+            )));
+        }
         let (_, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
         size_new_disk(&mut config, &rootfs)?;
         let id = SandboxId::new();
@@ -386,6 +397,12 @@ impl Sandbox {
         self.id
     }
 
+    /// Gives every later exec these defaults (a sandbox attached to learns
+    /// its template's from its manager).
+    pub(crate) fn set_exec_defaults(&mut self, defaults: crate::ImageDefaults) {
+        self.config.exec_defaults = defaults;
+    }
+
     /// The configuration it was created with.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
@@ -428,6 +445,7 @@ impl Sandbox {
         stdin: Option<Vec<u8>>,
     ) -> Result<ExecResult, CoreError> {
         self.ready()?;
+        let req = self.config.exec_defaults.apply(req);
         let out = self
             .agent
             .exec_collect(req, stdin, MAX_COLLECTED_OUTPUT)
@@ -445,6 +463,7 @@ impl Sandbox {
     /// Starts a command and streams its output as it comes.
     pub async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, CoreError> {
         self.ready()?;
+        let req = self.config.exec_defaults.apply(req);
         self.agent.exec(req).await.map_err(|e| self.agent_err(e))
     }
 
@@ -534,6 +553,12 @@ impl Sandbox {
     pub async fn mkdir(&self, path: &str) -> Result<(), CoreError> {
         self.ready()?;
         self.agent.mkdir(path).await.map_err(|e| self.agent_err(e))
+    }
+
+    /// Has the guest write everything to its disk.
+    pub async fn sync(&self) -> Result<(), CoreError> {
+        self.ready()?;
+        self.agent.sync().await.map_err(|e| self.agent_err(e))
     }
 
     /// Removes a file or directory in the guest.

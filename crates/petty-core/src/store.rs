@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
+use crate::catalog::TemplateRecord;
 use crate::{CoreError, SandboxId, SandboxState};
 
 /// One sandbox as stored.
@@ -201,6 +202,16 @@ CREATE TABLE IF NOT EXISTS snapshots (
     rootfs          TEXT NOT NULL,
     created_at      INTEGER NOT NULL,
     backend         TEXT NOT NULL DEFAULT 'qemu'
+);
+CREATE TABLE IF NOT EXISTS templates (
+    name          TEXT PRIMARY KEY,
+    source        TEXT NOT NULL,
+    rootfs        TEXT NOT NULL,
+    digest        TEXT NOT NULL,
+    defaults      TEXT NOT NULL,
+    size_bytes    INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL,
+    last_used_at  INTEGER NOT NULL
 );
 ";
 
@@ -725,6 +736,118 @@ impl Store {
         Ok(())
     }
 
+    /// Records template `r.name`, replacing one of that name; returns the
+    /// one it replaced.
+    pub fn put_template(&self, r: &TemplateRecord) -> Result<Option<TemplateRecord>, CoreError> {
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| db_err(&self.path, e))?;
+        let old = tx
+            .query_row(
+                "SELECT * FROM templates WHERE name = ?1",
+                params![r.name],
+                template_from_row,
+            )
+            .optional()
+            .map_err(|e| db_err(&self.path, e))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO templates (name, source, rootfs, digest, defaults, size_bytes,
+                created_at, last_used_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                r.name,
+                r.source,
+                r.rootfs.display().to_string(),
+                r.digest,
+                serde_json::to_string(&r.defaults).expect("defaults serialize"),
+                r.size_bytes as i64,
+                r.created_at_ms,
+                r.last_used_ms,
+            ],
+        )
+        .map_err(|e| db_err(&self.path, e))?;
+        tx.commit().map_err(|e| db_err(&self.path, e))?;
+        Ok(old)
+    }
+
+    /// The template named `name`.
+    pub fn get_template(&self, name: &str) -> Result<Option<TemplateRecord>, CoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT * FROM templates WHERE name = ?1",
+                params![name],
+                template_from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// The template whose image is `rootfs`, if any.
+    pub fn template_by_rootfs(&self, rootfs: &Path) -> Result<Option<TemplateRecord>, CoreError> {
+        let rootfs = rootfs.display().to_string();
+        self.read(|c| {
+            c.prepare_cached("SELECT * FROM templates WHERE rootfs = ?1 LIMIT 1")?
+                .query_row(params![rootfs], template_from_row)
+                .optional()
+        })
+    }
+
+    /// Every template, by name.
+    pub fn list_templates(&self) -> Result<Vec<TemplateRecord>, CoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT * FROM templates ORDER BY name")?;
+            let rows = stmt.query_map([], template_from_row)?;
+            rows.collect()
+        })
+    }
+
+    /// Who uses root file system `rootfs`: sandboxes, snapshots and
+    /// templates, in words (`sandbox NAME`).
+    pub fn rootfs_users(&self, rootfs: &Path) -> Result<Vec<String>, CoreError> {
+        let rootfs = rootfs.display().to_string();
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT 'sandbox ' || name FROM sandboxes WHERE rootfs = ?1
+                 UNION ALL
+                 SELECT 'snapshot ' || name FROM snapshots WHERE rootfs = ?1
+                 UNION ALL
+                 SELECT 'template ' || name FROM templates WHERE rootfs = ?1",
+            )?;
+            let rows = stmt.query_map(params![rootfs], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Every root file system a sandbox, snapshot or template uses.
+    pub fn rootfs_in_use(&self) -> Result<Vec<PathBuf>, CoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT rootfs FROM sandboxes UNION SELECT rootfs FROM snapshots
+                 UNION SELECT rootfs FROM templates",
+            )?;
+            let rows = stmt.query_map([], |r| Ok(PathBuf::from(r.get::<_, String>(0)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Records a create from template `name`.
+    pub fn touch_template(&self, name: &str) -> Result<(), CoreError> {
+        self.write(|c| {
+            c.execute(
+                "UPDATE templates SET last_used_at = ?2 WHERE name = ?1",
+                params![name, now_ms()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Forgets template `name`.
+    pub fn remove_template(&self, name: &str) -> Result<(), CoreError> {
+        self.write(|c| c.execute("DELETE FROM templates WHERE name = ?1", params![name]))?;
+        Ok(())
+    }
+
     /// The history of a removed sandbox (most recent first).
     pub fn history(&self, key: &str) -> Result<Vec<HistoryRecord>, CoreError> {
         self.read(|c| {
@@ -775,6 +898,20 @@ fn network_json(spec: Option<&petty_net::NetworkSpec>) -> Option<String> {
 /// A network column's spec; one this release cannot read counts as none.
 fn network_from(text: Option<String>) -> Option<petty_net::NetworkSpec> {
     text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn template_from_row(r: &Row<'_>) -> rusqlite::Result<TemplateRecord> {
+    Ok(TemplateRecord {
+        name: r.get("name")?,
+        source: r.get("source")?,
+        rootfs: PathBuf::from(r.get::<_, String>("rootfs")?),
+        digest: r.get("digest")?,
+        // Defaults this release cannot read count as none.
+        defaults: serde_json::from_str(&r.get::<_, String>("defaults")?).unwrap_or_default(),
+        size_bytes: r.get::<_, i64>("size_bytes")? as u64,
+        created_at_ms: r.get("created_at")?,
+        last_used_ms: r.get("last_used_at")?,
+    })
 }
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {

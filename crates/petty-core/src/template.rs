@@ -165,6 +165,12 @@ impl Templates {
         .await;
         match built {
             Ok(()) => {
+                // What it was made from, so that removing a named
+                // template's image removes its snapshots too.
+                std::fs::write(
+                    tmp.join(ROOTFS_MARKER),
+                    rootfs.as_os_str().as_encoded_bytes(),
+                )?;
                 std::fs::rename(&tmp, &dir)?;
                 tracing::info!(template = %key, "template snapshot made");
                 Ok(dir)
@@ -174,6 +180,39 @@ impl Templates {
                 Err(e)
             }
         }
+    }
+}
+
+/// The file in a template snapshot naming the rootfs it was made from.
+const ROOTFS_MARKER: &str = "rootfs";
+
+impl Templates {
+    /// Removes the template snapshots made from `rootfs` (a named
+    /// template's image, removed); returns how many.
+    pub(crate) fn remove_for(&self, rootfs: &Path) -> usize {
+        self.remove_where(|made_from| made_from == rootfs)
+    }
+
+    /// Removes the template snapshots whose rootfs is gone.
+    pub(crate) fn remove_orphans(&self) -> usize {
+        self.remove_where(|made_from| !made_from.is_file())
+    }
+
+    fn remove_where(&self, pick: impl Fn(&Path) -> bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let Ok(made_from) = std::fs::read(e.path().join(ROOTFS_MARKER)) else {
+                continue;
+            };
+            let made_from = PathBuf::from(String::from_utf8_lossy(&made_from).into_owned());
+            if pick(&made_from) && petty_vmm::remove_run_dir(&e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 }
 

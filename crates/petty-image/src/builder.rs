@@ -301,6 +301,47 @@ impl ImageBuilder {
         out
     }
 
+    /// Makes a bootable root file system image at `image` from `tree`, an
+    /// unpacked image (an OCI image's layers): the agent at
+    /// `/sbin/petty-agent` (symlinks such as `/sbin -> usr/sbin` followed
+    /// inside the tree), Petty's hostname and hosts files, the directories
+    /// the agent mounts on, then `mkfs.ext4 -d`. `tree` is changed in
+    /// place; `image` appears whole or not at all. Returns its size in MiB.
+    /// Root only: the image keeps the tree's owners.
+    pub fn image_from_tree(&self, tree: &Path, image: &Path) -> Result<u64, ImageError> {
+        rootfs::require_root("making a root file system image from an image's layers")?;
+        self.host.require(host::ROOTFS_TOOLS)?;
+        let mkfs = self
+            .host
+            .find_program("mkfs.ext4")
+            .ok_or_else(|| host::ROOTFS_TOOLS[1].missing())?;
+        let progress = Progress::new(self.progress);
+        let dir = image.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".image-tmp-{}", std::process::id()));
+        cache::remove_tree(&tmp)?;
+        cache::create_dir(&tmp)?;
+        let logs = self.cache.join("logs");
+        cache::create_dir(&logs)?;
+        let ctx = BuildCtx {
+            tmp: &tmp,
+            logs: &logs,
+            progress: &progress,
+            lock_fd: None,
+            host: &self.host,
+        };
+        let result = (|| {
+            rootfs::customize(tree, crate::AGENT_BINARY)?;
+            let staged = tmp.join("rootfs.ext4");
+            let size = rootfs::make_ext4(tree, &staged, &ctx, &mkfs)?;
+            cache::publish(&staged, image)?;
+            Ok(size)
+        })();
+        let cleanup = cache::remove_tree(&tmp);
+        let size = result?;
+        cleanup?;
+        Ok(size)
+    }
+
     /// Deletes cached assets other than the current ones (older kernels,
     /// bases and images), under the cache lock. A running sandbox keeps its
     /// open files, but one about to start from an old `Assets` would fail, so

@@ -305,24 +305,41 @@ pub(crate) fn build_image(paths: &RootfsPaths, ctx: &BuildCtx<'_>) -> Result<(),
         |_| {},
     )?;
     customize(&staging, AGENT_BINARY)?;
-
-    let size = (content_bytes(&staging)? + HEADROOM).div_ceil(1 << 20);
     let image = tmp.join("rootfs.ext4");
+    let size = make_ext4(&staging, &image, ctx, &mkfs)?;
+    cache::publish(&image, &paths.image)?;
+    cache::remove_tree(&staging)?;
+    stage.done(format!(
+        "rootfs image ready: {} ({size} MiB, sparse)",
+        paths.image.display()
+    ));
+    Ok(())
+}
+
+/// Turns `tree` into a read-only ext4 image at `image` (which must not
+/// exist) sized to its content plus headroom; returns the size in MiB.
+pub(crate) fn make_ext4(
+    staging: &Path,
+    image: &Path,
+    ctx: &BuildCtx<'_>,
+    mkfs: &Path,
+) -> Result<u64, ImageError> {
+    let size = (content_bytes(staging)? + HEADROOM).div_ceil(1 << 20);
     // Sparse: set_len allocates nothing; mkfs writes only metadata and content.
     let file = OpenOptions::new()
         .create_new(true)
         .write(true)
         .mode(0o644)
-        .open(&image)
-        .map_err(ImageError::io("create", &image))?;
+        .open(image)
+        .map_err(ImageError::io("create", image))?;
     file.set_len(size << 20)
-        .map_err(ImageError::io("size", &image))?;
+        .map_err(ImageError::io("size", image))?;
     drop(file);
     let mut cmd = Command::new(mkfs);
     cmd.args(["-q", "-F", "-O", "^has_journal", "-d"])
-        .arg(&staging)
+        .arg(staging)
         .args(["-L", LABEL])
-        .arg(&image)
+        .arg(image)
         .arg(format!("{size}M"))
         .env("LC_ALL", "C");
     ctx.run(
@@ -333,15 +350,9 @@ pub(crate) fn build_image(paths: &RootfsPaths, ctx: &BuildCtx<'_>) -> Result<(),
         |_| {},
     )?;
     // Owners read it through copy-on-write layers only.
-    fs::set_permissions(&image, fs::Permissions::from_mode(0o444))
-        .map_err(ImageError::io("chmod", &image))?;
-    cache::publish(&image, &paths.image)?;
-    cache::remove_tree(&staging)?;
-    stage.done(format!(
-        "rootfs image ready: {} ({size} MiB, sparse)",
-        paths.image.display()
-    ));
-    Ok(())
+    fs::set_permissions(image, fs::Permissions::from_mode(0o444))
+        .map_err(ImageError::io("chmod", image))?;
+    Ok(size)
 }
 
 /// Adds the agent and Petty's files to a hardlinked copy of the base.

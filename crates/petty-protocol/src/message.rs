@@ -182,6 +182,11 @@ pub enum Request {
     /// the [`Request::Refresh`] arrives, so the first command after a
     /// restore finds more of it ready. Answered with [`Response::Ok`].
     BeforeSnapshot,
+    /// Write every dirty page and file system buffer to the disks
+    /// (`sync(2)`), so the disk alone holds what the guest wrote (a
+    /// template build turns a disk into an image). Answered with
+    /// [`Response::Ok`].
+    Sync,
     /// Flush disks and power the guest off.
     Shutdown,
 }
@@ -362,6 +367,7 @@ mod tests {
                 unix_nanos: 1 << 62,
             },
             Request::BeforeSnapshot,
+            Request::Sync,
             Request::Stat {
                 path: "/root/z".into(),
                 follow: true,

@@ -187,10 +187,13 @@ fn kind_of(e: &CoreError) -> ErrorKind {
     use ErrorKind as K;
     match e {
         CoreError::InvalidConfig(_) | CoreError::Json(_) => K::BadRequest,
-        CoreError::NotFound(_) | CoreError::SnapshotNotFound(_) => K::NotFound,
+        CoreError::NotFound(_)
+        | CoreError::SnapshotNotFound(_)
+        | CoreError::TemplateNotFound(_) => K::NotFound,
         CoreError::InvalidState { .. }
         | CoreError::Died { .. }
         | CoreError::SnapshotInUse { .. }
+        | CoreError::TemplateInUse { .. }
         | CoreError::NameTaken(_) => K::Conflict,
         CoreError::Capacity { .. } => K::Capacity,
         CoreError::Rpc(ClientError::Remote { kind, .. }) => match kind {

@@ -355,7 +355,10 @@ impl Conn {
                     }),
                 );
             }
-            Request::SetTime { .. } | Request::Refresh { .. } | Request::BeforeSnapshot => {
+            Request::SetTime { .. }
+            | Request::Refresh { .. }
+            | Request::BeforeSnapshot
+            | Request::Sync => {
                 self.reply(id, Response::Ok);
             }
             Request::Cancel { request_id } => {

@@ -94,11 +94,16 @@ impl SandboxManager {
             from,
         } = plan;
         if let Some(snap) = &from {
-            // A restore runs the snapshot's own kernel, memory size and vCPUs.
+            // A restore runs the snapshot's own kernel, memory size and vCPUs,
+            // and its execs get the defaults of the template under it.
             config.kernel = Some(snap.kernel.clone());
             config.rootfs = Some(snap.rootfs.clone());
             config.memory_mib = snap.memory_mib;
             config.vcpu_count = snap.vcpus;
+            config.template = None;
+            config.exec_defaults = self.defaults_for(&snap.rootfs).await?;
+        } else {
+            self.resolve_template(&mut config).await?;
         }
         config.validate()?;
         if config.assets_dir.is_none() {

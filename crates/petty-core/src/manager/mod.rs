@@ -25,6 +25,7 @@ mod lifecycle;
 mod network;
 mod recovery;
 mod snapshots;
+mod templates;
 
 pub use config::ManagerConfig;
 pub(crate) use create::CreatePlan;
@@ -228,7 +229,10 @@ impl SandboxManager {
         )
         .await;
         let sandbox = match attached {
-            Ok(sb) => Arc::new(sb),
+            Ok(mut sb) => {
+                sb.set_exec_defaults(self.defaults_for(&record.rootfs).await?);
+                Arc::new(sb)
+            }
             Err(CoreError::Vm(petty_vmm::VmmError::Gone { .. })) => {
                 // Its VM died while no process watched: reap it now.
                 self.reap(record, "its VMM process is gone").await?;

@@ -88,6 +88,13 @@ impl SandboxManager {
             .ok_or_else(|| CoreError::SnapshotNotFound(name.to_string()))
     }
 
+    /// The disk layer of snapshot `snap`: an image (qcow2 under QEMU)
+    /// whose backing chain ends at the snapshot's rootfs, complete as far
+    /// as the guest had synced it ([`Sandbox::sync`](crate::Sandbox::sync)).
+    pub fn snapshot_disk(&self, snap: &SnapshotRecord) -> Result<PathBuf, CoreError> {
+        Ok(self.vmm_named(&snap.backend)?.snapshot_disk(&snap.dir))
+    }
+
     /// Every snapshot, oldest first.
     pub async fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, CoreError> {
         self.db(|s| s.list_snapshots()).await

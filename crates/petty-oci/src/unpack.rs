@@ -1159,10 +1159,7 @@ mod tests {
         for path in ["../escape", "a/../../escape", "./../../outside/passwd"] {
             let s = scratch();
             let layer = Tar::new().file(path, b"pwned").done();
-            hostile(
-                apply(&s.dest, &[layer]).unwrap_err(),
-                "escape".get(..0).unwrap_or(""),
-            );
+            hostile(apply(&s.dest, &[layer]).unwrap_err(), "..");
             outside_unchanged(&s);
             assert!(!s.dest.parent().unwrap().join("escape").exists());
         }

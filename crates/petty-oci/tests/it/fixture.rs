@@ -180,9 +180,20 @@ pub fn check_image(image: &Image, store: &Store) {
         "a whiteout file was left"
     );
     assert_eq!(std::fs::read(root.join("etc/kept")).unwrap(), b"kept\n");
-    let out = Command::new(root.join("bin/busybox"))
-        .args(["echo", "hi"])
-        .output()
-        .unwrap();
+    // Another test's fork may briefly hold the just-written file open (ETXTBSY): retry.
+    const ETXTBSY: i32 = 26;
+    let mut tries = 0;
+    let out = loop {
+        match Command::new(root.join("bin/busybox"))
+            .args(["echo", "hi"])
+            .output()
+        {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert_eq!(out.stdout, b"hi\n");
 }

@@ -812,10 +812,7 @@ impl Unpacker {
 
     fn touch(&mut self, comps: &[Vec<u8>]) {
         for i in 1..=comps.len() {
-            if !self.touched.insert(join(&comps[..i])) && i < comps.len() {
-                // Ancestors of a touched path were touched with it.
-                continue;
-            }
+            self.touched.insert(join(&comps[..i]));
         }
     }
 

@@ -116,6 +116,11 @@ impl SandboxManager {
     /// What execs in a sandbox on `rootfs` get: its template's defaults,
     /// none for any other image.
     pub(crate) async fn defaults_for(&self, rootfs: &Path) -> Result<ImageDefaults, CoreError> {
+        // Named templates' images live in images_dir: any other rootfs
+        // costs no store read (an attach reads the store once).
+        if !rootfs.starts_with(self.images_dir()) {
+            return Ok(ImageDefaults::default());
+        }
         let r = rootfs.to_path_buf();
         Ok(self
             .db(move |s| s.template_by_rootfs(&r))

@@ -60,16 +60,15 @@ impl Builder {
         let df = petty_dockerfile::parse(&text)?;
         let first = petty_dockerfile::plan(&df, &req.build_args)?;
         let base = self.base(&first.base, progress).await?;
-        let plan = petty_dockerfile::plan_on(&df, &req.build_args, &to_plan_defaults(&base.defaults))?;
+        let plan =
+            petty_dockerfile::plan_on(&df, &req.build_args, &to_plan_defaults(&base.defaults))?;
         for unused in &plan.unused_build_args {
             progress(Event::Note(&format!(
                 "warning: build argument {unused} is not declared by an ARG; it is ignored"
             )));
         }
-        let context = Context::open(&req.context, None).map_err(|source| BuildError::Context {
-            line: 0,
-            source,
-        })?;
+        let context = Context::open(&req.context, None)
+            .map_err(|source| BuildError::Context { line: 0, source })?;
 
         // Every step's key, before anything runs: a COPY's covers what it
         // copies now.
@@ -77,10 +76,14 @@ impl Builder {
         let mut steps = Vec::with_capacity(plan.steps.len());
         for step in plan.steps {
             let copies = match &step.action {
-                Action::Copy(spec) => context.resolve(spec).map_err(|source| BuildError::Context {
-                    line: step.line,
-                    source,
-                })?,
+                Action::Copy(spec) => {
+                    context
+                        .resolve(spec)
+                        .map_err(|source| BuildError::Context {
+                            line: step.line,
+                            source,
+                        })?
+                }
                 _ => Vec::new(),
             };
             let digest = Context::digest(&copies);
@@ -135,7 +138,9 @@ impl Builder {
         let mut last_disk: Option<String> = resume.map(|i| snapshot_name(&steps[i].key));
         let runs_something = steps[first_to_run..].iter().any(|p| p.changes_files);
         if runs_something {
-            let id = self.start_build_sandbox(&base, last_disk.as_deref(), progress).await?;
+            let id = self
+                .start_build_sandbox(&base, last_disk.as_deref(), progress)
+                .await?;
             let ran = async {
                 for (i, p) in steps.iter().enumerate().skip(first_to_run) {
                     progress(Event::Step {
@@ -220,7 +225,11 @@ impl Builder {
 
     /// What `FROM image` names: `base` (Petty's own image), a template,
     /// or an OCI image reference (pulled and made into an image first).
-    pub(crate) async fn base(&self, from: &str, progress: Progress<'_>) -> Result<Base, BuildError> {
+    pub(crate) async fn base(
+        &self,
+        from: &str,
+        progress: Progress<'_>,
+    ) -> Result<Base, BuildError> {
         if from == BASE_TEMPLATE {
             let rootfs = self.base_rootfs()?;
             return Ok(Base {
@@ -372,9 +381,11 @@ impl Builder {
         entries: &[ContextEntry],
     ) -> Result<(), BuildError> {
         let line = step.line;
-        let fail = |what: String| move |e: CoreError| BuildError::Step {
-            line,
-            message: format!("{what}: {e}"),
+        let fail = |what: String| {
+            move |e: CoreError| BuildError::Step {
+                line,
+                message: format!("{what}: {e}"),
+            }
         };
         let sb = self.manager.get(id).await?;
         // One file onto a directory that exists lands inside it.
@@ -383,7 +394,7 @@ impl Builder {
                 && sb
                     .stat_target(&spec.dest)
                     .await
-                    .is_ok_and(|s| s.file_type == petty_core::FileType::Dir)
+                    .is_ok_and(|s| s.file_type == petty_core::FileType::Directory)
         } else {
             false
         };
@@ -401,11 +412,18 @@ impl Builder {
                 e.dest.clone()
             };
             match &e.kind {
-                EntryKind::Dir => sb.mkdir(&dest).await.map_err(fail(format!("making {dest}")))?,
+                EntryKind::Dir => sb
+                    .mkdir(&dest)
+                    .await
+                    .map_err(fail(format!("making {dest}")))?,
                 EntryKind::File { .. } => {
-                    let file = tokio::fs::File::open(&e.src).await.map_err(BuildError::io(
-                        format!("reading {} from the build context", e.src.display()),
-                    ))?;
+                    let file =
+                        tokio::fs::File::open(&e.src)
+                            .await
+                            .map_err(BuildError::io(format!(
+                                "reading {} from the build context",
+                                e.src.display()
+                            )))?;
                     sb.write_file_from(&dest, file, Some(e.mode & 0o7777))
                         .await
                         .map_err(fail(format!("writing {dest}")))?;
@@ -474,7 +492,8 @@ impl Builder {
         if image.is_file() {
             return Ok(image);
         }
-        std::fs::create_dir_all(&dir).map_err(BuildError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(BuildError::io(format!("creating {}", dir.display())))?;
         let record = self.manager.snapshot_info(snap).await?;
         let disk = self.manager.snapshot_disk(&record)?;
         progress(Event::Note(&format!(
@@ -504,7 +523,9 @@ impl Builder {
             let _ = std::fs::remove_file(&tmp);
             return Err(BuildError::Io {
                 what: format!("qemu-img convert of {}", disk.display()),
-                source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+                source: std::io::Error::other(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ),
             });
         }
         use std::os::unix::fs::PermissionsExt;
@@ -543,7 +564,13 @@ fn absolute(p: &Path) -> PathBuf {
 pub(crate) fn file_identity(p: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(p) {
-        Ok(m) => format!("{}:{}:{}:{}", p.display(), m.len(), m.mtime(), m.mtime_nsec()),
+        Ok(m) => format!(
+            "{}:{}:{}:{}",
+            p.display(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec()
+        ),
         Err(_) => p.display().to_string(),
     }
 }

@@ -118,6 +118,10 @@ pub(crate) fn defaults_of(c: &petty_oci::ImageConfig) -> ImageDefaults {
         user: c.user.clone().filter(|u| !u.is_empty()),
         cmd: (!c.cmd.is_empty()).then(|| c.cmd.clone()),
         entrypoint: (!c.entrypoint.is_empty()).then(|| c.entrypoint.clone()),
-        labels: c.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: c
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }

@@ -212,7 +212,11 @@ impl Builder {
     /// Removes the build sandbox of a build given up on (Ctrl-C, a client
     /// gone): what it left is only complete cache entries.
     pub async fn cancel(&self) {
-        let id = self.current.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let id = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(id) = id {
             let _ = self.manager.destroy(&id.to_string()).await;
         }
@@ -224,11 +228,7 @@ impl Builder {
 
     /// Creates a sandbox from the template just recorded and runs an exec
     /// in it: the template works, and its template snapshot is made.
-    async fn check_usable(
-        &self,
-        name: &str,
-        progress: Progress<'_>,
-    ) -> Result<(), BuildError> {
+    async fn check_usable(&self, name: &str, progress: Progress<'_>) -> Result<(), BuildError> {
         progress(Event::Note(&format!(
             "checking template {name}: a sandbox from it (its first create saves the snapshot every later create restores)"
         )));
@@ -238,10 +238,14 @@ impl Builder {
             bound_to_owner: true,
             ..Default::default()
         };
-        let id = self.manager.create(config).await.map_err(|e| BuildError::Unusable {
-            name: name.to_string(),
-            cause: e.to_string(),
-        })?;
+        let id = self
+            .manager
+            .create(config)
+            .await
+            .map_err(|e| BuildError::Unusable {
+                name: name.to_string(),
+                cause: e.to_string(),
+            })?;
         // An exec that needs no shell: images without one still get execs.
         let probe = petty_protocol::ExecRequest::argv(["/sbin/petty-agent", "--version"]);
         let result = self.manager.exec(&id.to_string(), probe, None).await;
@@ -274,5 +278,7 @@ pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
 /// Bytes a file takes on disk (a sparse image counts what it uses).
 pub(crate) fn disk_bytes(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }

@@ -1,6 +1,6 @@
 //! What builds leave: step caches, images no template uses, layers.
 
-use crate::{Builder, BuildError, Event, Progress, STEP_SNAPSHOT_PREFIX};
+use crate::{BuildError, Builder, Event, Progress, STEP_SNAPSHOT_PREFIX};
 
 /// What a prune removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -72,8 +72,8 @@ impl ImageDefaults {
     }
 }
 
-/// A named template as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A named template as stored (and as listings show it, in JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TemplateRecord {
     /// Unique name (`base` is Petty's own image and never stored).
     pub name: String,

@@ -860,7 +860,14 @@ impl QemuVm {
                 Some("running") => return Ok(()),
                 Some("paused") if stay_paused => return Ok(()),
                 Some("paused") | Some("postmigrate") | Some("prelaunch") => {
-                    qmp.execute("cont", None).await?;
+                    // QEMU can report `paused` a moment before the incoming
+                    // migration is complete; `cont` then refuses ("Migration
+                    // is not finalized yet") and is asked again.
+                    if let Err(e) = qmp.execute("cont", None).await {
+                        if !e.to_string().contains("not finalized") {
+                            return Err(e);
+                        }
+                    }
                 }
                 Some("inmigrate") | None => {}
                 Some(other) => return Err(fail(format!("VM is {other} after loading"))),

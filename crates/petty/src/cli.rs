@@ -87,6 +87,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<SnapshotsCmd>,
     },
+    /// Build templates: root file systems from a Dockerfile or an OCI image
+    /// that sandboxes are created from (`--template NAME`).
+    Template {
+        #[command(subcommand)]
+        cmd: crate::template::TemplateCmd,
+    },
+    /// List templates (name, size, created, last used, source);
+    /// `petty templates rm NAME`, `petty templates prune`.
+    Templates {
+        /// One JSON object per template, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: Option<crate::template::TemplatesCmd>,
+    },
     /// Build or locate the guest kernel and root filesystem.
     Image {
         #[command(subcommand)]
@@ -264,6 +279,10 @@ impl ServerArgs {
 /// The VM a sandbox gets: shared by `petty run` and `petty create`.
 #[derive(Args)]
 pub struct VmOpts {
+    /// Create from this template (`petty templates` lists them; default
+    /// `base`, Petty's own image).
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
     /// Guest memory in MiB (default: defaults.memory_mb, 256).
     #[arg(long, value_name = "N")]
     pub memory_mib: Option<u32>,
@@ -320,6 +339,10 @@ impl VmOpts {
             .disk_free_mib(d.disk_free_mb)
             .assets_dir(s.paths.cache_dir.clone());
         let b = b.network(self.network_spec(s));
+        let b = match &self.template {
+            Some(t) => b.template(t.clone()),
+            None => b,
+        };
         match self.disk_mib.or(d.disk_size_mb) {
             Some(mib) => b.disk_size_mib(mib),
             None => b,
@@ -390,9 +413,13 @@ pub struct ExecOpts {
     /// Set an environment variable for the command (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Working directory in the guest (default /root).
+    /// Working directory in the guest (default: the template's, else /root).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
+    /// Run as this user: NAME, UID, NAME:GROUP or UID:GID (default: the
+    /// template's, else root).
+    #[arg(long, short = 'u', value_name = "USER")]
+    pub user: Option<String>,
     /// Forward this process's stdin to the command.
     #[arg(long, short = 'i')]
     pub stdin: bool,
@@ -411,6 +438,7 @@ impl ExecOpts {
         let mut req = petty_core::ExecRequest::argv(argv);
         req.env = self.env;
         req.cwd = self.cwd;
+        req.user = self.user;
         req.stdin = self.stdin;
         req.timeout_ms = timeout_ms;
         Ok(req)
@@ -493,6 +521,18 @@ pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
         Cmd::Snapshots {
             cmd: Some(SnapshotsCmd::Rm { names }),
         } => crate::manage::snapshots_rm(names, s).await,
+        Cmd::Template {
+            cmd: crate::template::TemplateCmd::Build(args),
+        } => crate::template::build(args, s).await,
+        Cmd::Templates { json, cmd: None } => crate::template::list(json, s).await,
+        Cmd::Templates {
+            cmd: Some(crate::template::TemplatesCmd::Rm { names }),
+            ..
+        } => crate::template::remove(names, s).await,
+        Cmd::Templates {
+            cmd: Some(crate::template::TemplatesCmd::Prune { json }),
+            ..
+        } => crate::template::prune(json, s).await,
         Cmd::Image { cmd } => image(cmd, s).await,
         Cmd::Doctor => crate::doctor::doctor(s).await,
         Cmd::Network {

@@ -21,9 +21,21 @@ pub async fn run(args: RunArgs, s: &Settings) -> anyhow::Result<ExitCode> {
         (Some(code), _, _) => petty_core::code_argv("python", code)?,
         (_, Some(script), _) => petty_core::code_argv("sh", script)?,
         (None, None, false) => args.command.clone(),
-        (None, None, true) => bail!(
-            "nothing to run\nhint: petty run -- CMD [ARGS...], or petty run --python CODE, or petty run --sh SCRIPT"
-        ),
+        (None, None, true) => match &args.vm.template {
+            // A template's CMD (after its ENTRYPOINT) runs when none is given.
+            Some(t) => {
+                let manager = crate::manage::manager(s).await?;
+                match manager.template_info(t).await?.defaults.command() {
+                    Some(argv) => argv,
+                    None => bail!(
+                        "template {t} has no default command (CMD or ENTRYPOINT)\nhint: petty run --template {t} -- CMD [ARGS...]"
+                    ),
+                }
+            }
+            None => bail!(
+                "nothing to run\nhint: petty run -- CMD [ARGS...], or petty run --python CODE, or petty run --sh SCRIPT"
+            ),
+        },
     };
     let mut builder = args.vm.builder(s);
     if let Some(k) = &args.kernel {
@@ -44,8 +56,10 @@ pub async fn run(args: RunArgs, s: &Settings) -> anyhow::Result<ExitCode> {
     let req = args.exec.request(argv)?;
 
     let mut signals = Signals::new()?;
-    if config.network.has_network() {
-        return run_networked(config, req, s, &mut signals).await;
+    // A network (its helper and namespace) and a template (its store
+    // record) are the manager's.
+    if config.network.has_network() || config.template.is_some() {
+        return run_managed(config, req, s, &mut signals).await;
     }
     // Dropping the create future on a signal drops the half-started VM, which kills it.
     let sandbox = tokio::select! {
@@ -62,10 +76,11 @@ pub async fn run(args: RunArgs, s: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// `petty run` with a network: the sandbox is the manager's (its network
-/// has a helper and a namespace the manager sweeps), bound to this process
+/// `petty run` with a network or a template: the sandbox is the manager's
+/// (its network has a helper and a namespace the manager sweeps, its
+/// template is in the manager's store), bound to this process
 /// so that, however this process ends, the next Petty process removes it.
-async fn run_networked(
+async fn run_managed(
     config: petty_core::SandboxConfig,
     req: ExecRequest,
     s: &Settings,

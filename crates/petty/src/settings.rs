@@ -165,3 +165,36 @@ pub async fn ensure_assets(s: &Settings, progress: bool) -> anyhow::Result<petty
         .context("image build task")??;
     Ok(assets)
 }
+
+/// The template builder over `manager` under `s`: layers kept in
+/// `<paths.data_dir>/layers`, pulls and their limits as `image.*` says,
+/// builds as `templates.*` says, `qemu-img` from `paths.search_path`.
+pub fn template_builder(s: &Settings, manager: SandboxManager) -> petty_build::Builder {
+    let i = &s.image;
+    let t = &s.templates;
+    let pull = petty_oci::PullOptions {
+        default_registry: i.default_registry.clone(),
+        insecure_registries: i.insecure_registries.clone(),
+        limits: petty_oci::Limits {
+            max_image_bytes: i.max_image_mib << 20,
+            max_layers: i.max_layers,
+            max_unpacked_bytes: i.max_unpacked_mib << 20,
+        },
+        ..Default::default()
+    };
+    let settings = petty_build::BuildSettings {
+        memory_mib: t.build_memory_mb,
+        network: t.build_network,
+        step_timeout: std::time::Duration::from_secs(t.step_timeout_secs),
+        cache_max_bytes: t.cache_max_mib << 20,
+        qemu_img: petty_vmm::find_on_path("qemu-img", &s.paths.search_path)
+            .unwrap_or_else(|| PathBuf::from("qemu-img")),
+    };
+    petty_build::Builder::new(
+        manager,
+        image_builder(s),
+        petty_oci::Store::new(s.paths.data_dir.join("layers")),
+        pull,
+        settings,
+    )
+}

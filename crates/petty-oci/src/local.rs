@@ -272,7 +272,9 @@ fn resolve(
         manifest::parse_config(&read_small_blob(store, &config.digest)?, "the image config")?;
     let n = layers.len();
     for (i, layer) in layers.iter().enumerate() {
-        let cached = store.has(&layer.digest);
+        // An archive's blobs were verified into the store as it was read:
+        // "cached" would say nothing there.
+        let cached = blobs != store.dir() && store.has(&layer.digest);
         import(blobs, store, layer, &format!("layer {}", layer.digest))?;
         progress(&format!(
             "layer {}/{n} {}… {}{}",

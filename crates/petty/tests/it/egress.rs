@@ -46,6 +46,14 @@ fn ip_tool() -> PathBuf {
 /// as (host, URL of its Release file). Read at run time: the registry's
 /// name is the machine's, not the test's.
 fn registry() -> (String, String) {
+    let (uri, suite) = apt_source();
+    release_of(&uri, &suite)
+}
+
+/// The first `http://` package source of the host's apt configuration, as
+/// (URI, suite): what a guest's `sources.list` names to reach the same
+/// registry. Read at run time, never written down.
+pub(crate) fn apt_source() -> (String, String) {
     let mut texts = Vec::new();
     if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
         texts.push(t);
@@ -69,14 +77,14 @@ fn registry() -> (String, String) {
             }
             if let (Some(u), Some(s)) = (uri, line.strip_prefix("Suites:")) {
                 let suite = s.split_whitespace().next().unwrap();
-                return release_of(u, suite);
+                return (u.to_string(), suite.to_string());
             }
             // One-line form: "deb [opts] http://host/path suite comp".
             if line.starts_with("deb ") {
                 let words: Vec<&str> = line.split_whitespace().collect();
                 if let Some(i) = words.iter().position(|w| w.starts_with("http://")) {
                     if let Some(suite) = words.get(i + 1) {
-                        return release_of(words[i], suite);
+                        return (words[i].to_string(), suite.to_string());
                     }
                 }
             }

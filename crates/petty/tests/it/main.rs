@@ -21,6 +21,7 @@ mod settings;
 mod snapshots;
 mod standby;
 mod teardown;
+mod templates;
 mod transfers;
 
 use std::path::{Path, PathBuf};

@@ -613,6 +613,82 @@ pub async fn snapshot(runs: usize, forks: usize, s: &Settings) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// `petty bench snapshot --template NAME`: create from template `NAME` to
+/// its first exec against the same from `base`, interleaved in one run,
+/// each with a standby VMM waiting (as a daemon's creates have). The exec
+/// is the agent's own binary, which every template has (an image without a
+/// shell too).
+pub async fn template(runs: usize, name: &str, s: &Settings) -> anyhow::Result<ExitCode> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    ensure_assets(s, true).await?;
+    let db = s.paths.data_dir.join("petty.db");
+    let record = petty_core::store::Store::open(&db)?
+        .get_template(name)?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "there is no template {name} in {}\nhint: `petty templates` lists them; `petty template build` makes one",
+                db.display()
+            )
+        })?;
+    let (manager, _scratch) = scratch_manager(s, 8).await?;
+    manager.add_template(record).await?;
+    let from = |t: Option<&str>| {
+        let b = SandboxConfig::builder();
+        match t {
+            Some(t) => b.template(t),
+            None => b,
+        }
+        .build()
+    };
+    let probe = ExecRequest::argv(["/sbin/petty-agent", "--version"]);
+    // The first create of each makes its template snapshot; not measured.
+    for t in [None, Some(name)] {
+        let id = manager.create(from(t)?).await?.to_string();
+        manager.exec(&id, probe.clone(), None).await?;
+        manager.destroy(&id).await?;
+    }
+    let wait_for_both = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while manager.standby_count() < 2 {
+            if Instant::now() > deadline {
+                bail!("no standby VMMs within 30 s (see PETTY_LOG=debug)");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    };
+    let (mut base, mut custom) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        for (t, into) in [(None, &mut base), (Some(name), &mut custom)] {
+            wait_for_both().await?;
+            let t0 = Instant::now();
+            let id = manager.create(from(t)?).await?.to_string();
+            let r = manager.exec(&id, probe.clone(), None).await?;
+            into.push(t0.elapsed());
+            manager.destroy(&id).await?;
+            if r.exit_code != 0 {
+                bail!("the probe exited with {}: {}", r.exit_code, r.stderr.trim());
+            }
+        }
+        eprint!("\rcreate to first exec: {}/{runs}", i + 1);
+    }
+    eprintln!();
+    manager.destroy_all().await?;
+    let ratio = median(custom.clone()).as_secs_f64() / median(base.clone()).as_secs_f64();
+    println!(
+        "petty bench snapshot --template {name} ({runs} runs each, interleaved; 256 MiB, 2 vCPUs)"
+    );
+    println!(
+        "  create from base to first exec      {}",
+        percentiles(base)
+    );
+    println!("  create from {name:<22}  {}", percentiles(custom));
+    println!("  ratio of medians, {name} / base      {ratio:.2} (target <= 1.10)");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The `p` quantile (0 to 1) of `sorted`, by nearest rank.
 pub(crate) fn nearest_rank(sorted: &[Duration], p: f64) -> Duration {
     sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]

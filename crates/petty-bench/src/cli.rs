@@ -44,6 +44,10 @@ enum BenchCmd {
         /// Children in the fork measurement.
         #[arg(long, default_value_t = 10)]
         forks: usize,
+        /// Instead: create from this template (`petty templates`) to first
+        /// exec against the same from `base`, interleaved in one run.
+        #[arg(long, value_name = "NAME")]
+        template: Option<String>,
     },
     /// Exec round trip through the REST API against the in-process round
     /// trip, and the throughput of many concurrent REST clients.
@@ -98,7 +102,12 @@ pub async fn dispatch(cli: Cli, s: &Settings) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         BenchCmd::Boot { runs } => crate::bench::boot(runs, cli.config.as_deref(), s).await,
         BenchCmd::Pool { runs } => crate::bench::pool(runs, s).await,
-        BenchCmd::Snapshot { runs, forks } => crate::bench::snapshot(runs, forks, s).await,
+        BenchCmd::Snapshot {
+            runs,
+            template: Some(name),
+            ..
+        } => crate::bench::template(runs, &name, s).await,
+        BenchCmd::Snapshot { runs, forks, .. } => crate::bench::snapshot(runs, forks, s).await,
         BenchCmd::Serve {
             runs,
             clients,

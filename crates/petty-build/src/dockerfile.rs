@@ -53,6 +53,7 @@ impl Builder {
         progress: Progress<'_>,
     ) -> Result<TemplateRecord, BuildError> {
         petty_core::catalog::check_template_name(&req.name)?;
+        self.sweep_partial();
         let text = std::fs::read_to_string(&req.dockerfile).map_err(BuildError::io(format!(
             "reading the Dockerfile {}",
             req.dockerfile.display()

@@ -19,6 +19,7 @@ impl Builder {
         progress: Progress<'_>,
     ) -> Result<TemplateRecord, BuildError> {
         petty_core::catalog::check_template_name(name)?;
+        self.sweep_partial();
         let (rootfs, image) = self.image_rootfs(source, progress).await?;
         let now = petty_core::store::now_ms();
         let record = TemplateRecord {

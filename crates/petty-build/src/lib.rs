@@ -264,6 +264,39 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// Removes what builds interrupted by a kill left in the images
+    /// directory: unpacked trees (`.unpack-…-PID`), half-made images
+    /// (`.KEY.tmp-PID`, `.image-tmp-PID`) of processes that are gone. Step
+    /// caches need no sweep: a snapshot is recorded only when whole.
+    pub fn sweep_partial(&self) {
+        let Ok(entries) = std::fs::read_dir(self.manager.images_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with('.') {
+                continue;
+            }
+            let Some(pid) = name.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            // SAFETY: signal 0 only asks whether the process exists.
+            let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+            if alive {
+                continue;
+            }
+            let path = e.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
 /// Lowercase hex SHA-256 of `parts`, each followed by a newline.
 pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
     use sha2::{Digest, Sha256};

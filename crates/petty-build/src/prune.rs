@@ -18,6 +18,7 @@ impl Builder {
     /// (templates keep their images; a rebuild fetches layers again).
     pub async fn prune(&self) -> Result<PruneReport, BuildError> {
         let mut report = PruneReport::default();
+        self.sweep_partial();
         // Newest first: a step's snapshot layers on the one before it.
         let mut steps = self.step_snapshots().await?;
         steps.sort_by_key(|s| std::cmp::Reverse(s.created_at_ms));

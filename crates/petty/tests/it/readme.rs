@@ -24,6 +24,17 @@ fn using_it_lines() -> Vec<String> {
     lines
 }
 
+/// The Dockerfile of the "Using it" section (its one `dockerfile` block).
+fn readme_dockerfile() -> String {
+    let section = crate::readme_section("## Using it");
+    let start = section
+        .find("```dockerfile\n")
+        .expect("a dockerfile block in Using it")
+        + "```dockerfile\n".len();
+    let len = section[start..].find("```").unwrap();
+    section[start..start + len].to_string()
+}
+
 /// The command of a README line, without its trailing `# comment`.
 fn command_of(line: &str) -> &str {
     // No README command has a `#` inside quotes followed by a space.
@@ -70,6 +81,10 @@ fn every_command_of_the_readmes_using_it_section_runs_as_written() {
     let env = Env::new();
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("data.csv"), "a,b\n1,2\n").unwrap();
+    // The template lines' inputs: the README's own Dockerfile, and an OCI
+    // archive of busybox as `skopeo` writes one.
+    std::fs::write(work.path().join("Dockerfile"), readme_dockerfile()).unwrap();
+    crate::templates::busybox_archive(work.path(), &work.path().join("bb.tar"));
     let lines = using_it_lines();
     assert!(lines.len() > 20, "too few README lines found: {lines:?}");
     let mut ran = 0;
@@ -111,6 +126,12 @@ fn every_command_of_the_readmes_using_it_section_runs_as_written() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if cmd == "petty run --template mytools" {
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "agent in /work: 2 rows\n"
+            );
+        }
         ran += 1;
     }
     assert!(ran > 20);

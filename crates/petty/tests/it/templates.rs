@@ -299,6 +299,7 @@ fn tool(args: &[&str]) {
 /// files in a first layer, one of them deleted in a second (a whiteout),
 /// with `Env`, `WorkingDir` and `Cmd` set.
 fn busybox_layout(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let layout = dir.join("layout");
     let l = layout.to_str().unwrap();
     let image = format!("{l}:bb");
@@ -334,6 +335,18 @@ fn busybox_layout(dir: &Path) -> PathBuf {
         "the-cmd",
     ]);
     layout
+}
+
+/// [`busybox_layout`] under `dir` as an `oci-archive` at `archive`.
+pub(crate) fn busybox_archive(dir: &Path, archive: &Path) {
+    let layout = busybox_layout(&dir.join("oci"));
+    tool(&[
+        "skopeo",
+        "copy",
+        "-q",
+        &format!("oci:{}:bb", layout.display()),
+        &format!("oci-archive:{}", archive.display()),
+    ]);
 }
 
 /// Debian's `docker-registry` serving from `dir` on a free loopback port,
@@ -649,5 +662,76 @@ fn hostile_layers_are_refused_with_a_clear_error_and_leave_nothing() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+    env.assert_clean();
+}
+
+/// Waits (bounded) until `child`'s stderr has a line containing `what`;
+/// everything it read.
+fn wait_for_line(child: &mut Child, what: &str) -> String {
+    use std::io::BufRead as _;
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(what) {
+                    return seen;
+                }
+            }
+            Err(_) => panic!("no line with {what:?} within 120 s: {seen}"),
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_build_leaves_only_whole_cache_entries() {
+    let env = Env::new();
+    let ctx = tempfile::tempdir().unwrap();
+    let dir = ctx.path().to_str().unwrap();
+    let dockerfile = |second: &str| format!("FROM base\nRUN echo first > /first\n{second}\n");
+    for signal in [libc::SIGINT, libc::SIGKILL] {
+        write(
+            ctx.path(),
+            "Dockerfile",
+            &dockerfile("RUN echo started; sleep 600"),
+        );
+        let mut child = env
+            .cmd()
+            .args(["template", "build", "slow", dir])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_line(&mut child, "started");
+        // SAFETY: signalling the child this test started.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        // Ctrl-C removes the build sandbox itself; after a SIGKILL the next
+        // petty process does (it was bound to the build's process).
+        ok(&env, &["ls"]);
+        env.assert_clean();
+        assert!(templates(&env).is_empty());
+    }
+    // The step that finished is a valid cache entry: the rebuild takes it.
+    write(ctx.path(), "Dockerfile", &dockerfile("RUN cat /first"));
+    let (_, log) = ok(&env, &["template", "build", "slow", dir]);
+    assert_eq!(steps(&log), [(1, true), (2, false)], "{log}");
+    let (out, _) = ok(&env, &["run", "--template", "slow", "--", "cat", "/first"]);
+    assert_eq!(out, "first\n");
     env.assert_clean();
 }

@@ -384,6 +384,9 @@ pub struct ImageSection {
     /// Registries (`host[:port]`) pulled from over plain HTTP; loopback
     /// ones always may be.
     pub insecure_registries: Vec<String>,
+    /// A PEM file of certificate authorities trusted for registries'
+    /// HTTPS besides the system's (a registry with a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Largest image to pull: its layers' compressed sizes together, in
     /// MiB (default 8192).
     pub max_image_mib: u64,
@@ -399,6 +402,7 @@ impl Default for ImageSection {
             debian_mirror: None,
             default_registry: None,
             insecure_registries: Vec::new(),
+            ca_file: None,
             max_image_mib: 8192,
             max_layers: 128,
             max_unpacked_mib: 16384,
@@ -540,6 +544,7 @@ pub const KEYS: &[&str] = &[
     "image.debian_mirror",
     "image.default_registry",
     "image.insecure_registries",
+    "image.ca_file",
     "image.max_image_mib",
     "image.max_layers",
     "image.max_unpacked_mib",

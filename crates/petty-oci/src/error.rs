@@ -48,6 +48,13 @@ pub enum OciError {
         #[source]
         source: reqwest::Error,
     },
+    /// HTTPS to a registry failed (certificate, handshake, a plain-HTTP
+    /// server), or the trusted authorities could not be read.
+    #[error("{what}")]
+    Tls {
+        /// What failed, why, and what to do.
+        what: String,
+    },
     /// The registry refused the credentials, or there were none and it wants some.
     #[error("registry {registry} refused access: {reason}")]
     Auth {

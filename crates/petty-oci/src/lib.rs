@@ -77,8 +77,12 @@ impl Default for Limits {
 pub struct PullOptions {
     /// The registry host for references that name none (`image.default_registry`).
     pub default_registry: Option<String>,
-    /// `host[:port]`s that may be reached over plain HTTP; loopback hosts always may.
+    /// `host[:port]`s that may be reached over plain HTTP when they do not
+    /// speak HTTPS; loopback hosts always may.
     pub insecure_registries: Vec<String>,
+    /// A PEM file of certificate authorities trusted besides the system's
+    /// (`image.ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
     /// User and password for basic or token auth; `None` pulls anonymously.
     pub credentials: Option<(String, String)>,
     /// The `(os, architecture)` to choose from an index.
@@ -92,6 +96,7 @@ impl Default for PullOptions {
         PullOptions {
             default_registry: None,
             insecure_registries: Vec::new(),
+            ca_file: None,
             credentials: None,
             platform: ("linux".into(), "amd64".into()),
             limits: Limits::default(),

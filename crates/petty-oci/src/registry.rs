@@ -1,8 +1,9 @@
 //! The registry client: HTTP API v2 manifests and blobs, `WWW-Authenticate` challenges
 //! (Bearer tokens, cached for the pull, and Basic), redirects, and bounded reads.
 //!
-//! Plain HTTP only, to loopback hosts and `image.insecure_registries`; any other registry
-//! would need HTTPS, which this build does not have, and is refused saying so.
+//! HTTPS (the system's certificate authorities and `image.ca_file`'s), as Docker does; a
+//! loopback registry or one of `image.insecure_registries` that does not speak HTTPS is
+//! reached over plain HTTP instead. No other registry ever is.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ use crate::{check_manifest, human_bytes, image_of, Image, Progress, PullOptions,
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the HTTPS probe waits for a registry that may speak only plain
+/// HTTP and stay silent on a TLS handshake.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_TOKEN_BYTES: u64 = 1 << 20;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -146,22 +150,45 @@ fn http_allowed(host_port: &str, opts: &PullOptions) -> bool {
             .any(|h| h.eq_ignore_ascii_case(host_port))
 }
 
-fn no_tls(host: &str) -> OciError {
-    OciError::Unsupported {
+/// Why `host` could not be reached over HTTPS, and what to do.
+fn https_failed(host: &str, url: &str, source: reqwest::Error) -> OciError {
+    use std::error::Error as _;
+    let mut cause = source.to_string();
+    let mut next = source.source();
+    while let Some(e) = next {
+        cause = format!("{cause}: {e}");
+        next = e.source();
+    }
+    OciError::Tls {
         what: format!(
-            "{host} would be reached over HTTPS, and this build of Petty has no TLS; hint: add \
-             {host:?} to `image.insecure_registries` to use plain HTTP (only where the network is trusted), \
-             or copy the image to a local archive and pull `oci-archive:PATH`"
+            "cannot reach registry {host} over HTTPS ({url}): {cause}; hint: if its certificate is signed by a \
+             private authority, set `image.ca_file`; if it speaks only plain HTTP, add {host:?} to \
+             `image.insecure_registries` (only where the network is trusted)"
         ),
     }
 }
 
 impl<'a> Client<'a> {
     fn new(reference: &'a Reference, opts: &'a PullOptions) -> Result<Client<'a>, OciError> {
-        if !http_allowed(&reference.registry, opts) {
-            return Err(no_tls(&reference.registry));
+        let mut builder = reqwest::Client::builder();
+        if let Some(file) = &opts.ca_file {
+            let pem = std::fs::read(file).map_err(|e| OciError::Tls {
+                what: format!(
+                    "cannot read the certificate authorities of `image.ca_file` ({}): {e}",
+                    file.display()
+                ),
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| OciError::Tls {
+                what: format!(
+                    "`image.ca_file` ({}) is not a PEM file of certificates: {e}",
+                    file.display()
+                ),
+            })?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
         }
-        let http = reqwest::Client::builder()
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .redirect(reqwest::redirect::Policy::limited(10))
@@ -173,11 +200,26 @@ impl<'a> Client<'a> {
             })?;
         Ok(Client {
             http,
-            base: format!("http://{}", reference.registry),
+            base: format!("https://{}", reference.registry),
             reference,
             opts,
             auth: Auth::Anonymous,
         })
+    }
+
+    /// Settles the scheme: HTTPS when the registry answers it (any status),
+    /// else plain HTTP where that is allowed.
+    async fn choose_scheme(&mut self) -> Result<(), OciError> {
+        let url = format!("{}/v2/", self.base);
+        let probe = self.http.get(&url).timeout(PROBE_TIMEOUT).send().await;
+        match probe {
+            Ok(_) => Ok(()),
+            Err(_) if http_allowed(&self.reference.registry, self.opts) => {
+                self.base = format!("http://{}", self.reference.registry);
+                Ok(())
+            }
+            Err(e) => Err(https_failed(&self.reference.registry, &url, e)),
+        }
     }
 
     fn request(&self, url: &str, accept: Option<&str>) -> reqwest::RequestBuilder {
@@ -291,8 +333,18 @@ impl<'a> Client<'a> {
                     (None, _) => String::new(),
                 };
                 match url.scheme() {
-                    "http" if http_allowed(&realm_host, self.opts) || realm_host == registry => {}
-                    "http" | "https" => return Err(no_tls(&realm_host)),
+                    "https" => {}
+                    "http" if http_allowed(&realm_host, self.opts) => {}
+                    "http" => {
+                        return Err(OciError::Auth {
+                            registry,
+                            reason: format!(
+                                "its token realm {realm} is plain HTTP, which would send credentials \
+                                 unencrypted; hint: add {realm_host:?} to `image.insecure_registries` \
+                                 only if that network is trusted"
+                            ),
+                        })
+                    }
                     other => {
                         return Err(OciError::Auth {
                             registry,
@@ -480,7 +532,8 @@ pub(crate) async fn pull(
     progress: Progress<'_>,
 ) -> Result<Image, OciError> {
     let mut client = Client::new(reference, opts)?;
-    progress(&format!("pulling {reference}"));
+    client.choose_scheme().await?;
+    progress(&format!("pulling {reference} ({})", client.base));
     let (mut bytes, mut ctype) = client.manifest(&reference.target()).await?;
     if let Some(d) = &reference.digest {
         verify(&bytes, d, &format!("the manifest of {reference}"))?;
@@ -644,13 +697,8 @@ mod tests {
             .push("registry.internal:5000".into());
         assert!(http_allowed("registry.internal:5000", &opts));
         let r: Reference = "example.com/app:1".parse().unwrap();
-        let err = Client::new(&r, &PullOptions::default())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            err.contains("image.insecure_registries") && err.contains("HTTPS"),
-            "{err}"
-        );
+        let defaults = PullOptions::default();
+        let c = Client::new(&r, &defaults).unwrap();
+        assert_eq!(c.base, "https://example.com");
     }
 }

@@ -175,6 +175,7 @@ pub fn template_builder(s: &Settings, manager: SandboxManager) -> petty_build::B
     let pull = petty_oci::PullOptions {
         default_registry: i.default_registry.clone(),
         insecure_registries: i.insecure_registries.clone(),
+        ca_file: i.ca_file.clone(),
         limits: petty_oci::Limits {
             max_image_bytes: i.max_image_mib << 20,
             max_layers: i.max_layers,

@@ -209,6 +209,12 @@ async fn start_front(upstream: String, want_basic: Option<String>) -> TokenFront
                         Ok(0) | Err(_) => return,
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
+                    // A TLS handshake (the client tries HTTPS first): refused
+                    // as a plain HTTP server does.
+                    if buf.first() == Some(&0x16) {
+                        let _ = sock.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+                        return;
+                    }
                 }
                 let head = String::from_utf8_lossy(&buf).into_owned();
                 let mut lines = head.split("\r\n");

@@ -358,6 +358,11 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, None)
+    }
+
+    /// With `tls`, (certificate, key) PEM files: it serves HTTPS only.
+    fn start_with(dir: &Path, tls: Option<(&Path, &Path)>) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -372,6 +377,15 @@ impl Registry {
             dir.join("storage").display()
         )
         .unwrap();
+        if let Some((cert, key)) = tls {
+            write!(
+                f,
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            )
+            .unwrap();
+        }
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -441,6 +455,87 @@ fn oci_archives_and_a_loopback_registry_make_the_same_template_with_whiteouts_ap
     check(&env, "bb");
     let digest = templates(&env)[0]["digest"].as_str().unwrap().to_string();
     assert!(digest.starts_with("sha256:"), "{digest}");
+
+    // Forks of a sandbox from it: each child has the parent's files and
+    // its own writes.
+    let (parent, _) = ok(&env, &["create", "--template", "bb"]);
+    let parent = parent.trim();
+    ok(
+        &env,
+        &[
+            "exec",
+            parent,
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo parent > /mark",
+        ],
+    );
+    let (children, _) = ok(&env, &["fork", parent, "--count", "2"]);
+    let children: Vec<&str> = children.lines().collect();
+    assert_eq!(children.len(), 2);
+    for (i, c) in children.iter().enumerate() {
+        let script = format!("cat /mark; echo {i} > /mine; cat /mine; echo $GREETING");
+        let (out, _) = ok(
+            &env,
+            &["exec", c, "--", "/bin/busybox", "sh", "-c", &script],
+        );
+        assert_eq!(out, format!("parent\n{i}\nfrom-the-image\n"));
+    }
+    let mut rm = vec!["rm", "-f", parent];
+    rm.extend(&children);
+    ok(&env, &rm);
+    for s in ok(&env, &["snapshots"]).0.lines().skip(1) {
+        ok(
+            &env,
+            &["snapshots", "rm", s.split_whitespace().next().unwrap()],
+        );
+    }
+
+    // A Dockerfile FROM the archive: its steps run in the image (exec form:
+    // it has no /bin/sh), over the image's defaults.
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!(
+            "FROM oci-archive:{}\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo built > /built\"]\n\
+             ENV SECOND=yes\n",
+            archive.display()
+        ),
+    );
+    ok(
+        &env,
+        &["template", "build", "bbplus", ctx.path().to_str().unwrap()],
+    );
+    let (out, _) = ok(
+        &env,
+        &[
+            "run",
+            "--template",
+            "bbplus",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "cat /built; echo $GREETING $SECOND; pwd",
+        ],
+    );
+    assert_eq!(out, "built\nfrom-the-image yes\n/etc\n");
+
+    // The configured caps hold: a two-layer image past `image.max_layers`.
+    let out = env
+        .cmd()
+        .env("PETTY_IMAGE_MAX_LAYERS", "1")
+        .args(["template", "build", "capped", "--from-image"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("image.max_layers"), "{err}");
 
     // The same image as `docker save`/`skopeo` write a docker-archive.
     let docker = work.path().join("bb-docker.tar");
@@ -733,5 +828,89 @@ fn an_interrupted_build_leaves_only_whole_cache_entries() {
     assert_eq!(steps(&log), [(1, true), (2, false)], "{log}");
     let (out, _) = ok(&env, &["run", "--template", "slow", "--", "cat", "/first"]);
     assert_eq!(out, "first\n");
+    env.assert_clean();
+}
+
+#[test]
+fn a_registry_over_https_is_pulled_from_with_its_private_authority() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(&work.path().join("oci"));
+    // A certificate for 127.0.0.1, its own authority.
+    let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
+    tool(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    let registry = Registry::start_with(work.path(), Some((&cert, &key)));
+    let repo = format!("127.0.0.1:{}/petty-test/bb", registry.port);
+    tool(&[
+        "skopeo",
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:bb", layout.display()),
+        &format!("docker://{repo}:1"),
+    ]);
+    let env = Env::new();
+    // Without the authority HTTPS fails (and the registry speaks nothing else).
+    let err = fails(
+        &env,
+        &[
+            "template",
+            "build",
+            "bbs",
+            "--from-image",
+            &format!("{repo}:1"),
+        ],
+    );
+    assert!(!err.is_empty());
+    let out = env
+        .cmd()
+        .env("PETTY_IMAGE_CA_FILE", &cert)
+        .args([
+            "template",
+            "build",
+            "bbs",
+            "--from-image",
+            &format!("{repo}:1"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("(https://127.0.0.1:{})", registry.port)),
+        "{log}"
+    );
+    let (out, _) = ok(
+        &env,
+        &[
+            "run",
+            "--template",
+            "bbs",
+            "--",
+            "/bin/busybox",
+            "echo",
+            "over tls",
+        ],
+    );
+    assert_eq!(out, "over tls\n");
     env.assert_clean();
 }

@@ -184,20 +184,21 @@ impl Builder {
             }
         }
 
-        // The image: the last snapshot's disk made whole, or the base's
-        // when no step changed a file.
+        // The image: the last snapshot's disk made whole, or a copy of the
+        // base's when no step changed a file (a template's image is its
+        // own: the defaults of a sandbox's execs are found by its image).
         let (rootfs, digest) = match &last_disk {
             Some(snap) => {
                 let key = snap.trim_start_matches(STEP_SNAPSHOT_PREFIX).to_string();
                 (self.image_of_snapshot(snap, &key, progress).await?, key)
             }
-            None => (
-                match &base.rootfs {
+            None => {
+                let from = match &base.rootfs {
                     Some(r) => r.clone(),
                     None => self.base_rootfs()?,
-                },
-                key.clone(),
-            ),
+                };
+                (self.image_copy(&from, &key, progress).await?, key.clone())
+            }
         };
         let mut defaults = from_plan_defaults(&plan.config);
         // Variables the base had and the Dockerfile kept are in the plan's.
@@ -480,6 +481,54 @@ impl Builder {
         Ok(())
     }
 
+    /// `<images>/<key>.ext4`, a copy of image `from` (sparse, reflinked
+    /// where the file system can), unless it exists.
+    async fn image_copy(
+        &self,
+        from: &Path,
+        key: &str,
+        progress: Progress<'_>,
+    ) -> Result<PathBuf, BuildError> {
+        let dir = self.manager.images_dir();
+        let image = dir.join(format!("{}.ext4", &key[..key.len().min(32)]));
+        if image.is_file() {
+            return Ok(image);
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(BuildError::io(format!("creating {}", dir.display())))?;
+        progress(Event::Note(&format!(
+            "no step changed a file: the template's image {} is a copy of {}",
+            image.display(),
+            from.display()
+        )));
+        let tmp = dir.join(format!(".{}.tmp-{}", key, std::process::id()));
+        let out = tokio::process::Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(from)
+            .arg(&tmp)
+            .kill_on_drop(true)
+            .output()
+            .await;
+        let failed = |what: String| {
+            let _ = std::fs::remove_file(&tmp);
+            BuildError::Io {
+                what: format!("copying {} to {}", from.display(), tmp.display()),
+                source: std::io::Error::other(what),
+            }
+        };
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Err(failed(
+                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                ))
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        }
+        publish(&tmp, &image)?;
+        Ok(image)
+    }
+
     /// `<images>/<key>.ext4`, made from snapshot `snap`'s disk (with its
     /// backing chain) unless it exists.
     async fn image_of_snapshot(
@@ -529,18 +578,23 @@ impl Builder {
                 ),
             });
         }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))
-            .and_then(|()| std::fs::rename(&tmp, &image))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                BuildError::Io {
-                    what: format!("moving the image into place at {}", image.display()),
-                    source: e,
-                }
-            })?;
+        publish(&tmp, &image)?;
         Ok(image)
     }
+}
+
+/// Makes `tmp` read-only and renames it to `image`; removes it on failure.
+fn publish(tmp: &Path, image: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o444))
+        .and_then(|()| std::fs::rename(tmp, image))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(tmp);
+            BuildError::Io {
+                what: format!("moving the image into place at {}", image.display()),
+                source: e,
+            }
+        })
 }
 
 use petty_core::CoreError;

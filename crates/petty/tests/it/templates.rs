@@ -56,6 +56,22 @@ fn steps(log: &str) -> Vec<(usize, bool)> {
         .collect()
 }
 
+/// `petty template build NAME --from-image SOURCE`, which must succeed;
+/// (stdout, stderr).
+fn from_image(env: &Env, name: &str, source: &str) -> (String, String) {
+    ok(env, &["template", "build", name, "--from-image", source])
+}
+
+/// `petty run --template TEMPLATE -- sh -c SCRIPT`, which must succeed;
+/// its stdout.
+fn sh_in(env: &Env, template: &str, script: &str) -> String {
+    ok(
+        env,
+        &["run", "--template", template, "--", "sh", "-c", script],
+    )
+    .0
+}
+
 fn write(dir: &Path, name: &str, text: &str) {
     let p = dir.join(name);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -120,18 +136,11 @@ fn a_dockerfile_installs_a_package_from_the_hosts_registry_and_a_rebuild_runs_on
     // The step's own output streamed.
     assert!(log.contains("Setting up python3-six"), "{log}");
 
-    let (out, _) = ok(
+    let out = sh_in(
         &env,
-        &[
-            "run",
-            "--template",
-            "pyapp",
-            "--",
-            "sh",
-            "-c",
-            "python3 -c 'import six; print(six.__name__)'; python3 app.py; \
-             echo $APP_MODE; pwd; cat last.txt",
-        ],
+        "pyapp",
+        "python3 -c 'import six; print(six.__name__)'; python3 app.py; \
+         echo $APP_MODE; pwd; cat last.txt",
     );
     assert_eq!(out, "six\napp ok\ntest\n/srv/app\none\n");
 
@@ -156,18 +165,7 @@ fn a_dockerfile_installs_a_package_from_the_hosts_registry_and_a_rebuild_runs_on
         first.as_secs_f64(),
         rebuild.as_secs_f64()
     );
-    let (out, _) = ok(
-        &env,
-        &[
-            "run",
-            "--template",
-            "pyapp",
-            "--",
-            "sh",
-            "-c",
-            "cat last.txt; python3 -c 'import six'",
-        ],
-    );
+    let out = sh_in(&env, "pyapp", "cat last.txt; python3 -c 'import six'");
     assert_eq!(out, "two\n");
     assert_eq!(templates(&env).len(), 1);
     env.assert_clean();
@@ -270,6 +268,40 @@ fn dockerfile_defaults_users_ignores_errors_and_template_management() {
     );
     let err = fails(&env, &["run", "--template", "broken", "--", "true"]);
     assert!(err.contains("broken"), "{err}");
+
+    // A template whose steps change no file has an image of its own: its
+    // defaults reach execs from another process, and `base`'s execs stay
+    // without them.
+    write(ctx.path(), "Dockerfile", "FROM base\nENV ONLY_META=1\n");
+    ok(&env, &["template", "build", "meta", dir]);
+    let (meta, _) = ok(&env, &["create", "--template", "meta"]);
+    let (plain, _) = ok(&env, &["create"]);
+    let (out, _) = ok(
+        &env,
+        &[
+            "exec",
+            meta.trim(),
+            "--",
+            "sh",
+            "-c",
+            "echo ${ONLY_META:-unset}",
+        ],
+    );
+    assert_eq!(out, "1\n");
+    let (out, _) = ok(
+        &env,
+        &[
+            "exec",
+            plain.trim(),
+            "--",
+            "sh",
+            "-c",
+            "echo ${ONLY_META:-unset}",
+        ],
+    );
+    assert_eq!(out, "unset\n");
+    ok(&env, &["rm", "-f", meta.trim(), plain.trim()]);
+    ok(&env, &["templates", "rm", "meta"]);
 
     // Removed when unused; prune takes the step caches.
     ok(&env, &["templates", "rm", "tools"]);
@@ -423,16 +455,7 @@ fn oci_archives_and_a_loopback_registry_make_the_same_template_with_whiteouts_ap
         &format!("oci-archive:{}", archive.display()),
     ]);
     let env = Env::new();
-    let (_, log) = ok(
-        &env,
-        &[
-            "template",
-            "build",
-            "bb",
-            "--from-image",
-            &format!("oci-archive:{}", archive.display()),
-        ],
-    );
+    let (_, log) = from_image(&env, "bb", &format!("oci-archive:{}", archive.display()));
     assert!(log.contains("layer 2/2"), "{log}");
     let check =
         |env: &Env, name: &str| {
@@ -546,16 +569,7 @@ fn oci_archives_and_a_loopback_registry_make_the_same_template_with_whiteouts_ap
         &format!("oci:{l}:bb"),
         &format!("docker-archive:{}:bb:1", docker.display()),
     ]);
-    ok(
-        &env,
-        &[
-            "template",
-            "build",
-            "bbd",
-            "--from-image",
-            &format!("docker-archive:{}", docker.display()),
-        ],
-    );
+    from_image(&env, "bbd", &format!("docker-archive:{}", docker.display()));
     check(&env, "bbd");
 
     // A registry on loopback holding it, pushed with skopeo: a fresh data
@@ -571,30 +585,12 @@ fn oci_archives_and_a_loopback_registry_make_the_same_template_with_whiteouts_ap
         &format!("docker://{repo}:1"),
     ]);
     let fresh = Env::new();
-    let (_, log) = ok(
-        &fresh,
-        &[
-            "template",
-            "build",
-            "bbr",
-            "--from-image",
-            &format!("{repo}:1"),
-        ],
-    );
+    let (_, log) = from_image(&fresh, "bbr", &format!("{repo}:1"));
     assert!(log.contains("downloading"), "{log}");
     assert_eq!(templates(&fresh)[0]["digest"], digest.as_str());
     check(&fresh, "bbr");
     // By digest: the right one builds, a wrong one is refused.
-    ok(
-        &fresh,
-        &[
-            "template",
-            "build",
-            "bbr2",
-            "--from-image",
-            &format!("{repo}@{digest}"),
-        ],
-    );
+    from_image(&fresh, "bbr2", &format!("{repo}@{digest}"));
     let wrong = format!("{repo}@sha256:{}", "0".repeat(64));
     let err = fails(
         &fresh,

@@ -819,9 +819,21 @@ fn an_interrupted_build_leaves_only_whole_cache_entries() {
         assert!(templates(&env).is_empty());
     }
     // The step that finished is a valid cache entry: the rebuild takes it.
+    // With the cache capped below what it holds, the build's step caches go
+    // once it is done, oldest first.
     write(ctx.path(), "Dockerfile", &dockerfile("RUN cat /first"));
-    let (_, log) = ok(&env, &["template", "build", "slow", dir]);
+    let out = env
+        .cmd()
+        .env("PETTY_TEMPLATES_CACHE_MAX_MIB", "1")
+        .args(["template", "build", "slow", dir])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
     assert_eq!(steps(&log), [(1, true), (2, false)], "{log}");
+    assert!(log.contains("over its cap"), "{log}");
+    assert_eq!(ok(&env, &["snapshots"]).0.lines().count(), 1);
     let (out, _) = ok(&env, &["run", "--template", "slow", "--", "cat", "/first"]);
     assert_eq!(out, "first\n");
     env.assert_clean();

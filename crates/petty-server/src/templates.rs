@@ -323,9 +323,28 @@ pub(crate) struct WarmPools {
 
 struct WarmPool {
     pool: SandboxPool,
-    /// The template's image when the pool started: a rebuild changes it.
-    rootfs: PathBuf,
+    /// The template when the pool started: a rebuild changes it.
+    made_from: Made,
     target: usize,
+}
+
+/// What a pool's sandboxes were made from: the image, and the defaults
+/// their execs got at create (a rebuild may change only those).
+#[derive(PartialEq)]
+struct Made {
+    rootfs: PathBuf,
+    digest: String,
+    defaults: petty_core::ImageDefaults,
+}
+
+impl Made {
+    fn of(r: &TemplateRecord) -> Self {
+        Self {
+            rootfs: r.rootfs.clone(),
+            digest: r.digest.clone(),
+            defaults: r.defaults.clone(),
+        }
+    }
 }
 
 impl WarmPools {
@@ -773,7 +792,6 @@ impl Service {
             if warm.stop.is_cancelled() {
                 return;
             }
-            let running = lock(&warm.pools).get(name).map(|p| p.rootfs.clone());
             let record = match self.inner().manager.template_info(name).await {
                 Ok(r) => Some(r),
                 Err(CoreError::TemplateNotFound(_)) => None,
@@ -782,7 +800,16 @@ impl Service {
                     continue;
                 }
             };
-            if running.is_some() && running.as_ref() != record.as_ref().map(|r| &r.rootfs) {
+            let (running, current) = {
+                let pools = lock(&warm.pools);
+                let p = pools.get(name);
+                (
+                    p.is_some(),
+                    p.zip(record.as_ref())
+                        .is_some_and(|(p, r)| p.made_from == Made::of(r)),
+                )
+            };
+            if running && !current {
                 let old = lock(&warm.pools).remove(name);
                 if let Some(old) = old {
                     tracing::info!(template = %name, "template rebuilt or removed; emptying its warm pool");
@@ -790,7 +817,7 @@ impl Service {
                         tracing::warn!(template = %name, "emptying the warm pool: {e}");
                     }
                 }
-            } else if running.is_some() {
+            } else if running {
                 continue;
             }
             let Some(record) = record else {
@@ -833,7 +860,7 @@ impl Service {
                 name.clone(),
                 WarmPool {
                     pool,
-                    rootfs: record.rootfs,
+                    made_from: Made::of(&record),
                     target: *count,
                 },
             );

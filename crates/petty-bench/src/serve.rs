@@ -42,7 +42,7 @@ pub async fn serve(
     config.paths.run_dir = scratch.path().join("run");
     let (manager, notice) = petty::settings::manager(&config, true).await?;
     eprintln!("{notice}");
-    let service = petty_server::start_service(manager, &config, false).await?;
+    let service = petty_server::start_service(manager, &config, false, None).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let app = petty_server::app(

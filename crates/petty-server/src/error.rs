@@ -183,7 +183,7 @@ impl std::error::Error for ApiError {
 }
 
 /// The kind a core error is answered with.
-fn kind_of(e: &CoreError) -> ErrorKind {
+pub(crate) fn kind_of(e: &CoreError) -> ErrorKind {
     use ErrorKind as K;
     match e {
         CoreError::InvalidConfig(_) | CoreError::Json(_) => K::BadRequest,

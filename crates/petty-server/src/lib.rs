@@ -9,7 +9,8 @@
 //! pool) over it. [`serve`] runs the HTTP daemon on a listener from [`bind`]
 //! (`petty serve`); [`serve_stdio`] runs MCP over stdin/stdout (`petty
 //! mcp`). Both serve the same [`Service`], so REST routes and MCP tools do
-//! the same thing. This crate knows no backend.
+//! the same thing; templates are built by the [`petty_build::Builder`] the
+//! caller makes. This crate knows no backend.
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod rest;
 pub mod service;
+pub mod templates;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,39 +60,50 @@ pub fn check_settings(settings: &Settings) -> Result<(), ServerError> {
     settings
         .listen_addr()
         .map_err(|e| ServerError::Config(e.to_string()))?;
+    templates::warm_entries(settings).map_err(ServerError::Config)?;
     Ok(())
 }
 
 /// The service over `manager` (opened by the caller on the backend it
-/// chose), with the warm pool when `with_pool` and `pool.size > 0`.
+/// chose), building templates with `builder` (made over the same manager;
+/// without one the build route and tool answer 503). With `with_pool`, the
+/// base image's warm pool when `pool.size > 0`, and one pool per
+/// `templates.warm` entry once its template exists.
 pub async fn start_service(
     manager: SandboxManager,
     settings: &Settings,
     with_pool: bool,
+    builder: Option<petty_build::Builder>,
 ) -> Result<Service, ServerError> {
+    let warm = templates::warm_entries(settings).map_err(ServerError::Config)?;
+    let warm = if with_pool { warm } else { Vec::new() };
     let metrics = Arc::new(metrics::Metrics::default());
-    let service = Service::new(manager.clone(), None, metrics.clone(), settings.clone());
-    if !with_pool || settings.pool.size == 0 {
-        return Ok(service);
-    }
-    let pool_owner = service::Requester {
-        owner: "pool".into(),
-        session: false,
+    let pool = if with_pool && settings.pool.size > 0 {
+        let probe = Service::new(manager.clone(), None, metrics.clone(), settings.clone());
+        let pool_owner = service::Requester {
+            owner: "pool".into(),
+            session: false,
+        };
+        let sandbox_config = probe
+            .sandbox_config(&service::CreateSpec::default(), &pool_owner)
+            .map_err(ServerError::Pool)?;
+        let pool = SandboxPool::new(
+            manager.clone(),
+            PoolConfig {
+                min_size: settings.pool.size,
+                max_concurrent_boots: settings.pool.max_concurrent_boots,
+                fill_interval: Duration::from_secs(1),
+                sandbox_config,
+            },
+        );
+        pool.start();
+        Some(pool)
+    } else {
+        None
     };
-    let sandbox_config = service
-        .sandbox_config(&service::CreateSpec::default(), &pool_owner)
-        .map_err(ServerError::Pool)?;
-    let pool = SandboxPool::new(
-        manager.clone(),
-        PoolConfig {
-            min_size: settings.pool.size,
-            max_concurrent_boots: settings.pool.max_concurrent_boots,
-            fill_interval: Duration::from_secs(1),
-            sandbox_config,
-        },
-    );
-    pool.start();
-    Ok(Service::new(manager, Some(pool), metrics, settings.clone()))
+    let service = Service::assemble(manager, pool, metrics, settings.clone(), builder, warm);
+    service.start_warm_pools().await;
+    Ok(service)
 }
 
 /// The whole HTTP application: REST, `/mcp`, health, metrics, OpenAPI,
@@ -290,11 +303,14 @@ async fn shutdown(service: &Service, on_shutdown: OnShutdown) {
     if !service.wait_for_sessions(Duration::from_secs(30)).await {
         eprintln!("petty: MCP sessions' sandboxes still being destroyed after 30 s; going on");
     }
+    // A build still running goes (its build sandbox with it).
+    service.cancel_build().await;
     if let Some(pool) = service.pool() {
         if let Err(e) = pool.shutdown().await {
             eprintln!("petty: emptying the warm pool: {e}");
         }
     }
+    service.stop_warm_pools().await;
     let manager = service.manager();
     service.manager().stop_standbys();
     match on_shutdown {

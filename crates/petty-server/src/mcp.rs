@@ -23,6 +23,7 @@ use rmcp::transport::streamable_http_server::SessionManager as _;
 
 use crate::error::{ApiError, ApiResult};
 use crate::service::{CreateSpec, ExecSpec, LifetimeSpec, Requester, SandboxView, Service};
+use crate::templates::{BuildLine, BuildTemplateSpec};
 
 /// Largest file `download_file` returns (a tool result goes to a model's
 /// context whole; bigger files are for the REST download).
@@ -305,6 +306,56 @@ pub struct PublishParams {
 #[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 pub struct NoParams {}
 
+/// Arguments naming one template.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct TemplateParams {
+    /// The template's name, as list_templates or build_template returned it.
+    pub template: String,
+}
+
+/// Output of a failed build kept for the tool's message (its end).
+const BUILD_OUTPUT_TAIL: usize = 4096;
+
+/// What a build said, for the tool's result: its step lines and notes,
+/// and the end of its output.
+#[derive(Default)]
+struct BuildLog {
+    lines: Vec<String>,
+    output: String,
+}
+
+impl BuildLog {
+    fn add(&mut self, line: &BuildLine) {
+        if let Some(l) = line.summary() {
+            self.lines.push(l);
+        }
+        if let BuildLine::Output { data, .. } = line {
+            self.output.push_str(data);
+            if self.output.len() > 2 * BUILD_OUTPUT_TAIL {
+                let cut = char_floor(&self.output, self.output.len() - BUILD_OUTPUT_TAIL);
+                self.output.drain(..cut);
+            }
+        }
+    }
+
+    /// The last [`BUILD_OUTPUT_TAIL`] bytes of output, or about.
+    fn tail(&self) -> &str {
+        let cut = char_floor(
+            &self.output,
+            self.output.len().saturating_sub(BUILD_OUTPUT_TAIL),
+        );
+        &self.output[cut..]
+    }
+}
+
+/// The first character boundary at or after `i`.
+fn char_floor(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
 fn ok_json<T: Serialize>(v: &T) -> Result<CallToolResult, ErrorData> {
     let value =
         serde_json::to_value(v).map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
@@ -437,7 +488,7 @@ impl PettyMcp {
     }
 
     #[tool(
-        description = "Create a new sandbox: an isolated Linux microVM (Debian, python3) with its own kernel, disk, memory and CPUs. Returns its id and name; pass either as `sandbox` to the other tools. Destroy it with destroy_sandbox when done."
+        description = "Create a new sandbox: an isolated Linux microVM (Debian, python3) with its own kernel, disk, memory and CPUs, or one from a template (`template`, see list_templates and build_template). Returns its id and name; pass either as `sandbox` to the other tools. Destroy it with destroy_sandbox when done."
     )]
     async fn create_sandbox(
         &self,
@@ -665,6 +716,74 @@ impl PettyMcp {
     }
 
     #[tool(
+        description = "List the templates sandboxes can be created from (create_sandbox's `template`): each one's name, source, digest, size and the defaults its execs get (env, workdir, user). \"base\", Petty's own image, is always there and not listed."
+    )]
+    async fn list_templates(
+        &self,
+        Parameters(_): Parameters<NoParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            "list_templates",
+            self.service
+                .list_templates()
+                .await
+                .map(|t| serde_json::json!({ "templates": t })),
+        )
+    }
+
+    #[tool(
+        description = "Build a template, an image sandboxes can be created from (create_sandbox's `template`): from a Dockerfile's text (`dockerfile`: one stage, FROM base or FROM another template; RUN, COPY from `context`, a directory on the server's host, ENV, WORKDIR, USER, ARG with `build_args`) or from an OCI image (`from_image`). Steps are cached. Takes seconds to minutes; one build runs at a time. Returns the template and the build's step lines."
+    )]
+    async fn build_template(
+        &self,
+        Parameters(spec): Parameters<BuildTemplateSpec>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let what = format!("build_template {}", spec.name);
+        let plan = match self.service.check_build(spec) {
+            Ok(p) => p,
+            Err(e) => return Ok(tool_error(&what, e)),
+        };
+        let log = std::sync::Mutex::new(BuildLog::default());
+        let built = self
+            .service
+            .build_template(plan, &|line: BuildLine| lock(&log).add(&line))
+            .await;
+        let log = log.into_inner().unwrap_or_else(|e| e.into_inner());
+        match built {
+            Ok(template) => ok_json(&serde_json::json!({ "template": template, "log": log.lines })),
+            Err(e) => {
+                let mut text = format!("{what} failed ({}): {}", e.kind, e.message);
+                if !log.lines.is_empty() {
+                    text.push_str("\n\nsteps:\n");
+                    text.push_str(&log.lines.join("\n"));
+                }
+                let tail = log.tail().trim_end();
+                if !tail.is_empty() {
+                    text.push_str("\n\nlast output:\n");
+                    text.push_str(tail);
+                }
+                Ok(CallToolResult::error(vec![ContentBlock::text(text)]))
+            }
+        }
+    }
+
+    #[tool(
+        description = "Remove a template and its image. Refused while a sandbox or snapshot uses it: destroy those first."
+    )]
+    async fn delete_template(
+        &self,
+        Parameters(p): Parameters<TemplateParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("delete_template {}", p.template),
+            self.service
+                .delete_template(&p.template)
+                .await
+                .map(|()| serde_json::json!({ "deleted": p.template })),
+        )
+    }
+
+    #[tool(
         description = "Fork a running sandbox (or a snapshot) into `count` new sandboxes that start from the same state and then diverge: for trying several actions from one point and keeping the best."
     )]
     async fn fork_sandbox(
@@ -719,7 +838,8 @@ impl ServerHandler for PettyMcp {
                 "Petty runs code in sandboxes: real microVMs, each with its own Linux kernel. \
                  create_sandbox, then execute_command / execute_code / upload_file / download_file / list_files \
                  with its id or name, and destroy_sandbox when done. snapshot_sandbox, restore_snapshot and \
-                 fork_sandbox branch and backtrack.",
+                 fork_sandbox branch and backtrack. build_template makes an image with what a task needs \
+                 (from a Dockerfile or an OCI image); create_sandbox with `template` starts from it.",
             )
     }
 }

@@ -84,6 +84,10 @@ pub struct Metrics {
     pub agent_errors: AtomicU64,
     /// Snapshots taken.
     pub snapshots: AtomicU64,
+    /// Template builds that made a template.
+    pub template_builds: AtomicU64,
+    /// Template builds that failed or were given up on.
+    pub template_build_failures: AtomicU64,
     /// Time to a ready sandbox for a new create (template restore or boot).
     pub boot_latency: Histogram,
     /// Time to a ready sandbox restored from a named snapshot (restore, each fork child).
@@ -103,6 +107,8 @@ pub struct Gauges {
     pub pool_hits: u64,
     /// Acquires that had to create.
     pub pool_misses: u64,
+    /// Each `templates.warm` pool: (template, ready, hits, misses).
+    pub template_pools: Vec<(String, u64, u64, u64)>,
 }
 
 impl Metrics {
@@ -176,6 +182,49 @@ impl Metrics {
             "# HELP petty_pool_ready Warm sandboxes ready now.\n# TYPE petty_pool_ready gauge\npetty_pool_ready {}",
             g.pool_ready
         );
+        counter(
+            &mut out,
+            "petty_template_builds_total",
+            "Template builds that made a template.",
+            load(&self.template_builds),
+        );
+        counter(
+            &mut out,
+            "petty_template_build_failures_total",
+            "Template builds that failed or were given up on.",
+            load(&self.template_build_failures),
+        );
+        if !g.template_pools.is_empty() {
+            // Template names are letters, digits, '-', '_' and '.': no
+            // escaping needed in a label.
+            let _ = writeln!(
+                out,
+                "# HELP petty_template_pool_ready Warm sandboxes of each templates.warm template ready now.\n# TYPE petty_template_pool_ready gauge"
+            );
+            for (t, ready, _, _) in &g.template_pools {
+                let _ = writeln!(out, "petty_template_pool_ready{{template=\"{t}\"}} {ready}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP petty_template_pool_hits_total Creates served from a template's warm pool.\n# TYPE petty_template_pool_hits_total counter"
+            );
+            for (t, _, hits, _) in &g.template_pools {
+                let _ = writeln!(
+                    out,
+                    "petty_template_pool_hits_total{{template=\"{t}\"}} {hits}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP petty_template_pool_misses_total Template pool acquires that had to create.\n# TYPE petty_template_pool_misses_total counter"
+            );
+            for (t, _, _, misses) in &g.template_pools {
+                let _ = writeln!(
+                    out,
+                    "petty_template_pool_misses_total{{template=\"{t}\"}} {misses}"
+                );
+            }
+        }
         self.boot_latency.render(
             &mut out,
             "petty_sandbox_boot_seconds",

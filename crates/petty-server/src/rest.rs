@@ -28,6 +28,7 @@ use crate::service::{
     CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, PublishSpec, Requester,
     SandboxView, Service, SnapshotView,
 };
+use crate::templates::{BuildLine, BuildTemplateSpec, TemplateView};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -306,7 +307,9 @@ pub struct Health {
         exec, exec_stream, run_code,
         list_files, remove_file, download_file, upload_file, make_dir,
         snapshot_sandbox, fork_sandbox, list_snapshots, get_snapshot, delete_snapshot,
-        restore_snapshot, fork_snapshot, pool_stats, healthz, readyz, metrics,
+        restore_snapshot, fork_snapshot,
+        list_templates, build_template, get_template, delete_template,
+        pool_stats, healthz, readyz, metrics,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -363,6 +366,11 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         )
         .route("/v1/snapshots/{name}/restore", post(restore_snapshot))
         .route("/v1/snapshots/{name}/fork", post(fork_snapshot))
+        .route("/v1/templates", get(list_templates).post(build_template))
+        .route(
+            "/v1/templates/{name}",
+            get(get_template).delete(delete_template),
+        )
         .route("/v1/pool", get(pool_stats))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -591,10 +599,10 @@ async fn exec_stream(
 
 /// Holds back a UTF-8 character split across output chunks.
 #[derive(Default)]
-struct Utf8Carry(Vec<u8>);
+pub(crate) struct Utf8Carry(Vec<u8>);
 
 impl Utf8Carry {
-    fn push(&mut self, chunk: &[u8]) -> String {
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> String {
         self.0.extend_from_slice(chunk);
         let keep = match std::str::from_utf8(&self.0) {
             Ok(_) => 0,
@@ -849,7 +857,130 @@ async fn fork_snapshot(
     ))
 }
 
-/// Warm pool figures.
+/// List templates (`base`, Petty's own image, is not listed).
+#[utoipa::path(get, path = "/v1/templates", tag = "templates",
+    responses((status = 200, body = Vec<TemplateView>)))]
+async fn list_templates(State(s): State<AppState>) -> ApiJson<Vec<TemplateView>> {
+    Ok(Json(s.service.list_templates().await?))
+}
+
+/// One template.
+#[utoipa::path(get, path = "/v1/templates/{name}", tag = "templates",
+    params(("name" = String, Path, description = "Template name")),
+    responses((status = 200, body = TemplateView), (status = 404, body = ErrorBody)))]
+async fn get_template(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiJson<TemplateView> {
+    Ok(Json(s.service.get_template(&name).await?))
+}
+
+/// Remove a template and its image; refused (409) while a sandbox or
+/// snapshot uses it. This server's warm sandboxes of it (`templates.warm`)
+/// are emptied first.
+#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates",
+    params(("name" = String, Path, description = "Template name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "In use", body = ErrorBody),
+    ))]
+async fn delete_template(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.service.delete_template(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Output a slow client has not read yet beyond which further step output
+/// is dropped (and counted in a note); steps and notes are always sent.
+const BUILD_BACKLOG: usize = 8 << 20;
+
+/// Build a template from a Dockerfile's text (`dockerfile`, with an
+/// optional `context` directory on the server's host, `build_args`,
+/// `no_cache`) or an OCI image (`from_image`), streaming its progress as
+/// newline-delimited JSON ([`BuildLine`] per line) as it goes; the last
+/// line is `done` (with the template) or `error`. One build runs at a
+/// time: another waits (a `note` says so). A client that goes away gives
+/// the build up (its build sandbox is removed; finished steps stay
+/// cached). Bad input is a 400 before anything runs.
+#[utoipa::path(post, path = "/v1/templates", tag = "templates",
+    request_body = BuildTemplateSpec,
+    responses(
+        (status = 200, content_type = "application/x-ndjson", body = BuildLine),
+        (status = 400, description = "Bad name, Dockerfile, context or image reference", body = ErrorBody),
+        (status = 503, description = "This server builds no templates", body = ErrorBody),
+    ))]
+async fn build_template(
+    State(s): State<AppState>,
+    JsonBody(spec): JsonBody<BuildTemplateSpec>,
+) -> Result<Response, ApiError> {
+    use std::sync::atomic::AtomicUsize;
+    use tokio_stream::StreamExt as _;
+    let plan = s.service.check_build(spec)?;
+    // Unbounded in lines, bounded in bytes: the builder reports from
+    // inside its steps and cannot wait for a slow client.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let backlog = Arc::new(AtomicUsize::new(0));
+    let service = s.service.clone();
+    let span = tracing::info_span!("template_build", template = %plan.name());
+    let queued = backlog.clone();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let dropped = AtomicUsize::new(0);
+            let send = |line: &BuildLine| {
+                let mut buf = serde_json::to_vec(line).expect("plain data");
+                buf.push(b'\n');
+                queued.fetch_add(buf.len(), Ordering::Relaxed);
+                let _ = tx.send(Bytes::from(buf));
+            };
+            let progress = |line: BuildLine| {
+                if let BuildLine::Output { data, .. } = &line {
+                    if queued.load(Ordering::Relaxed) > BUILD_BACKLOG {
+                        dropped.fetch_add(data.len(), Ordering::Relaxed);
+                        return;
+                    }
+                }
+                let lost = dropped.swap(0, Ordering::Relaxed);
+                if lost > 0 {
+                    send(&BuildLine::Note {
+                        message: format!(
+                            "{lost} bytes of step output dropped: the client read too slowly"
+                        ),
+                    });
+                }
+                send(&line);
+            };
+            let build = service.build_template(plan, &progress);
+            let last = tokio::select! {
+                r = build => match r {
+                    Ok(template) => BuildLine::Done { template },
+                    Err(e) => BuildLine::Error { kind: e.kind.as_str().into(), message: e.message },
+                },
+                // The client went away: dropping the build gives it up.
+                _ = tx.closed() => {
+                    tracing::info!("template build client gone; giving the build up");
+                    return;
+                }
+            };
+            send(&last);
+        },
+        span,
+    ));
+    let body = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |b| {
+        backlog.fetch_sub(b.len(), Ordering::Relaxed);
+        Ok::<_, Infallible>(b)
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Warm pool figures: the base image's (`pool.size`) and, in `templates`,
+/// each `templates.warm` template's.
 #[utoipa::path(get, path = "/v1/pool", tag = "pool", responses((status = 200, body = PoolView)))]
 async fn pool_stats(State(s): State<AppState>) -> Json<PoolView> {
     Json(s.service.pool_stats())
@@ -946,6 +1077,8 @@ mod tests {
             "/v1/snapshots/{name}",
             "/v1/snapshots/{name}/restore",
             "/v1/snapshots/{name}/fork",
+            "/v1/templates",
+            "/v1/templates/{name}",
             "/v1/pool",
             "/healthz",
             "/readyz",

@@ -72,6 +72,10 @@ pub struct CreateSpec {
     /// "GUEST_PORT:HOST_PORT"; the chosen host ports come back in
     /// `network.published`.
     pub publish: Option<Vec<String>>,
+    /// Create from this template (GET /v1/templates or list_templates lists
+    /// them; default "base", Petty's own image): its root file system, and
+    /// its environment, working directory and user under every exec's own.
+    pub template: Option<String>,
 }
 
 /// A sandbox's network as the API shows it.
@@ -342,7 +346,8 @@ pub struct EntryView {
     pub size: u64,
 }
 
-/// The warm pool's figures.
+/// The warm pools' figures: the base image's (`pool.size`) at the top,
+/// each template's (`templates.warm`) in `templates`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolView {
     /// False when `pool.size` is 0.
@@ -357,6 +362,8 @@ pub struct PoolView {
     pub misses: u64,
     /// hits / (hits + misses).
     pub hit_rate: f64,
+    /// The pool of each `templates.warm` entry.
+    pub templates: Vec<crate::templates::TemplatePoolView>,
 }
 
 /// The operations, shared by REST and MCP. Cheap to clone.
@@ -365,22 +372,42 @@ pub struct Service {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    manager: SandboxManager,
+pub(crate) struct Inner {
+    pub(crate) manager: SandboxManager,
     pool: Option<SandboxPool>,
-    metrics: Arc<Metrics>,
-    config: Settings,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: Settings,
     /// Live MCP sessions and the clean-ups of ended ones.
     sessions: tokio_util::task::TaskTracker,
+    /// Template builds, one at a time (see [`crate::templates`]).
+    pub(crate) builds: crate::templates::Builds,
+    /// The warm pools of `templates.warm`.
+    pub(crate) warm: crate::templates::WarmPools,
 }
 
 impl Service {
-    /// A service over `manager`, with a warm pool when `pool` is given.
+    /// A service over `manager`, with a warm pool when `pool` is given; it
+    /// builds no templates and keeps no template pools
+    /// ([`crate::start_service`] makes one that does).
     pub fn new(
         manager: SandboxManager,
         pool: Option<SandboxPool>,
         metrics: Arc<Metrics>,
         config: Settings,
+    ) -> Self {
+        Self::assemble(manager, pool, metrics, config, None, Vec::new())
+    }
+
+    /// A service with a template builder and the `templates.warm` entries
+    /// (template, count) it keeps pools for (started by
+    /// [`Service::start_warm_pools`]).
+    pub(crate) fn assemble(
+        manager: SandboxManager,
+        pool: Option<SandboxPool>,
+        metrics: Arc<Metrics>,
+        config: Settings,
+        builder: Option<petty_build::Builder>,
+        warm: Vec<(String, usize)>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -389,8 +416,24 @@ impl Service {
                 metrics,
                 config,
                 sessions: tokio_util::task::TaskTracker::new(),
+                builds: crate::templates::Builds::new(builder),
+                warm: crate::templates::WarmPools::new(warm),
             }),
         }
+    }
+
+    /// The shared state, for the loops that must not keep it alive.
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The service again from [`Service::downgrade`]'s handle, while it lives.
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// Counts an MCP session as live until the token is dropped.
@@ -435,7 +478,7 @@ impl Service {
         &self.inner.config
     }
 
-    fn fail(&self, e: CoreError) -> ApiError {
+    pub(crate) fn fail(&self, e: CoreError) -> ApiError {
         if ApiError::is_agent_error(&e) {
             self.inner
                 .metrics
@@ -494,8 +537,14 @@ impl Service {
         if let Some(k) = &c.backend.kernel {
             b = b.kernel(k);
         }
-        if let Some(r) = &c.backend.rootfs {
-            b = b.rootfs(r);
+        match named_template(spec) {
+            // The template's image, not backend.rootfs (which is the base's).
+            Some(t) => b = b.template(t),
+            None => {
+                if let Some(r) = &c.backend.rootfs {
+                    b = b.rootfs(r);
+                }
+            }
         }
         if let Some(n) = &spec.name {
             b = b.name(n);
@@ -517,7 +566,8 @@ impl Service {
             .map_err(|e| self.fail(e))
     }
 
-    /// True when a create with `spec` can take a warm pool sandbox as is.
+    /// True when a create with `spec` can take a warm pool sandbox of its
+    /// template as is.
     fn poolable(&self, spec: &CreateSpec) -> bool {
         let d = &self.inner.config.defaults;
         spec.name.is_none()
@@ -600,12 +650,17 @@ impl Service {
         Ok(v)
     }
 
-    /// Creates a sandbox: from the warm pool when the spec allows, else new.
-    #[tracing::instrument(skip_all, fields(name = spec.name.as_deref().unwrap_or("")))]
+    /// Creates a sandbox: from the warm pool of its template (the base
+    /// image's, or a `templates.warm` one) when the spec allows, else new.
+    #[tracing::instrument(skip_all, fields(name = spec.name.as_deref().unwrap_or(""), template = spec.template.as_deref().unwrap_or("")))]
     pub async fn create(&self, spec: CreateSpec, who: &Requester) -> ApiResult<SandboxView> {
         let config = self.sandbox_config(&spec, who)?;
         let started = Instant::now();
-        let id = match (&self.inner.pool, self.poolable(&spec)) {
+        let pool = match named_template(&spec) {
+            None => self.inner.pool.clone(),
+            Some(t) => self.template_pool(t),
+        };
+        let id = match (pool, self.poolable(&spec)) {
             (Some(pool), true) => {
                 pool.acquire_as(Some(&who.owner), config.bound_to_owner)
                     .await
@@ -615,6 +670,10 @@ impl Service {
         let m = &self.inner.metrics;
         let id = match id {
             Ok(id) => id,
+            Err(CoreError::TemplateNotFound(name)) => {
+                m.create_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(crate::templates::template_not_found(&name));
+            }
             Err(e) => {
                 m.create_failures.fetch_add(1, Ordering::Relaxed);
                 return Err(self.fail(e));
@@ -1228,6 +1287,7 @@ impl Service {
                     hits: s.warm_hits,
                     misses: s.cold_misses,
                     hit_rate: s.hit_rate,
+                    templates: self.template_pool_views(),
                 }
             }
             None => PoolView {
@@ -1237,6 +1297,7 @@ impl Service {
                 hits: 0,
                 misses: 0,
                 hit_rate: 0.0,
+                templates: self.template_pool_views(),
             },
         }
     }
@@ -1266,9 +1327,21 @@ impl Service {
             pool_ready: pool.ready as u64,
             pool_hits: pool.hits,
             pool_misses: pool.misses,
+            template_pools: pool
+                .templates
+                .iter()
+                .map(|t| (t.template.clone(), t.ready as u64, t.hits, t.misses))
+                .collect(),
         };
         Ok(self.inner.metrics.render(&g))
     }
+}
+
+/// The template a create spec names, unless it is the base image.
+pub(crate) fn named_template(spec: &CreateSpec) -> Option<&str> {
+    spec.template
+        .as_deref()
+        .filter(|t| *t != petty_core::catalog::BASE_TEMPLATE)
 }
 
 /// True for what a file transfer may read: a regular file (or a file whose

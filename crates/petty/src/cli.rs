@@ -491,7 +491,8 @@ pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
             let listener = petty_server::bind(s).await?;
             let (manager, notice) = petty::settings::manager(s, true).await?;
             eprintln!("{notice}");
-            let service = petty_server::start_service(manager, s, true).await?;
+            let builder = petty::settings::template_builder(s, manager.clone());
+            let service = petty_server::start_service(manager, s, true, Some(builder)).await?;
             petty_server::serve(listener, service).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -499,7 +500,8 @@ pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
             let (manager, notice) = petty::settings::manager(s, true).await?;
             tracing::info!("{notice}");
             // No warm pool: the daemon keeps one; this creates from templates.
-            let service = petty_server::start_service(manager, s, false).await?;
+            let builder = petty::settings::template_builder(s, manager.clone());
+            let service = petty_server::start_service(manager, s, false, Some(builder)).await?;
             petty_server::serve_stdio(service).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -15,6 +15,7 @@ use crate::Env;
 mod guard;
 mod network;
 mod sessions;
+mod templates;
 
 const KEY: &str = "test-key-0123456789abcdef";
 
@@ -675,6 +676,9 @@ const TOOLS: &[&str] = &[
     "set_sandbox_lifetime",
     "publish_port",
     "network_status",
+    "list_templates",
+    "build_template",
+    "delete_template",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -501,7 +501,16 @@ fn readme_curl_lines() -> Vec<String> {
 async fn every_readme_curl_example_succeeds() {
     let lines = readme_curl_lines();
     let env = Env::new();
-    let d = Daemon::start(&env, &["--pool-size", "0"]);
+    // The template build needs no network, and with the memory creates
+    // get its sandboxes restore from the same base template snapshot.
+    let d = Daemon::start_with(
+        &env,
+        &["--pool-size", "0"],
+        &[
+            ("PETTY_TEMPLATES_BUILD_NETWORK", "false"),
+            ("PETTY_TEMPLATES_BUILD_MEMORY_MB", "256"),
+        ],
+    );
     let port = d.host_port().rsplit(':').next().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     // The files the lines upload (`@FILE`, `-T FILE`).

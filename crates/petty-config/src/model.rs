@@ -427,6 +427,12 @@ pub struct TemplatesSection {
     /// Templates the daemon keeps warm sandboxes of, each `NAME` or
     /// `NAME=COUNT` (default none; `pool.size` is the base image's).
     pub warm: Vec<String>,
+    /// Host directories a build through the daemon (REST, MCP) may read:
+    /// a Dockerfile's context, a local image archive or layout
+    /// (`from_image`, or a Dockerfile's `FROM`). Default none: the daemon
+    /// builds inline Dockerfiles with an empty context, from registries and
+    /// templates only. The CLI reads what its user can.
+    pub host_paths: Vec<String>,
 }
 
 impl Default for TemplatesSection {
@@ -437,6 +443,7 @@ impl Default for TemplatesSection {
             step_timeout_secs: 3600,
             cache_max_mib: 20480,
             warm: Vec::new(),
+            host_paths: Vec::new(),
         }
     }
 }
@@ -559,6 +566,7 @@ pub const KEYS: &[&str] = &[
     "templates.step_timeout_secs",
     "templates.cache_max_mib",
     "templates.warm",
+    "templates.host_paths",
 ];
 
 /// Keys whose value is a list; from the environment, comma-separated
@@ -572,4 +580,5 @@ pub(crate) const LIST_KEYS: &[&str] = &[
     "network.dns",
     "image.insecure_registries",
     "templates.warm",
+    "templates.host_paths",
 ];

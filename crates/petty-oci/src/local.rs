@@ -88,7 +88,7 @@ fn bad_source(input: &str, reason: impl Into<String>) -> OciError {
 }
 
 /// `PATH:NAME` when `PATH:NAME` itself does not exist but `PATH` does.
-fn split_name(p: &Path) -> (PathBuf, Option<String>) {
+pub(crate) fn split_name(p: &Path) -> (PathBuf, Option<String>) {
     if p.exists() {
         return (p.to_owned(), None);
     }

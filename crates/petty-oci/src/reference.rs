@@ -31,6 +31,19 @@ pub enum ImageSource {
     OciLayout(PathBuf),
 }
 
+impl ImageSource {
+    /// The host file or directory a local source reads (`None` for a
+    /// registry): its path without a `:NAME` suffix.
+    pub fn local_path(&self) -> Option<PathBuf> {
+        match self {
+            ImageSource::Registry(_) => None,
+            ImageSource::OciArchive(p)
+            | ImageSource::DockerArchive(p)
+            | ImageSource::OciLayout(p) => Some(crate::local::split_name(p).0),
+        }
+    }
+}
+
 impl FromStr for ImageSource {
     type Err = OciError;
 

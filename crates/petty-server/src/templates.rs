@@ -5,7 +5,9 @@
 //! - **Builds** run one at a time (a mutex): a second waits, and is told
 //!   so. A Dockerfile comes as text and is written to a scratch directory
 //!   under `paths.data_dir`; its context is a directory on the daemon's
-//!   host (read with the daemon's rights), else an empty one. A build
+//!   host inside `templates.host_paths` (as are local image archives and
+//!   layouts, whether `from_image` or a `FROM` names them), else an empty
+//!   one. A build
 //!   given up on (the REST client gone, the MCP call cancelled) has its
 //!   build sandbox removed, as Ctrl-C does for `petty template build`.
 //! - **Warm pools**: each `templates.warm` entry gets a [`SandboxPool`] of
@@ -548,9 +550,12 @@ impl Service {
             }
             (Some(image), None) => {
                 let image = image.trim().to_string();
-                image
+                let source = image
                     .parse::<petty_oci::ImageSource>()
                     .map_err(|e| ApiError::bad_request(format!("from_image: {e}")))?;
+                if let Some(path) = source.local_path() {
+                    self.check_host_path("from_image", &path)?;
+                }
                 BuildFrom::Image(image)
             }
             (None, Some(text)) => {
@@ -564,11 +569,17 @@ impl Service {
                     spec.build_args.unwrap_or_default().into_iter().collect();
                 let parsed = petty_dockerfile::parse(&text)
                     .map_err(|e| ApiError::bad_request(format!("dockerfile: {e}")))?;
-                petty_dockerfile::plan(&parsed, &build_args)
+                let plan = petty_dockerfile::plan(&parsed, &build_args)
                     .map_err(|e| ApiError::bad_request(format!("dockerfile: {e}")))?;
+                // A FROM naming a local archive reads the host as a context does.
+                if let Ok(source) = plan.base.parse::<petty_oci::ImageSource>() {
+                    if let Some(path) = source.local_path() {
+                        self.check_host_path("the Dockerfile's FROM", &path)?;
+                    }
+                }
                 let context = match spec.context {
                     None => None,
-                    Some(c) => Some(check_context(&c)?),
+                    Some(c) => Some(self.check_host_path("context", &check_context(&c)?)?),
                 };
                 BuildFrom::Dockerfile {
                     text,
@@ -879,6 +890,42 @@ impl Service {
             if let Err(e) = p.pool.shutdown().await {
                 eprintln!("petty: emptying a template's warm pool: {e}");
             }
+        }
+    }
+}
+
+impl Service {
+    /// `path` (what a build through the daemon would read on the host) is
+    /// inside one of `templates.host_paths`, its symlinks resolved; the
+    /// resolved path.
+    fn check_host_path(&self, what: &str, path: &std::path::Path) -> ApiResult<PathBuf> {
+        let roots = &self.config().templates.host_paths;
+        let forbidden = || {
+            ApiError::new(
+                ErrorKind::Forbidden,
+                format!(
+                "{what} {} is on the server's host, and builds through the daemon may read only \
+                 the directories of templates.host_paths ({}); hint: add a directory to \
+                 templates.host_paths in the daemon's config, or run `petty template build` \
+                 on the host, which reads what its user can",
+                path.display(),
+                if roots.is_empty() { "none".to_string() } else { roots.join(", ") }
+            ),
+            )
+        };
+        let real = std::fs::canonicalize(path).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{what} {} cannot be read on the server's host ({e})",
+                path.display()
+            ))
+        })?;
+        let inside = roots
+            .iter()
+            .any(|r| std::fs::canonicalize(r).is_ok_and(|root| real.starts_with(root)));
+        if inside {
+            Ok(real)
+        } else {
+            Err(forbidden())
         }
     }
 }

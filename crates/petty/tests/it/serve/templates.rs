@@ -108,18 +108,41 @@ async fn exec(d: &Daemon, sandbox: &str, command: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_builds_a_template_creates_from_it_warm_and_removes_it() {
     let env = Env::new();
+    // The one host directory builds through the daemon may read.
+    let roots = tempfile::tempdir().unwrap();
+    let context = roots.path().join("ctx");
+    std::fs::create_dir(&context).unwrap();
+    std::fs::write(context.join("hello.txt"), "from the host\n").unwrap();
+    let ctx = context.to_str().unwrap();
     let mut vars = BUILD_VARS.to_vec();
     vars.push(("PETTY_TEMPLATES_WARM", "tpl=1"));
+    vars.push(("PETTY_TEMPLATES_HOST_PATHS", roots.path().to_str().unwrap()));
     let d = Daemon::start_with(&env, &["--pool-size", "0"], &vars);
 
     // The warm entry waits for its template.
     let waiting = pool_of(&d, "tpl", "waiting", 0).await;
     assert_eq!(waiting["target_size"], 1, "{waiting}");
 
+    // What the host has outside templates.host_paths is refused, however
+    // it is named.
+    let outside = tempfile::tempdir().unwrap();
+    let out = outside.path().to_str().unwrap();
+    std::os::unix::fs::symlink(outside.path(), roots.path().join("escape")).unwrap();
+    let escape = roots.path().join("escape");
+    for body in [
+        json!({"name": "tpl", "dockerfile": "FROM base", "context": out}),
+        json!({"name": "tpl", "dockerfile": "FROM base", "context": escape}),
+        json!({"name": "tpl", "from_image": "oci-archive:/etc/hostname"}),
+        json!({"name": "tpl", "from_image": format!("oci:{out}")}),
+        json!({"name": "tpl", "dockerfile": "FROM docker-archive:/etc/hostname"}),
+    ] {
+        let (status, lines) = build(&d, body.clone()).await;
+        assert_eq!(status, 403, "{body}: {lines:?}");
+        let msg = lines[0]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("templates.host_paths"), "{body}: {msg}");
+    }
+
     // Bad input is refused before anything runs, saying what to give.
-    let context = tempfile::tempdir().unwrap();
-    std::fs::write(context.path().join("hello.txt"), "from the host\n").unwrap();
-    let ctx = context.path().to_str().unwrap();
     for (body, hint) in [
         (json!({"name": "tpl"}), "nothing to build"),
         (json!({"name": "base", "dockerfile": "FROM base"}), "base"),

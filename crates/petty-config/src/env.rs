@@ -33,6 +33,9 @@ pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
 pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 /// Where programs (QEMU, Firecracker, the image build's tools) are looked for.
 pub const PATH: &str = "PATH";
+/// The registry logins file `skopeo login`/`podman login` write (their
+/// own variable), read when `image.auth_file` is not set.
+pub const REGISTRY_AUTH_FILE: &str = "REGISTRY_AUTH_FILE";
 
 /// Variables of earlier releases, each with the key it sets now. They still
 /// work for one release; each use logs a one-line notice.

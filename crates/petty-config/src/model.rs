@@ -387,6 +387,11 @@ pub struct ImageSection {
     /// A PEM file of certificate authorities trusted for registries'
     /// HTTPS besides the system's (a registry with a private CA).
     pub ca_file: Option<std::path::PathBuf>,
+    /// The registry logins (`auth.json` of `skopeo login`/`podman login`,
+    /// or Docker's `config.json`); default `$REGISTRY_AUTH_FILE`, else
+    /// `$XDG_RUNTIME_DIR/containers/auth.json`, else
+    /// `~/.docker/config.json`, whichever exists.
+    pub auth_file: Option<std::path::PathBuf>,
     /// Largest image to pull: its layers' compressed sizes together, in
     /// MiB (default 8192).
     pub max_image_mib: u64,
@@ -403,6 +408,7 @@ impl Default for ImageSection {
             default_registry: None,
             insecure_registries: Vec::new(),
             ca_file: None,
+            auth_file: None,
             max_image_mib: 8192,
             max_layers: 128,
             max_unpacked_mib: 16384,
@@ -552,6 +558,7 @@ pub const KEYS: &[&str] = &[
     "image.default_registry",
     "image.insecure_registries",
     "image.ca_file",
+    "image.auth_file",
     "image.max_image_mib",
     "image.max_layers",
     "image.max_unpacked_mib",

@@ -87,6 +87,26 @@ pub(crate) fn defaults(env: &Env) -> (Settings, BTreeMap<String, String>) {
             STANDARD_PATH.iter().map(PathBuf::from).collect()
         }
     };
+    // The registry logins skopeo, podman and Docker write, whichever
+    // exists first (none: pulls are anonymous).
+    let auth_file = [
+        absolute(env::REGISTRY_AUTH_FILE).map(|p| (p, "$REGISTRY_AUTH_FILE")),
+        absolute(env::XDG_RUNTIME_DIR).map(|x| {
+            (
+                x.join("containers/auth.json"),
+                "$XDG_RUNTIME_DIR/containers/auth.json",
+            )
+        }),
+        home.as_ref()
+            .map(|h| (h.join(".docker/config.json"), "~/.docker/config.json")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|(p, _)| p.is_file())
+    .map(|(p, why)| {
+        note("image.auth_file", why);
+        p
+    });
     let settings = Settings {
         paths: PathsSection {
             data_dir,
@@ -100,7 +120,10 @@ pub(crate) fn defaults(env: &Env) -> (Settings, BTreeMap<String, String>) {
         pool: PoolSection::default(),
         server: ServerSection::default(),
         mcp: McpSection::default(),
-        image: ImageSection::default(),
+        image: ImageSection {
+            auth_file,
+            ..ImageSection::default()
+        },
         network: NetworkSection::default(),
         templates: crate::model::TemplatesSection::default(),
     };

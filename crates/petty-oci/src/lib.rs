@@ -85,6 +85,9 @@ pub struct PullOptions {
     pub ca_file: Option<std::path::PathBuf>,
     /// User and password for basic or token auth; `None` pulls anonymously.
     pub credentials: Option<(String, String)>,
+    /// User and password per registry (`host[:port]`), as the `auth.json`
+    /// of `skopeo login`/`podman login` holds them; before `credentials`.
+    pub registry_credentials: std::collections::BTreeMap<String, (String, String)>,
     /// The `(os, architecture)` to choose from an index.
     pub platform: (String, String),
     /// Size and count limits.
@@ -98,6 +101,7 @@ impl Default for PullOptions {
             insecure_registries: Vec::new(),
             ca_file: None,
             credentials: None,
+            registry_credentials: Default::default(),
             platform: ("linux".into(), "amd64".into()),
             limits: Limits::default(),
         }

@@ -134,6 +134,8 @@ enum Auth {
 }
 
 struct Client<'a> {
+    /// The user and password for this registry, if any.
+    creds: Option<&'a (String, String)>,
     http: reqwest::Client,
     base: String,
     reference: &'a Reference,
@@ -198,7 +200,12 @@ impl<'a> Client<'a> {
                 url: reference.registry.clone(),
                 source,
             })?;
+        let creds = opts
+            .registry_credentials
+            .get(&reference.registry)
+            .or(opts.credentials.as_ref());
         Ok(Client {
+            creds,
             http,
             base: format!("https://{}", reference.registry),
             reference,
@@ -229,7 +236,7 @@ impl<'a> Client<'a> {
         }
         match &self.auth {
             Auth::Anonymous => req,
-            Auth::Basic => match &self.opts.credentials {
+            Auth::Basic => match self.creds {
                 Some((user, pass)) => req.basic_auth(user, Some(pass)),
                 None => req,
             },
@@ -286,10 +293,11 @@ impl<'a> Client<'a> {
                 reason: format!(
                     "HTTP {} for {what}; hint: {}",
                     status.as_u16(),
-                    if self.opts.credentials.is_some() {
+                    if self.creds.is_some() {
                         "check the user and password, and that they may pull this repository"
                     } else {
-                        "the repository may be private: give credentials"
+                        "the repository may be private: log in with `skopeo login` or `podman login` \
+                         (Petty reads their auth.json, or `image.auth_file`)"
                     }
                 ),
             },
@@ -312,10 +320,12 @@ impl<'a> Client<'a> {
         let registry = self.reference.registry.clone();
         match parse_challenge(header) {
             Challenge::Basic => {
-                if self.opts.credentials.is_none() {
+                if self.creds.is_none() {
                     return Err(OciError::Auth {
                         registry,
-                        reason: "it asks for a user and password (Basic); hint: give credentials"
+                        reason: "it asks for a user and password (Basic); hint: log in with \
+                                 `skopeo login` or `podman login` (Petty reads their auth.json, \
+                                 or `image.auth_file`)"
                             .into(),
                     });
                 }
@@ -363,7 +373,7 @@ impl<'a> Client<'a> {
                     );
                 }
                 let mut req = self.http.get(url.clone()).timeout(SMALL_REQUEST_TIMEOUT);
-                if let Some((user, pass)) = &self.opts.credentials {
+                if let Some((user, pass)) = self.creds {
                     req = req.basic_auth(user, Some(pass));
                 }
                 let resp = req.send().await.map_err(|source| OciError::Transport {

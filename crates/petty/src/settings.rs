@@ -176,6 +176,11 @@ pub fn template_builder(s: &Settings, manager: SandboxManager) -> petty_build::B
         default_registry: i.default_registry.clone(),
         insecure_registries: i.insecure_registries.clone(),
         ca_file: i.ca_file.clone(),
+        registry_credentials: i
+            .auth_file
+            .as_deref()
+            .map(registry_logins)
+            .unwrap_or_default(),
         limits: petty_oci::Limits {
             max_image_bytes: i.max_image_mib << 20,
             max_layers: i.max_layers,
@@ -198,4 +203,91 @@ pub fn template_builder(s: &Settings, manager: SandboxManager) -> petty_build::B
         pull,
         settings,
     )
+}
+
+/// The registry logins in `file`, an `auth.json` as `skopeo login` and
+/// `podman login` write it (Docker's `config.json` has the same `auths`):
+/// `{"auths": {"HOST[:PORT]": {"auth": base64("USER:PASSWORD")}}}`. A file
+/// that cannot be read is said on stderr and gives none: pulls are then
+/// anonymous, and a registry that wants a login says so.
+pub fn registry_logins(
+    file: &std::path::Path,
+) -> std::collections::BTreeMap<String, (String, String)> {
+    match parse_logins(file) {
+        Ok(logins) => logins,
+        Err(why) => {
+            eprintln!(
+                "petty: warning: not using the registry logins in {}: {why}",
+                file.display()
+            );
+            Default::default()
+        }
+    }
+}
+
+fn parse_logins(
+    file: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, (String, String)>, String> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let mut out = std::collections::BTreeMap::new();
+    let Some(auths) = doc.get("auths").and_then(|a| a.as_object()) else {
+        return Ok(out);
+    };
+    for (key, entry) in auths {
+        // Docker names some registries by URL (`https://index.docker.io/v1/`).
+        let host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) else {
+            continue;
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .map_err(|e| format!("the login of {key} is not base64: {e}"))?;
+        let decoded =
+            String::from_utf8(decoded).map_err(|_| format!("the login of {key} is not UTF-8"))?;
+        let Some((user, password)) = decoded.split_once(':') else {
+            return Err(format!("the login of {key} is not USER:PASSWORD"));
+        };
+        out.insert(host, (user.to_string(), password.to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_logins_are_read_per_host_from_auth_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auth.json");
+        // "user:pa:ss" and "u2:p2", base64.
+        std::fs::write(
+            &file,
+            r#"{"auths": {"registry.test:5000": {"auth": "dXNlcjpwYTpzcw=="},
+                          "https://index.docker.io/v1/": {"auth": "dTI6cDI="},
+                          "helper.test": {}}, "credsStore": "x"}"#,
+        )
+        .unwrap();
+        let logins = registry_logins(&file);
+        assert_eq!(
+            logins.get("registry.test:5000"),
+            Some(&("user".to_string(), "pa:ss".to_string()))
+        );
+        assert_eq!(
+            logins.get("index.docker.io"),
+            Some(&("u2".to_string(), "p2".to_string()))
+        );
+        assert_eq!(logins.len(), 2);
+        std::fs::write(&file, r#"{"auths": {"a": {"auth": "!!"}}}"#).unwrap();
+        assert!(parse_logins(&file).unwrap_err().contains("base64"));
+        assert!(registry_logins(&dir.path().join("missing")).is_empty());
+    }
 }

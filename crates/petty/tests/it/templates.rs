@@ -390,11 +390,12 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
-        Registry::start_with(dir, None)
+        Registry::start_with(dir, None, None)
     }
 
-    /// With `tls`, (certificate, key) PEM files: it serves HTTPS only.
-    fn start_with(dir: &Path, tls: Option<(&Path, &Path)>) -> Registry {
+    /// With `tls`, (certificate, key) PEM files: it serves HTTPS only; with
+    /// `htpasswd`, it wants those logins (Basic).
+    fn start_with(dir: &Path, tls: Option<(&Path, &Path)>, htpasswd: Option<&Path>) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -404,11 +405,19 @@ impl Registry {
         let mut f = std::fs::File::create(&config).unwrap();
         write!(
             f,
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n",
             dir.join("storage").display()
         )
         .unwrap();
+        if let Some(file) = htpasswd {
+            write!(
+                f,
+                "auth:\n  htpasswd:\n    realm: petty-test\n    path: {}\n",
+                file.display()
+            )
+            .unwrap();
+        }
+        writeln!(f, "http:\n  addr: 127.0.0.1:{port}").unwrap();
         if let Some((cert, key)) = tls {
             write!(
                 f,
@@ -840,7 +849,7 @@ fn an_interrupted_build_leaves_only_whole_cache_entries() {
 }
 
 #[test]
-fn a_registry_over_https_is_pulled_from_with_its_private_authority() {
+fn a_registry_over_https_with_a_login_is_pulled_from_with_its_authority_and_auth_json() {
     let work = tempfile::tempdir().unwrap();
     let layout = busybox_layout(&work.path().join("oci"));
     // A certificate for 127.0.0.1, its own authority.
@@ -865,13 +874,28 @@ fn a_registry_over_https_is_pulled_from_with_its_private_authority() {
         "-out",
         cert.to_str().unwrap(),
     ]);
-    let registry = Registry::start_with(work.path(), Some((&cert, &key)));
+    // It wants a login: one user, its password hashed with bcrypt.
+    let htpasswd = work.path().join("htpasswd");
+    let hash = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt; print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+        ])
+        .output()
+        .unwrap();
+    assert!(hash.status.success(), "{}", stderr(&hash));
+    std::fs::write(&htpasswd, format!("petty:{}", stdout(&hash))).unwrap();
+    let registry = Registry::start_with(work.path(), Some((&cert, &key)), Some(&htpasswd));
     let repo = format!("127.0.0.1:{}/petty-test/bb", registry.port);
     tool(&[
         "skopeo",
         "copy",
         "-q",
         "--dest-tls-verify=false",
+        "--dest-creds",
+        "petty:s3cret",
         &format!("oci:{}:bb", layout.display()),
         &format!("docker://{repo}:1"),
     ]);
@@ -888,19 +912,43 @@ fn a_registry_over_https_is_pulled_from_with_its_private_authority() {
         ],
     );
     assert!(!err.is_empty());
-    let out = env
-        .cmd()
-        .env("PETTY_IMAGE_CA_FILE", &cert)
-        .args([
-            "template",
-            "build",
-            "bbs",
-            "--from-image",
-            &format!("{repo}:1"),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let pull = |auth: &Path| {
+        env.cmd()
+            .env("PETTY_IMAGE_CA_FILE", &cert)
+            .env("PETTY_IMAGE_AUTH_FILE", auth)
+            .args([
+                "template",
+                "build",
+                "bbs",
+                "--from-image",
+                &format!("{repo}:1"),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Trusted, but not logged in: refused, saying how to log in.
+    let none = work.path().join("no-logins.json");
+    std::fs::write(&none, r#"{"auths": {}}"#).unwrap();
+    let out = pull(&none);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("refused access") && err.contains("skopeo login"),
+        "{err}"
+    );
+    // Logged in as `skopeo login` records it.
+    let logins = work.path().join("auth.json");
+    let auth = base64_of(b"petty:s3cret");
+    std::fs::write(
+        &logins,
+        format!(
+            r#"{{"auths": {{"127.0.0.1:{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.port
+        ),
+    )
+    .unwrap();
+    let out = pull(&logins);
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     assert!(
@@ -921,4 +969,26 @@ fn a_registry_over_https_is_pulled_from_with_its_private_authority() {
     );
     assert_eq!(out, "over tls\n");
     env.assert_clean();
+}
+
+/// Standard base64 of `bytes` (what an auth.json's `auth` holds).
+fn base64_of(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

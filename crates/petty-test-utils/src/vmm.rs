@@ -104,6 +104,26 @@ fn kill_placeholder(pid: u32, dir: &Path) {
     while vmm_alive(pid, dir) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
+    // Its command line empties before it is a zombie: wait for that too,
+    // as a killed VMM's `waitpid` would see it, without reaping it.
+    while std::time::Instant::now() < deadline {
+        // SAFETY: waitid fills the zeroed siginfo it is given; WNOWAIT
+        // leaves the child to be reaped by its owner.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is set by a waitid that reported a child.
+        if r != 0 || unsafe { info.si_pid() } == pid as libc::pid_t {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 impl FakeVmm {

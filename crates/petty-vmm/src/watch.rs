@@ -21,10 +21,6 @@ pub(crate) async fn process_exit(pid: u32, dir: &Path) {
         // SAFETY: `fd` was just returned to us by pidfd_open.
         unsafe { OwnedFd::from_raw_fd(fd as i32) }
     });
-    // Opened before this check, so a pid recycled after it is not watched.
-    if !vmm_alive(pid, dir) {
-        return;
-    }
     let registered = pidfd.map(|fd| {
         // SAFETY: an OwnedFd's descriptor stays open and the same until the
         // AsyncFd holding it is dropped.
@@ -32,6 +28,17 @@ pub(crate) async fn process_exit(pid: u32, dir: &Path) {
             tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
         }
     });
+    // Opened before this check, so a pid recycled after it is not watched.
+    if !vmm_alive(pid, dir) {
+        // Exiting already: its command line empties before it is a zombie,
+        // and a caller that sees it ended may ask `waitpid` next. The pidfd
+        // is readable once it exited; bounded, as it may name a process
+        // that took the pid since.
+        if let Some(Ok(afd)) = &registered {
+            let _ = tokio::time::timeout(Duration::from_secs(1), afd.readable()).await;
+        }
+        return;
+    }
     match registered {
         // Readable when the process exits.
         Some(Ok(afd)) => {

@@ -489,44 +489,13 @@ impl Builder {
         key: &str,
         progress: Progress<'_>,
     ) -> Result<PathBuf, BuildError> {
-        let dir = self.manager.images_dir();
-        let image = dir.join(format!("{}.ext4", &key[..key.len().min(32)]));
-        if image.is_file() {
-            return Ok(image);
-        }
-        std::fs::create_dir_all(&dir)
-            .map_err(BuildError::io(format!("creating {}", dir.display())))?;
-        progress(Event::Note(&format!(
-            "no step changed a file: the template's image {} is a copy of {}",
-            image.display(),
+        let mut cp = tokio::process::Command::new("cp");
+        cp.args(["--sparse=always", "--reflink=auto"]).arg(from);
+        let note = format!(
+            "no step changed a file: the template's image is a copy of {}",
             from.display()
-        )));
-        let tmp = dir.join(format!(".{}.tmp-{}", key, std::process::id()));
-        let out = tokio::process::Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto"])
-            .arg(from)
-            .arg(&tmp)
-            .kill_on_drop(true)
-            .output()
-            .await;
-        let failed = |what: String| {
-            let _ = std::fs::remove_file(&tmp);
-            BuildError::Io {
-                what: format!("copying {} to {}", from.display(), tmp.display()),
-                source: std::io::Error::other(what),
-            }
-        };
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                return Err(failed(
-                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                ))
-            }
-            Err(e) => return Err(failed(e.to_string())),
-        }
-        publish(&tmp, &image)?;
-        Ok(image)
+        );
+        self.make_image(key, cp, &note, progress).await
     }
 
     /// `<images>/<key>.ext4`, made from snapshot `snap`'s disk (with its
@@ -537,6 +506,24 @@ impl Builder {
         key: &str,
         progress: Progress<'_>,
     ) -> Result<PathBuf, BuildError> {
+        let record = self.manager.snapshot_info(snap).await?;
+        let disk = self.manager.snapshot_disk(&record)?;
+        let mut convert = tokio::process::Command::new(&self.settings.qemu_img);
+        convert.args(["convert", "-O", "raw"]).arg(&disk);
+        let note = "the template's image is the last step's disk, made whole (qemu-img convert)";
+        self.make_image(key, convert, note, progress).await
+    }
+
+    /// `<images>/<key>.ext4` unless it exists: `tool`, given a temporary
+    /// path to write, makes it, and it is moved into place read-only when
+    /// whole (removed on any failure).
+    async fn make_image(
+        &self,
+        key: &str,
+        mut tool: tokio::process::Command,
+        note: &str,
+        progress: Progress<'_>,
+    ) -> Result<PathBuf, BuildError> {
         let dir = self.manager.images_dir();
         let image = dir.join(format!("{}.ext4", &key[..key.len().min(32)]));
         if image.is_file() {
@@ -544,38 +531,20 @@ impl Builder {
         }
         std::fs::create_dir_all(&dir)
             .map_err(BuildError::io(format!("creating {}", dir.display())))?;
-        let record = self.manager.snapshot_info(snap).await?;
-        let disk = self.manager.snapshot_disk(&record)?;
-        progress(Event::Note(&format!(
-            "making the template's image {} from the last step's disk (qemu-img convert)",
-            image.display()
-        )));
+        progress(Event::Note(&format!("{note}: {}", image.display())));
         let tmp = dir.join(format!(".{}.tmp-{}", key, std::process::id()));
-        let out = tokio::process::Command::new(&self.settings.qemu_img)
-            .args(["convert", "-O", "raw"])
-            .arg(&disk)
-            .arg(&tmp)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(BuildError::io(format!(
-                "running {}",
-                self.settings.qemu_img.display()
-            )));
-        let out = match out {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
+        let what = format!("{:?}", tool.as_std());
+        let out = tool.arg(&tmp).kill_on_drop(true).output().await;
+        let failure = match out {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Some(e.to_string()),
         };
-        if !out.status.success() {
+        if let Some(why) = failure {
             let _ = std::fs::remove_file(&tmp);
             return Err(BuildError::Io {
-                what: format!("qemu-img convert of {}", disk.display()),
-                source: std::io::Error::other(
-                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                ),
+                what,
+                source: std::io::Error::other(why),
             });
         }
         publish(&tmp, &image)?;

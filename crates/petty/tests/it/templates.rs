@@ -189,7 +189,8 @@ fn dockerfile_defaults_users_ignores_errors_and_template_management() {
          USER worker\n\
          WORKDIR /home/worker\n\
          ENV GREETING=\"hi ${WHO}\"\n\
-         CMD [\"sh\", \"-c\", \"echo $GREETING from $(id -un) in $(pwd)\"]\n",
+         ENTRYPOINT [\"sh\", \"-c\"]\n\
+         CMD [\"echo $GREETING from $(id -un) in $(pwd)\"]\n",
     );
     let dir = ctx.path().to_str().unwrap();
     let (out, _) = ok(
@@ -845,6 +846,9 @@ fn an_interrupted_build_leaves_only_whole_cache_entries() {
     assert_eq!(ok(&env, &["snapshots"]).0.lines().count(), 1);
     let (out, _) = ok(&env, &["run", "--template", "slow", "--", "cat", "/first"]);
     assert_eq!(out, "first\n");
+    // --no-cache runs every step again.
+    let (_, log) = ok(&env, &["template", "build", "slow", dir, "--no-cache"]);
+    assert_eq!(steps(&log), [(1, false), (2, false)], "{log}");
     env.assert_clean();
 }
 

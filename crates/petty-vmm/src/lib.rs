@@ -11,6 +11,7 @@
 mod accel;
 mod error;
 pub mod firecracker;
+mod migration;
 mod process;
 pub mod qemu;
 pub mod qmp;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use petty_protocol::SERIAL_PORT_NAME;
 
+use crate::migration::{self, Split};
 use crate::process::{tail, VmmProcess};
 use crate::qmp::Qmp;
 use crate::rundir::vmm_alive;
@@ -46,6 +47,15 @@ const STDERR_LOG: &str = "qemu.stderr";
 /// device it lacks only once started, and loads state lacking one of its
 /// devices without a word).
 const NETWORK_MARKER: &str = "network";
+/// The socket in a VM's run directory QEMU sends a snapshot's stream to.
+const MIGRATE_SOCKET: &str = "migrate.sock";
+/// A snapshot's state while it is written.
+const STATE_PARTIAL: &str = "state.partial";
+/// The id of the memory backend that is every VM's RAM (`-object
+/// memory-backend-*,id=ram`), which is its RAM block's name in the stream.
+const RAM_BLOCK: &str = "ram";
+/// A migration bandwidth (bytes/s) no local save reaches.
+const UNLIMITED_BANDWIDTH: u64 = 1 << 40;
 
 /// The descriptor a restoring QEMU reads its snapshot's state from
 /// (inherited, `fd:3`): no `exec:cat` child on the restore path.
@@ -178,16 +188,16 @@ impl QemuVmm {
         // snapshot restores into any VM of the same size.
         let mem = config.memory_mib;
         let backend = match &config.memory {
-            MemoryBacking::Anonymous => format!("memory-backend-ram,id=ram,size={mem}M"),
+            MemoryBacking::Anonymous => format!("memory-backend-ram,id={RAM_BLOCK},size={mem}M"),
             MemoryBacking::File { path, shared } => format!(
-                "memory-backend-file,id=ram,size={mem}M,mem-path={},share={}",
+                "memory-backend-file,id={RAM_BLOCK},size={mem}M,mem-path={},share={}",
                 path.display(),
                 if *shared { "on" } else { "off" }
             ),
         };
         [
             "-M",
-            "microvm,acpi=off,x-option-roms=off,rtc=on,memory-backend=ram",
+            &format!("microvm,acpi=off,x-option-roms=off,rtc=on,memory-backend={RAM_BLOCK}"),
             "-object",
             &backend,
             "-accel",
@@ -456,7 +466,15 @@ impl Vmm for QemuVmm {
         dir: &'a Path,
         base: &'a VmConfig,
     ) -> BoxFuture<'a, Result<(), VmmError>> {
-        Box::pin(self.resave_with_ram_file(dir, base))
+        Box::pin(async move {
+            // Snapshots are taken with their RAM file already (the stream
+            // split as it is saved); one without (an earlier release's)
+            // is re-saved.
+            if dir.join(SNAPSHOT_RAM).is_file() {
+                return Ok(());
+            }
+            self.resave_with_ram_file(dir, base).await
+        })
     }
 
     fn attach(&self, id: &str, pid: u32) -> Result<Box<dyn Vm>, VmmError> {
@@ -900,6 +918,66 @@ impl QemuVm {
         Ok(())
     }
 
+    /// Migrates this (stopped) VM into snapshot `dir` through a socket,
+    /// its RAM block split off into the snapshot's RAM file as it arrives
+    /// (`migration::split`), the rest into [`STATE_PARTIAL`]: a snapshot
+    /// whose restores share its pages, in one pass and one QEMU.
+    async fn save_split(&self, qmp: &mut Qmp, dir: &Path) -> Result<Split, VmmError> {
+        let fail = |message: String| VmmError::Snapshot {
+            op: "saving",
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let socket = self.proc.dir.join(MIGRATE_SOCKET);
+        let _ = fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .map_err(|e| fail(format!("listening on {}: {e}", socket.display())))?;
+        let ram_path = dir.join(format!("{SNAPSHOT_RAM}.partial"));
+        let state_path = dir.join(STATE_PARTIAL);
+        let result = async {
+            let uri = format!("unix:{}", socket.display());
+            qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let (conn, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                .await
+                .map_err(|_| fail("QEMU did not connect to the migration socket".into()))?
+                .map_err(|e| fail(format!("accepting QEMU's migration stream: {e}")))?;
+            let conn = conn
+                .into_std()
+                .and_then(|c| c.set_nonblocking(false).map(|()| c))
+                .map_err(|e| fail(format!("QEMU's migration stream: {e}")))?;
+            let (rp, sp) = (ram_path.clone(), state_path.clone());
+            let reader = tokio::task::spawn_blocking(move || -> std::io::Result<Split> {
+                let ram = fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&rp)?;
+                let state = fs::File::create(&sp)?;
+                migration::split(conn, &state, &ram, RAM_BLOCK)
+            });
+            // QEMU's side ends first (or fails): then the reader sees the end.
+            let waited = wait_migration(qmp, self, Duration::from_secs(120)).await;
+            let split = reader
+                .await
+                .map_err(|e| fail(format!("the stream's reader: {e}")))?;
+            waited.map_err(fail)?;
+            let split = split.map_err(|e| fail(format!("reading QEMU's migration stream: {e}")))?;
+            fs::rename(&ram_path, dir.join(SNAPSHOT_RAM))
+                .map_err(|e| fail(format!("renaming the RAM file into place: {e}")))?;
+            Ok(split)
+        }
+        .await;
+        let _ = fs::remove_file(&socket);
+        if result.is_err() {
+            let _ = fs::remove_file(&ram_path);
+            let _ = fs::remove_file(&state_path);
+        }
+        result
+    }
+
     async fn save_snapshot(&self, dir: &Path, resume: bool) -> Result<SnapshotFiles, VmmError> {
         let fail = |message: String| VmmError::Snapshot {
             op: "saving",
@@ -913,24 +991,51 @@ impl QemuVm {
                 .map_err(|e| fail(format!("writing {NETWORK_MARKER}: {e}")))?;
         }
         let mut qmp = self.qmp().await?;
+        let started = Instant::now();
         qmp.execute("stop", None).await?;
-        // RAM that is a shared file already needs no copy in the state. Set
-        // either way: a VM restored from a template has it on from loading.
-        set_ignore_shared(&mut qmp, self.shared_ram).await?;
-        let state = dir.join(SNAPSHOT_STATE);
-        let uri = exec_uri("cat >", &state);
+        // Always on: RAM that is a shared file already needs no copy in the
+        // state, and with it on the stream lists every block's address, as
+        // a state without RAM must (see `migration`).
+        set_ignore_shared(&mut qmp, true).await?;
+        // QEMU limits a migration to 128 MiB/s by default (to spare the
+        // network of a live migration): a snapshot of a stopped VM into a
+        // local file or socket goes as fast as memory does.
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": UNLIMITED_BANDWIDTH })),
+        )
+        .await?;
         let saved = async {
-            qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            wait_migration(&mut qmp, self, Duration::from_secs(120))
-                .await
-                .map_err(fail)?;
+            let split = if self.shared_ram {
+                let uri = exec_uri("cat >", &dir.join(SNAPSHOT_STATE));
+                qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                wait_migration(&mut qmp, self, Duration::from_secs(120))
+                    .await
+                    .map_err(fail)?;
+                None
+            } else {
+                Some(self.save_split(&mut qmp, dir).await?)
+            };
+            let migrated = started.elapsed();
             // The migration flushed and released the disk images: the overlay
             // on disk now matches the saved memory exactly.
             let disk = dir.join(SNAPSHOT_DISK);
             fs::copy(self.proc.dir.join(OVERLAY), &disk)
                 .map_err(|e| fail(format!("copying the disk layer: {e}")))?;
+            if split.is_some() {
+                // Written last: a snapshot is whole once its state is there.
+                fs::rename(dir.join(STATE_PARTIAL), dir.join(SNAPSHOT_STATE))
+                    .map_err(|e| fail(format!("renaming the state into place: {e}")))?;
+            }
+            tracing::debug!(
+                vm = %self.proc.id,
+                migrated_ms = migrated.as_secs_f64() * 1e3,
+                disk_copied_ms = (started.elapsed() - migrated).as_secs_f64() * 1e3,
+                pages = split.map(|s| s.pages),
+                "snapshot saved"
+            );
             Ok::<_, VmmError>(())
         }
         .await;

@@ -280,6 +280,17 @@ pub struct ForkParams {
     pub count: usize,
 }
 
+/// `branch_sandbox` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct BranchParams {
+    /// The running sandbox's id or name.
+    pub sandbox: String,
+    /// Name for the snapshot taken (letters, digits, '-', '_', '.'); restore_snapshot and branch again from it later.
+    pub snapshot: String,
+    /// How many children to start from the snapshot (1 to 64).
+    pub count: usize,
+}
+
 /// `set_sandbox_lifetime` arguments.
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 pub struct LifetimeParams {
@@ -781,6 +792,24 @@ impl PettyMcp {
                 .await
                 .map(|()| serde_json::json!({ "deleted": p.template })),
         )
+    }
+
+    #[tool(
+        description = "Snapshot a running sandbox under a name and start `count` children from that snapshot, in one call: the branch point of a tree search. The sandbox keeps running; the snapshot is kept for restore_snapshot; each child starts exactly there and then diverges."
+    )]
+    async fn branch_sandbox(
+        &self,
+        Parameters(p): Parameters<BranchParams>,
+        ext: Extensions,
+    ) -> Result<CallToolResult, ErrorData> {
+        let made = self
+            .service
+            .branch(&p.sandbox, &p.snapshot, p.count, &self.requester(&ext))
+            .await;
+        if let Ok(view) = &made {
+            self.own(&view.sandboxes);
+        }
+        respond(&format!("branch_sandbox {}", p.sandbox), made)
     }
 
     #[tool(

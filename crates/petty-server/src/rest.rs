@@ -26,7 +26,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::error::{ApiError, ErrorKind};
 use crate::service::{
     CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, PublishSpec, Requester,
-    SandboxView, Service, SnapshotView,
+    BranchView, SandboxView, Service, SnapshotView,
 };
 use crate::templates::{BuildLine, BuildTemplateSpec, TemplateView};
 
@@ -250,6 +250,16 @@ pub struct ForkRequest {
     pub count: usize,
 }
 
+/// Body of the branch route.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BranchRequest {
+    /// Name for the snapshot taken.
+    pub name: String,
+    /// How many children (1 to 64).
+    pub count: usize,
+}
+
 /// One line of the streaming exec response (`application/x-ndjson`).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -306,7 +316,7 @@ pub struct Health {
         publish_port, network_status,
         exec, exec_stream, run_code,
         list_files, remove_file, download_file, upload_file, make_dir,
-        snapshot_sandbox, fork_sandbox, list_snapshots, get_snapshot, delete_snapshot,
+        snapshot_sandbox, fork_sandbox, branch_sandbox, list_snapshots, get_snapshot, delete_snapshot,
         restore_snapshot, fork_snapshot,
         list_templates, build_template, get_template, delete_template,
         pool_stats, healthz, readyz, metrics,
@@ -359,6 +369,7 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         .route("/v1/sandboxes/{id}/directories", post(make_dir))
         .route("/v1/sandboxes/{id}/snapshots", post(snapshot_sandbox))
         .route("/v1/sandboxes/{id}/fork", post(fork_sandbox))
+        .route("/v1/sandboxes/{id}/branch", post(branch_sandbox))
         .route("/v1/snapshots", get(list_snapshots))
         .route(
             "/v1/snapshots/{name}",
@@ -790,6 +801,27 @@ async fn fork_sandbox(
     ))
 }
 
+/// Snapshot a running sandbox and start `count` children from the
+/// snapshot, in one call.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/branch", tag = "snapshots",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    request_body = BranchRequest,
+    responses((status = 201, body = BranchView), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn branch_sandbox(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<BranchRequest>,
+) -> Result<(StatusCode, Json<BranchView>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            s.service
+                .branch(&id, &req.name, req.count, &Requester::rest())
+                .await?,
+        ),
+    ))
+}
+
 /// List snapshots.
 #[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots",
     responses((status = 200, body = Vec<SnapshotView>)))]
@@ -1073,6 +1105,7 @@ mod tests {
             "/v1/sandboxes/{id}/directories",
             "/v1/sandboxes/{id}/snapshots",
             "/v1/sandboxes/{id}/fork",
+            "/v1/sandboxes/{id}/branch",
             "/v1/snapshots",
             "/v1/snapshots/{name}",
             "/v1/snapshots/{name}/restore",

@@ -247,6 +247,15 @@ impl From<SandboxInfo> for SandboxView {
     }
 }
 
+/// A branch: the snapshot taken and the children started from it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
+pub struct BranchView {
+    /// The snapshot, kept: restore or branch it again later.
+    pub snapshot: SnapshotView,
+    /// The children, each where the sandbox was when it was snapshotted.
+    pub sandboxes: Vec<SandboxView>,
+}
+
 /// A snapshot as the API shows it.
 #[derive(
     Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
@@ -1233,6 +1242,37 @@ impl Service {
             out.push(self.get(&id.to_string()).await?);
         }
         Ok(out)
+    }
+
+    /// Snapshot `sandbox` as `name` and start `count` children from it in
+    /// one call (the branch point of a tree search).
+    #[tracing::instrument(skip(self))]
+    pub async fn branch(
+        &self,
+        sandbox: &str,
+        name: &str,
+        count: usize,
+        who: &Requester,
+    ) -> ApiResult<BranchView> {
+        if count == 0 || count > 64 {
+            return Err(ApiError::bad_request(format!(
+                "count {count} is out of range; branch into 1 to 64 children at a time"
+            )));
+        }
+        self.get(sandbox).await?;
+        let config = self.child_config(None, who)?;
+        let started = Instant::now();
+        let made = self.inner.manager.branch(sandbox, name, count, config).await;
+        let made = self.created(made, started, count)?;
+        self.inner.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        let mut sandboxes = Vec::with_capacity(made.1.len());
+        for id in made.1 {
+            sandboxes.push(self.get(&id.to_string()).await?);
+        }
+        Ok(BranchView {
+            snapshot: made.0.into(),
+            sandboxes,
+        })
     }
 
     /// The config of a restored or forked sandbox: a name, the default

@@ -156,14 +156,72 @@ impl SandboxManager {
                 self.snapshot(source, &name).await?
             }
         };
-        let mut children = Vec::with_capacity(n);
-        for _ in 0..n {
-            children.push(
-                self.create_inner(CreatePlan::restore(config.clone(), snap.clone()))
-                    .await?,
-            );
+        self.restore_many(&snap, n, &config).await
+    }
+
+    /// Snapshots sandbox `key` as `name` and starts `n` children from it,
+    /// in one call: the branch point of a tree search. The children start
+    /// side by side (as many at once as `max_concurrent_boots` lets), each
+    /// given `config`'s lifetimes, disk size and owner. When any child
+    /// fails, the ones started are destroyed and the snapshot is kept (it
+    /// was taken whole); the error is the first failure.
+    pub async fn branch(
+        &self,
+        key: &str,
+        name: &str,
+        n: usize,
+        mut config: SandboxConfig,
+    ) -> Result<(SnapshotRecord, Vec<SandboxId>), CoreError> {
+        if n == 0 {
+            return Err(CoreError::InvalidConfig(
+                "a branch needs a count of at least 1 child".into(),
+            ));
         }
-        Ok(children)
+        config.name = None;
+        let snap = self.snapshot(key, name).await?;
+        let children = self.restore_many(&snap, n, &config).await?;
+        Ok((snap, children))
+    }
+
+    /// `n` sandboxes restored from `snap` at once; all of them or none.
+    async fn restore_many(
+        &self,
+        snap: &SnapshotRecord,
+        n: usize,
+        config: &SandboxConfig,
+    ) -> Result<Vec<SandboxId>, CoreError> {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let (m, plan) = (
+                self.clone(),
+                CreatePlan::restore(config.clone(), snap.clone()),
+            );
+            set.spawn(async move { (i, m.create_inner(plan).await) });
+        }
+        let mut children = vec![None; n];
+        let mut first_error = None;
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, Ok(id))) => children[i] = Some(id),
+                Ok((_, Err(e))) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(CoreError::Io(std::io::Error::other(format!(
+                        "a child's start ended early: {e}"
+                    ))));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            for id in children.into_iter().flatten() {
+                if let Err(err) = self.destroy(&id.to_string()).await {
+                    tracing::warn!(sandbox = %id, error = %err, "removing a child of a failed branch");
+                }
+            }
+            return Err(e);
+        }
+        Ok(children.into_iter().flatten().collect())
     }
 
     /// Deletes snapshot `name`, refusing while a snapshot layered on it or a

@@ -257,3 +257,95 @@ async fn restores_keep_or_grow_the_snapshot_disk_never_shrink_it() {
     m.delete_snapshot("big-snap").await.unwrap();
     env.assert_clean();
 }
+
+/// A chain 20 snapshots deep, each taken from a restore of the one before
+/// (the shape of one path of a tree search): every level restores with the
+/// files of every level above it, and memory (a tmpfs file) too. Prints
+/// each level's snapshot time (docs/BENCHMARKS.md; never asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_deep_snapshot_chain_restores_every_levels_files() {
+    const DEPTH: usize = 20;
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    let mut at = named(&m, "level-0").await;
+    let mut times = Vec::new();
+    for level in 1..=DEPTH {
+        sh(
+            &m,
+            &at,
+            &format!("echo {level} > /root/level-{level}; echo {level} >> /dev/shm/levels"),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let snap = m.snapshot(&at, &format!("chain-{level}")).await.unwrap();
+        times.push(started.elapsed());
+        if level > 1 {
+            assert_eq!(
+                snap.parent.as_deref(),
+                Some(format!("chain-{}", level - 1).as_str()),
+                "level {level}'s parent"
+            );
+        }
+        m.destroy(&at).await.unwrap();
+        let id = m.restore(&format!("chain-{level}"), None).await.unwrap();
+        at = name_of(&m, id).await;
+    }
+    let ms: Vec<String> = times
+        .iter()
+        .map(|t| format!("{:.0}", t.as_secs_f64() * 1e3))
+        .collect();
+    eprintln!("snapshot times by level (ms): {}", ms.join(" "));
+    // The deepest restore sees every level; so does one from the middle,
+    // and only its own levels.
+    let expect = |n: usize| -> String { (1..=n).map(|l| format!("{l}\n")).collect() };
+    let every = sh(&m, &at, &format!("cat $(seq -f /root/level-%g 1 {DEPTH})")).await;
+    assert_eq!(every, expect(DEPTH));
+    assert_eq!(sh(&m, &at, "cat /dev/shm/levels").await, expect(DEPTH));
+    let mid = name_of(&m, m.restore("chain-10", None).await.unwrap()).await;
+    assert_eq!(sh(&m, &mid, "cat /dev/shm/levels").await, expect(10));
+    assert_eq!(
+        sh(&m, &mid, "ls /root | grep -c '^level-'").await.trim(),
+        "10"
+    );
+    m.destroy_all().await.unwrap();
+    for level in (1..=DEPTH).rev() {
+        m.delete_snapshot(&format!("chain-{level}")).await.unwrap();
+    }
+    env.assert_clean();
+}
+
+/// `branch`: one call snapshots a sandbox and starts its children side by
+/// side; each child starts at the snapshot and writes only its own files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_snapshots_once_and_starts_every_child_there() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    named(&m, "trunk").await;
+    sh(&m, "trunk", "echo trunk > /root/at").await;
+    let (snap, children) = m
+        .branch("trunk", "fork-point", 3, petty_core::SandboxConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(snap.name, "fork-point");
+    assert_eq!(children.len(), 3);
+    for (i, child) in children.iter().enumerate() {
+        let c = name_of(&m, *child).await;
+        assert_eq!(sh(&m, &c, "cat /root/at").await, "trunk\n");
+        sh(&m, &c, &format!("echo {i} > /root/mine")).await;
+    }
+    for (i, child) in children.iter().enumerate() {
+        let c = name_of(&m, *child).await;
+        assert_eq!(sh(&m, &c, "cat /root/mine").await, format!("{i}\n"));
+    }
+    // The snapshot is kept, and a count of zero is refused before any work.
+    assert!(m.snapshot_info("fork-point").await.is_ok());
+    let err = m
+        .branch("trunk", "never", 0, petty_core::SandboxConfig::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at least 1"), "{err}");
+    assert!(m.snapshot_info("never").await.is_err());
+    m.destroy_all().await.unwrap();
+    m.delete_snapshot("fork-point").await.unwrap();
+    env.assert_clean();
+}

@@ -25,8 +25,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::service::{
-    CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, PublishSpec, Requester,
-    BranchView, SandboxView, Service, SnapshotView,
+    BranchView, CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, PublishSpec,
+    Requester, SandboxView, Service, SnapshotView,
 };
 use crate::templates::{BuildLine, BuildTemplateSpec, TemplateView};
 

@@ -1262,7 +1262,11 @@ impl Service {
         self.get(sandbox).await?;
         let config = self.child_config(None, who)?;
         let started = Instant::now();
-        let made = self.inner.manager.branch(sandbox, name, count, config).await;
+        let made = self
+            .inner
+            .manager
+            .branch(sandbox, name, count, config)
+            .await;
         let made = self.created(made, started, count)?;
         self.inner.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
         let mut sandboxes = Vec::with_capacity(made.1.len());

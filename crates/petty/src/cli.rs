@@ -399,6 +399,11 @@ pub struct RunArgs {
     /// Root filesystem image instead of the built one.
     #[arg(long, value_name = "PATH")]
     pub rootfs: Option<PathBuf>,
+    /// Boot the VM from its kernel instead of restoring the saved state of
+    /// one that booted before (the image's template, made by the first run
+    /// and kept in the data directory).
+    #[arg(long)]
+    pub cold: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

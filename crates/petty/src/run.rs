@@ -56,10 +56,15 @@ pub async fn run(args: RunArgs, s: &Settings) -> anyhow::Result<ExitCode> {
     let req = args.exec.request(argv)?;
 
     let mut signals = Signals::new()?;
-    // A network (its helper and namespace) and a template (its store
-    // record) are the manager's.
-    if config.network.has_network() || config.template.is_some() {
+    // Unless told to boot, the sandbox is the manager's: a restore of the
+    // image's template snapshot (the first run for an image, memory size
+    // and vCPU count makes it), a network with its helper and namespace,
+    // a template in its store.
+    if !args.cold {
         return run_managed(config, req, s, &mut signals).await;
+    }
+    if config.network.has_network() || config.template.is_some() {
+        bail!("--cold boots a VM of its own, without the manager a network or a template needs\nhint: drop --cold (a template's sandbox restores its snapshot), or drop --network/--template");
     }
     // Dropping the create future on a signal drops the half-started VM, which kills it.
     let sandbox = tokio::select! {
@@ -76,9 +81,10 @@ pub async fn run(args: RunArgs, s: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// `petty run` with a network or a template: the sandbox is the manager's
-/// (its network has a helper and a namespace the manager sweeps, its
-/// template is in the manager's store), bound to this process
+/// `petty run` without `--cold`: the sandbox is the manager's, restored
+/// from the template snapshot of its image (its network has a helper and a
+/// namespace the manager sweeps, its template is in the manager's store),
+/// bound to this process
 /// so that, however this process ends, the next Petty process removes it.
 async fn run_managed(
     config: petty_core::SandboxConfig,

@@ -253,3 +253,63 @@ fn doctor_reports_what_the_host_has_and_how_to_fix_gaps() {
         "{text}"
     );
 }
+
+/// `petty run` restores its image's template snapshot (`--cold` boots):
+/// either way the guest is Petty's kernel, each run draws its own
+/// randomness (a restore refreshes the guest's entropy), and nothing is
+/// left: no run directory, no sandbox in the store (a data directory of
+/// its own, so the listing is this test's).
+#[test]
+fn a_restored_run_is_petty_s_kernel_with_fresh_randomness_and_leaves_nothing() {
+    let root = run_root();
+    let data = tempfile::tempdir().unwrap();
+    let petty = || {
+        let mut c = petty(root.path());
+        c.env("PETTY_PATHS_DATA_DIR", data.path());
+        c
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let script = "uname -r; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
+    let mut draws = Vec::new();
+    for cold in [false, false, true] {
+        let mut c = petty();
+        c.arg("run");
+        if cold {
+            c.arg("--cold");
+        }
+        let out = c.args(["--sh", script]).output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "cold={cold}: {stderr}");
+        assert!(leftovers(root.path()).is_empty(), "run dir left behind");
+        let mut lines = stdout.lines();
+        let kernel = lines.next().unwrap_or_default();
+        assert!(
+            kernel.starts_with("6.1.") && kernel != host.trim(),
+            "cold={cold}: kernel {kernel}"
+        );
+        draws.push(lines.next().unwrap_or_default().to_string());
+    }
+    assert_eq!(draws[0].len(), 32, "{draws:?}");
+    assert_ne!(draws[0], draws[1], "two restores drew the same bytes");
+    assert_ne!(draws[1], draws[2]);
+    // The restores came from a template the first run saved.
+    assert!(
+        std::fs::read_dir(data.path().join("templates"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            > 0,
+        "no template saved"
+    );
+    let out = petty().args(["ls", "--all"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.lines().count() <= 1, "sandboxes left: {listed}");
+    let out = petty()
+        .args(["run", "--cold", "--template", "nope", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cold"));
+}

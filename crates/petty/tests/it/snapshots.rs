@@ -323,7 +323,12 @@ async fn a_branch_snapshots_once_and_starts_every_child_there() {
     named(&m, "trunk").await;
     sh(&m, "trunk", "echo trunk > /root/at").await;
     let (snap, children) = m
-        .branch("trunk", "fork-point", 3, petty_core::SandboxConfig::default())
+        .branch(
+            "trunk",
+            "fork-point",
+            3,
+            petty_core::SandboxConfig::default(),
+        )
         .await
         .unwrap();
     assert_eq!(snap.name, "fork-point");

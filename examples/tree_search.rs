@@ -14,6 +14,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use petty_core::{ManagerConfig, SandboxConfig, SandboxManager};
 use petty_vmm::qemu::QemuVmm;
@@ -35,6 +36,22 @@ struct Node {
     untried: Vec<usize>,
     visits: f64,
     reward: f64,
+}
+
+/// Iterations the search runs.
+const ITERATIONS: usize = 20;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The `p`th percentile of `sorted` (nearest rank).
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn score(value: i64) -> f64 {
@@ -73,7 +90,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         reward: 0.0,
     }];
 
-    for iteration in 1..=10 {
+    let mut phases: Vec<[Duration; 4]> = Vec::new();
+    let loop_started = Instant::now();
+    for iteration in 1..=ITERATIONS {
         // Select: descend by UCB1 while the node is fully expanded.
         let mut at = 0;
         while tree[at].untried.is_empty() && !tree[at].children.is_empty() {
@@ -96,22 +115,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         // Branch: restore the node into a fresh sandbox and run one action.
         let child_name = format!("node-{}", tree.len());
+        let t0 = Instant::now();
         let sb = m.restore(&tree[at].snapshot, Some("explorer")).await?;
-        m.execute("explorer", ACTIONS[action].1).await?;
+        let t1 = Instant::now();
         let value: i64 = m
-            .execute("explorer", "cat /root/n")
+            .execute("explorer", &format!("{}; cat /root/n", ACTIONS[action].1))
             .await?
             .stdout
             .trim()
             .parse()?;
+        let t2 = Instant::now();
         m.snapshot("explorer", &child_name).await?;
+        let t3 = Instant::now();
         m.destroy(&sb.to_string()).await?;
+        phases.push([t1 - t0, t2 - t1, t3 - t2, t3 - t0]);
         let mut path = tree[at].path.clone();
         path.push(ACTIONS[action].0);
         let reward = score(value);
         println!(
-            "iteration {iteration:>2}: {:<28} n = {value:<6} score {reward:.3}",
-            path.join(" > ")
+            "iteration {iteration:>2}: {:<28} n = {value:<6} score {reward:.3}  {:>4.0} ms (restore {:.0}, act {:.0}, snapshot {:.0})",
+            path.join(" > "),
+            ms(t3 - t0),
+            ms(t1 - t0),
+            ms(t2 - t1),
+            ms(t3 - t2),
         );
         let child = tree.len();
         tree.push(Node {
@@ -136,6 +163,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tree[i].reward += reward;
             up = tree[i].parent;
         }
+    }
+
+    // The loop's figures: iterations per second and each phase's p50/p95.
+    let secs = loop_started.elapsed().as_secs_f64();
+    println!(
+        "{} iterations in {secs:.2} s: {:.2} iterations/s",
+        phases.len(),
+        phases.len() as f64 / secs
+    );
+    for (i, phase) in ["restore", "act", "snapshot", "iteration"]
+        .iter()
+        .enumerate()
+    {
+        let mut v: Vec<Duration> = phases.iter().map(|p| p[i]).collect();
+        v.sort();
+        println!(
+            "  {phase:<9} p50 {:>6.1} ms  p95 {:>6.1} ms",
+            ms(percentile(&v, 50.0)),
+            ms(percentile(&v, 95.0))
+        );
     }
 
     // Backtrack to the best node: restore it and look inside.

@@ -495,7 +495,7 @@ mod tests {
         s.extend(b"ram");
         s.extend(0u32.to_be_bytes());
         s.extend(4u32.to_be_bytes());
-        s.extend((6 * PAGE_SIZE | FLAG_MEM_SIZE).to_be_bytes());
+        s.extend(((6 * PAGE_SIZE) | FLAG_MEM_SIZE).to_be_bytes());
         for (id, pages, addr) in [(&b"ram"[..], 4u64, 0u64), (b"rom", 2, 0xfeff_0000)] {
             s.push(id.len() as u8);
             s.extend(id);
@@ -516,7 +516,7 @@ mod tests {
                 FLAG_ZERO
             };
             let cont = if first { 0 } else { FLAG_CONTINUE };
-            s.extend((page * PAGE_SIZE | flag | cont).to_be_bytes());
+            s.extend(((page * PAGE_SIZE) | flag | cont).to_be_bytes());
             if first {
                 s.push(3);
                 s.extend(b"ram");
@@ -536,7 +536,7 @@ mod tests {
         s.extend((PAGE_SIZE | FLAG_PAGE | FLAG_CONTINUE).to_be_bytes());
         s.extend([0xbb; PAGE_SIZE as usize]);
         // A ram page continuing after the ROM's is not the ROM's.
-        s.extend((2 * PAGE_SIZE | FLAG_PAGE).to_be_bytes());
+        s.extend(((2 * PAGE_SIZE) | FLAG_PAGE).to_be_bytes());
         s.push(3);
         s.extend(b"ram");
         s.extend([2; PAGE_SIZE as usize]);

@@ -335,9 +335,10 @@ pub trait Vmm: Send + Sync {
     /// started with `base`) one whose restores share its memory pages: its
     /// RAM in a file of its own ([`SNAPSHOT_RAM`]) that restores map
     /// privately. A backend whose snapshots already are (Firecracker's
-    /// memory file) does nothing; QEMU, which saves RAM inside the state,
-    /// loads the state once into a paused VM whose RAM is that file mapped
-    /// shared and saves it again without RAM, taking a turn to start it.
+    /// memory file, QEMU's split off as they are saved) does nothing; a
+    /// QEMU snapshot with RAM inside its state (an earlier release's) is
+    /// loaded once into a paused VM whose RAM is that file mapped shared
+    /// and saved again without RAM, taking a turn to start it.
     /// A networked VM's snapshot needs `base` to carry its network: that VM
     /// runs in the same namespace, on a TAP device of its own.
     fn share_snapshot_ram<'a>(

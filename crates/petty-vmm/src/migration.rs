@@ -550,16 +550,20 @@ mod tests {
         s
     }
 
-    #[test]
-    fn pages_of_the_block_go_to_the_file_and_the_rest_stays() {
-        let tmp = tempfile::tempdir().unwrap();
-        let ram = File::options()
+    fn ram_file(dir: &std::path::Path) -> File {
+        File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(tmp.path().join("ram"))
-            .unwrap();
+            .open(dir.join("ram"))
+            .unwrap()
+    }
+
+    #[test]
+    fn pages_of_the_block_go_to_the_file_and_the_rest_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ram = ram_file(tmp.path());
         let input = stream(&[(0, Some(1)), (1, None), (3, Some(3))]);
         let mut state = Vec::new();
         let got = split(&input[..], &mut state, &ram, "ram").unwrap();
@@ -593,13 +597,7 @@ mod tests {
     #[test]
     fn a_zero_page_over_a_written_page_writes_zeros() {
         let tmp = tempfile::tempdir().unwrap();
-        let ram = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp.path().join("ram"))
-            .unwrap();
+        let ram = ram_file(tmp.path());
         let got = split(
             &stream(&[(1, Some(9)), (1, None)])[..],
             io::sink(),

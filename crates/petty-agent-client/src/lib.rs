@@ -430,6 +430,7 @@ impl AgentClient {
             id,
             rx,
             done: false,
+            guard: None,
         })
     }
 
@@ -953,9 +954,18 @@ pub struct ExecStream {
     id: u32,
     rx: mpsc::Receiver<Incoming>,
     done: bool,
+    /// Dropped with the stream ([`ExecStream::with_guard`]).
+    guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ExecStream {
+    /// Keeps `guard` until the stream is dropped: whatever its `Drop` does
+    /// (timing the command, say) happens when the caller is done with it.
+    pub fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+
     /// The next event; after [`ExecEvent::Exit`] there are no more.
     pub async fn next(&mut self) -> Result<ExecEvent, ClientError> {
         if self.done {

@@ -316,6 +316,10 @@ pub struct ServerSection {
     pub max_body_mib: u64,
     /// Log lines as `text` (default) or `json`.
     pub log_format: LogFormat,
+    /// Per-sandbox series on `/metrics` (memory, CPU, disk, execs, startup,
+    /// labelled by sandbox name); off by default, to bound the label
+    /// cardinality a scraper stores.
+    pub per_sandbox_metrics: bool,
 }
 
 impl Default for ServerSection {
@@ -329,6 +333,7 @@ impl Default for ServerSection {
             shutdown_grace_secs: 30,
             max_body_mib: 100,
             log_format: LogFormat::Text,
+            per_sandbox_metrics: false,
         }
     }
 }
@@ -553,6 +558,7 @@ pub const KEYS: &[&str] = &[
     "server.shutdown_grace_secs",
     "server.max_body_mib",
     "server.log_format",
+    "server.per_sandbox_metrics",
     "mcp.session_idle_secs",
     "image.debian_mirror",
     "image.default_registry",

@@ -12,6 +12,7 @@ pub mod catalog;
 mod config;
 mod error;
 mod manager;
+pub mod metrics;
 mod pool;
 mod sandbox;
 mod state;
@@ -25,6 +26,7 @@ pub use config::{
 };
 pub use error::CoreError;
 pub use manager::{ManagerConfig, SandboxInfo, SandboxManager};
+pub use metrics::{GuestMemory, HostUsage, ManagerStats, NetUsage, SandboxMetrics, StartKind};
 pub use petty_agent_client::{
     ClientError, ExecEvent, ExecOutput, ExecStream, StdinHandle, Violation,
 };

@@ -54,6 +54,16 @@ pub struct PoolStats {
     pub destroyed: u64,
     /// `warm_hits / (warm_hits + cold_misses)`, 0 before any acquire.
     pub hit_rate: f64,
+    /// Warm sandboxes ready now.
+    pub available: usize,
+    /// Warm sandboxes it keeps ([`PoolConfig::min_size`]).
+    pub target: usize,
+    /// Share of the target handed out and not yet replaced: `1 -
+    /// available / target` (0 for an empty target).
+    pub utilisation: f64,
+    /// Mean time of a successful acquire (a hand-out, or a boot on a
+    /// miss), ms; 0 before any.
+    pub avg_acquire_ms: f64,
 }
 
 /// A warm pool over a [`SandboxManager`]. Cheap to clone.
@@ -74,6 +84,8 @@ struct PoolInner {
     cold_misses: AtomicU64,
     created: AtomicU64,
     destroyed: AtomicU64,
+    /// Total time of successful acquires, µs.
+    acquire_us: AtomicU64,
 }
 
 impl SandboxPool {
@@ -92,6 +104,7 @@ impl SandboxPool {
                 cold_misses: AtomicU64::new(0),
                 created: AtomicU64::new(0),
                 destroyed: AtomicU64::new(0),
+                acquire_us: AtomicU64::new(0),
             }),
         }
     }
@@ -130,15 +143,18 @@ impl SandboxPool {
         owner: Option<&str>,
         bound_to_owner: bool,
     ) -> Result<SandboxId, CoreError> {
+        let started = std::time::Instant::now();
         let warm = lock(&self.inner.ready).pop_front();
         self.inner.wake.notify_one();
         if let Some(id) = warm {
             self.inner.warm_hits.fetch_add(1, Ordering::Relaxed);
             // Handing out is a row update; the VM is already up.
+            let ms = started.elapsed().as_millis() as u64;
             self.inner
                 .manager
-                .unpool(id, owner.map(str::to_string), bound_to_owner)
+                .unpool(id, owner.map(str::to_string), bound_to_owner, ms)
                 .await?;
+            self.timed(started);
             return Ok(id);
         }
         self.inner.cold_misses.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +163,14 @@ impl SandboxPool {
             config.owner = Some(owner.to_string());
         }
         config.bound_to_owner = bound_to_owner;
-        self.inner.manager.create(config).await
+        let id = self.inner.manager.create(config).await?;
+        self.timed(started);
+        Ok(id)
+    }
+
+    fn timed(&self, started: std::time::Instant) {
+        let us = started.elapsed().as_micros() as u64;
+        self.inner.acquire_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// Warm sandboxes ready now.
@@ -160,6 +183,7 @@ impl SandboxPool {
         let i = &self.inner;
         let hits = i.warm_hits.load(Ordering::Relaxed);
         let misses = i.cold_misses.load(Ordering::Relaxed);
+        let (available, target) = (self.size(), i.config.min_size);
         PoolStats {
             warm_hits: hits,
             cold_misses: misses,
@@ -169,6 +193,18 @@ impl SandboxPool {
                 0.0
             } else {
                 hits as f64 / (hits + misses) as f64
+            },
+            available,
+            target,
+            utilisation: if target == 0 {
+                0.0
+            } else {
+                1.0 - (available.min(target) as f64 / target as f64)
+            },
+            avg_acquire_ms: if hits + misses == 0 {
+                0.0
+            } else {
+                i.acquire_us.load(Ordering::Relaxed) as f64 / (hits + misses) as f64 / 1000.0
             },
         }
     }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use petty_agent_client::{AgentClient, ClientError, ExecStream};
@@ -88,6 +88,52 @@ pub struct Sandbox {
     last_used_ms: AtomicI64,
     /// Calls of this process's manager running in it now.
     busy: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Commands run through this connection not yet recorded in the store.
+    usage: std::sync::Arc<Usage>,
+}
+
+/// Commands run and their total time, counted as they end and taken by the
+/// manager into the store at the sandbox's next recorded use.
+#[derive(Debug, Default)]
+pub(crate) struct Usage {
+    execs: AtomicU64,
+    exec_us: AtomicU64,
+}
+
+impl Usage {
+    fn add(&self, took: Duration) {
+        self.execs.fetch_add(1, Ordering::Relaxed);
+        self.exec_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// `(execs, µs)` counted since the last take.
+    pub(crate) fn take(&self) -> (u64, u64) {
+        (
+            self.execs.swap(0, Ordering::Relaxed),
+            self.exec_us.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    /// `(execs, µs)` counted since the last take, left in place.
+    pub(crate) fn peek(&self) -> (u64, u64) {
+        (
+            self.execs.load(Ordering::Relaxed),
+            self.exec_us.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Times a streamed command: counted into [`Usage`] when its stream goes.
+struct ExecTimer {
+    usage: std::sync::Arc<Usage>,
+    started: std::time::Instant,
+}
+
+impl Drop for ExecTimer {
+    fn drop(&mut self) {
+        self.usage.add(self.started.elapsed());
+    }
 }
 
 /// A call running in a sandbox, counted while it lives ([`Sandbox::busy`]).
@@ -107,8 +153,12 @@ pub(crate) struct BootPlan {
     pub(crate) id: SandboxId,
     /// Its name (the guest's hostname).
     pub(crate) name: String,
-    /// A managed sandbox: its VM is detached and outlives this process.
+    /// A managed sandbox: its VM is detached and outlives this process
+    /// (unless `die_with_process`).
     pub(crate) persistent: bool,
+    /// With `persistent`: the VM still dies with this process
+    /// ([`crate::ManagerConfig::vms_die_with_process`]).
+    pub(crate) die_with_process: bool,
     /// Restore this snapshot instead of booting.
     pub(crate) restore_from: Option<PathBuf>,
     /// A VM started ahead of need by [`Sandbox::standby_vm`] for this id and
@@ -126,6 +176,7 @@ impl BootPlan {
             id,
             name,
             persistent: false,
+            die_with_process: false,
             restore_from: None,
             standby: None,
             network: None,
@@ -172,6 +223,7 @@ impl Sandbox {
             id,
             name,
             persistent,
+            die_with_process,
             restore_from,
             standby,
             network,
@@ -179,7 +231,7 @@ impl Sandbox {
         config.validate()?;
         let restored = restore_from.is_some();
         if persistent {
-            config.die_with_parent = false;
+            config.die_with_parent = die_with_process;
         }
         let (kernel, rootfs) = resolve_assets(&config, vmm.wants_elf_kernel())?;
         let grows = check_disk_size(vmm, &config, &rootfs, restore_from.as_deref())?;
@@ -246,6 +298,7 @@ impl Sandbox {
             created_at_ms: now,
             last_used_ms: AtomicI64::new(now),
             busy: Default::default(),
+            usage: Default::default(),
         })
     }
 
@@ -299,6 +352,7 @@ impl Sandbox {
             created_at_ms: record.created_at_ms,
             last_used_ms: AtomicI64::new(record.last_used_ms),
             busy: Default::default(),
+            usage: Default::default(),
         })
     }
 
@@ -446,11 +500,13 @@ impl Sandbox {
     ) -> Result<ExecResult, CoreError> {
         self.ready()?;
         let req = self.config.exec_defaults.apply(req);
+        let started = std::time::Instant::now();
         let out = self
             .agent
             .exec_collect(req, stdin, MAX_COLLECTED_OUTPUT)
-            .await
-            .map_err(|e| self.agent_err(e))?;
+            .await;
+        self.usage.add(started.elapsed());
+        let out = out.map_err(|e| self.agent_err(e))?;
         Ok(ExecResult {
             exit_code: out.status.code,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -464,7 +520,17 @@ impl Sandbox {
     pub async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, CoreError> {
         self.ready()?;
         let req = self.config.exec_defaults.apply(req);
-        self.agent.exec(req).await.map_err(|e| self.agent_err(e))
+        let started = std::time::Instant::now();
+        let stream = self.agent.exec(req).await.map_err(|e| self.agent_err(e))?;
+        Ok(stream.with_guard(ExecTimer {
+            usage: self.usage.clone(),
+            started,
+        }))
+    }
+
+    /// Commands this connection ran that the store has not counted yet.
+    pub(crate) fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// Reads a whole regular file from the guest (devices, FIFOs and

@@ -22,6 +22,16 @@ pub enum SandboxState {
 }
 
 impl SandboxState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [SandboxState; 6] = [
+        Self::Creating,
+        Self::Ready,
+        Self::Paused,
+        Self::Stopping,
+        Self::Stopped,
+        Self::Failed,
+    ];
+
     /// The name stored in SQLite and shown to users.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,11 +80,7 @@ impl SandboxState {
 
     /// Every state that may become `to`.
     pub fn predecessors(to: SandboxState) -> Vec<SandboxState> {
-        use SandboxState::*;
-        [Creating, Ready, Paused, Stopping, Stopped, Failed]
-            .into_iter()
-            .filter(|s| s.can_become(to))
-            .collect()
+        Self::ALL.into_iter().filter(|s| s.can_become(to)).collect()
     }
 
     /// `Ok(to)` when the move is legal, else an `InvalidState` error for `id`.

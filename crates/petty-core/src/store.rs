@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::catalog::TemplateRecord;
+use crate::metrics::StartKind;
 use crate::{CoreError, SandboxId, SandboxState};
 
 /// One sandbox as stored.
@@ -75,6 +76,15 @@ pub struct SandboxRecord {
     /// Its network (mode, rules, published ports with their host ports);
     /// `None`: none.
     pub network: Option<petty_net::NetworkSpec>,
+    /// How it started.
+    pub start_kind: StartKind,
+    /// From the create call to ready (a pooled one: its hand-out), ms;
+    /// `None` until ready.
+    pub startup_ms: Option<u64>,
+    /// Commands run in it, as recorded by the processes that ran them.
+    pub execs: u64,
+    /// Their total wall time, µs.
+    pub exec_us: u64,
 }
 
 impl SandboxRecord {
@@ -293,6 +303,14 @@ impl Store {
             ),
             ("sandboxes", "network", "network TEXT"),
             ("snapshots", "network", "network TEXT"),
+            (
+                "sandboxes",
+                "start_kind",
+                "start_kind TEXT NOT NULL DEFAULT 'unknown'",
+            ),
+            ("sandboxes", "startup_ms", "startup_ms INTEGER"),
+            ("sandboxes", "execs", "execs INTEGER NOT NULL DEFAULT 0"),
+            ("sandboxes", "exec_us", "exec_us INTEGER NOT NULL DEFAULT 0"),
         ] {
             if !has_column(&conn, table, column).map_err(|e| db_err(path, e))? {
                 // Another process may add it between the check and here.
@@ -412,8 +430,9 @@ impl Store {
             "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
                 vmm_pid, run_dir, owner_pid, pooled, created_at, updated_at,
                 last_used_at, ttl_ms, idle_ms, reason, from_snapshot, disk_size_mib, owner,
-                bound_to_owner, network)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                bound_to_owner, network, start_kind, startup_ms, execs, exec_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
             params![
                 r.id.to_string(),
                 r.name,
@@ -438,6 +457,10 @@ impl Store {
                 r.owner,
                 r.bound_to_owner,
                 network_json(r.network.as_ref()),
+                r.start_kind.as_str(),
+                r.startup_ms.map(|v| v as i64),
+                r.execs as i64,
+                r.exec_us as i64,
             ],
         );
         match res {
@@ -451,12 +474,26 @@ impl Store {
         }
     }
 
-    /// Records the VM of a sandbox once it runs.
-    pub fn set_vm(&self, id: SandboxId, pid: u32, run_dir: &Path) -> Result<(), CoreError> {
+    /// Records the VM of a sandbox once it runs, and how long it took to
+    /// start.
+    pub fn set_vm(
+        &self,
+        id: SandboxId,
+        pid: u32,
+        run_dir: &Path,
+        startup_ms: u64,
+    ) -> Result<(), CoreError> {
         self.write(|c| {
             c.execute(
-                "UPDATE sandboxes SET vmm_pid = ?2, run_dir = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id.to_string(), pid, run_dir.display().to_string(), now_ms()],
+                "UPDATE sandboxes SET vmm_pid = ?2, run_dir = ?3, updated_at = ?4, startup_ms = ?5
+                 WHERE id = ?1",
+                params![
+                    id.to_string(),
+                    pid,
+                    run_dir.display().to_string(),
+                    now_ms(),
+                    startup_ms as i64
+                ],
             )
         })?;
         Ok(())
@@ -563,18 +600,21 @@ impl Store {
         id: SandboxId,
         owner: Option<&str>,
         bound_to_owner: bool,
+        startup_ms: u64,
     ) -> Result<(), CoreError> {
         self.write(|c| {
             c.execute(
                 "UPDATE sandboxes SET pooled = 0, created_at = ?2, last_used_at = ?2, owner_pid = ?3,
-                    owner = COALESCE(?4, owner), bound_to_owner = ?5
+                    owner = COALESCE(?4, owner), bound_to_owner = ?5, start_kind = 'pool',
+                    startup_ms = ?6
                  WHERE id = ?1",
                 params![
                     id.to_string(),
                     now_ms(),
                     std::process::id(),
                     owner,
-                    bound_to_owner
+                    bound_to_owner,
+                    startup_ms as i64
                 ],
             )
         })?;
@@ -605,10 +645,24 @@ impl Store {
 
     /// Records a use, for the idle timeout.
     pub fn touch(&self, id: SandboxId) -> Result<(), CoreError> {
+        self.record_use(id, 0, 0)
+    }
+
+    /// Records a use of sandbox `id` now, with `execs` more commands run in
+    /// it taking `exec_us` µs together.
+    pub fn record_use(&self, id: SandboxId, execs: u64, exec_us: u64) -> Result<(), CoreError> {
         // Cached: every exec and file operation runs it.
         self.write(|c| {
-            c.prepare_cached("UPDATE sandboxes SET last_used_at = ?2 WHERE id = ?1")?
-                .execute(params![id.to_string(), now_ms()])
+            c.prepare_cached(
+                "UPDATE sandboxes SET last_used_at = ?2, execs = execs + ?3,
+                    exec_us = exec_us + ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                id.to_string(),
+                now_ms(),
+                execs as i64,
+                exec_us as i64
+            ])
         })?;
         Ok(())
     }
@@ -941,6 +995,12 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
         owner: r.get("owner")?,
         bound_to_owner: r.get("bound_to_owner")?,
         network: network_from(r.get("network")?),
+        start_kind: StartKind::parse(&r.get::<_, String>("start_kind")?),
+        startup_ms: r
+            .get::<_, Option<i64>>("startup_ms")?
+            .map(|v| v.max(0) as u64),
+        execs: r.get::<_, i64>("execs")?.max(0) as u64,
+        exec_us: r.get::<_, i64>("exec_us")?.max(0) as u64,
     })
 }
 
@@ -974,6 +1034,10 @@ mod tests {
             owner: "rest".into(),
             bound_to_owner: true,
             network: None,
+            start_kind: StartKind::Cold,
+            startup_ms: None,
+            execs: 0,
+            exec_us: 0,
         }
     }
 
@@ -1049,7 +1113,7 @@ mod tests {
         {
             let s = Store::open(&path).unwrap();
             s.insert(&r, None).unwrap();
-            s.set_vm(r.id, 42, Path::new("/run/x")).unwrap();
+            s.set_vm(r.id, 42, Path::new("/run/x"), 90).unwrap();
             s.set_state(r.id, SandboxState::Ready, None).unwrap();
         }
         let s = Store::open(&path).unwrap();

@@ -20,6 +20,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod rest;
 pub mod service;
+pub mod stats;
 pub mod templates;
 
 use std::net::SocketAddr;

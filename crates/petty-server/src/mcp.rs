@@ -548,6 +548,19 @@ impl PettyMcp {
     }
 
     #[tool(
+        description = "What a sandbox costs and does now: how it started (cold, template, pool, restore, fork) and its startup ms, host memory of its VM (RSS, PSS) and CPU use, the guest's own used and available memory, disk bytes, commands run and their total time, and network bytes. Reading it does not count as a use."
+    )]
+    async fn sandbox_metrics(
+        &self,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("sandbox_metrics of sandbox {}", p.sandbox),
+            self.service.sandbox_metrics(&p.sandbox).await,
+        )
+    }
+
+    #[tool(
         description = "Extend (or shorten) a sandbox's life: ttl_secs makes it end that many seconds from now (0: no limit); idle_timeout_secs sets how long it may sit unused (0: no limit). Sandboxes end by default an hour after creation or after 5 minutes unused (the server's limits)."
     )]
     async fn set_sandbox_lifetime(

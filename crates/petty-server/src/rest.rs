@@ -28,6 +28,7 @@ use crate::service::{
     BranchView, CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, PublishSpec,
     Requester, SandboxView, Service, SnapshotView,
 };
+use crate::stats::{SandboxMetricsView, StatsView};
 use crate::templates::{BuildLine, BuildTemplateSpec, TemplateView};
 
 /// Shared state of every handler.
@@ -319,7 +320,7 @@ pub struct Health {
         snapshot_sandbox, fork_sandbox, branch_sandbox, list_snapshots, get_snapshot, delete_snapshot,
         restore_snapshot, fork_snapshot,
         list_templates, build_template, get_template, delete_template,
-        pool_stats, healthz, readyz, metrics,
+        pool_stats, sandbox_metrics, stats, healthz, readyz, metrics,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -355,6 +356,7 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         .route("/v1/sandboxes/{id}/lifetime", post(set_lifetime))
         .route("/v1/sandboxes/{id}/ports", post(publish_port))
         .route("/v1/sandboxes/{id}/network", get(network_status))
+        .route("/v1/sandboxes/{id}/metrics", get(sandbox_metrics))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/stream", post(exec_stream))
         .route("/v1/sandboxes/{id}/code", post(run_code))
@@ -383,6 +385,7 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
             get(get_template).delete(delete_template),
         )
         .route("/v1/pool", get(pool_stats))
+        .route("/v1/stats", get(stats))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -524,6 +527,29 @@ async fn network_status(
     Path(id): Path<String>,
 ) -> ApiJson<serde_json::Value> {
     Ok(Json(s.service.network_status(&id).await?))
+}
+
+/// What a sandbox costs and does now: how it started and how long that
+/// took, its VMM's host memory (RSS, PSS) and CPU, the guest's own memory,
+/// its disk, the commands run in it and its network traffic. Reading it is
+/// not a use (idle timeouts go on counting).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = SandboxMetricsView), (status = 404, body = ErrorBody)))]
+async fn sandbox_metrics(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiJson<SandboxMetricsView> {
+    Ok(Json(s.service.sandbox_metrics(&id).await?))
+}
+
+/// The daemon's totals: sandboxes by state and by how they started,
+/// creates and their success rate and mean time, commands run and their
+/// rate, and the warm pool's figures.
+#[utoipa::path(get, path = "/v1/stats", tag = "ops",
+    responses((status = 200, body = StatsView)))]
+async fn stats(State(s): State<AppState>) -> ApiJson<StatsView> {
+    Ok(Json(s.service.stats().await?))
 }
 
 /// Run a command to completion.
@@ -1113,6 +1139,8 @@ mod tests {
             "/v1/templates",
             "/v1/templates/{name}",
             "/v1/pool",
+            "/v1/stats",
+            "/v1/sandboxes/{id}/metrics",
             "/healthz",
             "/readyz",
             "/metrics",

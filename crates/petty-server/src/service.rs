@@ -221,6 +221,10 @@ pub struct SandboxView {
     pub expires_at_ms: Option<i64>,
     /// Its network; none when it has only the guest's loopback.
     pub network: Option<NetworkView>,
+    /// How it started: `cold`, `template`, `pool`, `restore`, `fork` or `unknown`.
+    pub start_kind: String,
+    /// From the create call to ready (a pooled one: its hand-out), ms.
+    pub startup_ms: Option<u64>,
 }
 
 impl From<SandboxInfo> for SandboxView {
@@ -243,6 +247,8 @@ impl From<SandboxInfo> for SandboxView {
             owner: r.owner,
             session_bound: r.bound_to_owner,
             network: r.network.map(NetworkView::from),
+            start_kind: r.start_kind.to_string(),
+            startup_ms: r.startup_ms,
         }
     }
 }
@@ -371,6 +377,11 @@ pub struct PoolView {
     pub misses: u64,
     /// hits / (hits + misses).
     pub hit_rate: f64,
+    /// Share of the target handed out and not yet replaced (`1 - ready /
+    /// target_size`).
+    pub utilisation: f64,
+    /// Mean time of a pool acquire (a hand-out, or a create on a miss), ms.
+    pub avg_acquire_ms: f64,
     /// The pool of each `templates.warm` entry.
     pub templates: Vec<crate::templates::TemplatePoolView>,
 }
@@ -1331,6 +1342,8 @@ impl Service {
                     hits: s.warm_hits,
                     misses: s.cold_misses,
                     hit_rate: s.hit_rate,
+                    utilisation: s.utilisation,
+                    avg_acquire_ms: s.avg_acquire_ms,
                     templates: self.template_pool_views(),
                 }
             }
@@ -1341,6 +1354,8 @@ impl Service {
                 hits: 0,
                 misses: 0,
                 hit_rate: 0.0,
+                utilisation: 0.0,
+                avg_acquire_ms: 0.0,
                 templates: self.template_pool_views(),
             },
         }
@@ -1377,7 +1392,11 @@ impl Service {
                 .map(|t| (t.template.clone(), t.ready as u64, t.hits, t.misses))
                 .collect(),
         };
-        Ok(self.inner.metrics.render(&g))
+        let mut out = self.inner.metrics.render(&g);
+        if self.inner.config.server.per_sandbox_metrics {
+            self.render_sandbox_metrics(&mut out).await?;
+        }
+        Ok(out)
     }
 }
 

@@ -37,7 +37,14 @@ enum Cmd {
         /// Include sandboxes held by a warm pool.
         #[arg(long, short)]
         all: bool,
+        /// One JSON object per sandbox (REST's sandbox shape), for scripts.
+        #[arg(long)]
+        json: bool,
     },
+    /// What each sandbox costs and does: how it started and its startup
+    /// time, host CPU and memory (PSS, RSS), the guest's memory, disk,
+    /// commands run, network bytes. Refreshes like `top` on a terminal.
+    Stats(crate::stats::StatsArgs),
     /// Shut sandboxes down cleanly; their records stay until `petty rm`.
     Stop {
         /// Names or ids.
@@ -84,6 +91,9 @@ enum Cmd {
     },
     /// List snapshots (`petty snapshots rm NAME` deletes one).
     Snapshots {
+        /// One JSON object per snapshot (REST's snapshot shape), for scripts.
+        #[arg(long)]
+        json: bool,
         #[command(subcommand)]
         cmd: Option<SnapshotsCmd>,
     },
@@ -517,16 +527,18 @@ pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
         Cmd::Create(args) => crate::manage::create(args, s).await,
         Cmd::Exec(args) => crate::manage::exec(args, s).await,
         Cmd::Cp(args) => crate::manage::cp(args, s).await,
-        Cmd::Ls { all } => crate::manage::ls(all, s).await,
+        Cmd::Ls { all, json } => crate::manage::ls(all, json, s).await,
+        Cmd::Stats(args) => crate::stats::stats(args, s).await,
         Cmd::Stop { sandboxes } => crate::manage::stop(sandboxes, true, s).await,
         Cmd::Kill { sandboxes } => crate::manage::stop(sandboxes, false, s).await,
         Cmd::Rm { force, sandboxes } => crate::manage::rm(sandboxes, force, s).await,
         Cmd::Snapshot { sandbox, name } => crate::manage::snapshot(sandbox, name, s).await,
         Cmd::Restore { snapshot, name } => crate::manage::restore(snapshot, name, s).await,
         Cmd::Fork { source, count } => crate::manage::fork(source, count, s).await,
-        Cmd::Snapshots { cmd: None } => crate::manage::snapshots(s).await,
+        Cmd::Snapshots { json, cmd: None } => crate::manage::snapshots(json, s).await,
         Cmd::Snapshots {
             cmd: Some(SnapshotsCmd::Rm { names }),
+            ..
         } => crate::manage::snapshots_rm(names, s).await,
         Cmd::Template {
             cmd: crate::template::TemplateCmd::Build(args),

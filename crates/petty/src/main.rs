@@ -6,6 +6,7 @@ mod doctor;
 mod manage;
 mod partial;
 mod run;
+mod stats;
 mod template;
 
 use std::process::ExitCode;

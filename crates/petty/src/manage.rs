@@ -345,10 +345,20 @@ async fn copy_out(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn ls(all: bool, s: &Settings) -> anyhow::Result<ExitCode> {
+pub async fn ls(all: bool, json: bool, s: &Settings) -> anyhow::Result<ExitCode> {
     let manager = manager(s).await?;
     // Lifetimes are enforced by whichever petty process runs: this one, now.
     manager.reap_now().await?;
+    if json {
+        for r in manager.list().await? {
+            if r.pooled && !all {
+                continue;
+            }
+            let view = petty_server::service::SandboxView::from(r);
+            println!("{}", serde_json::to_string(&view)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let now = petty_core::store::now_ms();
     println!(
         "{:<20} {:<36} {:<8} {:>6} {:>5} {:>8} {:>8}  {:<20} {:>8}  {:<7} PORTS",
@@ -567,8 +577,15 @@ pub async fn fork(source: String, count: usize, s: &Settings) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn snapshots(s: &Settings) -> anyhow::Result<ExitCode> {
+pub async fn snapshots(json: bool, s: &Settings) -> anyhow::Result<ExitCode> {
     let manager = manager(s).await?;
+    if json {
+        for r in manager.list_snapshots().await? {
+            let view = petty_server::service::SnapshotView::from(r);
+            println!("{}", serde_json::to_string(&view)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:<28} {:<20} {:<28} {:>9} {:>6}",
         "NAME", "SOURCE", "PARENT", "SIZE", "MEM"

@@ -84,15 +84,20 @@ pub async fn run(args: RunArgs, s: &Settings) -> anyhow::Result<ExitCode> {
 /// `petty run` without `--cold`: the sandbox is the manager's, restored
 /// from the template snapshot of its image (its network has a helper and a
 /// namespace the manager sweeps, its template is in the manager's store),
-/// bound to this process
-/// so that, however this process ends, the next Petty process removes it.
+/// bound to this process, whose VM dies with it (even on SIGKILL); the
+/// next Petty process removes what a killed one left.
 async fn run_managed(
     config: petty_core::SandboxConfig,
     req: ExecRequest,
     s: &Settings,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
-    let (manager, _) = petty::settings::manager(s, false).await?;
+    // A one-shot manager: no standby VMM, and the sandbox's VM dies with
+    // this process even if it is killed (the next petty sweeps the record).
+    let mut mc = petty::settings::manager_config(s);
+    mc.standby = false;
+    mc.vms_die_with_process = true;
+    let (manager, _) = petty::settings::manager_with(s, mc).await?;
     let config = petty_core::SandboxConfig {
         owner: Some("cli".into()),
         bound_to_owner: true,

@@ -139,9 +139,18 @@ pub fn net_settings(s: &Settings) -> petty_net::NetSettings {
 /// earlier processes left). `standby: false` for a CLI command, which ends
 /// right after its create: a standby VMM would die unused with it.
 pub async fn manager(s: &Settings, standby: bool) -> anyhow::Result<(SandboxManager, String)> {
-    let (vmm, notice) = backend(s, None)?;
     let mut mc = manager_config(s);
     mc.standby &= standby;
+    manager_with(s, mc).await
+}
+
+/// The sandbox manager `mc` describes, over the backend `s` chooses (see
+/// [`manager`]).
+pub async fn manager_with(
+    s: &Settings,
+    mc: ManagerConfig,
+) -> anyhow::Result<(SandboxManager, String)> {
+    let (vmm, notice) = backend(s, None)?;
     let manager = SandboxManager::new(mc, Arc::from(vmm))
         .await
         .context("opening the sandbox manager")?;

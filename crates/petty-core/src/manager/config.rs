@@ -49,6 +49,11 @@ pub struct ManagerConfig {
     /// How sandbox networks are made on this host (`None`: sandboxes asking
     /// for a network are refused).
     pub network: Option<petty_net::NetSettings>,
+    /// The VMs this manager starts die with this process, even by SIGKILL,
+    /// instead of running on for a later one (default false). For a
+    /// one-shot process such as `petty run`, whose sandbox must not outlive
+    /// it; their records are still swept by the next manager.
+    pub vms_die_with_process: bool,
 }
 
 impl Default for ManagerConfig {
@@ -68,6 +73,7 @@ impl Default for ManagerConfig {
             templates: true,
             standby: true,
             network: None,
+            vms_die_with_process: false,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! restores take, and sandboxes made elsewhere registered here.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use petty_vmm::Vmm;
 
 use super::lifecycle::{name_of, refused};
 use super::{short_name, SandboxManager};
+use crate::metrics::StartKind;
 use crate::store::{now_ms, SandboxRecord, SnapshotRecord};
 use crate::{CoreError, Sandbox, SandboxConfig, SandboxId, SandboxState};
 
@@ -22,6 +24,8 @@ pub(crate) struct CreatePlan {
     pub(crate) pooled: bool,
     /// Restore this snapshot instead of booting.
     pub(crate) from: Option<SnapshotRecord>,
+    /// With `from`: a fork or branch child rather than a restore.
+    pub(crate) fork: bool,
 }
 
 impl CreatePlan {
@@ -31,6 +35,7 @@ impl CreatePlan {
             config,
             pooled: false,
             from: None,
+            fork: false,
         }
     }
 
@@ -88,10 +93,37 @@ impl SandboxManager {
     }
 
     pub(crate) async fn create_inner(&self, plan: CreatePlan) -> Result<SandboxId, CoreError> {
+        let started = std::time::Instant::now();
+        self.inner.counters.creates.fetch_add(1, Ordering::Relaxed);
+        let made = self.create_planned(plan, started).await;
+        match &made {
+            Ok(_) => {
+                let us = started.elapsed().as_micros() as u64;
+                self.inner
+                    .counters
+                    .startup_us
+                    .fetch_add(us, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.inner
+                    .counters
+                    .create_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        made
+    }
+
+    async fn create_planned(
+        &self,
+        plan: CreatePlan,
+        started: std::time::Instant,
+    ) -> Result<SandboxId, CoreError> {
         let CreatePlan {
             mut config,
             pooled,
             from,
+            fork,
         } = plan;
         if let Some(snap) = &from {
             // A restore runs the snapshot's own kernel, memory size and vCPUs,
@@ -160,6 +192,12 @@ impl SandboxManager {
         let standby = standby_key.as_ref().and_then(|k| self.take_standby(k));
         let id = standby.as_ref().map_or_else(SandboxId::new, |s| s.id);
         let name = config.name.clone().unwrap_or_else(|| short_name(id));
+        let start_kind = match &from {
+            Some(_) if fork => StartKind::Fork,
+            Some(_) => StartKind::Restore,
+            None if from_template => StartKind::Template,
+            None => StartKind::Cold,
+        };
         let now = now_ms();
         let record = SandboxRecord {
             id,
@@ -185,6 +223,10 @@ impl SandboxManager {
             owner: config.owner.clone().unwrap_or_default(),
             bound_to_owner: config.bound_to_owner,
             network: network.clone(),
+            start_kind,
+            startup_ms: None,
+            execs: 0,
+            exec_us: 0,
         };
         // The row comes first: it takes a slot under the limit (refused at
         // once past it) and the name, and a crash from here on leaves a
@@ -241,6 +283,7 @@ impl SandboxManager {
                 .map(|s| s.vm);
             let plan = crate::sandbox::BootPlan {
                 persistent: true,
+                die_with_process: self.inner.config.vms_die_with_process,
                 restore_from: restore_from.clone(),
                 standby,
                 network: net.as_ref().map(super::vm_network),
@@ -289,9 +332,10 @@ impl SandboxManager {
             }
             _ => None,
         };
+        let startup_ms = started.elapsed().as_millis() as u64;
         let recorded = self
             .db(move |s| {
-                s.set_vm(id, pid, &run_dir)?;
+                s.set_vm(id, pid, &run_dir, startup_ms)?;
                 if network.is_some() {
                     s.set_network(id, network.as_ref())?;
                 }
@@ -435,6 +479,11 @@ impl SandboxManager {
             owner: cfg.owner.clone().unwrap_or_default(),
             bound_to_owner: cfg.bound_to_owner,
             network: None,
+            // Started elsewhere: how, this manager did not see.
+            start_kind: StartKind::Unknown,
+            startup_ms: None,
+            execs: 0,
+            exec_us: 0,
         };
         let max = self.inner.config.max_sandboxes;
         if let Err(e) = self.db(move |s| s.insert(&record, Some(max))).await {
@@ -496,8 +545,9 @@ impl SandboxManager {
         id: SandboxId,
         owner: Option<String>,
         bound_to_owner: bool,
+        startup_ms: u64,
     ) -> Result<(), CoreError> {
-        self.db(move |s| s.unpool(id, owner.as_deref(), bound_to_owner))
+        self.db(move |s| s.unpool(id, owner.as_deref(), bound_to_owner, startup_ms))
             .await
     }
 }

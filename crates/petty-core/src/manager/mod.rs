@@ -25,6 +25,7 @@ mod lifecycle;
 mod network;
 mod recovery;
 mod snapshots;
+mod stats;
 mod templates;
 
 pub use config::ManagerConfig;
@@ -63,6 +64,13 @@ struct Inner {
     standbys: std::sync::Mutex<HashMap<StandbyKey, StandbyVm>>,
     /// Templates whose standby VMM is being started.
     standbys_starting: std::sync::Mutex<HashSet<StandbyKey>>,
+    /// Creates and execs this manager made ([`SandboxManager::stats`]).
+    counters: crate::metrics::Counters,
+    /// When it opened.
+    opened: std::time::Instant,
+    /// Each sandbox's VMM as last sampled by [`SandboxManager::metrics`]:
+    /// CPU use is reported over the time since.
+    cpu_samples: std::sync::Mutex<HashMap<SandboxId, crate::metrics::ProcessSample>>,
 }
 
 impl Drop for Inner {
@@ -95,6 +103,9 @@ impl SandboxManager {
             reaper: std::sync::Mutex::new(None),
             standbys: std::sync::Mutex::new(HashMap::new()),
             standbys_starting: std::sync::Mutex::new(HashSet::new()),
+            counters: Default::default(),
+            opened: std::time::Instant::now(),
+            cpu_samples: std::sync::Mutex::new(HashMap::new()),
         });
         let manager = Self { inner };
         manager.recover().await?;
@@ -286,8 +297,15 @@ impl SandboxManager {
             self.mark_failed(id, &cause).await;
             return out;
         }
-        // Idle timeouts are judged from the store, by any process.
-        let _ = self.db(move |s| s.touch(id)).await;
+        // Idle timeouts are judged from the store, by any process; the
+        // commands this connection ran since the last use are counted in
+        // the same write.
+        let (execs, exec_us) = sb.usage().take();
+        self.inner
+            .counters
+            .execs
+            .fetch_add(execs, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.db(move |s| s.record_use(id, execs, exec_us)).await;
         out
     }
 

@@ -194,7 +194,10 @@ impl SandboxManager {
         for i in 0..n {
             let (m, plan) = (
                 self.clone(),
-                CreatePlan::restore(config.clone(), snap.clone()),
+                CreatePlan {
+                    fork: true,
+                    ..CreatePlan::restore(config.clone(), snap.clone())
+                },
             );
             set.spawn(async move { (i, m.create_inner(plan).await) });
         }

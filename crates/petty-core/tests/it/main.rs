@@ -150,6 +150,10 @@ impl Env {
             owner: String::new(),
             bound_to_owner: false,
             network: None,
+            start_kind: petty_core::StartKind::Cold,
+            startup_ms: None,
+            execs: 0,
+            exec_us: 0,
         }
     }
 }

@@ -13,6 +13,7 @@ mod egress;
 mod firecracker;
 mod hardening;
 mod manager;
+mod metrics;
 mod network;
 mod readme;
 mod sandbox;

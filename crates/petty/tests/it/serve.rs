@@ -428,6 +428,49 @@ async fn rest_drives_every_route_with_real_vms() {
         .await;
     assert_eq!(kids2.as_array().unwrap().len(), 1);
     assert!(d.metric("petty_sandbox_restore_seconds_count").await >= 4.0);
+    // A branch: one snapshot and its children in one call.
+    let (status, br) = d
+        .call(
+            "POST",
+            "/v1/sandboxes/web/branch",
+            Some(json!({"name": "br1", "count": 2})),
+        )
+        .await;
+    assert_eq!(status, 201, "{br}");
+    assert_eq!(br["snapshot"]["name"], "br1", "{br}");
+    let branched = br["sandboxes"].as_array().unwrap().clone();
+    assert_eq!(branched.len(), 2, "{br}");
+    for k in &branched {
+        let r = d
+            .ok(
+                "POST",
+                &format!("/v1/sandboxes/{}/exec", k["id"].as_str().unwrap()),
+                Some(json!({"command": "cat /root/mark"})),
+            )
+            .await;
+        assert_eq!(
+            r["stdout"], "kept\n",
+            "a branch child starts at the snapshot"
+        );
+        let (status, _) = d
+            .call(
+                "DELETE",
+                &format!("/v1/sandboxes/{}", k["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+    }
+    let (status, _) = d.call("DELETE", "/v1/snapshots/br1", None).await;
+    assert_eq!(status, 204);
+    let (status, e) = d
+        .call(
+            "POST",
+            "/v1/sandboxes/web/branch",
+            Some(json!({"name": "br2", "count": 0})),
+        )
+        .await;
+    assert_eq!(status, 400, "a branch of no children is refused: {e}");
     let (status, e) = d.call("DELETE", "/v1/snapshots/snap1", None).await;
     assert_eq!((status, e["kind"].clone()), (409, json!("conflict")), "{e}");
     assert!(e["message"].as_str().unwrap().contains("back"), "{e}");
@@ -679,6 +722,8 @@ const TOOLS: &[&str] = &[
     "list_templates",
     "build_template",
     "delete_template",
+    "branch_sandbox",
+    "sandbox_metrics",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -793,6 +838,9 @@ async fn mcp_over_stdio_runs_every_tool() {
     );
     let s = structured(&call(&client, "list_sandboxes", json!({})).await);
     assert_eq!(s["sandboxes"][0]["name"], "m1");
+    let mm = structured(&call(&client, "sandbox_metrics", json!({"sandbox": "m1"})).await);
+    assert_eq!(mm["execs"], 2, "the command and the code: {mm}");
+    assert!(mm["host_pss_bytes"].as_u64().is_some_and(|b| b > 0), "{mm}");
     structured(
         &call(
             &client,
@@ -821,6 +869,40 @@ async fn mcp_over_stdio_runs_every_tool() {
         .await,
     );
     assert_eq!(f2["content"], "hello", "a fork has its source's files");
+    // A branch: one snapshot, two children that start where m2 was.
+    structured(
+        &call(
+            &client,
+            "execute_command",
+            json!({"sandbox": "m2", "command": "echo branched > /root/a/b.txt"}),
+        )
+        .await,
+    );
+    let b = structured(
+        &call(
+            &client,
+            "branch_sandbox",
+            json!({"sandbox": "m2", "snapshot": "mb", "count": 2}),
+        )
+        .await,
+    );
+    assert_eq!(b["snapshot"]["name"], "mb", "{b}");
+    let children = b["sandboxes"].as_array().unwrap().clone();
+    assert_eq!(children.len(), 2, "{b}");
+    for k in &children {
+        let f = structured(
+            &call(
+                &client,
+                "download_file",
+                json!({"sandbox": k["name"], "path": "/root/a/b.txt"}),
+            )
+            .await,
+        );
+        assert_eq!(
+            f["content"], "branched\n",
+            "a branch child starts at the snapshot"
+        );
+    }
 
     // Failures are tool errors the model can read; the session goes on.
     let e = call(
@@ -875,7 +957,7 @@ async fn mcp_over_stdio_runs_every_tool() {
     for name in ["m1", "m2"] {
         structured(&call(&client, "destroy_sandbox", json!({"sandbox": name})).await);
     }
-    for k in f["sandboxes"].as_array().unwrap() {
+    for k in f["sandboxes"].as_array().unwrap().iter().chain(&children) {
         structured(&call(&client, "destroy_sandbox", json!({"sandbox": k["name"]})).await);
     }
     let s = structured(&call(&client, "list_sandboxes", json!({})).await);
@@ -932,6 +1014,102 @@ async fn mcp_over_http_with_a_key() {
     assert_eq!(e.is_error, Some(true));
     structured(&call(&client, "destroy_sandbox", json!({"sandbox": id})).await);
     client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_sandbox_metrics_on_rest_prometheus_and_the_cli() {
+    let env = Env::new();
+    let d = Daemon::start_with(
+        &env,
+        &["--pool-size", "0"],
+        &[("PETTY_SERVER_PER_SANDBOX_METRICS", "true")],
+    );
+    let sb = d
+        .ok("POST", "/v1/sandboxes", Some(json!({"name": "met"})))
+        .await;
+    assert_eq!(sb["start_kind"], "template", "{sb}");
+    for cmd in ["true", "echo two"] {
+        d.ok(
+            "POST",
+            "/v1/sandboxes/met/exec",
+            Some(json!({"command": cmd})),
+        )
+        .await;
+    }
+    let m = d.ok("GET", "/v1/sandboxes/met/metrics", None).await;
+    assert_eq!(
+        (m["name"].clone(), m["execs"].clone()),
+        (json!("met"), json!(2)),
+        "{m}"
+    );
+    assert_eq!(m["start_kind"], "template", "{m}");
+    for field in [
+        "host_rss_bytes",
+        "host_pss_bytes",
+        "guest_memory_used_bytes",
+        "guest_memory_total_bytes",
+        "disk_bytes",
+        "startup_ms",
+    ] {
+        assert!(m[field].as_u64().is_some_and(|v| v > 0), "{field}: {m}");
+    }
+    assert!(m["cpu_seconds"].as_f64().is_some_and(|v| v > 0.0), "{m}");
+    assert!(m["net_bytes_in"].is_null(), "no network, no traffic: {m}");
+    let (status, e) = d.call("GET", "/v1/sandboxes/ghost/metrics", None).await;
+    assert_eq!(status, 404, "{e}");
+
+    let st = d.ok("GET", "/v1/stats", None).await;
+    assert_eq!(st["sandboxes_by_state"]["ready"], 1, "{st}");
+    assert_eq!(st["sandboxes_by_start"]["template"], 1, "{st}");
+    assert_eq!(
+        (st["creates"].clone(), st["execs"].clone()),
+        (json!(1), json!(2)),
+        "{st}"
+    );
+    assert_eq!(st["create_success_rate"], 1.0, "{st}");
+
+    // The opt-in series name the sandbox.
+    assert_eq!(
+        d.metric("petty_sandbox_execs_total{sandbox=\"met\"}").await,
+        2.0
+    );
+    assert!(
+        d.metric("petty_sandbox_host_pss_bytes{sandbox=\"met\"}")
+            .await
+            > 0.0
+    );
+
+    // The CLI reads the same store: JSON lines of the REST shapes.
+    let out = env.ok(&["stats", "--json", "met"]);
+    let line: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (line["name"].clone(), line["execs"].clone()),
+        (json!("met"), json!(2)),
+        "{out}"
+    );
+    let table = env.ok(&["stats", "--no-stream"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("met "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(row.split_whitespace().nth(2), Some("template"), "{table}");
+    let ls: Value = serde_json::from_str(env.ok(&["ls", "--json"]).trim()).unwrap();
+    assert_eq!(
+        (ls["name"].clone(), ls["state"].clone()),
+        (json!("met"), json!("ready"))
+    );
+    d.ok(
+        "POST",
+        "/v1/sandboxes/met/snapshots",
+        Some(json!({"name": "met-snap"})),
+    )
+    .await;
+    let snaps: Value = serde_json::from_str(env.ok(&["snapshots", "--json"]).trim()).unwrap();
+    assert_eq!(snaps["name"], "met-snap", "{snaps}");
+    let (status, _) = d.call("DELETE", "/v1/sandboxes/met", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = d.call("DELETE", "/v1/snapshots/met-snap", None).await;
+    assert_eq!(status, 204);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

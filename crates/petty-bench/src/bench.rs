@@ -22,6 +22,41 @@ pub(crate) fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// A distribution of timings: median, p95, p99 and max (nearest rank).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dist {
+    pub(crate) p50: Duration,
+    pub(crate) p95: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Dist {
+    pub(crate) fn of(v: &[Duration]) -> Self {
+        let mut v = v.to_vec();
+        v.sort();
+        Self {
+            p50: nearest_rank(&v, 0.50),
+            p95: nearest_rank(&v, 0.95),
+            p99: nearest_rank(&v, 0.99),
+            max: *v.last().expect("at least one timing"),
+        }
+    }
+}
+
+impl std::fmt::Display for Dist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median {}  p95 {}  p99 {}  max {}",
+            ms(self.p50),
+            ms(self.p95),
+            ms(self.p99),
+            ms(self.max)
+        )
+    }
+}
+
 /// `petty bench boot`; `config` is the `--config` given, which the timed
 /// `petty run` gets too.
 pub async fn boot(runs: usize, config: Option<&Path>, s: &Settings) -> anyhow::Result<ExitCode> {
@@ -140,41 +175,43 @@ pub async fn boot(runs: usize, config: Option<&Path>, s: &Settings) -> anyhow::R
     }
     sandbox.destroy().await?;
 
-    let (bare, petty_run, rtt, ping) = (median(bare), median(petty_run), median(rtt), median(ping));
-    let (guest_sh, guest_spawn) = (median(guest_sh), median(guest_spawn));
-    let ratio = petty_run.as_secs_f64() / bare.as_secs_f64();
-    let floor = guest_sh.min(guest_spawn);
+    let (bare, petty_run, rtt, ping) = (
+        Dist::of(&bare),
+        Dist::of(&petty_run),
+        Dist::of(&rtt),
+        Dist::of(&ping),
+    );
+    let (guest_sh, guest_spawn) = (Dist::of(&guest_sh), Dist::of(&guest_spawn));
+    let ratio = petty_run.p50.as_secs_f64() / bare.p50.as_secs_f64();
+    let floor = guest_sh.p50.min(guest_spawn.p50);
     // Signed: under the noise of emulation the round trip can come in below the floor.
-    let overhead_ms = (rtt.as_secs_f64() - floor.as_secs_f64()) * 1000.0;
+    let overhead_ms = (rtt.p50.as_secs_f64() - floor.as_secs_f64()) * 1000.0;
     println!(
         "petty bench boot ({runs} runs; accel {}; 256 MiB, 2 vCPUs)",
         vmm.accel().accel
     );
     println!(
-        "  bare qemu: boot same kernel to init, power off   median {}",
-        ms(bare)
+        "  bare qemu: boot same kernel to init, power off   {}",
+        bare
     );
     println!(
-        "  petty run -- true: start to exit                 median {}",
-        ms(petty_run)
+        "  petty run -- true: start to exit                 {}",
+        petty_run
     );
     println!("  ratio                                            {ratio:.2} (target <= 1.30)");
+    println!("  exec `true` round trip on a running sandbox      {}", rtt);
     println!(
-        "  exec `true` round trip on a running sandbox      median {}",
-        ms(rtt)
-    );
-    println!(
-        "  ping round trip (the channel alone)              median {}",
-        ms(ping)
+        "  ping round trip (the channel alone)              {}",
+        ping
     );
     println!("  guest's own cost of spawning /bin/true, timed inside the guest:");
     println!(
-        "    sh: fork+exec+wait                             median {}",
-        ms(guest_sh)
+        "    sh: fork+exec+wait                             {}",
+        guest_sh
     );
     println!(
-        "    python: posix_spawn+wait                       median {}",
-        ms(guest_spawn)
+        "    python: posix_spawn+wait                       {}",
+        guest_spawn
     );
     println!(
         "  agent + channel overhead over the lower floor    {overhead_ms:+.1} ms (target <= 2 ms)"
@@ -313,19 +350,19 @@ pub async fn pool(runs: usize, s: &Settings) -> anyhow::Result<ExitCode> {
     pool.shutdown().await?;
     let stats = pool.stats();
     manager.destroy_all().await?;
-    let (cold, warm) = (median(cold), median(warm));
+    let (cold, warm) = (Dist::of(&cold), Dist::of(&warm));
     println!("petty bench pool ({runs} runs; 256 MiB, 2 vCPUs)");
+    println!("  cold create (boot to agent ready)                {cold}");
     println!(
-        "  cold create (boot to agent ready)                median {}",
-        ms(cold)
-    );
-    println!(
-        "  warm pool acquire                                median {:.3} ms (target <= 1 ms)",
-        warm.as_secs_f64() * 1000.0
+        "  warm pool acquire                                median {:.3} ms  p95 {:.3} ms  p99 {:.3} ms  max {:.3} ms (target <= 1 ms)",
+        warm.p50.as_secs_f64() * 1000.0,
+        warm.p95.as_secs_f64() * 1000.0,
+        warm.p99.as_secs_f64() * 1000.0,
+        warm.max.as_secs_f64() * 1000.0
     );
     println!(
         "  speed-up                                         {:.0}x",
-        cold.as_secs_f64() / warm.as_secs_f64()
+        cold.p50.as_secs_f64() / warm.p50.as_secs_f64()
     );
     println!(
         "  pool stats: {} hits, {} misses, {} created, {} destroyed",
@@ -359,6 +396,9 @@ fn rss_pss_kib(pid: u32) -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
+/// How long `petty bench density` watches idle sandboxes' CPU.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+
 /// `petty bench density`: N idle sandboxes, each answering exec; host memory per sandbox.
 pub async fn density(count: usize, memory_mib: u32, s: &Settings) -> anyhow::Result<ExitCode> {
     if count == 0 {
@@ -391,6 +431,22 @@ pub async fn density(count: usize, memory_mib: u32, s: &Settings) -> anyhow::Res
     // Let the guests settle into idle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let available_after = meminfo_kib("MemAvailable:");
+    // Idle CPU: every VMM's CPU time over a few quiet seconds.
+    let pids: Vec<u32> = manager
+        .list()
+        .await?
+        .iter()
+        .filter_map(|r| r.vmm_pid)
+        .collect();
+    let cpu = |pids: &[u32]| -> f64 {
+        pids.iter()
+            .filter_map(|p| petty_core::metrics::host_usage(*p))
+            .map(|u| u.cpu_seconds)
+            .sum()
+    };
+    let (cpu0, t0) = (cpu(&pids), Instant::now());
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_cores = (cpu(&pids) - cpu0) / t0.elapsed().as_secs_f64();
     let (mut rss, mut pss) = (0u64, 0u64);
     for r in manager.list().await? {
         if let Some(pid) = r.vmm_pid {
@@ -425,6 +481,12 @@ pub async fn density(count: usize, memory_mib: u32, s: &Settings) -> anyhow::Res
         "  host MemAvailable drop per sandbox               {} MiB",
         available_before.saturating_sub(available_after) / n / 1024
     );
+    println!(
+        "  idle CPU, all together over {} s                 {:.1} % of one core ({:.3} % per sandbox)",
+        IDLE_WINDOW.as_secs(),
+        idle_cores * 100.0,
+        idle_cores * 100.0 / n as f64
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -455,12 +517,17 @@ pub(crate) async fn wait_for_standby(manager: &petty_core::SandboxManager) -> an
 
 /// `petty bench snapshot`: create from a template against a cold boot,
 /// snapshot cost, a 10-way fork, and the memory of forks against boots.
-pub async fn snapshot(runs: usize, forks: usize, s: &Settings) -> anyhow::Result<ExitCode> {
+pub async fn snapshot(
+    runs: usize,
+    forks: usize,
+    concurrency: usize,
+    s: &Settings,
+) -> anyhow::Result<ExitCode> {
     if runs == 0 || forks == 0 {
         bail!("--runs and --forks must be at least 1");
     }
     ensure_assets(s, true).await?;
-    let (manager, scratch) = scratch_manager(s, 2 * forks + 8).await?;
+    let (manager, scratch) = scratch_manager(s, 2 * forks + concurrency + 8).await?;
     let cold_manager = booting_manager(s, scratch.path(), 2 * forks + 8).await?;
     // The first create makes the template; it is not one of the measured
     // runs. After it the manager keeps a standby VMM for the template.
@@ -516,7 +583,7 @@ pub async fn snapshot(runs: usize, forks: usize, s: &Settings) -> anyhow::Result
     }
     pool.shutdown().await?;
 
-    // Snapshot a sandbox that did some work, then fork it.
+    // Snapshot a sandbox that did some work; restore it, branch it, fork it.
     let src = manager
         .create(SandboxConfig::builder().name("bench-src").build()?)
         .await?;
@@ -536,6 +603,39 @@ pub async fn snapshot(runs: usize, forks: usize, s: &Settings) -> anyhow::Result
         snap_times.push(t.elapsed());
         snap_size = s.size_bytes;
     }
+    // Restores of one snapshot, one at a time: to ready, and on to a first
+    // exec's answer.
+    let (mut restores, mut restore_exec) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        let id = manager.restore("bench-snap-0", None).await?.to_string();
+        restores.push(t.elapsed());
+        manager.execute(&id, "true").await?;
+        restore_exec.push(t.elapsed());
+        manager.destroy(&id).await?;
+    }
+    // Branches: a snapshot of the running sandbox and its children ready,
+    // in one call.
+    let (mut branch_one, mut branch_many) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        for (n, into) in [(1, &mut branch_one), (forks, &mut branch_many)] {
+            let t = Instant::now();
+            let (_, kids) = manager
+                .branch(
+                    "bench-src",
+                    &format!("bench-branch-{n}-{i}"),
+                    n,
+                    SandboxConfig::default(),
+                )
+                .await?;
+            into.push(t.elapsed());
+            for k in kids {
+                manager.destroy(&k.to_string()).await?;
+            }
+        }
+        eprint!("\rrestore and branch: {}/{runs}", i + 1);
+    }
+    eprintln!();
     let t = Instant::now();
     let children = manager.fork("bench-snap-0", forks).await?;
     let fork_time = t.elapsed();
@@ -555,44 +655,83 @@ pub async fn snapshot(runs: usize, forks: usize, s: &Settings) -> anyhow::Result
     let cold_pss = pss_of_all(&cold_manager).await?;
     manager.destroy_all().await?;
     cold_manager.destroy_all().await?;
+
+    // Scale: `concurrency` sandboxes (forks of the snapshot) each run a
+    // command at the same moment; every one must answer.
+    let concurrent = if concurrency > 0 {
+        let mut ids = Vec::with_capacity(concurrency);
+        while ids.len() < concurrency {
+            let n = (concurrency - ids.len()).min(64);
+            ids.extend(manager.fork("bench-snap-0", n).await?);
+            eprint!("\rconcurrency: {}/{concurrency} started", ids.len());
+        }
+        eprintln!();
+        let mut set = tokio::task::JoinSet::new();
+        for id in &ids {
+            let (m, id) = (manager.clone(), id.to_string());
+            set.spawn(async move {
+                let t = Instant::now();
+                let ok = m.execute(&id, "true").await.is_ok_and(|r| r.success());
+                (t.elapsed(), ok)
+            });
+        }
+        let (mut times, mut answered) = (Vec::new(), 0);
+        while let Some(joined) = set.join_next().await {
+            let (took, ok) = joined?;
+            times.push(took);
+            answered += usize::from(ok);
+        }
+        manager.destroy_all().await?;
+        Some((answered, Dist::of(&times)))
+    } else {
+        None
+    };
     for s in manager.list_snapshots().await? {
         manager.delete_snapshot(&s.name).await?;
     }
 
     let (warm, cold, snap, pooled) = (
-        median(warm),
-        median(cold),
-        median(snap_times),
-        median(pooled),
+        Dist::of(&warm),
+        Dist::of(&cold),
+        Dist::of(&snap_times),
+        Dist::of(&pooled),
     );
     println!("petty bench snapshot ({runs} runs; 256 MiB, 2 vCPUs)");
-    println!(
-        "  create from template to first exec result      median {} (target <= 100 ms)",
-        ms(warm)
-    );
+    println!("  create from template to first exec result      {warm} (target <= 100 ms)");
     println!(
         "    of which: create to ready {}, first exec {}, (a second exec {})",
         ms(median(to_ready)),
         ms(median(first_exec)),
         ms(median(second_exec))
     );
-    println!(
-        "  cold boot to first exec result                 median {}",
-        ms(cold)
-    );
+    println!("  cold boot to first exec result                 {cold}");
     println!(
         "  ratio                                          {:.1}x (target >= 10x)",
-        cold.as_secs_f64() / warm.as_secs_f64()
+        cold.p50.as_secs_f64() / warm.p50.as_secs_f64()
     );
     println!(
-        "  warm-pool acquire to first exec result         median {} ({:.1}x faster than cold)",
-        ms(pooled),
-        cold.as_secs_f64() / pooled.as_secs_f64()
+        "  warm-pool acquire to first exec result         {pooled} ({:.1}x faster than cold)",
+        cold.p50.as_secs_f64() / pooled.p50.as_secs_f64()
     );
     println!(
-        "  snapshot of a running sandbox                  median {}, {:.1} MiB on disk",
-        ms(snap),
+        "  snapshot of a running sandbox                  {snap}, {:.1} MiB on disk (target <= 150 ms)",
         snap_size as f64 / 1048576.0
+    );
+    println!(
+        "  restore of that snapshot to ready              {} (target p95 <= 50 ms)",
+        Dist::of(&restores)
+    );
+    println!(
+        "    and on to a first exec result                {}",
+        Dist::of(&restore_exec)
+    );
+    println!(
+        "  branch: snapshot + 1 child ready               {} (target <= 250 ms)",
+        Dist::of(&branch_one)
+    );
+    println!(
+        "  branch: snapshot + {forks} children ready          {} (target <= 400 ms)",
+        Dist::of(&branch_many)
     );
     println!(
         "  fork of {forks} children from a snapshot           {} total",
@@ -610,6 +749,13 @@ pub async fn snapshot(runs: usize, forks: usize, s: &Settings) -> anyhow::Result
         "  host memory (QEMU PSS) of {forks} cold boots       {} MiB",
         cold_pss / 1024
     );
+    if let Some((answered, d)) = concurrent {
+        println!("  {concurrency} sandboxes each running `true` at once: {answered}/{concurrency} answered");
+        println!(
+            "    exec round trip                              {d}, p99/p50 {:.1}",
+            d.p99.as_secs_f64() / d.p50.as_secs_f64()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -41,9 +41,14 @@ enum BenchCmd {
         /// Runs per measurement.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Children in the fork measurement.
+        /// Children in the fork and branch measurements.
         #[arg(long, default_value_t = 10)]
         forks: usize,
+        /// Also start this many sandboxes and have each run a command at
+        /// the same moment (0: skip): every one must answer; the round
+        /// trips' spread is reported (p99 / p50).
+        #[arg(long, default_value_t = 0)]
+        concurrency: usize,
         /// Instead: create from this template (`petty templates`) to first
         /// exec against the same from `base`, interleaved in one run.
         #[arg(long, value_name = "NAME")]
@@ -107,7 +112,12 @@ pub async fn dispatch(cli: Cli, s: &Settings) -> anyhow::Result<ExitCode> {
             template: Some(name),
             ..
         } => crate::bench::template(runs, &name, s).await,
-        BenchCmd::Snapshot { runs, forks, .. } => crate::bench::snapshot(runs, forks, s).await,
+        BenchCmd::Snapshot {
+            runs,
+            forks,
+            concurrency,
+            ..
+        } => crate::bench::snapshot(runs, forks, concurrency, s).await,
         BenchCmd::Serve {
             runs,
             clients,

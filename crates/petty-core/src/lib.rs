@@ -35,7 +35,7 @@ pub use petty_protocol::{
     FileStat, FileType,
 };
 pub use petty_vmm::BackendKind;
-pub use pool::{PoolConfig, PoolStats, SandboxPool};
+pub use pool::{PoolConfig, PoolStats, SandboxPool, DEFAULT_WARMUP};
 pub use sandbox::{code_argv, ExecResult, Sandbox, SandboxId};
 pub use state::SandboxState;
 

@@ -185,6 +185,19 @@ pub(crate) struct Counters {
     pub(crate) execs: std::sync::atomic::AtomicU64,
 }
 
+/// What process `pid` uses on the host now (its CPU percent over its
+/// whole life); `None` when it is gone.
+pub fn host_usage(pid: u32) -> Option<HostUsage> {
+    let s = read_process(pid)?;
+    Some(HostUsage {
+        pid,
+        rss_bytes: s.rss_bytes,
+        pss_bytes: s.pss_bytes,
+        cpu_seconds: s.cpu_seconds,
+        cpu_percent: s.cpu_percent(None),
+    })
+}
+
 /// A VMM's `/proc` figures. `None` when the process is gone.
 pub(crate) fn read_process(pid: u32) -> Option<ProcessSample> {
     let proc = Path::new("/proc").join(pid.to_string());

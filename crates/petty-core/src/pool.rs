@@ -16,6 +16,9 @@ use tokio::sync::Notify;
 
 use crate::{CoreError, SandboxConfig, SandboxId, SandboxManager};
 
+/// [`PoolConfig::warmup`]'s default.
+pub const DEFAULT_WARMUP: &str = "true; python3 -c pass 2>/dev/null; true";
+
 /// How a pool behaves.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -28,6 +31,12 @@ pub struct PoolConfig {
     pub fill_interval: Duration,
     /// How each pooled sandbox is built.
     pub sandbox_config: SandboxConfig,
+    /// A shell command each sandbox runs once before it joins the pool
+    /// (default: `true` and `python3 -c pass`, the commonest first
+    /// commands, so a software-emulated VM has translated their code paths
+    /// before a user's first exec); empty for none. Its exec is not counted
+    /// in the handed-out sandbox's metrics.
+    pub warmup: String,
 }
 
 impl Default for PoolConfig {
@@ -37,6 +46,7 @@ impl Default for PoolConfig {
             max_concurrent_boots: 2,
             fill_interval: Duration::from_secs(1),
             sandbox_config: SandboxConfig::default(),
+            warmup: DEFAULT_WARMUP.into(),
         }
     }
 }
@@ -52,6 +62,8 @@ pub struct PoolStats {
     pub created: u64,
     /// Sandboxes the pool destroyed (at shutdown).
     pub destroyed: u64,
+    /// Sandboxes given back ([`SandboxPool::release`]).
+    pub released: u64,
     /// `warm_hits / (warm_hits + cold_misses)`, 0 before any acquire.
     pub hit_rate: f64,
     /// Warm sandboxes ready now.
@@ -86,6 +98,12 @@ struct PoolInner {
     destroyed: AtomicU64,
     /// Total time of successful acquires, µs.
     acquire_us: AtomicU64,
+    /// Sandboxes given back with [`SandboxPool::release`].
+    released: AtomicU64,
+    /// What its sandboxes are made from, once it has made one: (memory
+    /// MiB, vCPUs, rootfs), so a release can check a sandbox is one of
+    /// them.
+    shape: Mutex<Option<(u32, u32, std::path::PathBuf)>>,
 }
 
 impl SandboxPool {
@@ -105,6 +123,8 @@ impl SandboxPool {
                 created: AtomicU64::new(0),
                 destroyed: AtomicU64::new(0),
                 acquire_us: AtomicU64::new(0),
+                released: AtomicU64::new(0),
+                shape: Mutex::new(None),
             }),
         }
     }
@@ -173,6 +193,54 @@ impl SandboxPool {
         self.inner.acquire_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// True when `record` is a sandbox this pool makes: same memory, vCPUs
+    /// and image (the pool's own sandboxes tell it the image once it has
+    /// made one).
+    pub fn fits(&self, record: &crate::SandboxInfo) -> bool {
+        let c = &self.inner.config.sandbox_config;
+        if (record.memory_mib, record.vcpus) != (c.memory_mib, c.vcpu_count) {
+            return false;
+        }
+        match &*lock(&self.inner.shape) {
+            Some((_, _, rootfs)) => *rootfs == record.rootfs,
+            None => false,
+        }
+    }
+
+    /// Takes back a sandbox handed out by this pool (or made like its
+    /// sandboxes) and returns the one that replaces it: the sandbox is
+    /// destroyed — its files, processes and memory go with its VM, and its
+    /// id is never handed out again, so whoever held it cannot reach the
+    /// next user's — and a fresh one is restored from the template snapshot
+    /// in its place before this returns, first in line for the next
+    /// acquire. A VM that has run cannot load a snapshot again, so the
+    /// reset is a new VMM restoring the template, not a reboot. Refused
+    /// (nothing changed) for a sandbox still in the pool or not of its kind
+    /// ([`fits`](Self::fits)).
+    pub async fn release(&self, key: &str) -> Result<SandboxId, CoreError> {
+        let record = self.inner.manager.info(key).await?;
+        if record.pooled {
+            return Err(CoreError::InvalidConfig(format!(
+                "sandbox {} is in the warm pool already",
+                record.name
+            )));
+        }
+        if !self.fits(&record) {
+            return Err(CoreError::InvalidConfig(format!(
+                "sandbox {} ({} MiB, {} vCPUs, image {}) is not of this pool's kind; destroy it instead",
+                record.name,
+                record.memory_mib,
+                record.vcpus,
+                record.rootfs.display()
+            )));
+        }
+        self.inner.manager.destroy(&record.id.to_string()).await?;
+        self.inner.released.fetch_add(1, Ordering::Relaxed);
+        let fresh = make_one(&self.inner).await?;
+        lock(&self.inner.ready).push_front(fresh);
+        Ok(fresh)
+    }
+
     /// Warm sandboxes ready now.
     pub fn size(&self) -> usize {
         lock(&self.inner.ready).len()
@@ -189,6 +257,7 @@ impl SandboxPool {
             cold_misses: misses,
             created: i.created.load(Ordering::Relaxed),
             destroyed: i.destroyed.load(Ordering::Relaxed),
+            released: i.released.load(Ordering::Relaxed),
             hit_rate: if hits + misses == 0 {
                 0.0
             } else {
@@ -256,25 +325,8 @@ fn fill(inner: &Arc<PoolInner>) {
         inner.booting.fetch_add(1, Ordering::SeqCst);
         let inner = inner.clone();
         tokio::spawn(async move {
-            let result = inner
-                .manager
-                .create_inner(crate::manager::CreatePlan::pooled(
-                    inner.config.sandbox_config.clone(),
-                ))
-                .await;
-            if let Ok(id) = &result {
-                // Run the commonest first commands once: under software
-                // emulation a fresh VMM translates every guest code path on
-                // first use, and this way the user's first exec does not pay
-                // for it.
-                let _ = inner
-                    .manager
-                    .execute(&id.to_string(), "true; python3 -c pass 2>/dev/null; true")
-                    .await;
-            }
-            match result {
+            match make_one(&inner).await {
                 Ok(id) => {
-                    inner.created.fetch_add(1, Ordering::Relaxed);
                     lock(&inner.ready).push_back(id);
                     inner.booting.fetch_sub(1, Ordering::SeqCst);
                     inner.wake.notify_one();
@@ -288,6 +340,33 @@ fn fill(inner: &Arc<PoolInner>) {
             }
         });
     }
+}
+
+/// One pooled sandbox from the pool's config (a template restore where the
+/// backend can), warmed up.
+async fn make_one(inner: &Arc<PoolInner>) -> Result<SandboxId, CoreError> {
+    let id = inner
+        .manager
+        .create_inner(crate::manager::CreatePlan::pooled(
+            inner.config.sandbox_config.clone(),
+        ))
+        .await?;
+    if lock(&inner.shape).is_none() {
+        if let Ok(r) = inner.manager.info(&id.to_string()).await {
+            *lock(&inner.shape) = Some((r.memory_mib, r.vcpus, r.rootfs));
+        }
+    }
+    if !inner.config.warmup.is_empty() {
+        // Under software emulation a fresh VMM translates every guest code
+        // path on first use: this way the user's first exec does not pay
+        // for it.
+        let _ = inner
+            .manager
+            .execute(&id.to_string(), &inner.config.warmup)
+            .await;
+    }
+    inner.created.fetch_add(1, Ordering::Relaxed);
+    Ok(id)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

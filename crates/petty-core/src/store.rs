@@ -606,7 +606,7 @@ impl Store {
             c.execute(
                 "UPDATE sandboxes SET pooled = 0, created_at = ?2, last_used_at = ?2, owner_pid = ?3,
                     owner = COALESCE(?4, owner), bound_to_owner = ?5, start_kind = 'pool',
-                    startup_ms = ?6
+                    startup_ms = ?6, execs = 0, exec_us = 0
                  WHERE id = ?1",
                 params![
                     id.to_string(),

@@ -95,6 +95,7 @@ pub async fn start_service(
                 max_concurrent_boots: settings.pool.max_concurrent_boots,
                 fill_interval: Duration::from_secs(1),
                 sandbox_config,
+                warmup: settings.pool.warmup_command.clone(),
             },
         );
         pool.start();

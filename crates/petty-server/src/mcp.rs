@@ -680,6 +680,19 @@ impl PettyMcp {
         )
     }
 
+    #[tool(
+        description = "Give a sandbox back to the warm pool when done with it: it is destroyed (files, processes and memory go with it) and the pool restores a fresh one from the template in its place, so the next create_sandbox is served warm. Fails, changing nothing, when no warm pool makes sandboxes like it: use destroy_sandbox then."
+    )]
+    async fn release_sandbox(
+        &self,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("release_sandbox {}", p.sandbox),
+            self.service.release(&p.sandbox).await,
+        )
+    }
+
     #[tool(description = "Destroy a sandbox: stop its VM and delete its disk. Its snapshots stay.")]
     async fn destroy_sandbox(
         &self,

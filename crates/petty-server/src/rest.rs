@@ -28,7 +28,7 @@ use crate::service::{
     BranchView, CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, PublishSpec,
     Requester, SandboxView, Service, SnapshotView,
 };
-use crate::stats::{SandboxMetricsView, StatsView};
+use crate::stats::{ReleaseView, SandboxMetricsView, StatsView};
 use crate::templates::{BuildLine, BuildTemplateSpec, TemplateView};
 
 /// Shared state of every handler.
@@ -320,7 +320,7 @@ pub struct Health {
         snapshot_sandbox, fork_sandbox, branch_sandbox, list_snapshots, get_snapshot, delete_snapshot,
         restore_snapshot, fork_snapshot,
         list_templates, build_template, get_template, delete_template,
-        pool_stats, sandbox_metrics, stats, healthz, readyz, metrics,
+        pool_stats, sandbox_metrics, release_sandbox, stats, healthz, readyz, metrics,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -357,6 +357,7 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         .route("/v1/sandboxes/{id}/ports", post(publish_port))
         .route("/v1/sandboxes/{id}/network", get(network_status))
         .route("/v1/sandboxes/{id}/metrics", get(sandbox_metrics))
+        .route("/v1/sandboxes/{id}/release", post(release_sandbox))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/stream", post(exec_stream))
         .route("/v1/sandboxes/{id}/code", post(run_code))
@@ -541,6 +542,20 @@ async fn sandbox_metrics(
     Path(id): Path<String>,
 ) -> ApiJson<SandboxMetricsView> {
     Ok(Json(s.service.sandbox_metrics(&id).await?))
+}
+
+/// Give a sandbox back to the warm pool it came from: it is destroyed (its
+/// files and processes go with it, its id is not used again) and the pool
+/// restores a fresh one from the template in its place. 409 when no pool
+/// makes sandboxes like it.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/release", tag = "pool",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = ReleaseView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn release_sandbox(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiJson<ReleaseView> {
+    Ok(Json(s.service.release(&id).await?))
 }
 
 /// The daemon's totals: sandboxes by state and by how they started,
@@ -1141,6 +1156,7 @@ mod tests {
             "/v1/pool",
             "/v1/stats",
             "/v1/sandboxes/{id}/metrics",
+            "/v1/sandboxes/{id}/release",
             "/healthz",
             "/readyz",
             "/metrics",

@@ -1329,6 +1329,11 @@ impl Service {
         }
     }
 
+    /// The base image's warm pool (`pool.size`), if it has one.
+    pub(crate) fn base_pool(&self) -> Option<SandboxPool> {
+        self.inner.pool.clone()
+    }
+
     /// The warm pool's figures.
     pub fn pool_stats(&self) -> PoolView {
         let target = self.inner.config.pool.size;

@@ -149,7 +149,61 @@ impl StatsView {
     }
 }
 
+/// A release: the sandbox given back and the pool that took it.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+pub struct ReleaseView {
+    /// The sandbox given back (gone now; its id is not used again).
+    pub released: String,
+    /// The pool that restored a fresh sandbox in its place: `base` (the
+    /// `pool.size` pool) or a `templates.warm` template's name.
+    pub pool: String,
+}
+
 impl Service {
+    /// Gives sandbox `key` back to the warm pool its kind comes from (the
+    /// base pool, or its template's `templates.warm` pool): it is destroyed
+    /// and the pool restores a fresh one from the template in its place
+    /// ([`petty_core::SandboxPool::release`]). Without such a pool: a 409
+    /// that says to destroy it.
+    #[tracing::instrument(skip(self))]
+    pub async fn release(&self, key: &str) -> ApiResult<ReleaseView> {
+        let view = self.get(key).await?;
+        let record = self
+            .inner()
+            .manager
+            .info(&view.id)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let pools = self
+            .base_pool()
+            .map(|p| ("base".to_string(), p))
+            .into_iter()
+            .chain(self.template_pools());
+        for (name, pool) in pools {
+            if pool.fits(&record) {
+                pool.release(&view.id).await.map_err(|e| self.fail(e))?;
+                self.inner()
+                    .metrics
+                    .destroys
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(pool = %name, "released");
+                return Ok(ReleaseView {
+                    released: view.name,
+                    pool: name,
+                });
+            }
+        }
+        Err(crate::error::ApiError::new(
+            crate::error::ErrorKind::Conflict,
+            format!(
+                "no warm pool makes sandboxes like {} (pool.size is 0, or its image, memory or vCPUs are another pool's or none's); destroy it instead",
+                view.name
+            ),
+        ))
+    }
+
     /// What sandbox `key` costs and does now (see
     /// [`petty_core::SandboxManager::metrics`]). Reading it is not a use.
     #[tracing::instrument(skip(self))]

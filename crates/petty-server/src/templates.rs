@@ -735,6 +735,14 @@ impl Service {
     }
 
     /// The warm pool of template `name`, when `templates.warm` has one running.
+    /// Every running `templates.warm` pool, by template.
+    pub(crate) fn template_pools(&self) -> Vec<(String, SandboxPool)> {
+        lock(&self.inner().warm.pools)
+            .iter()
+            .map(|(t, p)| (t.clone(), p.pool.clone()))
+            .collect()
+    }
+
     pub(crate) fn template_pool(&self, name: &str) -> Option<SandboxPool> {
         lock(&self.inner().warm.pools)
             .get(name)
@@ -863,6 +871,7 @@ impl Service {
                     max_concurrent_boots: self.config().pool.max_concurrent_boots,
                     fill_interval: Duration::from_secs(1),
                     sandbox_config,
+                    warmup: self.config().pool.warmup_command.clone(),
                 },
             );
             pool.start();

@@ -15,6 +15,7 @@ fn pool(env: &Env, m: &SandboxManager, min_size: usize) -> SandboxPool {
             max_concurrent_boots: 2,
             fill_interval: Duration::from_secs(1),
             sandbox_config: env.sandbox().build().unwrap(),
+            ..PoolConfig::default()
         },
     )
 }

@@ -240,6 +240,53 @@ async fn pool_counts_hits_and_misses_and_cleans_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_sandbox_goes_and_the_pool_gets_a_fresh_one_without_its_files() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    let pool = SandboxPool::new(
+        m.clone(),
+        PoolConfig {
+            min_size: 1,
+            fill_interval: Duration::from_millis(200),
+            ..PoolConfig::default()
+        },
+    );
+    pool.start();
+    eventually("the pool to fill", || async { pool.size() == 1 }).await;
+    let a = pool.acquire().await.unwrap().to_string();
+    let info = m.info(&a).await.unwrap();
+    assert_eq!(info.start_kind, petty_core::StartKind::Pool);
+    assert_eq!(info.execs, 0, "the pool's warm-up is not the user's");
+    m.execute(&a, "echo mine > /root/user-file").await.unwrap();
+    eventually("the refill", || async { pool.size() == 1 }).await;
+    // Released: the sandbox goes (its overlay with it), and the pool
+    // restores a fresh one from the template, first in line.
+    let run_dir = info.run_dir.clone().unwrap();
+    let fresh = pool.release(&a).await.unwrap();
+    assert!(!m.exists(&a).await.unwrap(), "a released sandbox is gone");
+    assert!(!run_dir.exists(), "its disk went with it");
+    assert_eq!(pool.stats().released, 1);
+    let b = pool.acquire().await.unwrap();
+    assert_eq!(b, fresh, "the replacement is handed out next");
+    let b = b.to_string();
+    assert_ne!(a, b);
+    let r = m.execute(&b, "cat /root/user-file 2>&1").await.unwrap();
+    assert!(r.stdout.contains("No such file"), "{r:?}");
+    // What the pool cannot have made is refused and left alone.
+    let other = m
+        .create(crate::config_builder().memory_mib(320).build().unwrap())
+        .await
+        .unwrap()
+        .to_string();
+    let e = pool.release(&other).await.unwrap_err();
+    assert!(e.to_string().contains("destroy it instead"), "{e}");
+    assert!(m.exists(&other).await.unwrap());
+    pool.shutdown().await.unwrap();
+    m.destroy_all().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_adopts_a_sandbox_or_hands_it_back() {
     fn assert_shareable<T: Send + Sync + Clone>() {}
     assert_shareable::<SandboxManager>();

@@ -724,6 +724,7 @@ const TOOLS: &[&str] = &[
     "delete_template",
     "branch_sandbox",
     "sandbox_metrics",
+    "release_sandbox",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -838,6 +839,9 @@ async fn mcp_over_stdio_runs_every_tool() {
     );
     let s = structured(&call(&client, "list_sandboxes", json!({})).await);
     assert_eq!(s["sandboxes"][0]["name"], "m1");
+    let e = call(&client, "release_sandbox", json!({"sandbox": "m1"})).await;
+    assert_eq!(e.is_error, Some(true), "petty mcp keeps no pool");
+    assert!(text_of(&e).contains("destroy"), "{}", text_of(&e));
     let mm = structured(&call(&client, "sandbox_metrics", json!({"sandbox": "m1"})).await);
     assert_eq!(mm["execs"], 2, "the command and the code: {mm}");
     assert!(mm["host_pss_bytes"].as_u64().is_some_and(|b| b > 0), "{mm}");
@@ -1106,10 +1110,111 @@ async fn per_sandbox_metrics_on_rest_prometheus_and_the_cli() {
     .await;
     let snaps: Value = serde_json::from_str(env.ok(&["snapshots", "--json"]).trim()).unwrap();
     assert_eq!(snaps["name"], "met-snap", "{snaps}");
+    // No pool here: a release is refused, saying what to do, and changes nothing.
+    let (status, e) = d.call("POST", "/v1/sandboxes/met/release", None).await;
+    assert_eq!(status, 409, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("destroy it instead"),
+        "{e}"
+    );
     let (status, _) = d.call("DELETE", "/v1/sandboxes/met", None).await;
     assert_eq!(status, 204);
     let (status, _) = d.call("DELETE", "/v1/snapshots/met-snap", None).await;
     assert_eq!(status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_sandbox_is_gone_and_the_pool_serves_a_fresh_one() {
+    let env = Env::new();
+    let d = Daemon::start(&env, &["--pool-size", "1"]);
+    let ready = || async { d.ok("GET", "/v1/pool", None).await["ready"] == 1 };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ready().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = d.ok("POST", "/v1/sandboxes", Some(json!({}))).await;
+    assert_eq!(a["start_kind"], "pool", "{a}");
+    let a_id = a["id"].as_str().unwrap().to_string();
+    d.ok(
+        "POST",
+        &format!("/v1/sandboxes/{a_id}/exec"),
+        Some(json!({"command": "echo mine > /root/user-file"})),
+    )
+    .await;
+    let r = d
+        .ok("POST", &format!("/v1/sandboxes/{a_id}/release"), None)
+        .await;
+    assert_eq!(r["pool"], "base", "{r}");
+    let (status, _) = d.call("GET", &format!("/v1/sandboxes/{a_id}"), None).await;
+    assert_eq!(status, 404, "a released sandbox is gone");
+    // The replacement is ready at once and served to the next create.
+    assert!(
+        d.ok("GET", "/v1/pool", None).await["ready"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    let b = d.ok("POST", "/v1/sandboxes", Some(json!({}))).await;
+    assert_eq!(b["start_kind"], "pool", "{b}");
+    assert_ne!(b["id"], a["id"]);
+    let r = d
+        .ok(
+            "POST",
+            &format!("/v1/sandboxes/{}/exec", b["id"].as_str().unwrap()),
+            Some(json!({"command": "cat /root/user-file 2>&1 || true"})),
+        )
+        .await;
+    assert!(
+        r["stdout"].as_str().unwrap().contains("No such file"),
+        "{r}"
+    );
+    assert!(
+        d.ok("GET", "/v1/pool", None).await["avg_acquire_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_tree_search_example_runs_through_rest_and_cleans_up() {
+    let env = Env::new();
+    let d = Daemon::start(&env, &["--pool-size", "0"]);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tree_search.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .env("PETTY_URL", &d.base)
+        .env("PETTY_ITERATIONS", "4")
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("iteration "))
+            .count(),
+        4,
+        "{stdout}"
+    );
+    assert!(stdout.contains("iterations/s"), "{stdout}");
+    assert!(stdout.contains("snapshot  p50"), "{stdout}");
+    // The example leaves no sandbox and no snapshot.
+    assert_eq!(d.ok("GET", "/v1/sandboxes", None).await, json!([]));
+    assert_eq!(d.ok("GET", "/v1/snapshots", None).await, json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

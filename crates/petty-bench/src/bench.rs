@@ -614,6 +614,29 @@ pub async fn snapshot(
         restore_exec.push(t.elapsed());
         manager.destroy(&id).await?;
     }
+    // The baseline: the VMM layer alone restoring the same snapshot (QEMU
+    // started on its state and RAM file, the overlay made; no agent, no
+    // guest refresh, no store), started and stopped.
+    let snap0 = manager.snapshot_info("bench-snap-0").await?;
+    let (bare_vmm, _) = petty::settings::backend_options(s).qemu(scratch.path().join("run"));
+    let mut bare_restores = Vec::new();
+    for i in 0..runs {
+        let config = VmConfig {
+            memory_mib: snap0.memory_mib,
+            vcpus: snap0.vcpus,
+            memory: petty_vmm::Vmm::restore_memory(&bare_vmm, &snap0.dir),
+            restore_from: Some(snap0.dir.clone()),
+            ..VmConfig::new(
+                format!("bench-bare-{i}-{}", std::process::id()),
+                snap0.kernel.clone(),
+                snap0.rootfs.clone(),
+            )
+        };
+        let t = Instant::now();
+        let vm = petty_vmm::Vmm::start(&bare_vmm, &config).await?;
+        bare_restores.push(t.elapsed());
+        vm.stop().await?;
+    }
     // Branches: a snapshot of the running sandbox and its children ready,
     // in one call.
     let (mut branch_one, mut branch_many) = (Vec::new(), Vec::new());
@@ -724,6 +747,10 @@ pub async fn snapshot(
     println!(
         "    and on to a first exec result                {}",
         Dist::of(&restore_exec)
+    );
+    println!(
+        "    baseline: the VMM layer alone restoring it   {}",
+        Dist::of(&bare_restores)
     );
     println!(
         "  branch: snapshot + 1 child ready               {} (target <= 250 ms)",

@@ -86,6 +86,57 @@ pub struct QemuVmm {
     turns: BootTurns,
 }
 
+/// Reads the RAM file at `path` of a snapshot just restored into the page
+/// cache, in the background at the lowest priority, once per file in this
+/// process. The restored VM maps the file privately, and its own first
+/// snapshot reads every page of that mapping: a page the cache does not
+/// hold yet (above all a hole, a zero page) is allocated and zeroed then,
+/// on that snapshot's clock — about 0.5 s for 256 MiB here, where fresh
+/// host memory is slow to touch. Read while the guest works, the snapshot
+/// finds them cached (docs/BENCHMARKS.md: tree search). Only restored
+/// snapshots are read, so a burst of snapshots nobody restores costs
+/// nothing; the pages are the kernel's to reclaim. Readahead advice would
+/// not do: it leaves holes out.
+fn warm_page_cache(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    static WARMED: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+    let Ok(file) = fs::File::open(path) else {
+        return;
+    };
+    let Ok(md) = file.metadata() else { return };
+    {
+        let mut warmed = WARMED.lock().unwrap_or_else(|e| e.into_inner());
+        if warmed.contains(&(md.dev(), md.ino())) {
+            return;
+        }
+        // A bound, not a cache: an inode number reused later is at worst
+        // not warmed.
+        if warmed.len() >= 4096 {
+            warmed.clear();
+        }
+        warmed.push((md.dev(), md.ino()));
+    }
+    let spawned = std::thread::Builder::new()
+        .name("petty-ram-warm".into())
+        .spawn(move || {
+            use std::os::unix::fs::FileExt;
+            // Behind every VM's own work: the lowest priority, for this
+            // thread alone.
+            // SAFETY: setpriority on the calling thread's id; no memory is passed.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+            }
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while let Ok(n @ 1..) = file.read_at(&mut buf, at) {
+                at += n as u64;
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("not warming a snapshot's RAM file: {e}");
+    }
+}
+
 impl QemuVmm {
     /// A backend using `accel`, keeping run directories under `root`,
     /// running `qemu-system-x86_64` from the standard directories; guest
@@ -834,6 +885,12 @@ impl QemuVm {
         if let Some(mib) = disk_size_mib {
             self.grow_disk(&mut qmp, &backing, u64::from(mib) << 20)
                 .await?;
+        }
+        // A restore maps its snapshot's RAM file privately (see
+        // `Vmm::restore_memory`): its first snapshot will read all of it.
+        let ram = snap.join(SNAPSHOT_RAM);
+        if ram.exists() {
+            warm_page_cache(&ram);
         }
         Ok(())
     }

@@ -295,10 +295,16 @@ pub(crate) fn parse_meminfo(text: &str) -> Option<GuestMemory> {
     })
 }
 
-/// Bytes the regular files under `dir` take on disk (allocated blocks, so
-/// holes in a sparse overlay cost nothing), not following links.
+/// Bytes the regular files under `dir` (or the file `dir` itself) take on
+/// disk (allocated blocks, so holes in a sparse overlay cost nothing), not
+/// following links.
 pub(crate) fn disk_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
+    if let Ok(md) = dir.symlink_metadata() {
+        if md.is_file() {
+            return md.blocks() * 512;
+        }
+    }
     let mut total = 0;
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {

@@ -166,6 +166,8 @@ pub(crate) struct BootPlan {
     pub(crate) standby: Option<Box<dyn petty_vmm::Vm>>,
     /// The VM's network interface, in the namespace made for it.
     pub(crate) network: Option<petty_vmm::VmNetwork>,
+    /// Boot on this kept disk ([`petty_vmm::VmConfig::disk`]).
+    pub(crate) disk: Option<PathBuf>,
 }
 
 impl BootPlan {
@@ -180,6 +182,7 @@ impl BootPlan {
             restore_from: None,
             standby: None,
             network: None,
+            disk: None,
         }
     }
 }
@@ -227,9 +230,12 @@ impl Sandbox {
             restore_from,
             standby,
             network,
+            disk,
         } = plan;
         config.validate()?;
         let restored = restore_from.is_some();
+        // A boot on a kept disk is the same sandbox again: its name too.
+        let renamed = restored || disk.is_some();
         if persistent {
             config.die_with_parent = die_with_process;
         }
@@ -265,6 +271,7 @@ impl Sandbox {
             None => {
                 let mut vm_config = vm_config(vmm, &config, id, kernel, rootfs, restore_from);
                 vm_config.network = network;
+                vm_config.disk = disk;
                 vmm.start(&vm_config).await?
             }
         };
@@ -274,7 +281,7 @@ impl Sandbox {
         // `/` onto the disk it now has. The refresh goes out right behind
         // the greeting, not a round trip later.
         let hostname: String = name.chars().take(63).collect();
-        let refresh = restored.then_some((hostname.as_str(), disk_bytes));
+        let refresh = renamed.then_some((hostname.as_str(), disk_bytes));
         let (agent, pong) = connect(vm.as_ref(), &config, config.connect_timeout, refresh).await?;
         drop(turn);
         tracing::debug!(sandbox = %id, "agent answered");
@@ -738,6 +745,38 @@ impl Sandbox {
         }
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = SandboxState::Stopped;
         Ok(())
+    }
+
+    /// [`stop_vm`](Self::stop_vm), keeping the VM's disk at `to` for a
+    /// later boot ([`petty_vmm::Vm::stop_keeping_disk`]). False when the
+    /// backend cannot keep one (the VM is stopped all the same).
+    pub(crate) async fn stop_vm_keeping_disk(
+        &self,
+        graceful: bool,
+        to: PathBuf,
+    ) -> Result<bool, CoreError> {
+        self.watch.stop();
+        let _ = self.set_state(SandboxState::Stopping);
+        if graceful && self.agent.shutdown().await.is_ok() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline {
+                if !self.vm_running().await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let vm = self.vm.lock().await.take();
+        let kept = match vm {
+            Some(vm) => match vm.stop_keeping_disk(to).await {
+                Ok(()) => true,
+                Err(petty_vmm::VmmError::Unavailable { .. }) => false,
+                Err(e) => return Err(e.into()),
+            },
+            None => false,
+        };
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = SandboxState::Stopped;
+        Ok(kept)
     }
 
     /// Marks the sandbox failed and kills its VM.

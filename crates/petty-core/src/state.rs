@@ -74,6 +74,7 @@ impl SandboxState {
                 | (Ready, Paused | Stopping | Failed)
                 | (Paused, Ready | Stopping | Failed)
                 | (Stopping, Stopped | Failed)
+                | (Stopped, Creating)
                 | (Failed, Stopping | Stopped)
         )
     }

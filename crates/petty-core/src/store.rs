@@ -621,6 +621,19 @@ impl Store {
         Ok(())
     }
 
+    /// A stopped sandbox starting again: its lifetimes count from now, and
+    /// this process is its owner process (recovery judges it by that).
+    pub fn restarted(&self, id: SandboxId) -> Result<(), CoreError> {
+        self.write(|c| {
+            c.execute(
+                "UPDATE sandboxes SET created_at = ?2, last_used_at = ?2, updated_at = ?2,
+                    owner_pid = ?3 WHERE id = ?1",
+                params![id.to_string(), now_ms(), std::process::id()],
+            )
+        })?;
+        Ok(())
+    }
+
     /// Replaces a sandbox's TTL (counted from its creation) and idle
     /// timeout; `None` is no limit.
     pub fn set_limits(

@@ -693,6 +693,32 @@ impl PettyMcp {
         )
     }
 
+    #[tool(
+        description = "Stop a sandbox cleanly and keep its disk: it holds no memory or CPU until start_sandbox boots it again with every file it had (not its processes). destroy_sandbox deletes it."
+    )]
+    async fn stop_sandbox(
+        &self,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("stop_sandbox {}", p.sandbox),
+            self.service.stop(&p.sandbox).await,
+        )
+    }
+
+    #[tool(
+        description = "Boot a stopped sandbox again on the disk its stop kept: every file it had, none of its processes."
+    )]
+    async fn start_sandbox(
+        &self,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("start_sandbox {}", p.sandbox),
+            self.service.start(&p.sandbox).await,
+        )
+    }
+
     #[tool(description = "Destroy a sandbox: stop its VM and delete its disk. Its snapshots stay.")]
     async fn destroy_sandbox(
         &self,

@@ -320,7 +320,8 @@ pub struct Health {
         snapshot_sandbox, fork_sandbox, branch_sandbox, list_snapshots, get_snapshot, delete_snapshot,
         restore_snapshot, fork_snapshot,
         list_templates, build_template, get_template, delete_template,
-        pool_stats, sandbox_metrics, release_sandbox, stats, healthz, readyz, metrics,
+        pool_stats, sandbox_metrics, release_sandbox, stop_sandbox, start_sandbox, stats,
+        healthz, readyz, metrics,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -358,6 +359,8 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         .route("/v1/sandboxes/{id}/network", get(network_status))
         .route("/v1/sandboxes/{id}/metrics", get(sandbox_metrics))
         .route("/v1/sandboxes/{id}/release", post(release_sandbox))
+        .route("/v1/sandboxes/{id}/stop", post(stop_sandbox))
+        .route("/v1/sandboxes/{id}/start", post(start_sandbox))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/stream", post(exec_stream))
         .route("/v1/sandboxes/{id}/code", post(run_code))
@@ -556,6 +559,24 @@ async fn release_sandbox(
     Path(id): Path<String>,
 ) -> ApiJson<ReleaseView> {
     Ok(Json(s.service.release(&id).await?))
+}
+
+/// Shut a sandbox down cleanly: its record and disk stay (it holds no
+/// memory, CPU or slot of the limit) for `POST .../start`, until DELETE.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/stop", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = SandboxView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn stop_sandbox(State(s): State<AppState>, Path(id): Path<String>) -> ApiJson<SandboxView> {
+    Ok(Json(s.service.stop(&id).await?))
+}
+
+/// Boot a stopped sandbox again on the disk its stop kept: every file it
+/// had, none of its processes; its lifetimes count from now.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/start", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = SandboxView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn start_sandbox(State(s): State<AppState>, Path(id): Path<String>) -> ApiJson<SandboxView> {
+    Ok(Json(s.service.start(&id).await?))
 }
 
 /// The daemon's totals: sandboxes by state and by how they started,
@@ -1157,6 +1178,8 @@ mod tests {
             "/v1/stats",
             "/v1/sandboxes/{id}/metrics",
             "/v1/sandboxes/{id}/release",
+            "/v1/sandboxes/{id}/stop",
+            "/v1/sandboxes/{id}/start",
             "/healthz",
             "/readyz",
             "/metrics",

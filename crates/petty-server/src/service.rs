@@ -757,6 +757,33 @@ impl Service {
             .map_err(|e| self.fail(e))
     }
 
+    /// Shuts a sandbox down cleanly, keeping its record and disk for
+    /// [`start`](Self::start).
+    #[tracing::instrument(skip(self))]
+    pub async fn stop(&self, sandbox: &str) -> ApiResult<SandboxView> {
+        let view = self.get(sandbox).await?;
+        self.inner
+            .manager
+            .stop(&view.id, true)
+            .await
+            .map_err(|e| self.fail(e))?;
+        tracing::info!("stopped");
+        self.get(&view.id).await
+    }
+
+    /// Boots a stopped sandbox again on its kept disk.
+    #[tracing::instrument(skip(self))]
+    pub async fn start(&self, sandbox: &str) -> ApiResult<SandboxView> {
+        let view = self.get(sandbox).await?;
+        self.inner
+            .manager
+            .start(&view.id)
+            .await
+            .map_err(|e| self.fail(e))?;
+        tracing::info!("started");
+        self.get(&view.id).await
+    }
+
     /// Destroys a sandbox: its VM, its files and its record.
     #[tracing::instrument(skip(self))]
     pub async fn destroy(&self, sandbox: &str) -> ApiResult<()> {

@@ -77,6 +77,11 @@ pub struct VmConfig {
     pub memory: MemoryBacking,
     /// With `restore_from`: leave the guest paused once its state is loaded.
     pub start_paused: bool,
+    /// Boot on this disk overlay, kept by [`Vm::stop_keeping_disk`], rather
+    /// than a new one: it is linked into the run directory (copied when it
+    /// lies on another file system) and stays where it is, whole, should
+    /// the start fail. Not with `restore_from`.
+    pub disk: Option<PathBuf>,
     /// Size of the guest's root disk in MiB; `None` keeps the size of what it
     /// is made from (the base image, or the snapshot's disk). Never smaller
     /// than that. The guest grows its file system to fill the disk; after a
@@ -191,6 +196,7 @@ impl VmConfig {
             restore_from: None,
             memory: MemoryBacking::Anonymous,
             start_paused: false,
+            disk: None,
             disk_size_mib: None,
             standby: false,
             network: None,
@@ -566,6 +572,20 @@ pub trait Vm: Send + Sync {
 
     /// Stops the VM and removes everything it left on disk.
     fn stop(self: Box<Self>) -> BoxFuture<'static, Result<(), VmmError>>;
+
+    /// Stops the VM (its process ended first, so the disk is whole) and
+    /// keeps its disk overlay at `to`, to boot on again later
+    /// ([`VmConfig::disk`]); everything else it left is removed. A backend
+    /// that cannot keep a disk says so and stops nothing.
+    fn stop_keeping_disk(self: Box<Self>, to: PathBuf) -> BoxFuture<'static, Result<(), VmmError>> {
+        let _ = to;
+        Box::pin(async {
+            Err(VmmError::Unavailable {
+                backend: "this".into(),
+                reason: "it cannot keep a stopped VM's disk; destroy the sandbox instead".into(),
+            })
+        })
+    }
 
     /// Lets go of the VM without stopping it: it keeps running for another
     /// process to [`Vmm::attach`] to.

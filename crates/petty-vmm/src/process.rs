@@ -191,6 +191,43 @@ impl VmmProcess {
         self.detached.store(true, Ordering::Relaxed);
     }
 
+    /// Ends the VMM, then keeps `file` (a name in the run directory) at
+    /// `to` — hard-linked, or copied through `to`'s directory when it lies
+    /// on another file system, and replaced atomically — and removes the
+    /// rest, on the blocking pool. Should keeping fail, the run directory is
+    /// left as it is, so nothing is lost, and the error says where.
+    pub fn stop_keeping(self, file: &str, to: PathBuf) -> BoxFuture<'static, Result<(), VmmError>> {
+        let file = file.to_string();
+        Box::pin(async move {
+            let pid = self.pid;
+            let err = move |source: std::io::Error| VmmError::Stop { pid, source };
+            tokio::task::spawn_blocking(move || -> Result<(), VmmError> {
+                if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take()
+                {
+                    let _ = child.kill();
+                    child.wait().map_err(err)?;
+                } else if self.pid != 0 {
+                    kill_vmm(self.pid, &self.dir);
+                }
+                keep_file(&self.dir.join(&file), &to).map_err(|e| {
+                    // Not torn down when dropped either: the disk stays.
+                    self.detach();
+                    err(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "keeping {} at {}: {e} (the run directory is left as it is)",
+                            self.dir.join(&file).display(),
+                            to.display()
+                        ),
+                    ))
+                })?;
+                remove_run_dir(&self.dir).map_err(err)
+            })
+            .await
+            .map_err(|e| err(std::io::Error::other(e)))?
+        })
+    }
+
     /// Tears down on the blocking pool.
     pub fn stop(self) -> BoxFuture<'static, Result<(), VmmError>> {
         Box::pin(async move {
@@ -204,6 +241,30 @@ impl VmmProcess {
                 .map_err(|source| VmmError::Stop { pid, source })
         })
     }
+}
+
+/// Puts `from` at `to`: nothing to do when `to` is the same file already
+/// (a disk linked in at start), else a hard link or, across file systems,
+/// a copy; through a temporary name beside `to`, renamed over it when whole.
+pub(crate) fn keep_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let src = fs::metadata(from)?;
+    if let Ok(dst) = fs::metadata(to) {
+        if (dst.dev(), dst.ino()) == (src.dev(), src.ino()) {
+            return Ok(());
+        }
+    }
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = to.with_extension(format!("partial-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let made = fs::hard_link(from, &tmp).or_else(|_| fs::copy(from, &tmp).map(|_| ()));
+    if let Err(e) = made.and_then(|()| fs::rename(&tmp, to)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }
 
 impl Drop for VmmProcess {

@@ -622,6 +622,23 @@ impl QemuVmm {
             })?;
         }
         let overlay = dir.join(OVERLAY);
+        if let Some(kept) = &config.disk {
+            if config.restore_from.is_some() {
+                return Err(VmmError::Overlay(
+                    "a kept disk boots; it cannot be a restore's too".into(),
+                ));
+            }
+            // Linked, so the kept file stays whole whatever happens to the
+            // run directory; copied only across file systems.
+            fs::hard_link(kept, &overlay)
+                .or_else(|_| fs::copy(kept, &overlay).map(|_| ()))
+                .map_err(|e| {
+                    VmmError::Overlay(format!("using the kept disk {}: {e}", kept.display()))
+                })?;
+            return self
+                .launch(vm, config, &binary, &overlay, &backing, tap)
+                .await;
+        }
         // An empty overlay on a given backing file is the same bytes every
         // time: a snapshot keeps one beside its disk layer, and restores copy
         // it rather than run `qemu-img` (a process, ~15 ms, on every create).
@@ -1206,6 +1223,10 @@ impl Vm for QemuVm {
 
     fn stop(self: Box<Self>) -> BoxFuture<'static, Result<(), VmmError>> {
         self.proc.stop()
+    }
+
+    fn stop_keeping_disk(self: Box<Self>, to: PathBuf) -> BoxFuture<'static, Result<(), VmmError>> {
+        self.proc.stop_keeping(OVERLAY, to)
     }
 }
 

@@ -45,7 +45,15 @@ enum Cmd {
     /// time, host CPU and memory (PSS, RSS), the guest's memory, disk,
     /// commands run, network bytes. Refreshes like `top` on a terminal.
     Stats(crate::stats::StatsArgs),
-    /// Shut sandboxes down cleanly; their records stay until `petty rm`.
+    /// Boot stopped sandboxes again on the disks their stop kept: every
+    /// file they had, none of their processes.
+    Start {
+        /// Names or ids.
+        #[arg(required = true)]
+        sandboxes: Vec<String>,
+    },
+    /// Shut sandboxes down cleanly; their records and disks stay for
+    /// `petty start`, until `petty rm`.
     Stop {
         /// Names or ids.
         #[arg(required = true)]
@@ -529,6 +537,7 @@ pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
         Cmd::Cp(args) => crate::manage::cp(args, s).await,
         Cmd::Ls { all, json } => crate::manage::ls(all, json, s).await,
         Cmd::Stats(args) => crate::stats::stats(args, s).await,
+        Cmd::Start { sandboxes } => crate::manage::start(sandboxes, s).await,
         Cmd::Stop { sandboxes } => crate::manage::stop(sandboxes, true, s).await,
         Cmd::Kill { sandboxes } => crate::manage::stop(sandboxes, false, s).await,
         Cmd::Rm { force, sandboxes } => crate::manage::rm(sandboxes, force, s).await,

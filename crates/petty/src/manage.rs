@@ -528,6 +528,11 @@ pub async fn stop(names: Vec<String>, graceful: bool, s: &Settings) -> anyhow::R
     .await
 }
 
+pub async fn start(names: Vec<String>, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
+    each(names, false, async |n| Ok(manager.start(n).await?)).await
+}
+
 pub async fn rm(names: Vec<String>, force: bool, s: &Settings) -> anyhow::Result<ExitCode> {
     let manager = manager(s).await?;
     each(names, force, async |n| {

@@ -1,12 +1,13 @@
 //! Lifecycle: every state change goes through one checked transition that
 //! also writes the store; pause, resume, stop, destroy.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{remove_run_dir, SandboxInfo, SandboxManager};
 use crate::store::{now_ms, SandboxRecord};
-use crate::{CoreError, Sandbox, SandboxState};
+use crate::{CoreError, Sandbox, SandboxConfig, SandboxId, SandboxState};
 
 /// A store transition's outcome as an error: `moved` is `None` when the
 /// row moved to `to`, else the state it is in (none: the row is gone).
@@ -96,13 +97,15 @@ impl SandboxManager {
     }
 
     /// Shuts a sandbox's VM down (gracefully when `graceful`: the guest syncs
-    /// and powers off; else SIGKILL) and keeps its record as `stopped` until
-    /// [`destroy`](Self::destroy).
+    /// and powers off; else SIGKILL) and keeps its record as `stopped`, and
+    /// its disk (where the backend can) for [`start`](Self::start), until
+    /// [`destroy`](Self::destroy). A stopped sandbox holds no memory, CPU
+    /// or slot of `max_sandboxes`.
     pub async fn stop(&self, key: &str, graceful: bool) -> Result<(), CoreError> {
         let record = self.info(key).await?;
         let reason = if graceful { "stopped" } else { "killed" };
         if record.state.has_vm() {
-            self.stop_vm(&record, graceful).await?;
+            self.stop_vm_as(&record, graceful, true).await?;
         }
         let id = record.id;
         for to in [SandboxState::Stopping, SandboxState::Stopped] {
@@ -119,11 +122,147 @@ impl SandboxManager {
         Ok(())
     }
 
+    /// Where a stopped sandbox's disk is kept: `<data_dir>/disks/<id>`.
+    pub(crate) fn kept_disk(&self, id: SandboxId) -> PathBuf {
+        self.inner
+            .config
+            .data_dir
+            .join("disks")
+            .join(id.to_string())
+    }
+
+    /// Boots a stopped sandbox again on the disk its stop kept: every file
+    /// it had, none of its processes (as `docker start` does). Its id,
+    /// name, kernel, image, memory, vCPUs and lifetimes are its own; the
+    /// lifetimes count from now. Refused, with what to do, when it is not
+    /// stopped, its disk was not kept, its kernel or image is gone, it has a
+    /// network (not yet), or the host is at `max_sandboxes`. A failed start
+    /// leaves it stopped with its disk.
+    pub async fn start(&self, key: &str) -> Result<(), CoreError> {
+        let record = self.info(key).await?;
+        let name = record.name.clone();
+        if record.state != SandboxState::Stopped {
+            return Err(CoreError::InvalidState {
+                id: name,
+                state: record.state.to_string(),
+                hint: "only a stopped sandbox starts; stop it first".into(),
+            });
+        }
+        let disk = self.kept_disk(record.id);
+        if !disk.is_file() {
+            return Err(CoreError::InvalidState {
+                id: name.clone(),
+                state: record.state.to_string(),
+                hint: format!(
+                    "its disk was not kept (its VM was gone before the stop, or its backend keeps none); remove it with `petty rm {name}`"
+                ),
+            });
+        }
+        if record.network.is_some() {
+            return Err(CoreError::InvalidConfig(format!(
+                "sandbox {name} has a network, and starting a stopped sandbox with a network is not supported yet; remove it (`petty rm {name}`) and create another"
+            )));
+        }
+        for (what, path) in [("kernel", &record.kernel), ("image", &record.rootfs)] {
+            if !path.is_file() {
+                return Err(CoreError::InvalidConfig(format!(
+                    "sandbox {name}'s {what} {} is gone (an update removed it), so its disk cannot boot; remove it with `petty rm {name}`",
+                    path.display()
+                )));
+            }
+        }
+        let max = self.inner.config.max_sandboxes;
+        if self.db(|s| s.count_with_vm()).await? >= max {
+            return Err(CoreError::Capacity { max });
+        }
+        let id = record.id;
+        let moved = self
+            .db(move |s| s.transition(id, SandboxState::Creating, None, true))
+            .await?;
+        refused(&name, SandboxState::Creating, moved)?;
+        let started = std::time::Instant::now();
+        let booted = async {
+            let vmm = self.vmm_named(&record.backend)?;
+            let config = SandboxConfig {
+                kernel: Some(record.kernel.clone()),
+                rootfs: Some(record.rootfs.clone()),
+                memory_mib: record.memory_mib,
+                vcpu_count: record.vcpus,
+                name: Some(name.clone()),
+                ttl: record.ttl,
+                idle_timeout: record.idle_timeout,
+                owner: Some(record.owner.clone()),
+                bound_to_owner: record.bound_to_owner,
+                connect_timeout: self.inner.config.connect_timeout,
+                rpc_timeout: self.inner.config.rpc_timeout,
+                exec_defaults: self.defaults_for(&record.rootfs).await?,
+                ..SandboxConfig::default()
+            };
+            let plan = crate::sandbox::BootPlan {
+                persistent: true,
+                die_with_process: self.inner.config.vms_die_with_process,
+                disk: Some(disk),
+                ..crate::sandbox::BootPlan::new(config, id, name.clone())
+            };
+            let _turn = self
+                .inner
+                .boots
+                .acquire()
+                .await
+                .expect("semaphore never closed");
+            Sandbox::boot(vmm.as_ref(), plan).await
+        }
+        .await;
+        let sandbox = match booted {
+            Ok(sb) => sb,
+            Err(e) => {
+                let reason = format!("start failed: {e}");
+                let _ = self
+                    .db(move |s| {
+                        s.transition(id, SandboxState::Stopping, Some(&reason), false)?;
+                        s.transition(id, SandboxState::Stopped, Some(&reason), false)
+                    })
+                    .await;
+                return Err(e);
+            }
+        };
+        let pid = sandbox.vmm_pid().await.unwrap_or_default();
+        let run_dir = sandbox.run_dir().await.unwrap_or_default();
+        let ms = started.elapsed().as_millis() as u64;
+        let recorded = self
+            .db(move |s| {
+                s.set_vm(id, pid, &run_dir, ms)?;
+                s.restarted(id)?;
+                s.transition(id, SandboxState::Ready, None, true)
+            })
+            .await
+            .and_then(|moved| refused(&name, SandboxState::Ready, moved));
+        if let Err(e) = recorded {
+            let to = self.kept_disk(id);
+            let _ = sandbox.stop_vm_keeping_disk(false, to).await;
+            return Err(e);
+        }
+        self.hold(Arc::new(sandbox)).await;
+        tracing::info!(sandbox = %id, ms, "sandbox started");
+        Ok(())
+    }
+
     /// Stops the VM of `record`, whether this process holds it or not.
     pub(super) async fn stop_vm(
         &self,
         record: &SandboxRecord,
         graceful: bool,
+    ) -> Result<(), CoreError> {
+        self.stop_vm_as(record, graceful, false).await
+    }
+
+    /// [`stop_vm`](Self::stop_vm), keeping the VM's disk for a later
+    /// [`start`](Self::start) when `keep_disk`.
+    async fn stop_vm_as(
+        &self,
+        record: &SandboxRecord,
+        graceful: bool,
+        keep_disk: bool,
     ) -> Result<(), CoreError> {
         let mut held = self.live_mut().remove(&record.id);
         // A backend that cannot be made here any more: its VMM process is
@@ -144,9 +283,17 @@ impl SandboxManager {
             .ok()
             .map(Arc::new);
         }
+        let to = self.kept_disk(record.id);
         let stopped = match (held, record.vmm_pid, &record.run_dir) {
+            (Some(sb), _, _) if keep_disk => {
+                sb.stop_vm_keeping_disk(graceful, to).await.map(|_| ())
+            }
             (Some(sb), _, _) => sb.stop_vm(graceful).await,
             (None, Some(pid), Some(_)) => match vmm.attach(&record.id.to_string(), pid) {
+                Ok(vm) if keep_disk => match vm.stop_keeping_disk(to).await {
+                    Ok(()) | Err(petty_vmm::VmmError::Unavailable { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                },
                 Ok(vm) => vm.stop().await.map_err(CoreError::from),
                 Err(_) => remove_run_dir(record.run_dir.as_deref()),
             },
@@ -170,6 +317,13 @@ impl SandboxManager {
     /// history with `reason`.
     pub(super) async fn reap(&self, record: &SandboxRecord, reason: &str) -> Result<(), CoreError> {
         let stopped = self.stop_vm(record, false).await;
+        // A kept disk goes with its sandbox.
+        let disk = self.kept_disk(record.id);
+        if disk.exists() {
+            if let Err(e) = std::fs::remove_file(&disk) {
+                tracing::warn!(sandbox = %record.id, "removing its kept disk {}: {e}", disk.display());
+            }
+        }
         let id = record.id;
         let reason = reason.to_string();
         self.db(move |s| s.remove(id, &reason)).await?;

@@ -55,11 +55,17 @@ impl SandboxManager {
         let held = self.live().get(&record.id).cloned();
         let (pending, pending_us) = held.as_ref().map_or((0, 0), |sb| sb.usage().peek());
         let pid = record.vmm_pid.filter(|_| record.state.has_vm());
-        let run_dir = record.run_dir.clone();
+        // A running sandbox's disk is in its run directory (a kept disk is
+        // linked there); a stopped one's is its kept disk.
+        let disk_at = if record.state.has_vm() {
+            record.run_dir.clone()
+        } else {
+            Some(self.kept_disk(record.id))
+        };
         let (sample, disk_bytes) = blocking(move || {
             Ok((
                 pid.and_then(metrics::read_process),
-                run_dir.as_deref().map_or(0, metrics::disk_bytes),
+                disk_at.as_deref().map_or(0, metrics::disk_bytes),
             ))
         })
         .await

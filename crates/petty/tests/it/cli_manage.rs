@@ -73,6 +73,21 @@ fn create_exec_cp_ls_stop_rm_across_processes() {
     assert!(row(&env.ok(&["ls"]), "box1").unwrap().contains("stopped"));
     let stopped = env.run(&["exec", "box1", "--", "true"]);
     assert!(String::from_utf8_lossy(&stopped.stderr).contains("box1 is stopped"));
+    // `petty start` boots it again, from another process, with its files.
+    env.ok(&["start", "box1"]);
+    assert!(row(&env.ok(&["ls"]), "box1").unwrap().contains("ready"));
+    assert_eq!(
+        std::fs::read(env.data.path().join("out.bin")).unwrap(),
+        data
+    );
+    let again = env.data.path().join("again.bin");
+    env.ok(&["cp", "box1:/root/in.bin", again.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        data,
+        "the file survived stop and start"
+    );
+    env.ok(&["stop", "box1"]);
     env.ok(&["rm", "box1"]);
     assert!(row(&env.ok(&["ls"]), "box1").is_none());
     assert!(leftovers(env.root.path()).is_empty());

@@ -287,6 +287,76 @@ async fn a_released_sandbox_goes_and_the_pool_gets_a_fresh_one_without_its_files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_keeps_the_disk_and_start_boots_it_with_every_file() {
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    let id = m
+        .create(crate::config_builder().name("desk").build().unwrap())
+        .await
+        .unwrap()
+        .to_string();
+    m.execute(
+        "desk",
+        "echo work > /root/kept && echo scratch > /tmp/not-kept && sync",
+    )
+    .await
+    .unwrap();
+    let e = m.start("desk").await.unwrap_err();
+    assert!(
+        e.to_string().contains("only a stopped sandbox starts"),
+        "{e}"
+    );
+
+    m.stop("desk", true).await.unwrap();
+    let r = m.info("desk").await.unwrap();
+    assert_eq!(r.state, SandboxState::Stopped);
+    // A stopped sandbox holds no VM and no slot, but its disk.
+    assert!(
+        leftovers(env.root.path()).is_empty(),
+        "{:?}",
+        leftovers(env.root.path())
+    );
+    assert!(processes_mentioning(&env.root.path().display().to_string()).is_empty());
+    assert_eq!(m.count().await.unwrap(), 0);
+    let kept = env.data.path().join("disks").join(&id);
+    assert!(kept.is_file(), "its disk is kept in the data directory");
+    let met = m.metrics("desk").await.unwrap();
+    assert!(met.host.is_none() && met.disk_bytes > 0, "{met:?}");
+
+    m.start("desk").await.unwrap();
+    let r = m.info("desk").await.unwrap();
+    assert_eq!(
+        (r.state, r.id.to_string()),
+        (SandboxState::Ready, id.clone())
+    );
+    let out = m
+        .execute("desk", "cat /root/kept; cat /tmp/not-kept 2>&1; hostname")
+        .await
+        .unwrap();
+    assert!(out.stdout.starts_with("work\n"), "{out:?}");
+    assert!(
+        out.stdout.contains("No such file"),
+        "a boot, not a resume: {out:?}"
+    );
+    assert!(out.stdout.ends_with("desk\n"), "{out:?}");
+    // It stops and starts again as often as asked; writes since are kept too.
+    m.execute("desk", "echo more >> /root/kept && sync")
+        .await
+        .unwrap();
+    m.stop("desk", true).await.unwrap();
+    m.start("desk").await.unwrap();
+    assert_eq!(
+        m.execute("desk", "cat /root/kept").await.unwrap().stdout,
+        "work\nmore\n"
+    );
+    // Removing it removes its disk.
+    m.stop("desk", true).await.unwrap();
+    m.destroy("desk").await.unwrap();
+    assert!(!kept.exists(), "rm frees the disk");
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_adopts_a_sandbox_or_hands_it_back() {
     fn assert_shareable<T: Send + Sync + Clone>() {}
     assert_shareable::<SandboxManager>();

@@ -725,6 +725,8 @@ const TOOLS: &[&str] = &[
     "branch_sandbox",
     "sandbox_metrics",
     "release_sandbox",
+    "stop_sandbox",
+    "start_sandbox",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1110,6 +1112,32 @@ async fn per_sandbox_metrics_on_rest_prometheus_and_the_cli() {
     .await;
     let snaps: Value = serde_json::from_str(env.ok(&["snapshots", "--json"]).trim()).unwrap();
     assert_eq!(snaps["name"], "met-snap", "{snaps}");
+    // Stop keeps the disk; start boots it again with the files.
+    d.ok(
+        "POST",
+        "/v1/sandboxes/met/exec",
+        Some(json!({"command": "echo kept > /root/kept && sync"})),
+    )
+    .await;
+    let st = d.ok("POST", "/v1/sandboxes/met/stop", None).await;
+    assert_eq!(st["state"], "stopped", "{st}");
+    let m = d.ok("GET", "/v1/sandboxes/met/metrics", None).await;
+    assert!(
+        m["host_rss_bytes"].is_null() && m["disk_bytes"].as_u64().unwrap() > 0,
+        "{m}"
+    );
+    let st = d.ok("POST", "/v1/sandboxes/met/start", None).await;
+    assert_eq!(st["state"], "ready", "{st}");
+    let r = d
+        .ok(
+            "POST",
+            "/v1/sandboxes/met/exec",
+            Some(json!({"command": "cat /root/kept"})),
+        )
+        .await;
+    assert_eq!(r["stdout"], "kept\n", "{r}");
+    let (status, e) = d.call("POST", "/v1/sandboxes/met/start", None).await;
+    assert_eq!(status, 409, "a running sandbox does not start: {e}");
     // No pool here: a release is refused, saying what to do, and changes nothing.
     let (status, e) = d.call("POST", "/v1/sandboxes/met/release", None).await;
     assert_eq!(status, 409, "{e}");

@@ -222,6 +222,9 @@ pub struct LimitsSection {
     pub max_download_mib: u64,
     /// Largest streamed upload into a guest, in MiB (default 4096).
     pub max_upload_mib: u64,
+    /// What an idle timeout does to a sandbox: `destroy` it (default), or
+    /// `stop` it, keeping its disk for `petty start`. A TTL always destroys.
+    pub on_idle: OnIdle,
 }
 
 impl Default for LimitsSection {
@@ -235,6 +238,7 @@ impl Default for LimitsSection {
             max_vcpu: 8,
             max_download_mib: 4096,
             max_upload_mib: 4096,
+            on_idle: OnIdle::Destroy,
         }
     }
 }
@@ -347,6 +351,16 @@ impl Default for ServerSection {
             per_sandbox_metrics: false,
         }
     }
+}
+
+/// What an idle timeout does (`limits.on_idle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnIdle {
+    /// The sandbox is destroyed.
+    Destroy,
+    /// The sandbox is stopped; its disk stays for a start.
+    Stop,
 }
 
 /// What happens to sandboxes when the daemon stops.
@@ -554,6 +568,7 @@ pub const KEYS: &[&str] = &[
     "limits.max_vcpu",
     "limits.max_download_mib",
     "limits.max_upload_mib",
+    "limits.on_idle",
     "defaults.vcpu",
     "defaults.memory_mb",
     "defaults.disk_size_mb",

@@ -93,6 +93,7 @@ pub fn manager_config(s: &Settings) -> ManagerConfig {
     mc.backends = backend_options(s);
     mc.max_sandboxes = s.limits.max_concurrent_sandboxes;
     mc.templates = s.backend.templates;
+    mc.stop_when_idle = s.limits.on_idle == petty_config::OnIdle::Stop;
     mc.standby = s.backend.standby;
     if let Some(n) = s.limits.max_concurrent_boots {
         mc.max_concurrent_boots = n;

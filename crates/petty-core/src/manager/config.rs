@@ -54,6 +54,12 @@ pub struct ManagerConfig {
     /// one-shot process such as `petty run`, whose sandbox must not outlive
     /// it; their records are still swept by the next manager.
     pub vms_die_with_process: bool,
+    /// Stop (keeping the disk, see [`SandboxManager::start`]) rather than
+    /// destroy a sandbox whose idle timeout passed (default false). A TTL
+    /// always destroys.
+    ///
+    /// [`SandboxManager::start`]: crate::SandboxManager::start
+    pub stop_when_idle: bool,
 }
 
 impl Default for ManagerConfig {
@@ -74,6 +80,7 @@ impl Default for ManagerConfig {
             standby: true,
             network: None,
             vms_die_with_process: false,
+            stop_when_idle: false,
         }
     }
 }

@@ -122,6 +122,20 @@ impl SandboxManager {
         Ok(())
     }
 
+    /// Stops `record`, already claimed (`stopping`) by the reaper, keeping
+    /// its disk: a clean shutdown, then `stopped` with `reason`.
+    pub(super) async fn stop_claimed(
+        &self,
+        record: &SandboxRecord,
+        reason: &str,
+    ) -> Result<(), CoreError> {
+        let stopped = self.stop_vm_as(record, true, true).await;
+        let (id, reason) = (record.id, format!("{reason} (stopped: its disk is kept)"));
+        self.db(move |s| s.transition(id, SandboxState::Stopped, Some(&reason), false))
+            .await?;
+        stopped
+    }
+
     /// Where a stopped sandbox's disk is kept: `<data_dir>/disks/<id>`.
     pub(crate) fn kept_disk(&self, id: SandboxId) -> PathBuf {
         self.inner

@@ -96,14 +96,16 @@ impl SandboxManager {
             }
             let age = Duration::from_millis((now - r.created_at_ms).max(0) as u64);
             let idle = Duration::from_millis((now - r.last_used_ms).max(0) as u64);
-            let reason = match (r.ttl, r.idle_timeout) {
-                (Some(ttl), _) if age >= ttl => format!("ttl expired ({} s)", ttl.as_secs_f64()),
+            let (reason, idled) = match (r.ttl, r.idle_timeout) {
+                (Some(ttl), _) if age >= ttl => {
+                    (format!("ttl expired ({} s)", ttl.as_secs_f64()), false)
+                }
                 (_, Some(limit))
                     if idle >= limit
                         && r.state == SandboxState::Ready
                         && !self.live().get(&r.id).is_some_and(|sb| sb.is_busy()) =>
                 {
-                    format!("idle for {} s", limit.as_secs_f64())
+                    (format!("idle for {} s", limit.as_secs_f64()), true)
                 }
                 _ => continue,
             };
@@ -114,6 +116,13 @@ impl SandboxManager {
                 .db(move |s| s.claim(&seen, SandboxState::Stopping, &why))
                 .await?
             {
+                continue;
+            }
+            if idled && self.inner.config.stop_when_idle {
+                tracing::info!(sandbox = %r.id, %reason, "reaper stops sandbox (its disk is kept)");
+                if let Err(e) = self.stop_claimed(&r, &reason).await {
+                    tracing::warn!(sandbox = %r.id, "stopping it failed: {e}");
+                }
                 continue;
             }
             tracing::info!(sandbox = %r.id, %reason, "reaper destroys sandbox");

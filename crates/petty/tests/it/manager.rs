@@ -357,6 +357,40 @@ async fn stop_keeps_the_disk_and_start_boots_it_with_every_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_timeout_stops_rather_than_destroys_when_configured() {
+    let env = Env::new();
+    let m = env
+        .manager(ManagerConfig {
+            stop_when_idle: true,
+            ..env.config()
+        })
+        .await;
+    let config = crate::config_builder()
+        .name("sleepy")
+        .idle_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    m.create(config).await.unwrap();
+    m.execute("sleepy", "echo mine > /root/f && sync")
+        .await
+        .unwrap();
+    eventually("the idle timeout to stop it", || async {
+        m.info("sleepy").await.unwrap().state == SandboxState::Stopped
+    })
+    .await;
+    let r = m.info("sleepy").await.unwrap();
+    assert!(r.reason.as_deref().unwrap_or("").contains("idle"), "{r:?}");
+    assert!(leftovers(env.root.path()).is_empty());
+    m.start("sleepy").await.unwrap();
+    assert_eq!(
+        m.execute("sleepy", "cat /root/f").await.unwrap().stdout,
+        "mine\n"
+    );
+    m.destroy("sleepy").await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_adopts_a_sandbox_or_hands_it_back() {
     fn assert_shareable<T: Send + Sync + Clone>() {}
     assert_shareable::<SandboxManager>();

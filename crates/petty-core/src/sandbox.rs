@@ -705,6 +705,23 @@ impl Sandbox {
         Ok(vm.snapshot(dir, true).await?)
     }
 
+    /// Saves memory, devices and disk into `dir` and leaves the guest
+    /// paused (its VM is to be stopped next: a hibernation).
+    pub(crate) async fn save_to(&self, dir: &std::path::Path) -> Result<(), CoreError> {
+        self.ready()?;
+        let vm = self.vm.lock().await;
+        let vm = vm.as_ref().ok_or_else(|| CoreError::InvalidState {
+            id: self.name.clone(),
+            state: self.state().to_string(),
+            hint: "it has no VM".into(),
+        })?;
+        if let Err(e) = self.agent.before_snapshot().await {
+            tracing::debug!(sandbox = %self.id, "before_snapshot: {e}");
+        }
+        vm.snapshot(dir, false).await?;
+        Ok(())
+    }
+
     /// Freezes the guest.
     pub async fn pause(&self) -> Result<(), CoreError> {
         self.set_state(SandboxState::Paused)?;

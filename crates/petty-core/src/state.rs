@@ -19,17 +19,21 @@ pub enum SandboxState {
     Stopped,
     /// Something broke (the VM died, the agent went silent); see the reason.
     Failed,
+    /// Its memory, devices and disk are saved in the data directory and its
+    /// VM is gone; a resume (or any request) brings it back as it was.
+    Hibernated,
 }
 
 impl SandboxState {
     /// Every state, in lifecycle order.
-    pub const ALL: [SandboxState; 6] = [
+    pub const ALL: [SandboxState; 7] = [
         Self::Creating,
         Self::Ready,
         Self::Paused,
         Self::Stopping,
         Self::Stopped,
         Self::Failed,
+        Self::Hibernated,
     ];
 
     /// The name stored in SQLite and shown to users.
@@ -41,6 +45,7 @@ impl SandboxState {
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Failed => "failed",
+            Self::Hibernated => "hibernated",
         }
     }
 
@@ -53,6 +58,7 @@ impl SandboxState {
             "stopping" => Self::Stopping,
             "stopped" => Self::Stopped,
             "failed" => Self::Failed,
+            "hibernated" => Self::Hibernated,
             _ => return None,
         })
     }
@@ -73,8 +79,9 @@ impl SandboxState {
             (Creating, Ready | Failed | Stopping)
                 | (Ready, Paused | Stopping | Failed)
                 | (Paused, Ready | Stopping | Failed)
-                | (Stopping, Stopped | Failed)
+                | (Stopping, Stopped | Failed | Hibernated)
                 | (Stopped, Creating)
+                | (Hibernated, Creating)
                 | (Failed, Stopping | Stopped)
         )
     }

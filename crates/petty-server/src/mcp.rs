@@ -719,6 +719,30 @@ impl PettyMcp {
         )
     }
 
+    #[tool(
+        description = "Hibernate a sandbox: save its memory, processes and files to disk and free its VM; any later call on it (or resume_sandbox) brings it back exactly as it was."
+    )]
+    async fn hibernate_sandbox(
+        &self,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("hibernate_sandbox {}", p.sandbox),
+            self.service.hibernate(&p.sandbox).await,
+        )
+    }
+
+    #[tool(description = "Resume a hibernated (or paused) sandbox exactly where it was.")]
+    async fn resume_sandbox(
+        &self,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("resume_sandbox {}", p.sandbox),
+            self.service.resume(&p.sandbox).await,
+        )
+    }
+
     #[tool(description = "Destroy a sandbox: stop its VM and delete its disk. Its snapshots stay.")]
     async fn destroy_sandbox(
         &self,

@@ -320,7 +320,8 @@ pub struct Health {
         snapshot_sandbox, fork_sandbox, branch_sandbox, list_snapshots, get_snapshot, delete_snapshot,
         restore_snapshot, fork_snapshot,
         list_templates, build_template, get_template, delete_template,
-        pool_stats, sandbox_metrics, release_sandbox, stop_sandbox, start_sandbox, stats,
+        pool_stats, sandbox_metrics, release_sandbox, stop_sandbox, start_sandbox,
+        hibernate_sandbox, resume_sandbox, stats,
         healthz, readyz, metrics,
     ),
     modifiers(&BearerAuth),
@@ -361,6 +362,8 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         .route("/v1/sandboxes/{id}/release", post(release_sandbox))
         .route("/v1/sandboxes/{id}/stop", post(stop_sandbox))
         .route("/v1/sandboxes/{id}/start", post(start_sandbox))
+        .route("/v1/sandboxes/{id}/hibernate", post(hibernate_sandbox))
+        .route("/v1/sandboxes/{id}/resume", post(resume_sandbox))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/stream", post(exec_stream))
         .route("/v1/sandboxes/{id}/code", post(run_code))
@@ -577,6 +580,28 @@ async fn stop_sandbox(State(s): State<AppState>, Path(id): Path<String>) -> ApiJ
     responses((status = 200, body = SandboxView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn start_sandbox(State(s): State<AppState>, Path(id): Path<String>) -> ApiJson<SandboxView> {
     Ok(Json(s.service.start(&id).await?))
+}
+
+/// Save a sandbox's memory, devices and disk to the data directory and end
+/// its VM; it holds no memory, CPU or slot until resumed (any request for
+/// it resumes it first).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/hibernate", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = SandboxView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn hibernate_sandbox(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiJson<SandboxView> {
+    Ok(Json(s.service.hibernate(&id).await?))
+}
+
+/// Bring a hibernated sandbox back exactly as it was (or let a paused one
+/// run again).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = SandboxView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn resume_sandbox(State(s): State<AppState>, Path(id): Path<String>) -> ApiJson<SandboxView> {
+    Ok(Json(s.service.resume(&id).await?))
 }
 
 /// The daemon's totals: sandboxes by state and by how they started,
@@ -1180,6 +1205,8 @@ mod tests {
             "/v1/sandboxes/{id}/release",
             "/v1/sandboxes/{id}/stop",
             "/v1/sandboxes/{id}/start",
+            "/v1/sandboxes/{id}/hibernate",
+            "/v1/sandboxes/{id}/resume",
             "/healthz",
             "/readyz",
             "/metrics",

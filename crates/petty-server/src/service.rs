@@ -771,6 +771,32 @@ impl Service {
         self.get(&view.id).await
     }
 
+    /// Saves a sandbox's memory, devices and disk and ends its VM.
+    #[tracing::instrument(skip(self))]
+    pub async fn hibernate(&self, sandbox: &str) -> ApiResult<SandboxView> {
+        let view = self.get(sandbox).await?;
+        self.inner
+            .manager
+            .hibernate(&view.id)
+            .await
+            .map_err(|e| self.fail(e))?;
+        tracing::info!("hibernated");
+        self.get(&view.id).await
+    }
+
+    /// Brings a hibernated sandbox back (or lets a paused one run).
+    #[tracing::instrument(skip(self))]
+    pub async fn resume(&self, sandbox: &str) -> ApiResult<SandboxView> {
+        let view = self.get(sandbox).await?;
+        self.inner
+            .manager
+            .resume(&view.id)
+            .await
+            .map_err(|e| self.fail(e))?;
+        tracing::info!("resumed");
+        self.get(&view.id).await
+    }
+
     /// Boots a stopped sandbox again on its kept disk.
     #[tracing::instrument(skip(self))]
     pub async fn start(&self, sandbox: &str) -> ApiResult<SandboxView> {
@@ -1396,14 +1422,7 @@ impl Service {
     /// The metrics text.
     pub async fn render_metrics(&self) -> ApiResult<String> {
         let all = self.inner.manager.list().await.map_err(|e| self.fail(e))?;
-        let states = [
-            SandboxState::Creating,
-            SandboxState::Ready,
-            SandboxState::Paused,
-            SandboxState::Stopping,
-            SandboxState::Stopped,
-            SandboxState::Failed,
-        ];
+        let states = SandboxState::ALL;
         let pool = self.pool_stats();
         let g = Gauges {
             by_state: states

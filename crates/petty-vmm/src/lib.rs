@@ -80,7 +80,9 @@ pub struct VmConfig {
     /// Boot on this disk overlay, kept by [`Vm::stop_keeping_disk`], rather
     /// than a new one: it is linked into the run directory (copied when it
     /// lies on another file system) and stays where it is, whole, should
-    /// the start fail. Not with `restore_from`.
+    /// the start fail. With `restore_from`, the restored state runs on this
+    /// disk (the snapshot's own disk layer, as a hibernation's is) instead
+    /// of a new overlay over the snapshot's.
     pub disk: Option<PathBuf>,
     /// Size of the guest's root disk in MiB; `None` keeps the size of what it
     /// is made from (the base image, or the snapshot's disk). Never smaller

@@ -623,12 +623,9 @@ impl QemuVmm {
         }
         let overlay = dir.join(OVERLAY);
         if let Some(kept) = &config.disk {
-            if config.restore_from.is_some() {
-                return Err(VmmError::Overlay(
-                    "a kept disk boots; it cannot be a restore's too".into(),
-                ));
-            }
-            // Linked, so the kept file stays whole whatever happens to the
+            // With `restore_from` too: the saved state runs on this disk
+            // (a hibernated VM's own overlay), not on a new layer over the
+            // snapshot's. Linked, so the kept file stays whole whatever happens to the
             // run directory; copied only across file systems.
             fs::hard_link(kept, &overlay)
                 .or_else(|_| fs::copy(kept, &overlay).map(|_| ()))

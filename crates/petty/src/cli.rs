@@ -52,6 +52,20 @@ enum Cmd {
         #[arg(required = true)]
         sandboxes: Vec<String>,
     },
+    /// Save sandboxes' memory, devices and disk to the data directory and
+    /// end their VMs; `petty resume` (or any command for one) brings each
+    /// back exactly, processes included, also after a reboot.
+    Hibernate {
+        /// Names or ids.
+        #[arg(required = true)]
+        sandboxes: Vec<String>,
+    },
+    /// Bring hibernated sandboxes back (or let paused ones run again).
+    Resume {
+        /// Names or ids.
+        #[arg(required = true)]
+        sandboxes: Vec<String>,
+    },
     /// Shut sandboxes down cleanly; their records and disks stay for
     /// `petty start`, until `petty rm`.
     Stop {
@@ -538,6 +552,8 @@ pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
         Cmd::Ls { all, json } => crate::manage::ls(all, json, s).await,
         Cmd::Stats(args) => crate::stats::stats(args, s).await,
         Cmd::Start { sandboxes } => crate::manage::start(sandboxes, s).await,
+        Cmd::Hibernate { sandboxes } => crate::manage::hibernate(sandboxes, s).await,
+        Cmd::Resume { sandboxes } => crate::manage::resume(sandboxes, s).await,
         Cmd::Stop { sandboxes } => crate::manage::stop(sandboxes, true, s).await,
         Cmd::Kill { sandboxes } => crate::manage::stop(sandboxes, false, s).await,
         Cmd::Rm { force, sandboxes } => crate::manage::rm(sandboxes, force, s).await,

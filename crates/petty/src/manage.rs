@@ -533,6 +533,16 @@ pub async fn start(names: Vec<String>, s: &Settings) -> anyhow::Result<ExitCode>
     each(names, false, async |n| Ok(manager.start(n).await?)).await
 }
 
+pub async fn hibernate(names: Vec<String>, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
+    each(names, false, async |n| Ok(manager.hibernate(n).await?)).await
+}
+
+pub async fn resume(names: Vec<String>, s: &Settings) -> anyhow::Result<ExitCode> {
+    let manager = manager(s).await?;
+    each(names, false, async |n| Ok(manager.resume(n).await?)).await
+}
+
 pub async fn rm(names: Vec<String>, force: bool, s: &Settings) -> anyhow::Result<ExitCode> {
     let manager = manager(s).await?;
     each(names, force, async |n| {

@@ -88,14 +88,6 @@ impl SandboxManager {
             .await
     }
 
-    /// Resumes a paused sandbox.
-    pub async fn resume(&self, key: &str) -> Result<(), CoreError> {
-        let sb = self.get(key).await?;
-        sb.resume().await?;
-        // Paused time is not idle time: the idle clock starts again now.
-        self.transition(&sb, SandboxState::Ready, None, true).await
-    }
-
     /// Shuts a sandbox's VM down (gracefully when `graceful`: the guest syncs
     /// and powers off; else SIGKILL) and keeps its record as `stopped`, and
     /// its disk (where the backend can) for [`start`](Self::start), until
@@ -172,15 +164,122 @@ impl SandboxManager {
                 ),
             });
         }
+        self.boot_again(&record, None, disk, SandboxState::Stopped)
+            .await?;
+        tracing::info!(sandbox = %record.id, "sandbox started");
+        Ok(())
+    }
+
+    /// Where a hibernated sandbox's memory, devices and disk are kept:
+    /// `<data_dir>/hibernated/<id>`.
+    pub(crate) fn hibernation_dir(&self, id: SandboxId) -> PathBuf {
+        self.inner
+            .config
+            .data_dir
+            .join("hibernated")
+            .join(id.to_string())
+    }
+
+    /// Saves a running sandbox's memory, devices and disk to the data
+    /// directory and ends its VM: it holds no memory, CPU or slot until
+    /// [`resume`](Self::resume) (or any request for it) brings it back
+    /// exactly — its processes, open files, the shell's state — also after
+    /// this process or the host restarted. Refused for a sandbox with a
+    /// network (not yet) or not ready.
+    pub async fn hibernate(&self, key: &str) -> Result<(), CoreError> {
+        let record = self.info(key).await?;
+        let name = record.name.clone();
+        if record.state == SandboxState::Paused {
+            self.resume(key).await?;
+        }
         if record.network.is_some() {
             return Err(CoreError::InvalidConfig(format!(
-                "sandbox {name} has a network, and starting a stopped sandbox with a network is not supported yet; remove it (`petty rm {name}`) and create another"
+                "sandbox {name} has a network, and hibernating one is not supported yet; stop it (its disk is kept) or destroy it"
+            )));
+        }
+        let sb = self.get(key).await?;
+        let id = record.id;
+        let dir = self.hibernation_dir(id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        if let Err(e) = sb.save_to(&dir).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            // Saving stops the guest; it runs on when the save fails.
+            let _ = sb.resume().await;
+            return Err(e);
+        }
+        let moved = self
+            .db(move |s| s.transition(id, SandboxState::Stopping, Some("hibernating"), false))
+            .await?;
+        refused(&name, SandboxState::Stopping, moved)?;
+        let stopped = self.stop_vm(&record, false).await;
+        self.db(move |s| s.transition(id, SandboxState::Hibernated, Some("hibernated"), false))
+            .await?;
+        tracing::info!(sandbox = %id, bytes = crate::metrics::disk_bytes(&dir), "sandbox hibernated");
+        stopped
+    }
+
+    /// Brings a hibernated sandbox back as it was saved (its guest gets the
+    /// refresh a restore gets: clock, entropy; its name is its own), or lets
+    /// a paused one run again.
+    pub async fn resume(&self, key: &str) -> Result<(), CoreError> {
+        let record = self.info(key).await?;
+        if record.state == SandboxState::Hibernated {
+            return self.wake(&record).await;
+        }
+        let sb = self.get(key).await?;
+        sb.resume().await?;
+        // Paused time is not idle time: the idle clock starts again now.
+        self.transition(&sb, SandboxState::Ready, None, true).await
+    }
+
+    /// Restores hibernated `record` from its hibernation directory, then
+    /// removes that (the VM now runs on its disk).
+    pub(super) async fn wake(&self, record: &SandboxRecord) -> Result<(), CoreError> {
+        let dir = self.hibernation_dir(record.id);
+        let vmm = self.vmm_named(&record.backend)?;
+        if !vmm.snapshot_exists(&dir) {
+            return Err(CoreError::InvalidState {
+                id: record.name.clone(),
+                state: record.state.to_string(),
+                hint: format!(
+                    "its hibernation files in {} are missing or incomplete; remove it with `petty rm {}`",
+                    dir.display(),
+                    record.name
+                ),
+            });
+        }
+        let disk = vmm.snapshot_disk(&dir);
+        self.boot_again(record, Some(dir.clone()), disk, SandboxState::Hibernated)
+            .await?;
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(sandbox = %record.id, "removing its hibernation files: {e}");
+        }
+        tracing::info!(sandbox = %record.id, "sandbox resumed from hibernation");
+        Ok(())
+    }
+
+    /// Boots `record` again under its own id and name, on `disk`, restoring
+    /// `restore_from` if given; on failure it goes back to `back_to`
+    /// (stopped or hibernated) with its files. The shared path of
+    /// [`start`](Self::start) and a wake from hibernation.
+    async fn boot_again(
+        &self,
+        record: &SandboxRecord,
+        restore_from: Option<PathBuf>,
+        disk: PathBuf,
+        back_to: SandboxState,
+    ) -> Result<(), CoreError> {
+        let name = record.name.clone();
+        if record.network.is_some() {
+            return Err(CoreError::InvalidConfig(format!(
+                "sandbox {name} has a network, and bringing one back is not supported yet; remove it (`petty rm {name}`) and create another"
             )));
         }
         for (what, path) in [("kernel", &record.kernel), ("image", &record.rootfs)] {
             if !path.is_file() {
                 return Err(CoreError::InvalidConfig(format!(
-                    "sandbox {name}'s {what} {} is gone (an update removed it), so its disk cannot boot; remove it with `petty rm {name}`",
+                    "sandbox {name}'s {what} {} is gone (an update removed it), so it cannot run again; remove it with `petty rm {name}`",
                     path.display()
                 )));
             }
@@ -216,6 +315,7 @@ impl SandboxManager {
                 persistent: true,
                 die_with_process: self.inner.config.vms_die_with_process,
                 disk: Some(disk),
+                restore_from,
                 ..crate::sandbox::BootPlan::new(config, id, name.clone())
             };
             let _turn = self
@@ -227,16 +327,18 @@ impl SandboxManager {
             Sandbox::boot(vmm.as_ref(), plan).await
         }
         .await;
+        let back = |why: String| async move {
+            let _ = self
+                .db(move |s| {
+                    s.transition(id, SandboxState::Stopping, Some(&why), false)?;
+                    s.transition(id, back_to, Some(&why), false)
+                })
+                .await;
+        };
         let sandbox = match booted {
             Ok(sb) => sb,
             Err(e) => {
-                let reason = format!("start failed: {e}");
-                let _ = self
-                    .db(move |s| {
-                        s.transition(id, SandboxState::Stopping, Some(&reason), false)?;
-                        s.transition(id, SandboxState::Stopped, Some(&reason), false)
-                    })
-                    .await;
+                back(format!("could not run again: {e}")).await;
                 return Err(e);
             }
         };
@@ -252,12 +354,11 @@ impl SandboxManager {
             .await
             .and_then(|moved| refused(&name, SandboxState::Ready, moved));
         if let Err(e) = recorded {
-            let to = self.kept_disk(id);
-            let _ = sandbox.stop_vm_keeping_disk(false, to).await;
+            let _ = sandbox.stop_vm(false).await;
+            back(format!("could not record its run: {e}")).await;
             return Err(e);
         }
         self.hold(Arc::new(sandbox)).await;
-        tracing::info!(sandbox = %id, ms, "sandbox started");
         Ok(())
     }
 
@@ -331,11 +432,17 @@ impl SandboxManager {
     /// history with `reason`.
     pub(super) async fn reap(&self, record: &SandboxRecord, reason: &str) -> Result<(), CoreError> {
         let stopped = self.stop_vm(record, false).await;
-        // A kept disk goes with its sandbox.
+        // A kept disk and hibernation files go with their sandbox.
         let disk = self.kept_disk(record.id);
         if disk.exists() {
             if let Err(e) = std::fs::remove_file(&disk) {
                 tracing::warn!(sandbox = %record.id, "removing its kept disk {}: {e}", disk.display());
+            }
+        }
+        let saved = self.hibernation_dir(record.id);
+        if saved.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&saved) {
+                tracing::warn!(sandbox = %record.id, "removing its hibernation files {}: {e}", saved.display());
             }
         }
         let id = record.id;

@@ -212,6 +212,16 @@ impl SandboxManager {
         key: &str,
         record: &SandboxRecord,
     ) -> Result<Arc<Sandbox>, CoreError> {
+        if record.state == SandboxState::Hibernated {
+            // Any request for it brings it back first.
+            tracing::info!(sandbox = %record.id, name = %record.name, "a request for a hibernated sandbox resumes it");
+            self.wake(record).await?;
+            return self
+                .live()
+                .get(&record.id)
+                .cloned()
+                .ok_or_else(|| CoreError::NotFound(key.to_string()));
+        }
         if matches!(record.state, SandboxState::Ready | SandboxState::Paused) {
             if let Some(sb) = self.live().get(&record.id) {
                 return Ok(sb.clone());

@@ -59,6 +59,8 @@ impl SandboxManager {
         // linked there); a stopped one's is its kept disk.
         let disk_at = if record.state.has_vm() {
             record.run_dir.clone()
+        } else if record.state == SandboxState::Hibernated {
+            Some(self.hibernation_dir(record.id))
         } else {
             Some(self.kept_disk(record.id))
         };

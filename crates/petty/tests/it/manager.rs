@@ -391,6 +391,90 @@ async fn an_idle_timeout_stops_rather_than_destroys_when_configured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hibernate_and_resume_keep_processes_and_files_across_restarts() {
+    let env = Env::new();
+    let count = |m: petty_core::SandboxManager| async move {
+        m.execute("den", "cat /root/count")
+            .await
+            .unwrap()
+            .stdout
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    {
+        let m = env.manager(env.config()).await;
+        m.create(crate::config_builder().name("den").build().unwrap())
+            .await
+            .unwrap();
+        m.execute(
+            "den",
+            "echo note > /root/file; (setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done' >/dev/null 2>&1 &); sleep 0.5",
+        )
+        .await
+        .unwrap();
+        let before = count(m.clone()).await;
+        assert!(before > 0);
+        m.hibernate("den").await.unwrap();
+        let r = m.info("den").await.unwrap();
+        assert_eq!(r.state, SandboxState::Hibernated);
+        assert!(leftovers(env.root.path()).is_empty(), "no run directory");
+        assert!(processes_mentioning(&env.root.path().display().to_string()).is_empty());
+        assert_eq!(m.count().await.unwrap(), 0, "no slot");
+        assert!(m.metrics("den").await.unwrap().disk_bytes > 0);
+    }
+    // A new manager (as after a restart): an exec resumes it first, and the
+    // counter counted on from where it was.
+    let m = env.manager(env.config()).await;
+    let after = count(m.clone()).await;
+    assert_eq!(m.info("den").await.unwrap().state, SandboxState::Ready);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = count(m.clone()).await;
+    assert!(later > after, "the counter runs on: {after} -> {later}");
+    assert_eq!(
+        m.execute("den", "cat /root/file").await.unwrap().stdout,
+        "note\n"
+    );
+    // Hibernated again, every VMM killed and the run directory cleared (as
+    // a host reboot would): an explicit resume brings it back all the same.
+    m.hibernate("den").await.unwrap();
+    crate::kill_vms_under(env.root.path());
+    for e in std::fs::read_dir(env.root.path()).unwrap().flatten() {
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+    let m = env.manager(env.config()).await;
+    m.resume("den").await.unwrap();
+    assert!(count(m.clone()).await >= later);
+    // A corrupt hibernation fails clearly, and leaves it hibernated and removable.
+    m.hibernate("den").await.unwrap();
+    let id = m.info("den").await.unwrap().id.to_string();
+    let state = env.data.path().join("hibernated").join(&id).join("state");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let e = m.resume("den").await.unwrap_err();
+    assert!(!e.to_string().is_empty());
+    assert_eq!(m.info("den").await.unwrap().state, SandboxState::Hibernated);
+    assert!(
+        leftovers(env.root.path()).is_empty(),
+        "a failed resume leaves nothing: {e}"
+    );
+    // Removing it removes its files.
+    let saved = env.data.path().join("hibernated");
+    assert!(std::fs::read_dir(&saved).unwrap().next().is_some());
+    m.destroy("den").await.unwrap();
+    assert!(
+        std::fs::read_dir(&saved).unwrap().next().is_none(),
+        "rm frees it"
+    );
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_adopts_a_sandbox_or_hands_it_back() {
     fn assert_shareable<T: Send + Sync + Clone>() {}
     assert_shareable::<SandboxManager>();

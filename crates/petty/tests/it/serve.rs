@@ -727,6 +727,8 @@ const TOOLS: &[&str] = &[
     "release_sandbox",
     "stop_sandbox",
     "start_sandbox",
+    "hibernate_sandbox",
+    "resume_sandbox",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1138,6 +1140,21 @@ async fn per_sandbox_metrics_on_rest_prometheus_and_the_cli() {
     assert_eq!(r["stdout"], "kept\n", "{r}");
     let (status, e) = d.call("POST", "/v1/sandboxes/met/start", None).await;
     assert_eq!(status, 409, "a running sandbox does not start: {e}");
+    // Hibernated, an exec resumes it first and answers.
+    let st = d.ok("POST", "/v1/sandboxes/met/hibernate", None).await;
+    assert_eq!(st["state"], "hibernated", "{st}");
+    let r = d
+        .ok(
+            "POST",
+            "/v1/sandboxes/met/exec",
+            Some(json!({"command": "cat /root/kept"})),
+        )
+        .await;
+    assert_eq!(r["stdout"], "kept\n", "{r}");
+    assert_eq!(
+        d.ok("GET", "/v1/sandboxes/met", None).await["state"],
+        "ready"
+    );
     // No pool here: a release is refused, saying what to do, and changes nothing.
     let (status, e) = d.call("POST", "/v1/sandboxes/met/release", None).await;
     assert_eq!(status, 409, "{e}");

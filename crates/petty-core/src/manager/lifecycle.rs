@@ -96,6 +96,15 @@ impl SandboxManager {
     pub async fn stop(&self, key: &str, graceful: bool) -> Result<(), CoreError> {
         let record = self.info(key).await?;
         let reason = if graceful { "stopped" } else { "killed" };
+        let record = if record.state == SandboxState::Hibernated {
+            // Its saved disk alone is a power cut's (the guest's page cache
+            // lived in the saved memory): it is woken and shut down cleanly,
+            // so the disk a start boots on is whole.
+            self.wake(&record).await?;
+            self.info(key).await?
+        } else {
+            record
+        };
         if record.state.has_vm() {
             self.stop_vm_as(&record, graceful, true).await?;
         }

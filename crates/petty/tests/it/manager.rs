@@ -445,6 +445,15 @@ async fn hibernate_and_resume_keep_processes_and_files_across_restarts() {
     let m = env.manager(env.config()).await;
     m.resume("den").await.unwrap();
     assert!(count(m.clone()).await >= later);
+    // Stopping a hibernated sandbox lets its memory go and keeps its disk.
+    m.hibernate("den").await.unwrap();
+    m.stop("den", true).await.unwrap();
+    assert_eq!(m.info("den").await.unwrap().state, SandboxState::Stopped);
+    m.start("den").await.unwrap();
+    assert_eq!(
+        m.execute("den", "cat /root/file").await.unwrap().stdout,
+        "note\n"
+    );
     // A corrupt hibernation fails clearly, and leaves it hibernated and removable.
     m.hibernate("den").await.unwrap();
     let id = m.info("den").await.unwrap().id.to_string();

@@ -181,6 +181,19 @@ pub fn vmm_alive(pid: u32, dir: &Path) -> bool {
     cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The processes whose command line names `dir` (what [`vmm_alive`]
+/// checks), found by scanning `/proc`.
+fn vmms_naming(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id() && vmm_alive(pid, dir))
+        .collect()
+}
+
 /// Removes a run directory and, when its VM was jailed, the jail (its
 /// directory, and its cgroup once empty). The VMM must be gone already.
 /// A directory that does not exist is not an error.
@@ -259,7 +272,14 @@ pub fn sweep_stale_run_dirs(root: &Path) -> Vec<PathBuf> {
                 kill_vmm(pid, &dir);
                 !vmm_alive(pid, &dir)
             }
-            (None, Some(false)) => true,
+            (None, Some(false)) => {
+                // Its owner died between spawning the VMM and recording its
+                // pid: find the VMM by the directory its command line names.
+                for pid in vmms_naming(&dir) {
+                    kill_vmm(pid, &dir);
+                }
+                vmms_naming(&dir).is_empty()
+            }
             (Some(pid), None) => !vmm_alive(pid, &dir),
             // No record of anyone: stale after a minute.
             (None, None) => entry

@@ -743,9 +743,30 @@ impl Sandbox {
     /// disks and powers off) and removes its files; the sandbox is then
     /// `Stopped`.
     pub async fn stop_vm(&self, graceful: bool) -> Result<(), CoreError> {
+        self.end_vm(graceful, None).await.map(|_| ())
+    }
+
+    /// [`stop_vm`](Self::stop_vm), keeping the VM's disk at `to` for a
+    /// later boot ([`petty_vmm::Vm::stop_keeping_disk`]). False when the
+    /// backend cannot keep one (the VM is stopped all the same).
+    pub(crate) async fn stop_vm_keeping_disk(
+        &self,
+        graceful: bool,
+        to: PathBuf,
+    ) -> Result<bool, CoreError> {
+        self.end_vm(graceful, Some(to)).await
+    }
+
+    /// The one path of both stops: whether the disk was kept at `keep`.
+    async fn end_vm(&self, graceful: bool, keep: Option<PathBuf>) -> Result<bool, CoreError> {
         // Its end is ours now, not news.
         self.watch.stop();
         let _ = self.set_state(SandboxState::Stopping);
+        if let (Some(to), Some(vm)) = (&keep, self.vm.lock().await.as_ref()) {
+            // Before the guest powers off: another process watching this VM
+            // may clean its run directory up the moment it ends.
+            vm.link_disk_early(to)?;
+        }
         if graceful && self.agent.shutdown().await.is_ok() {
             // The guest reboots into -no-reboot: QEMU exits by itself.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -757,40 +778,17 @@ impl Sandbox {
             }
         }
         let vm = self.vm.lock().await.take();
-        if let Some(vm) = vm {
-            vm.stop().await?;
-        }
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = SandboxState::Stopped;
-        Ok(())
-    }
-
-    /// [`stop_vm`](Self::stop_vm), keeping the VM's disk at `to` for a
-    /// later boot ([`petty_vmm::Vm::stop_keeping_disk`]). False when the
-    /// backend cannot keep one (the VM is stopped all the same).
-    pub(crate) async fn stop_vm_keeping_disk(
-        &self,
-        graceful: bool,
-        to: PathBuf,
-    ) -> Result<bool, CoreError> {
-        self.watch.stop();
-        let _ = self.set_state(SandboxState::Stopping);
-        if graceful && self.agent.shutdown().await.is_ok() {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while tokio::time::Instant::now() < deadline {
-                if !self.vm_running().await {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        let vm = self.vm.lock().await.take();
-        let kept = match vm {
-            Some(vm) => match vm.stop_keeping_disk(to).await {
+        let kept = match (vm, keep) {
+            (Some(vm), Some(to)) => match vm.stop_keeping_disk(to).await {
                 Ok(()) => true,
                 Err(petty_vmm::VmmError::Unavailable { .. }) => false,
                 Err(e) => return Err(e.into()),
             },
-            None => false,
+            (Some(vm), None) => {
+                vm.stop().await?;
+                false
+            }
+            (None, _) => false,
         };
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = SandboxState::Stopped;
         Ok(kept)

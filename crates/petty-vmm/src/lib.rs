@@ -575,6 +575,16 @@ pub trait Vm: Send + Sync {
     /// Stops the VM and removes everything it left on disk.
     fn stop(self: Box<Self>) -> BoxFuture<'static, Result<(), VmmError>>;
 
+    /// Links the VM's disk at `to` now, before a stop that keeps it
+    /// ([`stop_keeping_disk`](Self::stop_keeping_disk)): a clean shutdown
+    /// ends the VMM by itself, and a process watching the VM may remove its
+    /// run directory before the stop gets to the disk. Nothing to do for a
+    /// backend that keeps no disk, or across file systems.
+    fn link_disk_early(&self, to: &Path) -> Result<(), VmmError> {
+        let _ = to;
+        Ok(())
+    }
+
     /// Stops the VM (its process ended first, so the disk is whole) and
     /// keeps its disk overlay at `to`, to boot on again later
     /// ([`VmConfig::disk`]); everything else it left is removed. A backend

@@ -228,6 +228,26 @@ impl VmmProcess {
         })
     }
 
+    /// Hard-links `file` (a name in the run directory) to `to` now, while
+    /// the VMM runs, when both lie on one file system: the link is the same
+    /// file, so whatever the VM writes until it ends is in it, even should
+    /// another process remove the run directory first. Across file systems
+    /// it does nothing ([`stop_keeping`](Self::stop_keeping) copies).
+    pub fn link_early(&self, file: &str, to: &Path) -> std::io::Result<()> {
+        if let Some(dir) = to.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let tmp = to.with_extension(format!("partial-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        match fs::hard_link(self.dir.join(file), &tmp) {
+            Ok(()) => fs::rename(&tmp, to).inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            }),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Tears down on the blocking pool.
     pub fn stop(self) -> BoxFuture<'static, Result<(), VmmError>> {
         Box::pin(async move {
@@ -248,7 +268,12 @@ impl VmmProcess {
 /// a copy; through a temporary name beside `to`, renamed over it when whole.
 pub(crate) fn keep_file(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let src = fs::metadata(from)?;
+    let src = match fs::metadata(from) {
+        // Linked before the VM ended ([`VmmProcess::link_early`]), and the
+        // run directory removed since (by a process watching the VM).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.is_file() => return Ok(()),
+        other => other?,
+    };
     if let Ok(dst) = fs::metadata(to) {
         if (dst.dev(), dst.ino()) == (src.dev(), src.ino()) {
             return Ok(());

@@ -1222,6 +1222,15 @@ impl Vm for QemuVm {
         self.proc.stop()
     }
 
+    fn link_disk_early(&self, to: &Path) -> Result<(), VmmError> {
+        self.proc
+            .link_early(OVERLAY, to)
+            .map_err(|source| VmmError::Prepare {
+                dir: self.proc.dir.clone(),
+                source,
+            })
+    }
+
     fn stop_keeping_disk(self: Box<Self>, to: PathBuf) -> BoxFuture<'static, Result<(), VmmError>> {
         self.proc.stop_keeping(OVERLAY, to)
     }

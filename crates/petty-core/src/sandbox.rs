@@ -765,7 +765,9 @@ impl Sandbox {
         if let (Some(to), Some(vm)) = (&keep, self.vm.lock().await.as_ref()) {
             // Before the guest powers off: another process watching this VM
             // may clean its run directory up the moment it ends.
-            vm.link_disk_early(to)?;
+            if let Err(e) = vm.link_disk_early(to) {
+                tracing::debug!(sandbox = %self.id, "linking its disk early: {e}");
+            }
         }
         if graceful && self.agent.shutdown().await.is_ok() {
             // The guest reboots into -no-reboot: QEMU exits by itself.

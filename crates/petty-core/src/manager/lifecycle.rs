@@ -414,10 +414,17 @@ impl SandboxManager {
             }
             (Some(sb), _, _) => sb.stop_vm(graceful).await,
             (None, Some(pid), Some(_)) => match vmm.attach(&record.id.to_string(), pid) {
-                Ok(vm) if keep_disk => match vm.stop_keeping_disk(to).await {
-                    Ok(()) | Err(petty_vmm::VmmError::Unavailable { .. }) => Ok(()),
-                    Err(e) => Err(e.into()),
-                },
+                Ok(vm) if keep_disk => {
+                    // Linked first: a process holding the sandbox cleans
+                    // its run directory up the moment the VM ends.
+                    if let Err(e) = vm.link_disk_early(&to) {
+                        tracing::debug!(sandbox = %record.id, "linking its disk early: {e}");
+                    }
+                    match vm.stop_keeping_disk(to).await {
+                        Ok(()) | Err(petty_vmm::VmmError::Unavailable { .. }) => Ok(()),
+                        Err(e) => Err(e.into()),
+                    }
+                }
                 Ok(vm) => vm.stop().await.map_err(CoreError::from),
                 Err(_) => remove_run_dir(record.run_dir.as_deref()),
             },

@@ -691,6 +691,21 @@ impl Sandbox {
         &self,
         dir: &std::path::Path,
     ) -> Result<petty_vmm::SnapshotFiles, CoreError> {
+        self.snapshot_vm(dir, true).await
+    }
+
+    /// Saves memory, devices and disk into `dir` and leaves the guest
+    /// paused (its VM is to be stopped next: a hibernation).
+    pub(crate) async fn save_to(&self, dir: &std::path::Path) -> Result<(), CoreError> {
+        self.snapshot_vm(dir, false).await.map(|_| ())
+    }
+
+    /// The snapshot both take; the guest runs on after it when `resume`.
+    async fn snapshot_vm(
+        &self,
+        dir: &std::path::Path,
+        resume: bool,
+    ) -> Result<petty_vmm::SnapshotFiles, CoreError> {
         self.ready()?;
         let vm = self.vm.lock().await;
         let vm = vm.as_ref().ok_or_else(|| CoreError::InvalidState {
@@ -702,24 +717,7 @@ impl Sandbox {
         if let Err(e) = self.agent.before_snapshot().await {
             tracing::debug!(sandbox = %self.id, "before_snapshot: {e}");
         }
-        Ok(vm.snapshot(dir, true).await?)
-    }
-
-    /// Saves memory, devices and disk into `dir` and leaves the guest
-    /// paused (its VM is to be stopped next: a hibernation).
-    pub(crate) async fn save_to(&self, dir: &std::path::Path) -> Result<(), CoreError> {
-        self.ready()?;
-        let vm = self.vm.lock().await;
-        let vm = vm.as_ref().ok_or_else(|| CoreError::InvalidState {
-            id: self.name.clone(),
-            state: self.state().to_string(),
-            hint: "it has no VM".into(),
-        })?;
-        if let Err(e) = self.agent.before_snapshot().await {
-            tracing::debug!(sandbox = %self.id, "before_snapshot: {e}");
-        }
-        vm.snapshot(dir, false).await?;
-        Ok(())
+        Ok(vm.snapshot(dir, resume).await?)
     }
 
     /// Freezes the guest.

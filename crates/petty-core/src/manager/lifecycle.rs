@@ -198,13 +198,14 @@ impl SandboxManager {
     pub async fn hibernate(&self, key: &str) -> Result<(), CoreError> {
         let record = self.info(key).await?;
         let name = record.name.clone();
-        if record.state == SandboxState::Paused {
-            self.resume(key).await?;
-        }
+        // Refused before anything changes.
         if record.network.is_some() {
             return Err(CoreError::InvalidConfig(format!(
                 "sandbox {name} has a network, and hibernating one is not supported yet; stop it (its disk is kept) or destroy it"
             )));
+        }
+        if record.state == SandboxState::Paused {
+            self.resume(key).await?;
         }
         let sb = self.get(key).await?;
         let id = record.id;

@@ -846,6 +846,26 @@ async fn mcp_over_stdio_runs_every_tool() {
     let e = call(&client, "release_sandbox", json!({"sandbox": "m1"})).await;
     assert_eq!(e.is_error, Some(true), "petty mcp keeps no pool");
     assert!(text_of(&e).contains("destroy"), "{}", text_of(&e));
+    // Hibernated, the next tool call resumes it; stopped, start brings its files back.
+    let h = structured(&call(&client, "hibernate_sandbox", json!({"sandbox": "m1"})).await);
+    assert_eq!(h["state"], "hibernated", "{h}");
+    let f = structured(
+        &call(
+            &client,
+            "download_file",
+            json!({"sandbox": "m1", "path": "/root/a/b.txt"}),
+        )
+        .await,
+    );
+    assert_eq!(f["content"], "hello", "a call resumes a hibernated sandbox");
+    let st = structured(&call(&client, "stop_sandbox", json!({"sandbox": "m1"})).await);
+    assert_eq!(st["state"], "stopped", "{st}");
+    let st = structured(&call(&client, "start_sandbox", json!({"sandbox": "m1"})).await);
+    assert_eq!(st["state"], "ready", "{st}");
+    let st = structured(&call(&client, "hibernate_sandbox", json!({"sandbox": "m1"})).await);
+    assert_eq!(st["state"], "hibernated", "{st}");
+    let st = structured(&call(&client, "resume_sandbox", json!({"sandbox": "m1"})).await);
+    assert_eq!(st["state"], "ready", "{st}");
     let mm = structured(&call(&client, "sandbox_metrics", json!({"sandbox": "m1"})).await);
     assert_eq!(mm["execs"], 2, "the command and the code: {mm}");
     assert!(mm["host_pss_bytes"].as_u64().is_some_and(|b| b > 0), "{mm}");

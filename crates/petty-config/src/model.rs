@@ -222,9 +222,16 @@ pub struct LimitsSection {
     pub max_download_mib: u64,
     /// Largest streamed upload into a guest, in MiB (default 4096).
     pub max_upload_mib: u64,
-    /// What an idle timeout does to a sandbox: `destroy` it (default), or
-    /// `stop` it, keeping its disk for `petty start`. A TTL always destroys.
+    /// What an idle timeout does to a sandbox whose create says nothing:
+    /// `destroy` it (default), `stop` it, keeping its disk for `petty
+    /// start`, or `hibernate` it, keeping its memory too for `petty resume`
+    /// (or its next use). A TTL always destroys.
     pub on_idle: OnIdle,
+    /// Most host disk, in MiB, that stopped sandboxes' kept disks and
+    /// hibernated sandboxes' files may take together (default 0: no cap).
+    /// A hibernation past it is refused (an idle one stops the sandbox
+    /// instead); a stop is not, its disk being there already.
+    pub max_kept_disk_mib: u64,
 }
 
 impl Default for LimitsSection {
@@ -239,6 +246,7 @@ impl Default for LimitsSection {
             max_download_mib: 4096,
             max_upload_mib: 4096,
             on_idle: OnIdle::Destroy,
+            max_kept_disk_mib: 0,
         }
     }
 }
@@ -361,6 +369,8 @@ pub enum OnIdle {
     Destroy,
     /// The sandbox is stopped; its disk stays for a start.
     Stop,
+    /// The sandbox is hibernated; memory and disk stay for a resume.
+    Hibernate,
 }
 
 /// What happens to sandboxes when the daemon stops.
@@ -569,6 +579,7 @@ pub const KEYS: &[&str] = &[
     "limits.max_download_mib",
     "limits.max_upload_mib",
     "limits.on_idle",
+    "limits.max_kept_disk_mib",
     "defaults.vcpu",
     "defaults.memory_mb",
     "defaults.disk_size_mb",

@@ -21,6 +21,51 @@ pub fn backend_choice(name: &str) -> Result<Option<BackendKind>, CoreError> {
     }
 }
 
+/// What an idle timeout does to a managed sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdleAction {
+    /// It is destroyed (the default).
+    #[default]
+    Destroy,
+    /// It is stopped; its disk stays for [`crate::SandboxManager::start`].
+    Stop,
+    /// It is hibernated: memory, devices and disk saved, its VMM ended,
+    /// brought back by [`crate::SandboxManager::resume`] or its next use.
+    Hibernate,
+}
+
+impl IdleAction {
+    /// Its name: `destroy`, `stop`, `hibernate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Destroy => "destroy",
+            Self::Stop => "stop",
+            Self::Hibernate => "hibernate",
+        }
+    }
+}
+
+impl std::fmt::Display for IdleAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for IdleAction {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        match s {
+            "destroy" => Ok(Self::Destroy),
+            "stop" => Ok(Self::Stop),
+            "hibernate" => Ok(Self::Hibernate),
+            other => Err(CoreError::InvalidConfig(format!(
+                "on_idle {other:?} is not one Petty has; use destroy, stop or hibernate"
+            ))),
+        }
+    }
+}
+
 /// How one sandbox is built. Make one with [`SandboxConfig::builder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
@@ -50,6 +95,9 @@ pub struct SandboxConfig {
     /// Destroy the sandbox after this long without an exec or file operation
     /// (managed sandboxes; the manager's default when `None`).
     pub idle_timeout: Option<Duration>,
+    /// What its idle timeout does (managed sandboxes; the manager's
+    /// [`crate::ManagerConfig::on_idle`] when `None`).
+    pub on_idle: Option<IdleAction>,
     /// Size of the root disk in MiB; the guest's `/` grows to fill it. `None`
     /// is the base image's size plus [`disk_free_mib`](Self::disk_free_mib)
     /// for a new sandbox, the snapshot disk's size for a restore; a size
@@ -102,6 +150,7 @@ impl Default for SandboxConfig {
             name: None,
             ttl: None,
             idle_timeout: None,
+            on_idle: None,
             disk_size_mib: None,
             disk_free_mib: DEFAULT_DISK_FREE_MIB,
             backend: None,
@@ -283,6 +332,12 @@ impl SandboxConfigBuilder {
     /// Idle timeout of a managed sandbox.
     pub fn idle_timeout(mut self, t: Duration) -> Self {
         self.0.idle_timeout = Some(t);
+        self
+    }
+
+    /// What the idle timeout of a managed sandbox does.
+    pub fn on_idle(mut self, action: IdleAction) -> Self {
+        self.0.on_idle = Some(action);
         self
     }
 

@@ -75,6 +75,11 @@ pub enum CoreError {
         /// The limit.
         max: usize,
     },
+    /// Stopped and hibernated sandboxes' files would take more host disk
+    /// than `limits.max_kept_disk_mib` allows; the message says how much
+    /// and what to do.
+    #[error("{0}")]
+    KeptDiskFull(String),
     /// A snapshot cannot be deleted while others depend on it.
     #[error("snapshot {name} is in use by {}; remove those first", dependents.join(", "))]
     SnapshotInUse {

@@ -21,7 +21,7 @@ mod template;
 
 pub use catalog::{ImageDefaults, TemplateRecord, BASE_TEMPLATE};
 pub use config::{
-    backend_choice, host_cpus, host_memory_mib, SandboxConfig, SandboxConfigBuilder,
+    backend_choice, host_cpus, host_memory_mib, IdleAction, SandboxConfig, SandboxConfigBuilder,
     DEFAULT_DISK_FREE_MIB,
 };
 pub use error::CoreError;

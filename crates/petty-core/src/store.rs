@@ -61,6 +61,8 @@ pub struct SandboxRecord {
     pub ttl: Option<Duration>,
     /// Destroy after this long without use.
     pub idle_timeout: Option<Duration>,
+    /// What its idle timeout does (`None`: the manager's default).
+    pub on_idle: Option<crate::IdleAction>,
     /// Why it is stopped or failed.
     pub reason: Option<String>,
     /// The snapshot it was restored from (its disk layers on that one's).
@@ -311,6 +313,7 @@ impl Store {
             ("sandboxes", "startup_ms", "startup_ms INTEGER"),
             ("sandboxes", "execs", "execs INTEGER NOT NULL DEFAULT 0"),
             ("sandboxes", "exec_us", "exec_us INTEGER NOT NULL DEFAULT 0"),
+            ("sandboxes", "on_idle", "on_idle TEXT"),
         ] {
             if !has_column(&conn, table, column).map_err(|e| db_err(path, e))? {
                 // Another process may add it between the check and here.
@@ -430,9 +433,9 @@ impl Store {
             "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
                 vmm_pid, run_dir, owner_pid, pooled, created_at, updated_at,
                 last_used_at, ttl_ms, idle_ms, reason, from_snapshot, disk_size_mib, owner,
-                bound_to_owner, network, start_kind, startup_ms, execs, exec_us)
+                bound_to_owner, network, start_kind, startup_ms, execs, exec_us, on_idle)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+                ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
             params![
                 r.id.to_string(),
                 r.name,
@@ -461,6 +464,7 @@ impl Store {
                 r.startup_ms.map(|v| v as i64),
                 r.execs as i64,
                 r.exec_us as i64,
+                r.on_idle.map(|a| a.as_str()),
             ],
         );
         match res {
@@ -1014,6 +1018,10 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
             .map(|v| v.max(0) as u64),
         execs: r.get::<_, i64>("execs")?.max(0) as u64,
         exec_us: r.get::<_, i64>("exec_us")?.max(0) as u64,
+        // A value this release does not know: the manager's default.
+        on_idle: r
+            .get::<_, Option<String>>("on_idle")?
+            .and_then(|v| v.parse().ok()),
     })
 }
 
@@ -1041,6 +1049,7 @@ mod tests {
             last_used_ms: now,
             ttl: Some(Duration::from_secs(2)),
             idle_timeout: None,
+            on_idle: None,
             reason: None,
             from_snapshot: None,
             disk_size_mib: Some(2048),

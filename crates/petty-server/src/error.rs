@@ -196,6 +196,7 @@ pub(crate) fn kind_of(e: &CoreError) -> ErrorKind {
         | CoreError::TemplateInUse { .. }
         | CoreError::NameTaken(_) => K::Conflict,
         CoreError::Capacity { .. } => K::Capacity,
+        CoreError::KeptDiskFull(_) => K::InsufficientStorage,
         CoreError::Rpc(ClientError::Remote { kind, .. }) => match kind {
             GuestErrorKind::NotFound => K::NotFound,
             GuestErrorKind::AlreadyExists => K::Conflict,
@@ -223,7 +224,7 @@ impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         let kind = kind_of(&e);
         let mut message = error_chain(&e);
-        if kind == ErrorKind::InsufficientStorage {
+        if kind == ErrorKind::InsufficientStorage && matches!(e, CoreError::Rpc(_)) {
             message.push_str(
                 "; the sandbox's disk is full and nothing was written: free space in it, \
                  or create it with a larger disk_size_mb",

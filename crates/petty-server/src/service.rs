@@ -51,6 +51,10 @@ pub struct CreateSpec {
     /// operation (default: the server's limits.default_idle_timeout_secs,
     /// usually 300; 0: no limit).
     pub idle_timeout_secs: Option<u64>,
+    /// What the idle timeout does: "destroy", "stop" (its disk is kept for
+    /// a start) or "hibernate" (its memory too; the next call resumes it);
+    /// default the server's limits.on_idle.
+    pub on_idle: Option<String>,
     /// VMM backend: "qemu" or "firecracker" (default: the server's backend.kind).
     pub backend: Option<String>,
     /// MCP only: keep the sandbox when the MCP session that created it ends
@@ -225,6 +229,14 @@ pub struct SandboxView {
     pub start_kind: String,
     /// From the create call to ready (a pooled one: its hand-out), ms.
     pub startup_ms: Option<u64>,
+    /// What its idle timeout does (`destroy`, `stop`, `hibernate`); none:
+    /// the server's limits.on_idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_idle: Option<String>,
+    /// Host disk its own files take, bytes: its overlay while it runs, its
+    /// kept disk when stopped, its memory and disk when hibernated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 impl From<SandboxInfo> for SandboxView {
@@ -249,7 +261,18 @@ impl From<SandboxInfo> for SandboxView {
             network: r.network.map(NetworkView::from),
             start_kind: r.start_kind.to_string(),
             startup_ms: r.startup_ms,
+            on_idle: r.on_idle.map(|a| a.to_string()),
+            disk_bytes: None,
         }
+    }
+}
+
+/// `r` as the API shows it, with the host disk its files take.
+pub fn view_of(manager: &petty_core::SandboxManager, r: SandboxInfo) -> SandboxView {
+    let disk_bytes = manager.disk_use(&r);
+    SandboxView {
+        disk_bytes: Some(disk_bytes),
+        ..SandboxView::from(r)
     }
 }
 
@@ -579,6 +602,9 @@ impl Service {
         if let Some(backend) = &spec.backend {
             b = b.backend(petty_core::backend_choice(backend).map_err(|e| self.fail(e))?);
         }
+        if let Some(action) = &spec.on_idle {
+            b = b.on_idle(action.parse().map_err(|e| self.fail(e))?);
+        }
         b.owner(who.owner.clone())
             .network(self.network_spec(spec)?)
             .bound_to_owner(who.binds(spec))
@@ -594,6 +620,7 @@ impl Service {
             && spec.backend.is_none()
             && spec.ttl_secs.is_none()
             && spec.idle_timeout_secs.is_none()
+            && spec.on_idle.is_none()
             && spec.vcpu.is_none_or(|v| v == d.vcpu)
             && spec.memory_mb.is_none_or(|m| m == d.memory_mb)
             && spec.disk_size_mb.is_none_or(|s| Some(s) == d.disk_size_mb)
@@ -708,16 +735,21 @@ impl Service {
     /// Every sandbox handed out (warm pool sandboxes are not listed).
     pub async fn list(&self) -> ApiResult<Vec<SandboxView>> {
         let all = self.inner.manager.list().await.map_err(|e| self.fail(e))?;
-        Ok(all
-            .into_iter()
-            .filter(|r| !r.pooled)
-            .map(SandboxView::from)
-            .collect())
+        let manager = self.inner.manager.clone();
+        tokio::task::spawn_blocking(move || {
+            all.into_iter()
+                .filter(|r| !r.pooled)
+                .map(|r| view_of(&manager, r))
+                .collect()
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("listing sandboxes: {e}")))
     }
 
     /// One sandbox by id or name.
     pub async fn get(&self, key: &str) -> ApiResult<SandboxView> {
-        self.record(key).await.map(SandboxView::from)
+        let r = self.record(key).await?;
+        Ok(view_of(&self.inner.manager, r))
     }
 
     /// The row of a sandbox handed out (a warm pool's is not found): one

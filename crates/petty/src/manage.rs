@@ -36,6 +36,11 @@ pub struct CreateArgs {
     /// Destroy it after this many seconds without an exec or file operation.
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<f64>,
+    /// What the idle timeout does: destroy, stop (keeping its disk for
+    /// `petty start`) or hibernate (keeping its memory too; its next use
+    /// resumes it). Default: limits.on_idle.
+    #[arg(long, value_name = "ACTION")]
+    pub on_idle: Option<petty_core::IdleAction>,
 }
 
 fn secs(flag: &str, v: Option<f64>) -> anyhow::Result<Option<Duration>> {
@@ -61,6 +66,9 @@ pub async fn create(args: CreateArgs, s: &Settings) -> anyhow::Result<ExitCode> 
     }
     if let Some(t) = secs("idle-timeout", args.idle_timeout)? {
         b = b.idle_timeout(t);
+    }
+    if let Some(action) = args.on_idle {
+        b = b.on_idle(action);
     }
     let config = b.build()?;
     let (vmm, notice) = petty::settings::backend(s, args.vm.backend(s))?;
@@ -354,15 +362,15 @@ pub async fn ls(all: bool, json: bool, s: &Settings) -> anyhow::Result<ExitCode>
             if r.pooled && !all {
                 continue;
             }
-            let view = petty_server::service::SandboxView::from(r);
+            let view = petty_server::service::view_of(&manager, r);
             println!("{}", serde_json::to_string(&view)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
     let now = petty_core::store::now_ms();
     println!(
-        "{:<20} {:<36} {:<8} {:>6} {:>5} {:>8} {:>8}  {:<20} {:>8}  {:<7} PORTS",
-        "NAME", "ID", "STATE", "MEM", "VCPUS", "AGE", "EXPIRES", "OWNER", "PID", "NETWORK"
+        "{:<20} {:<36} {:<10} {:>6} {:>5} {:>8} {:>8} {:>8}  {:<20} {:>8}  {:<7} PORTS",
+        "NAME", "ID", "STATE", "MEM", "VCPUS", "DISK", "AGE", "EXPIRES", "OWNER", "PID", "NETWORK"
     );
     let secs = |ms: i64| Duration::from_millis(ms.max(0) as u64).as_secs();
     for r in manager.list().await? {
@@ -384,12 +392,13 @@ pub async fn ls(all: bool, json: bool, s: &Settings) -> anyhow::Result<ExitCode>
             None => ("none", "-".to_string()),
         };
         println!(
-            "{:<20} {:<36} {:<8} {:>6} {:>5} {:>7}s {:>8}  {owner:<20} {:>8}  {mode:<7} {ports}",
+            "{:<20} {:<36} {:<10} {:>6} {:>5} {:>8} {:>7}s {:>8}  {owner:<20} {:>8}  {mode:<7} {ports}",
             r.name,
             r.id,
             if r.pooled { "pooled" } else { r.state.as_str() },
             r.memory_mib,
             r.vcpus,
+            human_bytes(manager.disk_use(&r)),
             secs(now - r.created_at_ms),
             expires,
             r.vmm_pid
@@ -399,6 +408,19 @@ pub async fn ls(all: bool, json: bool, s: &Settings) -> anyhow::Result<ExitCode>
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes as `petty ls` shows them: `0`, `512K`, `46M`, `1.2G`.
+fn human_bytes(b: u64) -> String {
+    const K: u64 = 1 << 10;
+    const M: u64 = 1 << 20;
+    const G: u64 = 1 << 30;
+    match b {
+        0 => "0".into(),
+        b if b < M => format!("{}K", b.div_ceil(K)),
+        b if b < G => format!("{}M", b.div_ceil(M)),
+        b => format!("{:.1}G", b as f64 / G as f64),
+    }
 }
 
 /// Published ports as `petty ls` shows them: `HOST_ADDR:PORT->GUEST_PORT`,

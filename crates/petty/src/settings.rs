@@ -93,13 +93,26 @@ pub fn manager_config(s: &Settings) -> ManagerConfig {
     mc.backends = backend_options(s);
     mc.max_sandboxes = s.limits.max_concurrent_sandboxes;
     mc.templates = s.backend.templates;
-    mc.stop_when_idle = s.limits.on_idle == petty_config::OnIdle::Stop;
+    mc.on_idle = idle_action(s.limits.on_idle);
+    mc.max_kept_bytes =
+        (s.limits.max_kept_disk_mib > 0).then_some(s.limits.max_kept_disk_mib << 20);
     mc.standby = s.backend.standby;
     if let Some(n) = s.limits.max_concurrent_boots {
         mc.max_concurrent_boots = n;
     }
     mc.network = Some(net_settings(s));
     mc
+}
+
+/// The manager's name for `limits.on_idle`'s value.
+pub fn idle_action(v: petty_config::OnIdle) -> petty_core::IdleAction {
+    use petty_config::OnIdle;
+    use petty_core::IdleAction;
+    match v {
+        OnIdle::Destroy => IdleAction::Destroy,
+        OnIdle::Stop => IdleAction::Stop,
+        OnIdle::Hibernate => IdleAction::Hibernate,
+    }
 }
 
 /// How sandbox networks are made under `s`: `ip` and `nft` from

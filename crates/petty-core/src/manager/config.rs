@@ -54,12 +54,14 @@ pub struct ManagerConfig {
     /// one-shot process such as `petty run`, whose sandbox must not outlive
     /// it; their records are still swept by the next manager.
     pub vms_die_with_process: bool,
-    /// Stop (keeping the disk, see [`SandboxManager::start`]) rather than
-    /// destroy a sandbox whose idle timeout passed (default false). A TTL
-    /// always destroys.
-    ///
-    /// [`SandboxManager::start`]: crate::SandboxManager::start
-    pub stop_when_idle: bool,
+    /// What an idle timeout does to a sandbox whose config says nothing
+    /// (default: destroy it). A TTL always destroys.
+    pub on_idle: crate::IdleAction,
+    /// Most bytes the disks kept by stopped sandboxes and the files of
+    /// hibernated ones may take together (`None`: no cap). A hibernation
+    /// that would pass it is refused (an idle one stops the sandbox
+    /// instead); a stop is not (its disk exists already).
+    pub max_kept_bytes: Option<u64>,
 }
 
 impl Default for ManagerConfig {
@@ -80,7 +82,8 @@ impl Default for ManagerConfig {
             standby: true,
             network: None,
             vms_die_with_process: false,
-            stop_when_idle: false,
+            on_idle: crate::IdleAction::Destroy,
+            max_kept_bytes: None,
         }
     }
 }

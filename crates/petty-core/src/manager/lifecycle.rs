@@ -150,8 +150,9 @@ impl SandboxManager {
     /// it had, none of its processes (as `docker start` does). Its id,
     /// name, kernel, image, memory, vCPUs and lifetimes are its own; the
     /// lifetimes count from now. Refused, with what to do, when it is not
-    /// stopped, its disk was not kept, its kernel or image is gone, it has a
-    /// network (not yet), or the host is at `max_sandboxes`. A failed start
+    /// stopped, its disk was not kept, its kernel or image is gone, or the
+    /// host is at `max_sandboxes`. A networked one gets its network again
+    /// (the same mode, rules and host ports). A failed start
     /// leaves it stopped with its disk.
     pub async fn start(&self, key: &str) -> Result<(), CoreError> {
         let record = self.info(key).await?;
@@ -189,43 +190,162 @@ impl SandboxManager {
             .join(id.to_string())
     }
 
+    /// Where `record`'s own files are on the host: its run directory while
+    /// it has a VM (a kept disk is linked there), else its hibernation
+    /// files or its kept disk.
+    pub(crate) fn disk_path(&self, record: &SandboxRecord) -> Option<PathBuf> {
+        if record.state.has_vm() {
+            record.run_dir.clone()
+        } else if record.state == SandboxState::Hibernated {
+            Some(self.hibernation_dir(record.id))
+        } else {
+            Some(self.kept_disk(record.id))
+        }
+    }
+
+    /// Host disk `record`'s own files take (allocated blocks, so a sparse
+    /// overlay's holes cost nothing), bytes: what `petty ls` shows.
+    pub fn disk_use(&self, record: &SandboxRecord) -> u64 {
+        self.disk_path(record)
+            .as_deref()
+            .map_or(0, crate::metrics::disk_bytes)
+    }
+
+    /// Bytes that stopped and hibernated sandboxes' kept disks and
+    /// hibernation files take together, but `except`'s.
+    async fn kept_bytes(&self, except: SandboxId) -> Result<u64, CoreError> {
+        let kept: Vec<SandboxRecord> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|r| r.id != except && !r.state.has_vm())
+            .collect();
+        let m = self.clone();
+        super::blocking(move || Ok(kept.iter().map(|r| m.disk_use(r)).sum())).await
+    }
+
     /// Saves a running sandbox's memory, devices and disk to the data
     /// directory and ends its VM: it holds no memory, CPU or slot until
     /// [`resume`](Self::resume) (or any request for it) brings it back
     /// exactly — its processes, open files, the shell's state — also after
-    /// this process or the host restarted. Refused for a sandbox with a
-    /// network (not yet) or not ready.
+    /// this process or the host restarted. A networked one gets a network
+    /// like the one it had when it wakes (its published host ports again).
+    /// Refused when it is not ready, or when its files would take the
+    /// kept disk past [`max_kept_bytes`](crate::ManagerConfig::max_kept_bytes)
+    /// (the guest runs on, unchanged).
     pub async fn hibernate(&self, key: &str) -> Result<(), CoreError> {
         let record = self.info(key).await?;
         let name = record.name.clone();
-        // Refused before anything changes.
-        if record.network.is_some() {
-            return Err(CoreError::InvalidConfig(format!(
-                "sandbox {name} has a network, and hibernating one is not supported yet; stop it (its disk is kept) or destroy it"
-            )));
-        }
         if record.state == SandboxState::Paused {
             self.resume(key).await?;
         }
         let sb = self.get(key).await?;
         let id = record.id;
-        let dir = self.hibernation_dir(id);
+        let dir = self.save_hibernation(&record, &sb).await?;
+        let moved = self
+            .db(move |s| s.transition(id, SandboxState::Stopping, Some("hibernating"), false))
+            .await?;
+        if let Err(e) = refused(&name, SandboxState::Stopping, moved) {
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = sb.resume().await;
+            return Err(e);
+        }
+        self.end_hibernated(&record, &dir, "hibernated").await
+    }
+
+    /// The idle reaper's hibernation of `record`, whose row it moved to
+    /// `stopping`: if it cannot be saved (past the cap, its agent silent),
+    /// it is stopped with its disk kept instead, and the reason says why.
+    pub(super) async fn hibernate_claimed(
+        &self,
+        record: &SandboxRecord,
+        reason: &str,
+    ) -> Result<(), CoreError> {
+        let held = self.live().get(&record.id).cloned();
+        let sb = match held {
+            Some(sb) => Ok(sb),
+            None => match self.vmm_named(&record.backend) {
+                Ok(vmm) => Sandbox::attach(
+                    vmm.as_ref(),
+                    record,
+                    self.inner.config.connect_timeout,
+                    self.inner.config.rpc_timeout,
+                )
+                .await
+                .map(Arc::new),
+                Err(e) => Err(e),
+            },
+        };
+        let saved = match sb {
+            Ok(sb) => self.save_hibernation(record, &sb).await,
+            Err(e) => Err(e),
+        };
+        match saved {
+            Ok(dir) => {
+                self.end_hibernated(record, &dir, &format!("{reason} (hibernated)"))
+                    .await
+            }
+            Err(e) => {
+                tracing::info!(sandbox = %record.id, "not hibernated ({e}); stopping it instead, its disk kept");
+                self.stop_claimed(record, &format!("{reason}; not hibernated: {e}"))
+                    .await
+            }
+        }
+    }
+
+    /// Saves `sb` (of `record`) into its hibernation directory and leaves
+    /// its guest paused; on any failure, past the cap included, removes
+    /// what it wrote and lets the guest run on.
+    async fn save_hibernation(
+        &self,
+        record: &SandboxRecord,
+        sb: &Sandbox,
+    ) -> Result<PathBuf, CoreError> {
+        let dir = self.hibernation_dir(record.id);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        if let Err(e) = sb.save_to(&dir).await {
+        let saved = async {
+            sb.save_to(&dir).await?;
+            let Some(cap) = self.inner.config.max_kept_bytes else {
+                return Ok(());
+            };
+            let others = self.kept_bytes(record.id).await?;
+            let own = crate::metrics::disk_bytes(&dir);
+            if others + own > cap {
+                let mib = |b: u64| b.div_ceil(1 << 20);
+                return Err(CoreError::KeptDiskFull(format!(
+                    "hibernating sandbox {} takes {} MiB, and stopped and hibernated sandboxes use {} MiB of the {} MiB they may (limits.max_kept_disk_mib); remove some with `petty rm`, stop this one instead (`petty stop {}`), or raise the cap",
+                    record.name,
+                    mib(own),
+                    mib(others),
+                    mib(cap),
+                    record.name
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = saved {
             let _ = std::fs::remove_dir_all(&dir);
             // Saving stops the guest; it runs on when the save fails.
             let _ = sb.resume().await;
             return Err(e);
         }
-        let moved = self
-            .db(move |s| s.transition(id, SandboxState::Stopping, Some("hibernating"), false))
+        Ok(dir)
+    }
+
+    /// Ends the VM of `record`, saved into `dir`, and records it hibernated.
+    async fn end_hibernated(
+        &self,
+        record: &SandboxRecord,
+        dir: &std::path::Path,
+        why: &str,
+    ) -> Result<(), CoreError> {
+        let stopped = self.stop_vm(record, false).await;
+        let (id, why) = (record.id, why.to_string());
+        self.db(move |s| s.transition(id, SandboxState::Hibernated, Some(&why), false))
             .await?;
-        refused(&name, SandboxState::Stopping, moved)?;
-        let stopped = self.stop_vm(&record, false).await;
-        self.db(move |s| s.transition(id, SandboxState::Hibernated, Some("hibernated"), false))
-            .await?;
-        tracing::info!(sandbox = %id, bytes = crate::metrics::disk_bytes(&dir), "sandbox hibernated");
+        tracing::info!(sandbox = %id, bytes = crate::metrics::disk_bytes(dir), "sandbox hibernated");
         stopped
     }
 
@@ -281,11 +401,16 @@ impl SandboxManager {
         back_to: SandboxState,
     ) -> Result<(), CoreError> {
         let name = record.name.clone();
-        if record.network.is_some() {
-            return Err(CoreError::InvalidConfig(format!(
-                "sandbox {name} has a network, and bringing one back is not supported yet; remove it (`petty rm {name}`) and create another"
-            )));
-        }
+        // Its network as it was: the same mode, rules and host ports.
+        let net_settings = match &record.network {
+            Some(spec) => {
+                let settings = self.net_settings()?.clone();
+                spec.policy(&settings.deny)
+                    .map_err(|e| CoreError::InvalidConfig(e.to_string()))?;
+                Some((spec.clone(), settings))
+            }
+            None => None,
+        };
         for (what, path) in [("kernel", &record.kernel), ("image", &record.rootfs)] {
             if !path.is_file() {
                 return Err(CoreError::InvalidConfig(format!(
@@ -304,7 +429,13 @@ impl SandboxManager {
             .await?;
         refused(&name, SandboxState::Creating, moved)?;
         let started = std::time::Instant::now();
+        // Dropped on any failure below, which removes it.
+        let mut net = None;
         let booted = async {
+            if let Some((spec, settings)) = &net_settings {
+                let made = super::make_network(settings.clone(), id.to_string(), spec.clone());
+                net = Some(made.await?);
+            }
             let vmm = self.vmm_named(&record.backend)?;
             let config = SandboxConfig {
                 kernel: Some(record.kernel.clone()),
@@ -326,6 +457,7 @@ impl SandboxManager {
                 die_with_process: self.inner.config.vms_die_with_process,
                 disk: Some(disk),
                 restore_from,
+                network: net.as_ref().map(super::vm_network),
                 ..crate::sandbox::BootPlan::new(config, id, name.clone())
             };
             let _turn = self
@@ -348,16 +480,41 @@ impl SandboxManager {
         let sandbox = match booted {
             Ok(sb) => sb,
             Err(e) => {
+                drop(net);
                 back(format!("could not run again: {e}")).await;
                 return Err(e);
             }
         };
         let pid = sandbox.vmm_pid().await.unwrap_or_default();
         let run_dir = sandbox.run_dir().await.unwrap_or_default();
+        // The helper follows the VMM from now on.
+        let network = match (net, net_settings) {
+            (Some(net), Some((mut spec, _))) => {
+                let (net, attached) = tokio::task::spawn_blocking(move || {
+                    let attached = net.attach(pid);
+                    (net, attached)
+                })
+                .await
+                .map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
+                if let Err(e) = attached {
+                    let _ = sandbox.stop_vm(false).await;
+                    drop(net);
+                    back(format!("could not run again: its network: {e}")).await;
+                    return Err(CoreError::Network(e.to_string()));
+                }
+                spec.publish = net.published().to_vec();
+                net.keep();
+                Some(spec)
+            }
+            _ => None,
+        };
         let ms = started.elapsed().as_millis() as u64;
         let recorded = self
             .db(move |s| {
                 s.set_vm(id, pid, &run_dir, ms)?;
+                if network.is_some() {
+                    s.set_network(id, network.as_ref())?;
+                }
                 s.restarted(id)?;
                 s.transition(id, SandboxState::Ready, None, true)
             })
@@ -365,6 +522,7 @@ impl SandboxManager {
             .and_then(|moved| refused(&name, SandboxState::Ready, moved));
         if let Err(e) = recorded {
             let _ = sandbox.stop_vm(false).await;
+            self.remove_network(id).await;
             back(format!("could not record its run: {e}")).await;
             return Err(e);
         }

@@ -8,7 +8,7 @@ use petty_vmm::{vmm_alive, DETACHED_MARKER};
 
 use super::{blocking, Inner, SandboxManager};
 use crate::store::now_ms;
-use crate::{CoreError, SandboxState};
+use crate::{CoreError, IdleAction, SandboxState};
 
 impl SandboxManager {
     /// Reconciles the store with what runs: keeps live VMs, reaps the rows
@@ -118,12 +118,27 @@ impl SandboxManager {
             {
                 continue;
             }
-            if idled && self.inner.config.stop_when_idle {
-                tracing::info!(sandbox = %r.id, %reason, "reaper stops sandbox (its disk is kept)");
-                if let Err(e) = self.stop_claimed(&r, &reason).await {
-                    tracing::warn!(sandbox = %r.id, "stopping it failed: {e}");
+            let action = if idled {
+                r.on_idle.unwrap_or(self.inner.config.on_idle)
+            } else {
+                IdleAction::Destroy
+            };
+            match action {
+                IdleAction::Hibernate => {
+                    tracing::info!(sandbox = %r.id, %reason, "reaper hibernates sandbox");
+                    if let Err(e) = self.hibernate_claimed(&r, &reason).await {
+                        tracing::warn!(sandbox = %r.id, "hibernating it failed: {e}");
+                    }
+                    continue;
                 }
-                continue;
+                IdleAction::Stop => {
+                    tracing::info!(sandbox = %r.id, %reason, "reaper stops sandbox (its disk is kept)");
+                    if let Err(e) = self.stop_claimed(&r, &reason).await {
+                        tracing::warn!(sandbox = %r.id, "stopping it failed: {e}");
+                    }
+                    continue;
+                }
+                IdleAction::Destroy => {}
             }
             tracing::info!(sandbox = %r.id, %reason, "reaper destroys sandbox");
             if let Err(e) = self.reap(&r, &reason).await {

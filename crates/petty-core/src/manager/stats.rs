@@ -55,15 +55,7 @@ impl SandboxManager {
         let held = self.live().get(&record.id).cloned();
         let (pending, pending_us) = held.as_ref().map_or((0, 0), |sb| sb.usage().peek());
         let pid = record.vmm_pid.filter(|_| record.state.has_vm());
-        // A running sandbox's disk is in its run directory (a kept disk is
-        // linked there); a stopped one's is its kept disk.
-        let disk_at = if record.state.has_vm() {
-            record.run_dir.clone()
-        } else if record.state == SandboxState::Hibernated {
-            Some(self.hibernation_dir(record.id))
-        } else {
-            Some(self.kept_disk(record.id))
-        };
+        let disk_at = self.disk_path(&record);
         let (sample, disk_bytes) = blocking(move || {
             Ok((
                 pid.and_then(metrics::read_process),

@@ -144,6 +144,7 @@ impl Env {
             last_used_ms: now,
             ttl: None,
             idle_timeout: None,
+            on_idle: None,
             reason: None,
             from_snapshot: None,
             disk_size_mib: None,

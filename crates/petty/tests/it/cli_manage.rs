@@ -99,11 +99,11 @@ fn a_vm_killed_behind_petty_s_back_is_reaped_by_the_next_command() {
     env.ok(&["create", "--name", "victim"]);
     env.ok(&["create", "--name", "survivor"]);
     let ls = env.ok(&["ls"]);
-    // NAME ID STATE MEM VCPUS AGE EXPIRES OWNER PID NETWORK PORTS
+    // NAME ID STATE MEM VCPUS DISK AGE EXPIRES OWNER PID NETWORK PORTS
     let pid: i32 = row(&ls, "victim")
         .unwrap()
         .split_whitespace()
-        .nth(8)
+        .nth(9)
         .unwrap()
         .parse()
         .unwrap();
@@ -149,4 +149,36 @@ fn kill_stops_at_once_and_rm_refuses_running_sandboxes() {
     );
     env.ok(&["rm", "k"]);
     assert!(leftovers(env.root.path()).is_empty());
+}
+
+#[test]
+fn on_idle_hibernate_puts_an_idle_sandbox_away_and_its_next_command_brings_it_back() {
+    let env = Env::new();
+    let bad = env.run(&["create", "--on-idle", "nap"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("destroy, stop or hibernate"), "{err}");
+    env.ok(&[
+        "create",
+        "--name",
+        "nap",
+        "--idle-timeout",
+        "1",
+        "--on-idle",
+        "hibernate",
+    ]);
+    env.ok(&["exec", "nap", "--", "sh", "-c", "echo kept > /root/f"]);
+    // Whichever petty process runs next enforces it: this `ls`, after a second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let ls = env.ok(&["ls"]);
+    let line = row(&ls, "nap").unwrap();
+    assert_eq!(line.split_whitespace().nth(2), Some("hibernated"), "{ls}");
+    assert!(processes_mentioning(&env.root.path().display().to_string()).is_empty());
+    let json: serde_json::Value = serde_json::from_str(env.ok(&["ls", "--json"]).trim()).unwrap();
+    assert_eq!(json["on_idle"], "hibernate", "{json}");
+    assert!(json["disk_bytes"].as_u64().unwrap() > 1 << 20, "{json}");
+    assert_eq!(env.ok(&["exec", "nap", "--", "cat", "/root/f"]), "kept\n");
+    assert!(row(&env.ok(&["ls"]), "nap").unwrap().contains("ready"));
+    env.ok(&["rm", "-f", "nap"]);
+    env.assert_clean();
 }

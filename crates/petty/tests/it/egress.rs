@@ -743,3 +743,50 @@ fn a_cold_booted_sandbox_gets_its_network_too() {
     env.ok(&["rm", "-f", &name]);
     env.assert_clean();
 }
+
+#[test]
+fn a_networked_sandbox_hibernates_resumes_stops_and_starts_with_its_network() {
+    let Some(_turn) = begin() else { return };
+    let before = host_state();
+    let env = Env::new();
+    let (_, url) = registry();
+    let name = create(
+        &env,
+        &["--network", "public", "--publish", "8000", "--name", "nws"],
+    );
+    let port = ls_ports(&env, &name)[0].0;
+    serve_in(&env, &name, 8000);
+    assert!(http_get(port).contains("200"));
+    let state_of = |env: &Env| {
+        let ls = env.ok(&["ls"]);
+        let line = ls
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+            .unwrap_or_else(|| panic!("{ls}"))
+            .to_string();
+        line.split_whitespace().nth(2).unwrap().to_string()
+    };
+    // Hibernated, it leaves no network on the host...
+    env.ok(&["hibernate", &name]);
+    assert_eq!(state_of(&env), "hibernated");
+    assert_back_to(&before);
+    // ...and resumed, the server it was running answers on the same host
+    // port, and the guest reaches the registry.
+    env.ok(&["resume", &name]);
+    assert_eq!(ls_ports(&env, &name), [(port, 8000)]);
+    assert!(http_get(port).contains("200"));
+    assert_eq!(py(&env, &name, &fetch(&url)).1, "200");
+    // Stopped, it leaves none either; started, it boots with its network
+    // (its server, a process, is gone and is started again).
+    env.ok(&["stop", &name]);
+    assert_eq!(state_of(&env), "stopped");
+    assert_back_to(&before);
+    env.ok(&["start", &name]);
+    assert_eq!(py(&env, &name, &fetch(&url)).1, "200");
+    serve_in(&env, &name, 8000);
+    assert_eq!(ls_ports(&env, &name), [(port, 8000)]);
+    assert!(http_get(port).contains("200"));
+    env.ok(&["rm", "-f", &name]);
+    env.assert_clean();
+    assert_back_to(&before);
+}

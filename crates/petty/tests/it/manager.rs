@@ -133,7 +133,15 @@ async fn failed_create_leaves_no_row_process_or_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_manager_finds_live_sandboxes_and_reaps_dead_ones() {
     let env = Env::new();
-    let first = env.manager(env.config()).await;
+    // No health checks by the first: a pass of its reaper still running
+    // when it is dropped would mark the killed VM failed itself, and the
+    // recovery under test would find a failed row, not a dead VM.
+    let first = env
+        .manager(petty_core::ManagerConfig {
+            health_interval: Duration::from_secs(3600),
+            ..env.config()
+        })
+        .await;
     first
         .create(crate::config_builder().name("keeper").build().unwrap())
         .await
@@ -361,7 +369,7 @@ async fn an_idle_timeout_stops_rather_than_destroys_when_configured() {
     let env = Env::new();
     let m = env
         .manager(ManagerConfig {
-            stop_when_idle: true,
+            on_idle: petty_core::IdleAction::Stop,
             ..env.config()
         })
         .await;

@@ -1558,3 +1558,165 @@ async fn an_exec_reads_the_store_once_and_writes_once() {
     m.destroy_all().await.unwrap();
     env.assert_clean();
 }
+
+async fn exec(d: &Daemon, name: &str, command: &str) -> Value {
+    let body = json!({ "command": command });
+    d.ok("POST", &format!("/v1/sandboxes/{name}/exec"), Some(body))
+        .await
+}
+
+async fn count(d: &Daemon) -> u64 {
+    let r = exec(d, "ws", "cat /root/count").await;
+    r["stdout"].as_str().unwrap().trim().parse::<u64>().unwrap()
+}
+
+async fn state(d: &Daemon, name: &str) -> Value {
+    d.ok("GET", &format!("/v1/sandboxes/{name}"), None).await
+}
+
+/// The counter a hibernation must keep counting: `/root/count` goes up
+/// every 0.1 s.
+const COUNTER: &str = "echo note > /root/file; (setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done' >/dev/null 2>&1 &); sleep 0.5";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hibernation_outlives_daemon_and_host_restarts_idle_sandboxes_hibernate_within_the_cap() {
+    let env = Env::new();
+    let hibernating = [("PETTY_LIMITS_ON_IDLE", "hibernate")];
+    let mut d = Daemon::start_with(&env, &["--pool-size", "0"], &hibernating);
+    d.ok(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"name": "ws", "idle_timeout_secs": 0})),
+    )
+    .await;
+    exec(&d, "ws", COUNTER).await;
+    let before = count(&d).await;
+    let h = d.ok("POST", "/v1/sandboxes/ws/hibernate", None).await;
+    assert_eq!(h["state"], "hibernated", "{h}");
+    assert!(h["disk_bytes"].as_u64().unwrap() > 1 << 20, "{h}");
+    let ls = env.ok(&["ls"]);
+    let row = ls.lines().find(|l| l.starts_with("ws ")).unwrap();
+    assert_eq!(row.split_whitespace().nth(2), Some("hibernated"), "{ls}");
+    assert!(
+        row.split_whitespace().nth(5).unwrap().ends_with('M'),
+        "{ls}"
+    );
+
+    // The daemon restarts: an exec resumes it, the file is there and the
+    // counter counts on from where it was.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(), 0);
+    let mut d = Daemon::start_with(&env, &["--pool-size", "0"], &hibernating);
+    assert_eq!(exec(&d, "ws", "cat /root/file").await["stdout"], "note\n");
+    let after = count(&d).await;
+    assert!(after >= before, "{before} -> {after}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = count(&d).await;
+    assert!(later > after, "the counter runs on: {after} -> {later}");
+    assert!(d.log().contains("resumes it"), "the log says so");
+
+    // Hibernated again, the daemon stopped, every VMM killed and the run
+    // directory cleared (as a host reboot would): resumed all the same.
+    d.ok("POST", "/v1/sandboxes/ws/hibernate", None).await;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(), 0);
+    crate::kill_vms_under(env.root.path());
+    for e in std::fs::read_dir(env.root.path()).unwrap().flatten() {
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+    let mut d = Daemon::start_with(&env, &["--pool-size", "0"], &hibernating);
+    let r = d.ok("POST", "/v1/sandboxes/ws/resume", None).await;
+    assert_eq!(r["state"], "ready", "{r}");
+    assert!(count(&d).await >= later);
+
+    // limits.on_idle = "hibernate": idle for 2 s, it hibernates; the next
+    // exec resumes it. A create's own on_idle wins.
+    for (name, on_idle) in [("nap", None), ("halt", Some("stop"))] {
+        let mut spec = json!({"name": name, "idle_timeout_secs": 2});
+        if let Some(a) = on_idle {
+            spec["on_idle"] = json!(a);
+        }
+        let v = d.ok("POST", "/v1/sandboxes", Some(spec)).await;
+        assert_eq!(v["on_idle"].as_str(), on_idle, "{v}");
+        exec(&d, name, "echo zz > /root/z && sync").await;
+    }
+    for (name, to) in [("nap", "hibernated"), ("halt", "stopped")] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while state(&d, name).await["state"] != to {
+            assert!(std::time::Instant::now() < deadline, "{name} never {to}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let v = state(&d, name).await;
+        assert!(v["reason"].as_str().unwrap().contains("idle"), "{v}");
+    }
+    assert_eq!(exec(&d, "nap", "cat /root/z").await["stdout"], "zz\n");
+    assert_eq!(state(&d, "nap").await["state"], "ready");
+    d.ok(
+        "POST",
+        "/v1/sandboxes/nap/lifetime",
+        Some(json!({"idle_timeout_secs": 0})),
+    )
+    .await;
+
+    // With a cap on what stopped and hibernated sandboxes keep (1 MiB,
+    // which "halt"'s kept disk passes already), a hibernation is refused,
+    // saying what to do, and the sandbox runs on unchanged; an idle one is
+    // stopped instead.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(), 0);
+    let capped = [
+        ("PETTY_LIMITS_ON_IDLE", "hibernate"),
+        ("PETTY_LIMITS_MAX_KEPT_DISK_MIB", "1"),
+    ];
+    let mut d = Daemon::start_with(&env, &["--pool-size", "0"], &capped);
+    let (status, e) = d.call("POST", "/v1/sandboxes/ws/hibernate", None).await;
+    assert_eq!(status, 507, "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("limits.max_kept_disk_mib") && msg.contains("petty rm"),
+        "{msg}"
+    );
+    assert_eq!(state(&d, "ws").await["state"], "ready");
+    assert!(count(&d).await > later, "it ran on");
+    assert!(
+        !env.data
+            .path()
+            .join("hibernated")
+            .join(state(&d, "ws").await["id"].as_str().unwrap())
+            .exists(),
+        "nothing of the refused hibernation is left"
+    );
+    d.ok(
+        "POST",
+        "/v1/sandboxes/nap/lifetime",
+        Some(json!({"idle_timeout_secs": 2})),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while state(&d, "nap").await["state"] != "stopped" {
+        assert!(std::time::Instant::now() < deadline, "nap never stopped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v = state(&d, "nap").await;
+    assert!(
+        v["reason"].as_str().unwrap().contains("not hibernated"),
+        "{v}"
+    );
+
+    // Removing them frees their disks: nothing is left in the data directory.
+    for name in ["ws", "nap", "halt"] {
+        let (status, _) = d
+            .call("DELETE", &format!("/v1/sandboxes/{name}"), None)
+            .await;
+        assert_eq!(status, 204, "{name}");
+    }
+    for dir in ["disks", "hibernated"] {
+        let left: Vec<_> = std::fs::read_dir(env.data.path().join(dir))
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(), 0);
+    env.assert_clean();
+}

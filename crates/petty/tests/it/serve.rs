@@ -864,10 +864,24 @@ async fn mcp_over_stdio_runs_every_tool() {
     assert_eq!(st["state"], "ready", "{st}");
     let st = structured(&call(&client, "hibernate_sandbox", json!({"sandbox": "m1"})).await);
     assert_eq!(st["state"], "hibernated", "{st}");
+    let r = structured(
+        &call(
+            &client,
+            "execute_command",
+            json!({"sandbox": "m1", "command": "cat /root/a/b.txt"}),
+        )
+        .await,
+    );
+    assert_eq!(
+        r["stdout"], "hello",
+        "an exec resumes a hibernated sandbox: {r}"
+    );
+    let st = structured(&call(&client, "hibernate_sandbox", json!({"sandbox": "m1"})).await);
+    assert_eq!(st["state"], "hibernated", "{st}");
     let st = structured(&call(&client, "resume_sandbox", json!({"sandbox": "m1"})).await);
     assert_eq!(st["state"], "ready", "{st}");
     let mm = structured(&call(&client, "sandbox_metrics", json!({"sandbox": "m1"})).await);
-    assert_eq!(mm["execs"], 2, "the command and the code: {mm}");
+    assert_eq!(mm["execs"], 3, "two commands and the code: {mm}");
     assert!(mm["host_pss_bytes"].as_u64().is_some_and(|b| b > 0), "{mm}");
     structured(
         &call(

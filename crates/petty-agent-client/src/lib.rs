@@ -1047,6 +1047,20 @@ impl StdinHandle {
             .send(&Frame::new(FrameKind::Stdin, self.id, Vec::new()))
             .await
     }
+
+    /// Sends `signal` to the command's process group (from a task other
+    /// than the one reading its output).
+    pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
+        self.client
+            .call_ok(
+                "signal",
+                Request::Signal {
+                    exec_id: self.id,
+                    signal,
+                },
+            )
+            .await
+    }
 }
 
 impl Drop for ExecStream {

@@ -56,6 +56,19 @@ impl Settings {
         })
     }
 
+    /// `e2b.listen` as an address (`None`: E2B's API is not served).
+    pub fn e2b_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.e2b.listen.is_empty() {
+            return Ok(None);
+        }
+        self.e2b.listen.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "e2b.listen = {:?} is not an address; use IP:PORT such as 127.0.0.1:3000",
+                self.e2b.listen
+            ))
+        })
+    }
+
     /// `server.shutdown_grace_secs` as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.server.shutdown_grace_secs)
@@ -88,6 +101,14 @@ impl Settings {
                 "server.listen = {addr} is beyond loopback and no API key is set; \
                  set server.api_keys (or PETTY_API_KEYS), or listen on 127.0.0.1"
             ));
+        }
+        if let Some(addr) = self.e2b_listen_addr()? {
+            if !addr.ip().is_loopback() && self.server.api_keys.is_empty() {
+                return bad(format!(
+                    "e2b.listen = {addr} is beyond loopback and no API key is set; \
+                     set server.api_keys (or PETTY_API_KEYS), or listen on 127.0.0.1"
+                ));
+            }
         }
         if self.server.api_keys.iter().any(|k| k.len() < 16) {
             return bad("server.api_keys: every key must be at least 16 characters".into());

@@ -31,6 +31,9 @@ pub struct Settings {
     /// Named templates: builds, their cache, the warm pool per template.
     #[serde(default)]
     pub templates: TemplatesSection,
+    /// E2B's API, for E2B's own SDKs.
+    #[serde(default)]
+    pub e2b: E2bSection,
 }
 
 /// `[paths]`. Defaults follow the XDG base directories.
@@ -410,6 +413,17 @@ impl Default for McpSection {
     }
 }
 
+/// `[e2b]`: E2B's control plane and in-sandbox API (envd), for E2B's own
+/// SDKs pointed at Petty (`E2B_API_URL` and `E2B_SANDBOX_URL`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct E2bSection {
+    /// Address to serve them on, e.g. `127.0.0.1:3000` (default empty: not
+    /// served). Beyond loopback it needs `server.api_keys`, which are then
+    /// E2B's API keys (`X-API-KEY`).
+    pub listen: String,
+}
+
 /// `[image]`: Petty's own image, and the OCI images templates are made
 /// from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -598,6 +612,7 @@ pub const KEYS: &[&str] = &[
     "server.log_format",
     "server.per_sandbox_metrics",
     "mcp.session_idle_secs",
+    "e2b.listen",
     "image.debian_mirror",
     "image.default_registry",
     "image.insecure_registries",

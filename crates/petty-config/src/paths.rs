@@ -120,6 +120,7 @@ pub(crate) fn defaults(env: &Env) -> (Settings, BTreeMap<String, String>) {
         pool: PoolSection::default(),
         server: ServerSection::default(),
         mcp: McpSection::default(),
+        e2b: Default::default(),
         image: ImageSection {
             auth_file,
             ..ImageSection::default()

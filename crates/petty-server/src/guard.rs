@@ -248,6 +248,25 @@ pub struct Guard {
     listen: IpAddr,
     hosts: Vec<HostName>,
     origins: Vec<String>,
+    /// E2B's API: its routes' media types ([`e2b_content_types`]).
+    e2b: bool,
+}
+
+/// The media types a request to E2B's API may declare, if it must declare
+/// one: uploads are multipart or raw bytes, Connect streams
+/// `application/connect+json`, the rest JSON.
+pub fn e2b_content_types(method: &Method, path: &str) -> Option<&'static [&'static str]> {
+    if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        return None;
+    }
+    Some(match path {
+        "/files" => &["multipart/form-data", "application/octet-stream"],
+        "/process.Process/Start"
+        | "/process.Process/Connect"
+        | "/process.Process/StreamInput"
+        | "/filesystem.Filesystem/WatchDir" => &["application/connect+json"],
+        _ => &["application/json"],
+    })
 }
 
 impl Guard {
@@ -267,7 +286,14 @@ impl Guard {
                 .iter()
                 .filter_map(|o| parse_origin(o.trim()).ok())
                 .collect(),
+            e2b: false,
         }
+    }
+
+    /// This guard for E2B's API: the same Host and Origin rules, its own
+    /// media types.
+    pub fn for_e2b(self) -> Self {
+        Self { e2b: true, ..self }
     }
 
     /// Whether a request may name `host`.
@@ -315,16 +341,24 @@ impl Guard {
                 return Ok(Verdict::Preflight(origin.clone()));
             }
         }
-        if let Some(want) = required_content_type(req.method(), req.uri().path()) {
-            if !content_type_is(headers, want) {
+        let one;
+        let wanted = if self.e2b {
+            e2b_content_types(req.method(), req.uri().path())
+        } else {
+            one = required_content_type(req.method(), req.uri().path());
+            one.as_ref().map(std::slice::from_ref)
+        };
+        if let Some(wanted) = wanted {
+            if !wanted.iter().any(|want| content_type_is(headers, want)) {
+                let want = wanted.join("` or `");
                 let got = match headers.get(header::CONTENT_TYPE) {
                     Some(v) => format!("`{}`", shown(v.as_bytes())),
                     None => "none".to_string(),
                 };
-                let what = if want == "application/json" {
-                    "JSON, even with no body"
-                } else {
-                    "the file's bytes as they are"
+                let what = match want.as_str() {
+                    "application/json" => "JSON, even with no body",
+                    "application/octet-stream" => "the file's bytes as they are",
+                    _ => "this media type",
                 };
                 let e = ApiError::new(
                     ErrorKind::UnsupportedMediaType,

@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod e2b;
 pub mod error;
 pub mod guard;
 pub mod mcp;
@@ -246,6 +247,42 @@ pub async fn serve(listener: tokio::net::TcpListener, service: Service) -> Resul
             );
         }
     };
+    // E2B's API on its own listener, ended with the daemon's.
+    let e2b_task = match config
+        .e2b_listen_addr()
+        .map_err(|e| ServerError::Config(e.to_string()))?
+    {
+        Some(addr) => {
+            let e2b_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            let local = e2b_listener.local_addr().map_err(|e| ServerError::Serve {
+                what: "reading E2B's listening address",
+                source: e.into(),
+            })?;
+            let app = e2b::app(service.clone()).map_err(|e| ServerError::Serve {
+                what: "setting up E2B's API",
+                source: e.into(),
+            })?;
+            {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(
+                    out,
+                    "petty: E2B's API on http://{local}: set E2B_API_URL and E2B_SANDBOX_URL to it"
+                );
+                let _ = out.flush();
+            }
+            tracing::info!(%local, "serving E2B's API");
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(e2b_listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+            }))
+        }
+        None => None,
+    };
     let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
     let grace = config.shutdown_grace();
     tokio::select! {
@@ -255,6 +292,9 @@ pub async fn serve(listener: tokio::net::TcpListener, service: Service) -> Resul
         }
     }
     signal_task.abort();
+    if let Some(t) = e2b_task {
+        t.abort();
+    }
     shutdown(&service, config.server.on_shutdown).await;
     Ok(())
 }

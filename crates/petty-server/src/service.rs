@@ -978,6 +978,38 @@ impl Service {
         Ok(stream)
     }
 
+    /// Starts `req` as it is (no default timeout: it runs until it ends or
+    /// is signalled) and returns its stream; E2B's processes. The caller
+    /// reports its end with [`Service::exec_stream_done`].
+    #[tracing::instrument(skip(self, req))]
+    pub async fn start_process(&self, sandbox: &str, req: ExecRequest) -> ApiResult<ExecStream> {
+        let record = self.record(sandbox).await?;
+        self.inner
+            .manager
+            .with_record_async(
+                sandbox,
+                &record,
+                |sb| async move { sb.exec_stream(req).await },
+            )
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Runs `f` on sandbox `sandbox` (a warm pool's is not found), counted
+    /// as a use of it: what the other operations here do not cover.
+    pub async fn with_sandbox<T, F, Fut>(&self, sandbox: &str, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(std::sync::Arc<petty_core::Sandbox>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, petty_core::CoreError>>,
+    {
+        let record = self.record(sandbox).await?;
+        self.inner
+            .manager
+            .with_record_async(sandbox, &record, f)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
     /// Records the end of a streamed command: counted and timed like any
     /// exec; a broken stream's error as the client should see it.
     pub fn exec_stream_done(

@@ -247,6 +247,10 @@ pub struct ServerArgs {
     /// VMM backend (backend.kind): auto, qemu or firecracker.
     #[arg(long, value_name = "KIND")]
     pub backend: Option<String>,
+    /// Also serve E2B's API here, for E2B's own SDKs (e2b.listen), e.g.
+    /// 127.0.0.1:3000: set E2B_API_URL and E2B_SANDBOX_URL to http://ADDR.
+    #[arg(long = "e2b-listen", value_name = "ADDR")]
+    pub e2b_listen: Option<String>,
     /// Warm sandboxes to keep ready (pool.size; 0 turns the pool off).
     #[arg(long, value_name = "N")]
     pub pool_size: Option<usize>,
@@ -268,6 +272,9 @@ impl ServerArgs {
         }
         if let Some(v) = &self.backend {
             out.push(Override::new("backend.kind", text(v), "--backend"));
+        }
+        if let Some(v) = &self.e2b_listen {
+            out.push(Override::new("e2b.listen", text(v), "--e2b-listen"));
         }
         if let Some(v) = self.pool_size {
             out.push(Override::parse("pool.size", &v.to_string(), "--pool-size"));

@@ -9,6 +9,7 @@
 mod bench;
 mod cli;
 mod cli_manage;
+mod e2b;
 mod egress;
 mod firecracker;
 mod hardening;

@@ -1,0 +1,603 @@
+//! envd, E2B's in-sandbox API, served by the daemon for every sandbox:
+//! `/health`, `/files` (multipart and raw uploads, downloads), and the
+//! Connect services `process.Process` (Start, Connect, List, SendSignal,
+//! SendInput, CloseStdin) and `filesystem.Filesystem` (Stat, ListDir,
+//! MakeDir, Move, Remove), each onto the sandbox's guest agent. The user
+//! is root unless the call names one (HTTP Basic, or `username`); relative
+//! paths are under that user's home.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use petty_core::{ExecRequest, FileStat, FileType};
+use serde_json::{json, Value};
+
+use super::connect::{self, RpcError};
+use super::process::Event;
+use super::{envd_target, E2b, E2bError};
+
+type RpcResult = Result<Response, RpcError>;
+
+pub(super) fn routes() -> Router<Arc<E2b>> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/files", get(download).post(upload))
+        .route("/process.Process/{method}", post(process))
+        .route("/filesystem.Filesystem/{method}", post(filesystem))
+}
+
+/// The sandbox a request is for (the key check found it already).
+fn sandbox_of(headers: &HeaderMap) -> Result<String, RpcError> {
+    envd_target(headers)
+        .map(|(id, _)| id)
+        .ok_or_else(|| RpcError::invalid("no E2b-Sandbox-Id header: which sandbox is this for?"))
+}
+
+/// The user a call runs as: HTTP Basic `user:`, else `username`, else
+/// root.
+fn user_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(|s| s.split(':').next().unwrap_or_default().to_string());
+    basic
+        .or_else(|| query.map(str::to_string))
+        .filter(|u| !u.is_empty())
+}
+
+fn home_of(user: Option<&str>) -> String {
+    match user {
+        None | Some("root") => "/root".into(),
+        Some(u) => format!("/home/{u}"),
+    }
+}
+
+/// `path` made absolute under `user`'s home.
+fn absolute(path: &str, user: Option<&str>) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else if path.is_empty() || path == "." {
+        home_of(user)
+    } else {
+        format!("{}/{}", home_of(user), path.trim_start_matches("./"))
+    }
+}
+
+/// `GET /health`: envd answers 204 while the sandbox runs.
+async fn health(State(e2b): State<Arc<E2b>>, headers: HeaderMap) -> Response {
+    let Ok(id) = sandbox_of(&headers) else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    match e2b.service.get(&id).await {
+        Ok(v) if v.state == "ready" => StatusCode::NO_CONTENT.into_response(),
+        Ok(v) => E2bError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("sandbox {id} is {}: it was not found running", v.state),
+        )
+        .into_response(),
+        Err(_) => E2bError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("sandbox {id} was not found"),
+        )
+        .into_response(),
+    }
+}
+
+/// An envd HTTP error: `{"code": STATUS, "message": …}`.
+fn http_error(e: crate::error::ApiError) -> Response {
+    E2bError::from(e).into_response()
+}
+
+/// `GET /files?path=P[&username=U]`: the file's bytes.
+async fn download(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let id = match sandbox_of(&headers) {
+        Ok(id) => id,
+        Err(e) => return E2bError::new(StatusCode::BAD_REQUEST, e.message).into_response(),
+    };
+    let user = user_of(&headers, q.get("username").map(String::as_str));
+    let Some(path) = q.get("path") else {
+        return E2bError::new(StatusCode::BAD_REQUEST, "path is required").into_response();
+    };
+    let path = absolute(path, user.as_deref());
+    let limit = e2b.service.config().limits.max_download_mib << 20;
+    match e2b.service.read_file(&id, &path, limit).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => http_error(e),
+    }
+}
+
+/// `POST /files[?path=P]`: multipart parts named `file` (the target its
+/// `path`, else the part's file name) or the raw body (`path` needed);
+/// answers each file written as `{"name", "type": "file", "path"}`.
+async fn upload(
+    State(e2b): State<Arc<E2b>>,
+    Query(q): Query<BTreeMap<String, String>>,
+    req: Request,
+) -> Response {
+    let headers = req.headers().clone();
+    let id = match sandbox_of(&headers) {
+        Ok(id) => id,
+        Err(e) => return E2bError::new(StatusCode::BAD_REQUEST, e.message).into_response(),
+    };
+    let user = user_of(&headers, q.get("username").map(String::as_str));
+    let bad = |m: String| E2bError::new(StatusCode::BAD_REQUEST, m).into_response();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    if crate::guard::content_type_is(&headers, "multipart/form-data") {
+        let mut form = match axum::extract::Multipart::from_request(req, &()).await {
+            Ok(f) => f,
+            Err(e) => return bad(format!("reading the multipart body: {e}")),
+        };
+        loop {
+            match form.next_field().await {
+                Ok(Some(field)) => {
+                    let target = match (q.get("path"), field.file_name()) {
+                        (Some(p), _) => p.clone(),
+                        (None, Some(f)) => f.to_string(),
+                        (None, None) => {
+                            return bad("a part names no file and no path was given".into())
+                        }
+                    };
+                    match field.bytes().await {
+                        Ok(b) => files.push((target, b.to_vec())),
+                        Err(e) => return bad(format!("reading the multipart body: {e}")),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return bad(format!("reading the multipart body: {e}")),
+            }
+        }
+    } else {
+        let Some(path) = q.get("path") else {
+            return bad("path is required for a raw upload".into());
+        };
+        let gzip = headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        if gzip {
+            return E2bError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "gzip uploads are not supported by Petty's envd yet; send the bytes as they are",
+            )
+            .into_response();
+        }
+        match Bytes::from_request(req, &()).await {
+            Ok(b) => files.push((path.clone(), b.to_vec())),
+            Err(e) => return bad(format!("reading the body: {e}")),
+        }
+    }
+    let mut written = Vec::new();
+    for (target, data) in files {
+        let path = absolute(&target, user.as_deref());
+        if let Err(e) = e2b.service.write_file(&id, &path, &data).await {
+            return http_error(e);
+        }
+        let name = path.rsplit('/').next().unwrap_or_default().to_string();
+        written.push(json!({"name": name, "type": "file", "path": path}));
+    }
+    Json(Value::Array(written)).into_response()
+}
+
+/// `/process.Process/{method}`.
+async fn process(
+    State(e2b): State<Arc<E2b>>,
+    axum::extract::Path(method): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let out = match method.as_str() {
+        "Start" => start(&e2b, &headers, &body).await,
+        "Connect" => reconnect(&e2b, &headers, &body).await,
+        "List" => list(&e2b, &headers),
+        "SendSignal" => send_signal(&e2b, &headers, &body).await,
+        "SendInput" => send_input(&e2b, &headers, &body).await,
+        "CloseStdin" => close_stdin(&e2b, &headers, &body).await,
+        "Update" | "StreamInput" => Err(RpcError::unimplemented(&format!(
+            "process.Process/{method}"
+        ))),
+        other => Err(RpcError::new(
+            "unimplemented",
+            format!("process.Process has no method {other}"),
+        )),
+    };
+    out.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `Start`: runs `process.cmd` with `process.args` as its own process
+/// (not under `/bin/sh`), the sandbox's variables and then the call's
+/// under it, in `process.cwd` (default the user's home); the stream
+/// answers `start` with its pid, its output, its `end`.
+async fn start(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
+    let id = sandbox_of(headers)?;
+    let msg = connect::request_message(body)?;
+    if msg.get("pty").is_some_and(|p| !p.is_null()) {
+        return Err(RpcError::unimplemented("a PTY (pty in Start)"));
+    }
+    let config = msg.get("process").cloned().unwrap_or_else(|| json!({}));
+    let cmd = config
+        .get("cmd")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| RpcError::invalid("process.cmd is required"))?;
+    let mut argv = vec![cmd.to_string()];
+    if let Some(args) = config.get("args").and_then(Value::as_array) {
+        for a in args {
+            argv.push(
+                a.as_str()
+                    .ok_or_else(|| RpcError::invalid("process.args must be strings"))?
+                    .to_string(),
+            );
+        }
+    }
+    let user = user_of(headers, None);
+    let mut env: BTreeMap<String, String> = e2b.extra(&id).env_vars;
+    if let Some(envs) = config.get("envs").and_then(Value::as_object) {
+        for (k, v) in envs {
+            env.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+        }
+    }
+    let with_stdin = msg.get("stdin").and_then(Value::as_bool).unwrap_or(false);
+    let mut req = ExecRequest::argv(argv);
+    req.env = env.into_iter().collect();
+    req.cwd = Some(
+        config
+            .get("cwd")
+            .and_then(Value::as_str)
+            .map(|c| absolute(c, user.as_deref()))
+            .unwrap_or_else(|| home_of(user.as_deref())),
+    );
+    req.stdin = with_stdin;
+    req.user = user.filter(|u| u != "root");
+    let tag = msg.get("tag").and_then(Value::as_str).map(str::to_string);
+    let started = Instant::now();
+    let stream = e2b.service.start_process(&id, req).await?;
+    let service = e2b.service.clone();
+    let proc = e2b
+        .processes
+        .spawn(&id, stream, config, tag, with_stdin, move |ended| {
+            let _ = service.exec_stream_done(started, ended);
+        });
+    Ok(follow(proc))
+}
+
+/// `Connect`: the stream of a process already running (what it printed
+/// so far first).
+async fn reconnect(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
+    let id = sandbox_of(headers)?;
+    let msg = connect::request_message(body)?;
+    let selector = msg.get("process").cloned().unwrap_or_default();
+    let proc = e2b.processes.find(&id, &selector).ok_or_else(|| {
+        RpcError::not_found(format!("no process {selector} runs in sandbox {id}"))
+    })?;
+    Ok(follow(proc))
+}
+
+/// The Connect stream of `proc`: `start`, every event so far and each
+/// that follows, a keepalive every 30 s of silence, and the end.
+fn follow(proc: Arc<super::process::Proc>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let send = |m: Value| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(connect::envelope(&m))).await.is_ok() }
+        };
+        if !send(json!({"event": {"start": {"pid": proc.pid}}})).await {
+            return;
+        }
+        let (past, live) = proc.attach();
+        let mut ended = false;
+        for e in past {
+            ended |= matches!(e, Event::End { .. });
+            if !send(e.to_json()).await {
+                return;
+            }
+        }
+        if let (false, Some(mut live)) = (ended, live) {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), live.recv()).await {
+                    Ok(Ok(e)) => {
+                        let end = matches!(e, Event::End { .. });
+                        if !send(e.to_json()).await {
+                            return;
+                        }
+                        if end {
+                            break;
+                        }
+                    }
+                    // Output this stream was too slow to take is skipped.
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break,
+                    Err(_) => {
+                        if !send(json!({"event": {"keepalive": {}}})).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Ok(connect::end_of_stream(None))).await;
+    });
+    connect::stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// `List`: the sandbox's running processes.
+fn list(e2b: &Arc<E2b>, headers: &HeaderMap) -> RpcResult {
+    let id = sandbox_of(headers)?;
+    let processes: Vec<Value> = e2b
+        .processes
+        .list(&id)
+        .into_iter()
+        .map(|p| {
+            let mut v = json!({"pid": p.pid, "config": p.config});
+            if let Some(t) = &p.tag {
+                v["tag"] = json!(t);
+            }
+            v
+        })
+        .collect();
+    Ok(connect::unary(json!({ "processes": processes })))
+}
+
+fn find(
+    e2b: &Arc<E2b>,
+    headers: &HeaderMap,
+    msg: &Value,
+) -> Result<Arc<super::process::Proc>, RpcError> {
+    let id = sandbox_of(headers)?;
+    let selector = msg.get("process").cloned().unwrap_or_default();
+    e2b.processes
+        .find(&id, &selector)
+        .ok_or_else(|| RpcError::not_found(format!("no process {selector} runs in sandbox {id}")))
+}
+
+/// `SendSignal`: `SIGNAL_SIGKILL` or `SIGNAL_SIGTERM` (or their numbers)
+/// to the process's group.
+async fn send_signal(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
+    let msg = connect::unary_message(body)?;
+    let proc = find(e2b, headers, &msg)?;
+    let signal = match msg.get("signal") {
+        Some(Value::String(s)) if s == "SIGNAL_SIGKILL" => 9,
+        Some(Value::String(s)) if s == "SIGNAL_SIGTERM" => 15,
+        Some(Value::Number(n)) if matches!(n.as_i64(), Some(9 | 15)) => n.as_i64().unwrap() as i32,
+        other => {
+            return Err(RpcError::invalid(format!(
+                "signal {other:?} is not one envd sends; use SIGNAL_SIGKILL or SIGNAL_SIGTERM"
+            )))
+        }
+    };
+    proc.signal(signal)
+        .await
+        .map_err(|e| RpcError::new("internal", e.to_string()))?;
+    Ok(connect::unary(json!({})))
+}
+
+/// `SendInput`: bytes (`input.stdin`, base64) to a process started with
+/// `stdin: true`.
+async fn send_input(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
+    let msg = connect::unary_message(body)?;
+    let proc = find(e2b, headers, &msg)?;
+    let data = msg
+        .pointer("/input/stdin")
+        .and_then(Value::as_str)
+        .map(|b| base64::engine::general_purpose::STANDARD.decode(b))
+        .transpose()
+        .map_err(|e| RpcError::invalid(format!("input.stdin is not base64: {e}")))?
+        .ok_or_else(|| RpcError::unimplemented("input other than stdin (a PTY's)"))?;
+    proc.write_stdin(&data)
+        .await
+        .map_err(|e| RpcError::new("failed_precondition", e))?;
+    Ok(connect::unary(json!({})))
+}
+
+/// `CloseStdin`: the process reads end-of-file.
+async fn close_stdin(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
+    let msg = connect::unary_message(body)?;
+    let proc = find(e2b, headers, &msg)?;
+    proc.close_stdin()
+        .await
+        .map_err(|e| RpcError::new("internal", e))?;
+    Ok(connect::unary(json!({})))
+}
+
+/// `/filesystem.Filesystem/{method}`.
+async fn filesystem(
+    State(e2b): State<Arc<E2b>>,
+    axum::extract::Path(method): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let out = async {
+        let id = sandbox_of(&headers)?;
+        let msg = connect::unary_message(&body)?;
+        let user = user_of(&headers, None);
+        let path_of = |key: &str| -> Result<String, RpcError> {
+            let p = msg
+                .get(key)
+                .and_then(Value::as_str)
+                .ok_or_else(|| RpcError::invalid(format!("{key} is required")))?;
+            Ok(absolute(p, user.as_deref()))
+        };
+        let s = &e2b.service;
+        match method.as_str() {
+            "Stat" => {
+                let path = path_of("path")?;
+                let p = path.clone();
+                let st = s
+                    .with_sandbox(&id, |sb| async move { sb.stat(&p).await })
+                    .await
+                    .map_err(not_found_or)?;
+                Ok(connect::unary(json!({"entry": entry(&path, &st)})))
+            }
+            "ListDir" => {
+                let path = path_of("path")?;
+                let depth = msg.get("depth").and_then(Value::as_u64).unwrap_or(1).max(1);
+                let mut entries = Vec::new();
+                let mut dirs = vec![(path.clone(), 1u64)];
+                while let Some((dir, level)) = dirs.pop() {
+                    let d = dir.clone();
+                    let listed = s
+                        .with_sandbox(&id, |sb| async move {
+                            let mut out = Vec::new();
+                            for e in sb.list_dir(&d).await? {
+                                let full = format!("{}/{}", d.trim_end_matches('/'), e.name);
+                                let st = sb.stat(&full).await?;
+                                out.push((full, st));
+                            }
+                            Ok(out)
+                        })
+                        .await
+                        .map_err(not_found_or)?;
+                    for (full, st) in listed {
+                        if st.is_dir && level < depth {
+                            dirs.push((full.clone(), level + 1));
+                        }
+                        entries.push(entry(&full, &st));
+                    }
+                }
+                Ok(connect::unary(json!({ "entries": entries })))
+            }
+            "MakeDir" => {
+                let path = path_of("path")?;
+                let p = path.clone();
+                let made = s
+                    .with_sandbox(&id, |sb| async move {
+                        if sb.stat(&p).await.is_ok() {
+                            return Ok(None);
+                        }
+                        sb.mkdir(&p).await?;
+                        sb.stat(&p).await.map(Some)
+                    })
+                    .await
+                    .map_err(RpcError::from)?;
+                match made {
+                    Some(st) => Ok(connect::unary(json!({"entry": entry(&path, &st)}))),
+                    None => Err(RpcError::new(
+                        "already_exists",
+                        format!("{path} already exists"),
+                    )),
+                }
+            }
+            "Move" => {
+                let (from, to) = (path_of("source")?, path_of("destination")?);
+                let (f, t) = (from.clone(), to.clone());
+                let st = s
+                    .with_sandbox(&id, |sb| async move {
+                        sb.rename(&f, &t).await?;
+                        sb.stat(&t).await
+                    })
+                    .await
+                    .map_err(not_found_or)?;
+                Ok(connect::unary(json!({"entry": entry(&to, &st)})))
+            }
+            "Remove" => {
+                let path = path_of("path")?;
+                s.remove_file(&id, &path, true)
+                    .await
+                    .map_err(not_found_or)?;
+                Ok(connect::unary(json!({})))
+            }
+            other => Err(RpcError::unimplemented(&format!(
+                "filesystem.Filesystem/{other}"
+            ))),
+        }
+    }
+    .await;
+    out.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn not_found_or(e: crate::error::ApiError) -> RpcError {
+    RpcError::from(e)
+}
+
+/// envd's `EntryInfo` of `path`.
+fn entry(path: &str, st: &FileStat) -> Value {
+    let kind = match st.file_type {
+        FileType::Directory => "FILE_TYPE_DIRECTORY",
+        FileType::Symlink => "FILE_TYPE_SYMLINK",
+        _ if st.is_dir => "FILE_TYPE_DIRECTORY",
+        _ => "FILE_TYPE_FILE",
+    };
+    let name = path
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    json!({
+        "name": name,
+        "type": kind,
+        "path": path,
+        "size": st.size.to_string(),
+        "mode": st.mode,
+        "permissions": permissions(st),
+        "owner": "root",
+        "group": "root",
+        "modifiedTime": super::control::rfc3339(st.mtime * 1000),
+        "isSymlink": st.is_symlink,
+    })
+}
+
+/// `ls -l`'s permission string of `st`.
+fn permissions(st: &FileStat) -> String {
+    let kind = if st.is_dir {
+        'd'
+    } else if st.is_symlink {
+        'l'
+    } else {
+        '-'
+    };
+    let mut s = String::from(kind);
+    for shift in [6, 3, 0] {
+        let bits = (st.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_paths_follow_envd() {
+        let mut h = HeaderMap::new();
+        assert_eq!(user_of(&h, None), None);
+        assert_eq!(user_of(&h, Some("user")), Some("user".into()));
+        h.insert(header::AUTHORIZATION, "Basic cm9vdDo=".parse().unwrap());
+        assert_eq!(user_of(&h, Some("user")), Some("root".into()));
+        assert_eq!(absolute("a/b", None), "/root/a/b");
+        assert_eq!(absolute("/etc", Some("user")), "/etc");
+        assert_eq!(absolute("", Some("user")), "/home/user");
+        let st = FileStat {
+            is_dir: true,
+            is_symlink: false,
+            file_type: FileType::Directory,
+            size: 4096,
+            mode: 0o755,
+            mtime: 0,
+        };
+        assert_eq!(permissions(&st), "drwxr-xr-x");
+        let e = entry("/root/x/", &st);
+        assert_eq!(
+            (e["name"].as_str(), e["type"].as_str()),
+            (Some("x"), Some("FILE_TYPE_DIRECTORY"))
+        );
+    }
+}

@@ -1,0 +1,106 @@
+# E2B's own Python SDK against `petty serve --e2b-listen`: every call the
+# test names must behave as it does against E2B. Run by tests/it/e2b.rs
+# with E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY set; prints "ok".
+import time
+
+from e2b import Sandbox, SandboxQuery, SandboxState
+from e2b.exceptions import NotFoundException, SandboxException
+from e2b.sandbox.commands.command_handle import CommandExitException
+
+sbx = Sandbox.create(timeout=300, metadata={"owner": "alice", "job": "t1"}, envs={"GREETING": "hi"})
+other = Sandbox.create(metadata={"owner": "bob"})
+
+# Commands: output, the sandbox's variables and the call's, cwd, codes.
+r = sbx.commands.run("echo $GREETING $EXTRA; pwd; echo oops >&2", envs={"EXTRA": "there"}, cwd="/tmp")
+assert (r.stdout, r.stderr, r.exit_code) == ("hi there\n/tmp\n", "oops\n", 0), r
+try:
+    sbx.commands.run("echo partial; exit 3")
+    raise AssertionError("a failing command raises")
+except CommandExitException as e:
+    assert (e.exit_code, e.stdout) == (3, "partial\n"), e
+chunks = []
+sbx.commands.run("for i in 1 2 3; do echo $i; sleep 0.2; done", on_stdout=chunks.append)
+assert "".join(chunks) == "1\n2\n3\n", chunks
+
+# Background commands outlive the request, list, take stdin, reconnect, die.
+h = sbx.commands.run("sleep 60", background=True)
+assert h.pid in [p.pid for p in sbx.commands.list()]
+cat = sbx.commands.run("cat", background=True, stdin=True)
+sbx.commands.send_stdin(cat.pid, "fed through stdin\n")
+sbx.commands.close_stdin(cat.pid)
+assert cat.wait().stdout == "fed through stdin\n"
+counter = sbx.commands.run("for i in $(seq 5); do echo tick$i; sleep 0.2; done", background=True)
+counter.disconnect()
+again = sbx.commands.connect(counter.pid)
+assert again.wait().stdout.count("tick") == 5, "reconnected, it saw all the output"
+assert sbx.commands.kill(h.pid)
+try:
+    h.wait()
+    raise AssertionError("a killed command raises")
+except CommandExitException as e:
+    assert e.exit_code != 0
+assert not sbx.commands.kill(h.pid), "a gone process is not killed again"
+
+# Files: write, read, list, exists, info, make_dir, rename, remove.
+info = sbx.files.write("/root/work/a.txt", "alpha")
+assert (info.name, info.path) == ("a.txt", "/root/work/a.txt"), info
+sbx.files.write("notes.txt", b"\x00\x01binary")
+assert sbx.files.read("/root/notes.txt", format="bytes") == b"\x00\x01binary"
+assert sbx.files.read("/root/work/a.txt") == "alpha"
+sbx.files.write_files([{"path": "/root/work/b.txt", "data": "beta"}, {"path": "/root/work/c.txt", "data": "gamma"}])
+names = sorted(e.name for e in sbx.files.list("/root/work"))
+assert names == ["a.txt", "b.txt", "c.txt"], names
+assert sbx.files.exists("/root/work/a.txt") and not sbx.files.exists("/root/work/zzz")
+st = sbx.files.get_info("/root/work/a.txt")
+assert (st.size, st.type.value) == (5, "file"), st
+assert sbx.files.make_dir("/root/work/sub/deeper") and not sbx.files.make_dir("/root/work/sub/deeper")
+deep = [e.path for e in sbx.files.list("/root/work", depth=2)]
+assert "/root/work/sub/deeper" in deep, deep
+sbx.files.rename("/root/work/a.txt", "/root/work/z.txt")
+assert sbx.files.read("/root/work/z.txt") == "alpha"
+sbx.files.remove("/root/work/sub")
+assert not sbx.files.exists("/root/work/sub")
+try:
+    sbx.files.read("/root/nowhere")
+    raise AssertionError("reading a missing file raises")
+except NotFoundException:
+    pass
+
+# The control plane: info, list by metadata and state, timeout, metrics.
+i = sbx.get_info()
+assert (i.state.value, i.metadata, i.cpu_count) == ("running", {"owner": "alice", "job": "t1"}, 2), i
+mine = Sandbox.list(query=SandboxQuery(metadata={"owner": "alice"})).next_items()
+assert [s.sandbox_id for s in mine] == [sbx.sandbox_id], mine
+everyone = {s.sandbox_id for s in Sandbox.list().next_items()}
+assert {sbx.sandbox_id, other.sandbox_id} <= everyone
+before = sbx.get_info().end_at
+sbx.set_timeout(600)
+assert sbx.get_info().end_at > before
+m = sbx.get_metrics()
+assert m and m[0].mem_total > 0, m
+assert sbx.is_running()
+
+# Pause (a hibernation) and connect (a resume): files and processes kept.
+sbx.commands.run("echo kept > /root/kept; (setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done' >/dev/null 2>&1 &); sleep 0.5")
+n0 = int(sbx.files.read("/root/count"))
+assert sbx.pause()
+assert Sandbox.get_info(sbx.sandbox_id).state.value == "paused"
+paused = [s.sandbox_id for s in Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED])).next_items()]
+assert paused == [sbx.sandbox_id], paused
+back = Sandbox.connect(sbx.sandbox_id)
+assert back.files.read("/root/kept") == "kept\n"
+time.sleep(0.5)
+n1 = int(back.files.read("/root/count"))
+assert n1 > n0, (n0, n1)
+assert back.get_info().state.value == "running"
+
+# Kill: gone, and a second kill says so.
+assert Sandbox.kill(other.sandbox_id)
+assert not Sandbox.kill(other.sandbox_id)
+back.kill()
+try:
+    Sandbox.get_info(sbx.sandbox_id)
+    raise AssertionError("a killed sandbox is not found")
+except (NotFoundException, SandboxException):
+    pass
+print("ok")

@@ -1,0 +1,234 @@
+//! E2B's own SDKs against `petty serve --e2b-listen`: the real `e2b` and
+//! `e2b-code-interpreter` Python packages (pinned, installed by
+//! `scripts/install-deps` into Petty's cache) run the scripts in
+//! `tests/e2b/` with `E2B_API_URL` and `E2B_SANDBOX_URL` set to the
+//! daemon, against real VMs.
+
+use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::json;
+
+use crate::Env;
+
+/// The Python of the environment `scripts/install-deps` made for E2B's SDKs.
+fn sdk_python() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+    let python = cache.join("petty/e2b-sdk/bin/python");
+    assert!(
+        python.is_file(),
+        "E2B's SDKs are not installed at {}: run scripts/install-deps",
+        python.display()
+    );
+    python
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2b")
+        .join(name)
+}
+
+/// `petty serve` with E2B's API on a port of its own; killed on drop.
+struct E2bDaemon {
+    child: Child,
+    /// Petty's own API.
+    base: String,
+    /// E2B's.
+    e2b: String,
+}
+
+impl E2bDaemon {
+    fn start(env: &Env, args: &[&str]) -> Self {
+        let log = env.data.path().join("e2b-daemon.log");
+        let mut child = env
+            .cmd()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--e2b-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--pool-size", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut addr = || {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("http://"))
+                .map(|a| format!("http://{}", a.trim_end_matches(':')))
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
+        };
+        let base = addr();
+        let e2b = addr();
+        Self { child, base, e2b }
+    }
+
+    /// Runs `script` with E2B's SDK pointed here, with API key `key`.
+    fn run(&self, script_name: &str, key: &str) -> std::process::Output {
+        Command::new(sdk_python())
+            .arg(script(script_name))
+            .env("E2B_API_URL", &self.e2b)
+            .env("E2B_SANDBOX_URL", &self.e2b)
+            .env("E2B_API_KEY", key)
+            .env_remove("E2B_DOMAIN")
+            .env_remove("E2B_DEBUG")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, script_name: &str, key: &str) {
+        let out = self.run(script_name, key);
+        assert!(
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .trim_end()
+                    .ends_with("ok"),
+            "{script_name}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for E2bDaemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling the daemon this test spawned.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn e2bs_python_sdk_drives_sandboxes_commands_files_pause_and_connect() {
+    let env = Env::new();
+    let d = E2bDaemon::start(&env, &[]);
+    // With no keys on loopback, any key is taken (as with Petty's own API).
+    d.ok("sdk.py", "any-key");
+    drop(d);
+    env.assert_clean();
+}
+
+#[test]
+fn e2bs_code_interpreter_keeps_state_in_python_contexts() {
+    let env = Env::new();
+    let d = E2bDaemon::start(&env, &[]);
+    d.ok("interpreter.py", "any-key");
+    drop(d);
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2bs_api_wants_the_key_and_each_sandbox_its_own_token() {
+    let env = Env::new();
+    let key = "e2b-test-key-0123456789";
+    let d = E2bDaemon::start(&env, &["--api-key", key]);
+    // The SDK with a wrong key is refused as E2B refuses it.
+    let out = d.run("sdk.py", "wrong-key-0123456789");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("AuthenticationException"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let http = reqwest::Client::new();
+    let create = |k: &'static str| {
+        http.post(format!("{}/v2/sandboxes", d.e2b))
+            .header("x-api-key", k)
+            .json(&json!({"templateID": "base", "timeout": 60}))
+            .send()
+    };
+    let r = create(key).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let made: serde_json::Value = r.json().await.unwrap();
+    let (id, token) = (
+        made["sandboxID"].as_str().unwrap().to_string(),
+        made["envdAccessToken"].as_str().unwrap().to_string(),
+    );
+    let health = |token: String, id: String| {
+        http.get(format!("{}/health", d.e2b))
+            .header("e2b-sandbox-id", id)
+            .header("x-access-token", token)
+            .send()
+    };
+    assert_eq!(
+        health(token.clone(), id.clone()).await.unwrap().status(),
+        204
+    );
+    // Another sandbox's token, or none, reaches nothing.
+    let r = create(key).await.unwrap();
+    let second: serde_json::Value = r.json().await.unwrap();
+    let other = second["envdAccessToken"].as_str().unwrap().to_string();
+    assert_eq!(health(other, id.clone()).await.unwrap().status(), 401);
+    let r = http
+        .post(format!("{}/process.Process/List", d.e2b))
+        .header("e2b-sandbox-id", &id)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("X-Access-Token"),
+        "{body}"
+    );
+    // A web page cannot drive it: a foreign Origin is refused before keys.
+    let r = http
+        .delete(format!("{}/sandboxes/{id}", d.e2b))
+        .header("x-api-key", key)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A wrong key leaves it; the right one kills it; then it is not found.
+    let r = http
+        .delete(format!("{}/sandboxes/{id}", d.e2b))
+        .header("x-api-key", "wrong-key-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    for (want, sandbox) in [(204, &id), (404, &id)] {
+        let r = http
+            .delete(format!("{}/sandboxes/{sandbox}", d.e2b))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want);
+        if want == 404 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["code"], 404, "E2B's error shape: {body}");
+        }
+    }
+    let second_id = second["sandboxID"].as_str().unwrap();
+    let r = http
+        .delete(format!("{}/sandboxes/{second_id}", d.e2b))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // Petty's own API still answers beside it.
+    let r = http
+        .get(format!("{}/healthz", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    drop(d);
+    env.assert_clean();
+}

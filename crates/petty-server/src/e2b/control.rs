@@ -32,6 +32,9 @@ pub(super) fn routes() -> Router<Arc<E2b>> {
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/fork", post(fork))
+        .route("/sandboxes/{id}/snapshots", post(snapshot))
+        .route("/snapshots", get(list_snapshots))
+        .route("/templates/{id}", axum::routing::delete(delete_snapshot))
 }
 
 /// E2B's requester: its sandboxes live by their `timeout`.
@@ -474,6 +477,73 @@ async fn fork(
         out.push(json!({"sandbox": sandbox_json(&e2b, &child, &extra.template_id)}));
     }
     Ok((StatusCode::CREATED, Json(Value::Array(out))).into_response())
+}
+
+/// `POST /sandboxes/{id}/snapshots` `{"name"}`: 201 `{"snapshotID",
+/// "names"}`; the id is a `templateID` creates restore from. The sandbox
+/// runs on.
+async fn snapshot(
+    State(e2b): State<Arc<E2b>>,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Response> {
+    let body = body.map(|Json(b)| b).unwrap_or_else(|| json!({}));
+    let v = view(&e2b, &id).await?;
+    let name = match body.get("name").and_then(Value::as_str) {
+        Some(n) => n.to_string(),
+        None => format!("e2b-{}-{}", &v.id[..8], petty_core::store::now_ms()),
+    };
+    let snap = e2b.service.snapshot(&v.id, &name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"snapshotID": snap.name, "names": [snap.name]})),
+    )
+        .into_response())
+}
+
+/// `GET /snapshots[?sandboxID=ID]`: one page of every snapshot (or those
+/// taken of one sandbox).
+async fn list_snapshots(
+    State(e2b): State<Arc<E2b>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<Value>> {
+    // Rows name their source by name or id: both are matched.
+    let of = match q.get("sandboxID") {
+        Some(id) => {
+            let name = e2b.service.get(id).await.map(|v| v.name).ok();
+            Some((id.clone(), name))
+        }
+        None => None,
+    };
+    let all: Vec<Value> = e2b
+        .service
+        .list_snapshots()
+        .await?
+        .into_iter()
+        .filter(|s| {
+            of.as_ref().is_none_or(|(id, name)| {
+                &s.source_sandbox == id || name.as_ref() == Some(&s.source_sandbox)
+            })
+        })
+        .map(|s| json!({"snapshotID": s.name, "names": [s.name]}))
+        .collect();
+    Ok(Json(Value::Array(all)))
+}
+
+/// `DELETE /templates/{id}`: a snapshot goes (E2B's snapshots are
+/// templates); 404 when there is none.
+async fn delete_snapshot(
+    State(e2b): State<Arc<E2b>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    if e2b.service.get_snapshot(&id).await.is_err() {
+        return Err(E2bError::new(
+            StatusCode::NOT_FOUND,
+            format!("snapshot {id} not found"),
+        ));
+    }
+    e2b.service.delete_snapshot(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -94,10 +94,60 @@ n1 = int(back.files.read("/root/count"))
 assert n1 > n0, (n0, n1)
 assert back.get_info().state.value == "running"
 
+# Fork: each child has the parent's files and goes its own way.
+back.files.write("/root/family.txt", "parent")
+kids = back.fork(count=3)
+assert len(kids) == 3 and all(isinstance(k, Sandbox) for k in kids), kids
+for n, kid in enumerate(kids):
+    assert kid.files.read("/root/family.txt") == "parent"
+    kid.files.write("/root/family.txt", f"kid {n}")
+assert [k.files.read("/root/family.txt") for k in kids] == ["kid 0", "kid 1", "kid 2"]
+assert back.files.read("/root/family.txt") == "parent"
+for kid in kids:
+    kid.kill()
+
+# A snapshot is a template a create starts from.
+snap = back.create_snapshot()
+from_snap = Sandbox.create(snap.snapshot_id)
+assert from_snap.files.read("/root/family.txt") == "parent"
+assert snap.snapshot_id in [s.snapshot_id for s in Sandbox.list_snapshots().next_items()]
+from_snap.kill()
+assert Sandbox.delete_snapshot(snap.snapshot_id)
+
+# Ten megabytes of binary, both ways.
+blob = bytes(range(256)) * 40960
+back.files.write("/root/blob.bin", blob)
+assert back.files.read("/root/blob.bin", format="bytes") == blob
+
+# A command's timeout ends the call, as E2B's does.
+from e2b.exceptions import TimeoutException
+try:
+    back.commands.run("sleep 30", timeout=1)
+    raise AssertionError("a timed-out command raises")
+except TimeoutException:
+    pass
+
+# An unknown sandbox is the SDK's not-found error.
+try:
+    Sandbox.connect("no-such-sandbox")
+    raise AssertionError("connecting to an unknown sandbox raises")
+except NotFoundException:
+    pass
+
+# A command in flight when its sandbox is killed ends with an error, not a hang.
+waiting = back.commands.run("sleep 600", background=True)
+back.kill()
+t0 = time.monotonic()
+try:
+    waiting.wait()
+    raise AssertionError("a command whose sandbox went raises")
+except Exception as e:
+    assert time.monotonic() - t0 < 30, "it ended at once"
+back = Sandbox.connect(other.sandbox_id)
+
 # Kill: gone, and a second kill says so.
 assert Sandbox.kill(other.sandbox_id)
 assert not Sandbox.kill(other.sandbox_id)
-back.kill()
 try:
     Sandbox.get_info(sbx.sandbox_id)
     raise AssertionError("a killed sandbox is not found")

@@ -232,3 +232,42 @@ async fn e2bs_api_wants_the_key_and_each_sandbox_its_own_token() {
     drop(d);
     env.assert_clean();
 }
+
+/// The README's E2B example, run as written (against this test's daemon
+/// rather than port 3000).
+#[test]
+fn the_readmes_e2b_example_runs_as_written() {
+    let section = crate::readme_section("### E2B's SDKs");
+    let sh = section.split("```sh\n").nth(1).unwrap();
+    assert!(
+        sh.contains("petty serve --e2b-listen 127.0.0.1:3000")
+            && sh.contains(
+                "E2B_API_URL=http://127.0.0.1:3000 E2B_SANDBOX_URL=http://127.0.0.1:3000"
+            ),
+        "{sh}"
+    );
+    let start = section.find("```python\n").expect("a python block") + "```python\n".len();
+    let len = section[start..].find("```").unwrap();
+    let env = Env::new();
+    let d = E2bDaemon::start(&env, &[]);
+    let file = env.data.path().join("readme_e2b.py");
+    std::fs::write(&file, &section[start..start + len]).unwrap();
+    let out = Command::new(sdk_python())
+        .arg(&file)
+        .env("E2B_API_URL", &d.e2b)
+        .env("E2B_SANDBOX_URL", &d.e2b)
+        .env("E2B_API_KEY", "any")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[1], "['1', '2']");
+    drop(d);
+    env.assert_clean();
+}

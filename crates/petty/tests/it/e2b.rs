@@ -233,6 +233,68 @@ async fn e2bs_api_wants_the_key_and_each_sandbox_its_own_token() {
     env.assert_clean();
 }
 
+/// Node, when it is 20.18 or later (what E2B's JavaScript SDK needs).
+fn node_20() -> Result<PathBuf, String> {
+    let out = Command::new("node")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("no node here ({e})"))?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let parts: Vec<u32> = v
+        .trim_start_matches('v')
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    match parts.as_slice() {
+        [20, minor, ..] if *minor >= 18 => Ok("node".into()),
+        [major, ..] if *major >= 22 => Ok("node".into()),
+        _ => Err(format!(
+            "node {v} is older than the 20.18 E2B's JavaScript SDK needs"
+        )),
+    }
+}
+
+#[test]
+fn e2bs_javascript_sdk_creates_runs_files_forks_and_kills() {
+    let node = match node_20() {
+        Ok(n) => n,
+        Err(why) => {
+            eprintln!("e2b: the JavaScript SDK test does not run: {why}");
+            return;
+        }
+    };
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+    let modules = cache.join("petty/e2b-sdk-js/node_modules");
+    assert!(
+        modules.join("e2b").is_dir(),
+        "E2B's JavaScript SDK is not installed at {}: run scripts/install-deps",
+        modules.display()
+    );
+    let env = Env::new();
+    let d = E2bDaemon::start(&env, &[]);
+    // The script beside the SDK's modules, where Node's imports look.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&modules, dir.path().join("node_modules")).unwrap();
+    std::fs::copy(script("sdk.mjs"), dir.path().join("sdk.mjs")).unwrap();
+    let out = Command::new(node)
+        .arg(dir.path().join("sdk.mjs"))
+        .env("E2B_API_URL", &d.e2b)
+        .env("E2B_SANDBOX_URL", &d.e2b)
+        .env("E2B_API_KEY", "any")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim_end() == "ok",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(d);
+    env.assert_clean();
+}
+
 /// The README's E2B example, run as written (against this test's daemon
 /// rather than port 3000).
 #[test]

@@ -115,9 +115,14 @@ async fn download(
         return E2bError::new(StatusCode::BAD_REQUEST, "path is required").into_response();
     };
     let path = absolute(path, user.as_deref());
+    // Streamed as the guest sends it: memory stays bounded.
     let limit = e2b.service.config().limits.max_download_mib << 20;
-    match e2b.service.read_file(&id, &path, limit).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+    match e2b.service.read_file_stream(&id, &path, Some(limit)).await {
+        Ok(rx) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+            .into_response(),
         Err(e) => http_error(e),
     }
 }
@@ -265,6 +270,17 @@ async fn start(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
     req.stdin = with_stdin;
     req.user = user.filter(|u| u != "root");
     let tag = msg.get("tag").and_then(Value::as_str).map(str::to_string);
+    // Each keeps up to 8 MiB of output: a bound on what one sandbox's
+    // caller can make the daemon hold.
+    if e2b.processes.list(&id).len() >= super::process::MAX_PER_SANDBOX {
+        return Err(RpcError::new(
+            "resource_exhausted",
+            format!(
+                "sandbox {id} runs {} processes started through envd already; wait for or kill some",
+                super::process::MAX_PER_SANDBOX
+            ),
+        ));
+    }
     let started = Instant::now();
     let stream = e2b.service.start_process(&id, req).await?;
     let service = e2b.service.clone();

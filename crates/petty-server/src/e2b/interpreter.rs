@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 use super::{envd_target, E2b, E2bError, PerSandbox};
 
 const KERNEL: &str = include_str!("kernel.py");
+/// Longest line a kernel may write (one output chunk or result).
+const MAX_LINE: usize = 16 << 20;
 
 pub(super) fn routes() -> Router<Arc<E2b>> {
     Router::new()
@@ -248,6 +250,19 @@ async fn execute(
             match stream.next().await {
                 Ok(ExecEvent::Stdout(b)) => {
                     buf.extend_from_slice(&b);
+                    // A kernel that never ends its line (a hostile guest) is
+                    // let go rather than held in memory without bound.
+                    if buf.len() > MAX_LINE && !buf.contains(&b'\n') {
+                        *io = None;
+                        e2b2.contexts.remove(&sandbox2, &context.id);
+                        for l in failed(format!(
+                            "the kernel wrote a line of more than {} MiB; the context is removed",
+                            MAX_LINE >> 20
+                        )) {
+                            let _ = tx.send(Ok(l)).await;
+                        }
+                        return;
+                    }
                     while let Some(at) = buf.iter().position(|&c| c == b'\n') {
                         let l: Vec<u8> = buf.drain(..=at).collect();
                         let end = serde_json::from_slice::<Value>(&l)

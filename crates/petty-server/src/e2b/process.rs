@@ -18,6 +18,8 @@ use super::{lock, PerSandbox};
 /// Output a process keeps for streams that attach later; beyond it the
 /// oldest goes.
 const KEPT_BYTES: usize = 8 << 20;
+/// Processes started through envd that may run at once in one sandbox.
+pub(super) const MAX_PER_SANDBOX: usize = 64;
 
 /// One event of a process, as envd's `ProcessEvent` JSON carries it.
 #[derive(Debug, Clone)]

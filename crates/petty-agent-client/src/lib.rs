@@ -1011,15 +1011,7 @@ impl ExecStream {
 
     /// Sends `signal` to the command's process group.
     pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
-        self.client
-            .call_ok(
-                "signal",
-                Request::Signal {
-                    exec_id: self.id,
-                    signal,
-                },
-            )
-            .await
+        self.stdin().signal(signal).await
     }
 }
 

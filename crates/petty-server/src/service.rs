@@ -956,18 +956,8 @@ impl Service {
     #[tracing::instrument(skip(self, spec))]
     pub async fn exec_stream(&self, sandbox: &str, spec: ExecSpec) -> ApiResult<ExecStream> {
         let req = self.exec_request(&spec)?;
-        let record = self.record(sandbox).await?;
         // Idle timeouts count from the start of the stream.
-        let stream = self
-            .inner
-            .manager
-            .with_record_async(
-                sandbox,
-                &record,
-                |sb| async move { sb.exec_stream(req).await },
-            )
-            .await
-            .map_err(|e| self.fail(e))?;
+        let stream = self.start_process(sandbox, req).await?;
         if let Some(data) = spec.stdin {
             let stdin = stream.stdin();
             if !data.is_empty() {

@@ -313,24 +313,15 @@ impl SandboxManager {
         // The helper follows the VMM from now on, and the ports it chose
         // are recorded.
         let network = match (net, network) {
-            (Some(net), Some(mut spec)) => {
-                let (net, attached) = tokio::task::spawn_blocking(move || {
-                    let attached = net.attach(pid);
-                    (net, attached)
-                })
-                .await
-                .map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
-                if let Err(e) = attached {
+            (Some(net), Some(spec)) => match super::keep_network(net, pid, spec).await {
+                Ok(spec) => Some(spec),
+                Err(e) => {
                     let _ = sandbox.stop_vm(false).await;
-                    drop(net);
                     let reason = format!("create failed: {e}");
                     self.db(move |s| s.remove(id, &reason)).await?;
-                    return Err(CoreError::Network(e.to_string()));
+                    return Err(e);
                 }
-                spec.publish = net.published().to_vec();
-                net.keep();
-                Some(spec)
-            }
+            },
             _ => None,
         };
         let startup_ms = started.elapsed().as_millis() as u64;

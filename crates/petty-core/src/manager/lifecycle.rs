@@ -489,23 +489,14 @@ impl SandboxManager {
         let run_dir = sandbox.run_dir().await.unwrap_or_default();
         // The helper follows the VMM from now on.
         let network = match (net, net_settings) {
-            (Some(net), Some((mut spec, _))) => {
-                let (net, attached) = tokio::task::spawn_blocking(move || {
-                    let attached = net.attach(pid);
-                    (net, attached)
-                })
-                .await
-                .map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
-                if let Err(e) = attached {
+            (Some(net), Some((spec, _))) => match super::keep_network(net, pid, spec).await {
+                Ok(spec) => Some(spec),
+                Err(e) => {
                     let _ = sandbox.stop_vm(false).await;
-                    drop(net);
-                    back(format!("could not run again: its network: {e}")).await;
-                    return Err(CoreError::Network(e.to_string()));
+                    back(format!("could not run again: {e}")).await;
+                    return Err(e);
                 }
-                spec.publish = net.published().to_vec();
-                net.keep();
-                Some(spec)
-            }
+            },
             _ => None,
         };
         let ms = started.elapsed().as_millis() as u64;

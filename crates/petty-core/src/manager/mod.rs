@@ -31,7 +31,7 @@ mod templates;
 pub use config::ManagerConfig;
 pub(crate) use create::CreatePlan;
 use create::{StandbyKey, StandbyVm};
-pub(crate) use network::{make_network, vm_network};
+pub(crate) use network::{keep_network, make_network, vm_network};
 use recovery::reaper;
 
 /// A sandbox as [`SandboxManager::list`] reports it.

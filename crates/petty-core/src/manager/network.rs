@@ -23,6 +23,29 @@ pub(crate) async fn make_network(
     .await
 }
 
+/// Hands `net` to its helper, which follows VMM `pid` from now on, and
+/// keeps it; `spec` with the host ports it published. On failure the
+/// network is removed.
+pub(crate) async fn keep_network(
+    net: SandboxNet,
+    pid: u32,
+    mut spec: NetworkSpec,
+) -> Result<NetworkSpec, CoreError> {
+    let (net, attached) = tokio::task::spawn_blocking(move || {
+        let attached = net.attach(pid);
+        (net, attached)
+    })
+    .await
+    .map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
+    if let Err(e) = attached {
+        drop(net);
+        return Err(CoreError::Network(e.to_string()));
+    }
+    spec.publish = net.published().to_vec();
+    net.keep();
+    Ok(spec)
+}
+
 /// The interface the VM gets on `net`.
 pub(crate) fn vm_network(net: &SandboxNet) -> petty_vmm::VmNetwork {
     petty_vmm::VmNetwork::new(net.netns_path())

@@ -123,6 +123,16 @@ fn detail_json(e2b: &E2b, view: &SandboxView) -> Value {
     })
 }
 
+/// Lets sandbox `id` live `secs` from now; with `no_idle`, with no idle
+/// timeout (E2B's sandboxes have none).
+async fn live_for(e2b: &E2b, id: &str, secs: u64, no_idle: bool) -> Result<SandboxView> {
+    let spec = LifetimeSpec {
+        ttl_secs: Some(secs),
+        idle_timeout_secs: no_idle.then_some(0),
+    };
+    Ok(e2b.service.set_lifetime(id, spec).await?)
+}
+
 fn not_found(id: &str) -> E2bError {
     E2bError::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
 }
@@ -191,15 +201,7 @@ async fn create(State(e2b): State<Arc<E2b>>, body: Option<Json<Value>>) -> Resul
     let is_snapshot = !is_base(&template) && service.get_snapshot(&template).await.is_ok();
     let view = if is_snapshot {
         let v = service.restore(&template, None, &who).await?;
-        service
-            .set_lifetime(
-                &v.id,
-                LifetimeSpec {
-                    ttl_secs: Some(timeout),
-                    idle_timeout_secs: Some(0),
-                },
-            )
-            .await?
+        live_for(&e2b, &v.id, timeout, true).await?
     } else {
         let spec = CreateSpec {
             template: (!is_base(&template)).then(|| template.clone()),
@@ -347,15 +349,7 @@ async fn set_timeout(
         )
     })?;
     let v = view(&e2b, &id).await?;
-    e2b.service
-        .set_lifetime(
-            &v.id,
-            LifetimeSpec {
-                ttl_secs: Some(secs),
-                idle_timeout_secs: None,
-            },
-        )
-        .await?;
+    live_for(&e2b, &v.id, secs, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -386,16 +380,7 @@ async fn bring_back(e2b: &E2b, id: &str, body: &Value) -> Result<SandboxView> {
         let now = petty_core::store::now_ms();
         let wanted = now + (secs as i64) * 1000;
         if v.expires_at_ms.is_some_and(|at| at < wanted) {
-            v = e2b
-                .service
-                .set_lifetime(
-                    &v.id,
-                    LifetimeSpec {
-                        ttl_secs: Some(secs),
-                        idle_timeout_secs: None,
-                    },
-                )
-                .await?;
+            v = live_for(e2b, &v.id, secs, false).await?;
         }
     }
     Ok(v)
@@ -407,11 +392,8 @@ async fn connect(
     State(e2b): State<Arc<E2b>>,
     Path(id): Path<String>,
     body: Option<Json<Value>>,
-) -> Result<Json<Value>> {
-    let body = body.map(|Json(b)| b).unwrap_or_else(|| json!({}));
-    let v = bring_back(&e2b, &id, &body).await?;
-    let template = e2b.extra(&v.id).template_id;
-    Ok(Json(sandbox_json(&e2b, &v, &template)))
+) -> Result<Response> {
+    brought_back(&e2b, &id, body, StatusCode::OK).await
 }
 
 /// `POST /sandboxes/{id}/resume` (older SDKs): 201 with the sandbox.
@@ -420,10 +402,20 @@ async fn resume(
     Path(id): Path<String>,
     body: Option<Json<Value>>,
 ) -> Result<Response> {
+    brought_back(&e2b, &id, body, StatusCode::CREATED).await
+}
+
+/// [`bring_back`], answered with `status` and the sandbox.
+async fn brought_back(
+    e2b: &E2b,
+    id: &str,
+    body: Option<Json<Value>>,
+    status: StatusCode,
+) -> Result<Response> {
     let body = body.map(|Json(b)| b).unwrap_or_else(|| json!({}));
-    let v = bring_back(&e2b, &id, &body).await?;
+    let v = bring_back(e2b, id, &body).await?;
     let template = e2b.extra(&v.id).template_id;
-    Ok((StatusCode::CREATED, Json(sandbox_json(&e2b, &v, &template))).into_response())
+    Ok((status, Json(sandbox_json(e2b, &v, &template))).into_response())
 }
 
 /// `GET /sandboxes/{id}/metrics`: one sample, now.
@@ -463,16 +455,7 @@ async fn fork(
         .await?;
     let mut out = Vec::new();
     for child in children {
-        let child = e2b
-            .service
-            .set_lifetime(
-                &child.id,
-                LifetimeSpec {
-                    ttl_secs: Some(timeout),
-                    idle_timeout_secs: Some(0),
-                },
-            )
-            .await?;
+        let child = live_for(&e2b, &child.id, timeout, true).await?;
         e2b.set_extra(&child.id, extra.clone())?;
         out.push(json!({"sandbox": sandbox_json(&e2b, &child, &extra.template_id)}));
     }

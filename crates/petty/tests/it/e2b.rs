@@ -12,12 +12,17 @@ use serde_json::json;
 
 use crate::Env;
 
+/// Where `scripts/install-deps` puts E2B's SDKs: Petty's cache.
+fn cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
+        .join("petty")
+}
+
 /// The Python of the environment `scripts/install-deps` made for E2B's SDKs.
 fn sdk_python() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    let python = cache.join("petty/e2b-sdk/bin/python");
+    let python = cache().join("e2b-sdk/bin/python");
     assert!(
         python.is_file(),
         "E2B's SDKs are not installed at {}: run scripts/install-deps",
@@ -263,10 +268,7 @@ fn e2bs_javascript_sdk_creates_runs_files_forks_and_kills() {
             return;
         }
     };
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    let modules = cache.join("petty/e2b-sdk-js/node_modules");
+    let modules = cache().join("e2b-sdk-js/node_modules");
     assert!(
         modules.join("e2b").is_dir(),
         "E2B's JavaScript SDK is not installed at {}: run scripts/install-deps",

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use petty_protocol::{
     ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, Frame, FrameDecoder, FrameError,
-    FrameKind, Pong, Request, Response, CHUNK_SIZE, HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    FrameKind, Pong, PtySize, Request, Response, WatchEvent, CHUNK_SIZE, HEADER_LEN, MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -434,6 +435,36 @@ impl AgentClient {
         })
     }
 
+    /// Watches directory `path` (and the directories below it when
+    /// `recursive`); returns once the watch is in place, so every change
+    /// after this call is reported.
+    pub async fn watch(&self, path: &str, recursive: bool) -> Result<WatchStream, ClientError> {
+        let req = Request::Watch {
+            path: path.to_string(),
+            recursive,
+        };
+        let (id, rx) = self.start(&req).await?;
+        let mut stream = WatchStream {
+            client: self.clone(),
+            id,
+            rx,
+            done: false,
+        };
+        let timeout = self.inner.rpc_timeout;
+        match tokio::time::timeout(timeout, stream.next()).await {
+            Ok(Ok(Some(WatchEvent::Started))) => Ok(stream),
+            Ok(Ok(Some(other))) => Err(ClientError::Protocol(format!(
+                "watch began with {other:?}, not its start"
+            ))),
+            Ok(Ok(None)) => Err(ClientError::Protocol("watch ended before it began".into())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Timeout {
+                op: "watch",
+                timeout,
+            }),
+        }
+    }
+
     /// Runs a command to completion, feeding it `stdin` if given, and
     /// collects up to `max_output` bytes of each stream (the rest is dropped
     /// and `truncated` set).
@@ -796,18 +827,8 @@ impl<'a> Transfer<'a> {
 
 impl Drop for Transfer<'_> {
     fn drop(&mut self) {
-        if !self.open {
-            return;
-        }
-        lock(&self.client.inner.pending).map.remove(&self.id);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let client = self.client.clone();
-            let request_id = self.id;
-            rt.spawn(async move {
-                let _ = client
-                    .call_ok("cancel", Request::Cancel { request_id })
-                    .await;
-            });
+        if self.open {
+            cancel_soon(self.client, self.id);
         }
     }
 }
@@ -1052,6 +1073,75 @@ impl StdinHandle {
                 },
             )
             .await
+    }
+
+    /// Resizes the command's terminal (it must have been started with a
+    /// `pty`).
+    pub async fn resize(&self, size: PtySize) -> Result<(), ClientError> {
+        self.client
+            .call_ok(
+                "resize",
+                Request::Resize {
+                    exec_id: self.id,
+                    size,
+                },
+            )
+            .await
+    }
+}
+
+/// A directory watch ([`AgentClient::watch`]); dropped unfinished, it is
+/// cancelled in the guest.
+pub struct WatchStream {
+    client: AgentClient,
+    id: u32,
+    rx: mpsc::Receiver<Incoming>,
+    done: bool,
+}
+
+impl WatchStream {
+    /// The next change, or `None` once the watch ended (the directory went).
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>, ClientError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.client.recv(&mut self.rx).await? {
+            Incoming::Raw(FrameKind::Data, b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(format!("bad watch event: {e}"))),
+            Incoming::Raw(kind, _) => {
+                Err(ClientError::Protocol(format!("{kind:?} frame in a watch")))
+            }
+            Incoming::Response(r) => {
+                self.done = true;
+                match ok_or_remote(r)? {
+                    Response::Ok => Ok(None),
+                    other => Err(unexpected("watch", other)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        if !self.done {
+            cancel_soon(&self.client, self.id);
+        }
+    }
+}
+
+/// Stops routing request `request_id`'s frames and, from a task, tells
+/// the agent to abandon it (its answer is dropped).
+fn cancel_soon(client: &AgentClient, request_id: u32) {
+    lock(&client.inner.pending).map.remove(&request_id);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let client = client.clone();
+        rt.spawn(async move {
+            let _ = client
+                .call_ok("cancel", Request::Cancel { request_id })
+                .await;
+        });
     }
 }
 

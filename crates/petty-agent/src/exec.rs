@@ -16,7 +16,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use petty_protocol::{Command, ErrorKind, ExecRequest, ExitStatus, Frame, FrameKind, Response};
+use petty_protocol::{
+    Command, ErrorKind, ExecRequest, ExitStatus, Frame, FrameKind, PtySize, Response,
+};
 
 use crate::reaper::reaper;
 use crate::server::{Conn, Writer};
@@ -119,7 +121,7 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
             (PathBuf::from("/proc/self/exe"), wrapped)
         }
     };
-    let child = match spawn(&program, &argv, &env, &cwd, req.stdin) {
+    let child = match spawn(&program, &argv, &env, &cwd, req.stdin, req.pty) {
         Ok(c) => c,
         Err(e) => {
             let code = match e.raw_os_error() {
@@ -143,7 +145,10 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
         .unwrap_or_else(|e| e.into_inner())
         .get_mut(&id)
     {
-        Some(slot) => slot.pgid = Some(pid),
+        Some(slot) => {
+            slot.pgid = Some(pid);
+            slot.terminal = child.terminal;
+        }
         // Its client went away (or a new one said hello) while it started.
         // SAFETY: kill only sends a signal to the command's own group.
         None => unsafe {
@@ -154,7 +159,7 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
     let deadline = req
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
-    let (timed_out, raw) = supervise(w, id, pid, child.stdout, child.stderr, deadline);
+    let (timed_out, raw) = supervise(w, id, pid, child.output, deadline);
 
     let status = if libc::WIFSIGNALED(raw) {
         let sig = libc::WTERMSIG(raw);
@@ -237,8 +242,79 @@ fn is_executable(p: &Path) -> bool {
 struct Child {
     pid: libc::pid_t,
     stdin: Option<File>,
-    stdout: File,
-    stderr: File,
+    /// What the command prints: stdout and stderr, or a terminal's one
+    /// output.
+    output: Vec<(File, FrameKind)>,
+    /// A terminal's controlling side, for resizes.
+    terminal: Option<Arc<OwnedFd>>,
+}
+
+/// A pseudo-terminal: the controlling side, and the path of the
+/// command's side (opened by the command itself, after `setsid`, so that it
+/// becomes its controlling terminal).
+struct Pty {
+    master: OwnedFd,
+    /// Held open until the command has its own, so no read of the master
+    /// sees a terminal nobody holds.
+    slave: OwnedFd,
+    path: CString,
+}
+
+fn open_pty(size: PtySize) -> std::io::Result<Pty> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: posix_openpt returns a new descriptor or -1.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(err());
+    }
+    // SAFETY: fd is a new descriptor we alone own.
+    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: master is a terminal master; name has room for len bytes.
+    unsafe {
+        if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
+            return Err(err());
+        }
+        let rc = libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+    }
+    // SAFETY: ptsname_r wrote a NUL-terminated string into name.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_owned();
+    resize(&master, size)?;
+    // SAFETY: path is NUL-terminated; the result is a new descriptor or -1.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(err());
+    }
+    // SAFETY: as above.
+    let slave = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Pty {
+        master,
+        slave,
+        path,
+    })
+}
+
+/// Sets a terminal's size; its foreground process group gets `SIGWINCH`.
+pub fn resize(master: &OwnedFd, size: PtySize) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
+    match unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -271,6 +347,7 @@ fn spawn(
     env: &[(String, String)],
     cwd: &str,
     stdin_piped: bool,
+    pty: Option<PtySize>,
 ) -> std::io::Result<Child> {
     let c_prog = cstring(program.as_os_str().as_bytes())?;
     let c_argv: Vec<CString> = argv.iter().map(cstring).collect::<Result<_, _>>()?;
@@ -286,6 +363,23 @@ fn spawn(
         c_env.iter().map(|c| c.as_ptr().cast_mut()).collect();
     env_ptrs.push(std::ptr::null_mut());
 
+    if let Some(size) = pty {
+        let pty = open_pty(size)?;
+        let attrs = SpawnAttrs::new(Stdio::Terminal(&pty.path), &c_cwd)?;
+        let pid = posix_spawn(&c_prog, &attrs, &argv_ptrs, &env_ptrs)?;
+        drop(attrs);
+        // The command holds its side now.
+        drop(pty.slave);
+        let master = pty.master;
+        return Ok(Child {
+            pid,
+            stdin: stdin_piped
+                .then(|| master.try_clone().map(File::from))
+                .transpose()?,
+            output: vec![(File::from(master.try_clone()?), FrameKind::Stdout)],
+            terminal: Some(Arc::new(master)),
+        });
+    }
     let (in_r, in_w) = if stdin_piped {
         let (r, w) = pipe()?;
         (r, Some(w))
@@ -295,7 +389,30 @@ fn spawn(
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
 
-    let attrs = SpawnAttrs::new(&in_r, &out_w, &err_w, &c_cwd)?;
+    let attrs = SpawnAttrs::new(Stdio::Pipes(&in_r, &out_w, &err_w), &c_cwd)?;
+    let pid = posix_spawn(&c_prog, &attrs, &argv_ptrs, &env_ptrs)?;
+    drop(attrs);
+    drop(in_r);
+    drop(out_w);
+    drop(err_w);
+    Ok(Child {
+        pid,
+        stdin: in_w.map(File::from),
+        output: vec![
+            (File::from(out_r), FrameKind::Stdout),
+            (File::from(err_r), FrameKind::Stderr),
+        ],
+        terminal: None,
+    })
+}
+
+/// Starts the program (watched by the reaper from the moment it exists).
+fn posix_spawn(
+    c_prog: &CString,
+    attrs: &SpawnAttrs,
+    argv_ptrs: &[*mut libc::c_char],
+    env_ptrs: &[*mut libc::c_char],
+) -> std::io::Result<libc::pid_t> {
     let (pid, ()) = reaper().spawn_watched(|| {
         let mut pid: libc::pid_t = 0;
         // SAFETY: every pointer is valid for the call: NUL-terminated strings
@@ -315,16 +432,16 @@ fn spawn(
             e => Err(std::io::Error::from_raw_os_error(e)),
         }
     })?;
-    drop(attrs);
-    drop(in_r);
-    drop(out_w);
-    drop(err_w);
-    Ok(Child {
-        pid,
-        stdin: in_w.map(File::from),
-        stdout: File::from(out_r),
-        stderr: File::from(err_r),
-    })
+    Ok(pid)
+}
+
+/// Where a command's stdin, stdout and stderr go.
+enum Stdio<'a> {
+    /// Three descriptors, dup'd onto 0, 1 and 2.
+    Pipes(&'a OwnedFd, &'a OwnedFd, &'a OwnedFd),
+    /// A terminal's path, opened by the command after `setsid` (which
+    /// makes it the controlling terminal) as 0, then dup'd onto 1 and 2.
+    Terminal(&'a CString),
 }
 
 /// `posix_spawn` attributes and file actions, destroyed on drop.
@@ -334,12 +451,7 @@ struct SpawnAttrs {
 }
 
 impl SpawnAttrs {
-    fn new(
-        stdin: &OwnedFd,
-        stdout: &OwnedFd,
-        stderr: &OwnedFd,
-        cwd: &CString,
-    ) -> std::io::Result<Self> {
+    fn new(stdio: Stdio<'_>, cwd: &CString) -> std::io::Result<Self> {
         let check = |rc: libc::c_int| match rc {
             0 => Ok(()),
             e => Err(std::io::Error::from_raw_os_error(e)),
@@ -362,21 +474,44 @@ impl SpawnAttrs {
             libc::sigemptyset(&mut empty);
             check(libc::posix_spawnattr_setsigdefault(&mut me.attr, &defaults))?;
             check(libc::posix_spawnattr_setsigmask(&mut me.attr, &empty))?;
-            check(libc::posix_spawnattr_setpgroup(&mut me.attr, 0))?;
-            let flags = libc::POSIX_SPAWN_SETPGROUP
-                | libc::POSIX_SPAWN_SETSIGDEF
-                | libc::POSIX_SPAWN_SETSIGMASK;
+            // Its own process group; on a terminal, its own session (whose
+            // group has the same id), so the terminal becomes its
+            // controlling one.
+            let mut flags = libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
+            match stdio {
+                Stdio::Pipes(stdin, stdout, stderr) => {
+                    check(libc::posix_spawnattr_setpgroup(&mut me.attr, 0))?;
+                    flags |= libc::POSIX_SPAWN_SETPGROUP;
+                    for (fd, target) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
+                        check(libc::posix_spawn_file_actions_adddup2(
+                            &mut me.actions,
+                            fd.as_raw_fd(),
+                            target,
+                        ))?;
+                    }
+                }
+                Stdio::Terminal(path) => {
+                    flags |= libc::POSIX_SPAWN_SETSID as libc::c_int;
+                    check(libc::posix_spawn_file_actions_addopen(
+                        &mut me.actions,
+                        0,
+                        path.as_ptr(),
+                        libc::O_RDWR,
+                        0,
+                    ))?;
+                    for target in [1, 2] {
+                        check(libc::posix_spawn_file_actions_adddup2(
+                            &mut me.actions,
+                            0,
+                            target,
+                        ))?;
+                    }
+                }
+            }
             check(libc::posix_spawnattr_setflags(
                 &mut me.attr,
                 flags as libc::c_short,
             ))?;
-            for (fd, target) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
-                check(libc::posix_spawn_file_actions_adddup2(
-                    &mut me.actions,
-                    fd.as_raw_fd(),
-                    target,
-                ))?;
-            }
             check(libc::posix_spawn_file_actions_addchdir_np(
                 &mut me.actions,
                 cwd.as_ptr(),
@@ -406,8 +541,7 @@ fn supervise(
     w: &Writer,
     id: u32,
     pid: libc::pid_t,
-    stdout: File,
-    stderr: File,
+    output: Vec<(File, FrameKind)>,
     mut deadline: Option<Instant>,
 ) -> (bool, libc::c_int) {
     let kill_group = || {
@@ -418,10 +552,10 @@ fn supervise(
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
     // SAFETY: a non-negative result is an fd we now own.
     let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
-    let mut pipes = [
-        (Some(stdout), FrameKind::Stdout),
-        (Some(stderr), FrameKind::Stderr),
-    ];
+    // A terminal's reads fail (EIO) once nobody holds its other side:
+    // that is its end-of-file.
+    let mut pipes: Vec<(Option<File>, FrameKind)> =
+        output.into_iter().map(|(f, k)| (Some(f), k)).collect();
     let mut exited = pidfd.is_none();
     let mut timed_out = false;
     let mut buf = vec![0u8; crate::server::SEND_CHUNK];

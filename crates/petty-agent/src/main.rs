@@ -23,6 +23,7 @@ mod net;
 mod reaper;
 mod server;
 mod user;
+mod watch;
 mod workers;
 
 use std::process::ExitCode;

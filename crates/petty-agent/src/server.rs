@@ -87,13 +87,16 @@ pub struct ExecSlot {
     pub pgid: Option<libc::pid_t>,
     /// Feeds the command's stdin; `None` once the host closed it.
     pub stdin: Option<mpsc::Sender<Vec<u8>>>,
+    /// The controlling side of its terminal, when it runs on one.
+    pub terminal: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 /// State shared by the threads of one connection.
 pub struct Conn {
     pub writer: Arc<Writer>,
     pub execs: Mutex<HashMap<u32, ExecSlot>>,
-    /// File reads in progress, by request id: set the flag to stop one.
+    /// File reads and directory watches in progress, by request id: set
+    /// the flag to stop one.
     pub reads: Mutex<HashMap<u32, Arc<AtomicBool>>>,
 }
 
@@ -295,6 +298,7 @@ fn handle_request(
                 ExecSlot {
                     pgid: None,
                     stdin: tx,
+                    terminal: None,
                 },
             );
             exec::start(conn.clone(), id, req, rx);
@@ -318,6 +322,43 @@ fn handle_request(
                     format!("no running exec with id {exec_id}"),
                 ),
             };
+        }
+        Request::Resize { exec_id, size } => {
+            let terminal = conn
+                .execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&exec_id)
+                .map(|s| s.terminal.clone());
+            match terminal {
+                Some(Some(t)) => match exec::resize(&t, size) {
+                    Ok(()) => w.respond(id, &Response::Ok),
+                    Err(e) => files::send_io_error(w, id, "resize", &e),
+                },
+                Some(None) => w.error(
+                    id,
+                    ErrorKind::InvalidRequest,
+                    format!("exec {exec_id} has no terminal; start it with a pty to resize it"),
+                ),
+                None => w.error(
+                    id,
+                    ErrorKind::InvalidRequest,
+                    format!("no running exec with id {exec_id}"),
+                ),
+            };
+        }
+        Request::Watch { path, recursive } => {
+            let cancel = Arc::new(AtomicBool::new(false));
+            lock(&conn.reads).insert(id, cancel.clone());
+            let c = conn.clone();
+            let started = crate::workers::run(move || {
+                crate::watch::watch(&c.writer, id, &path, recursive, &cancel);
+                lock(&c.reads).remove(&id);
+            });
+            if let Err(e) = started {
+                lock(&conn.reads).remove(&id);
+                files::send_io_error(w, id, "start a watch", &e);
+            }
         }
         Request::ReadFile { path } => {
             let cancel = Arc::new(AtomicBool::new(false));
@@ -460,6 +501,7 @@ fn warm_exec_path() {
             ExecSlot {
                 pgid: None,
                 stdin: None,
+                terminal: None,
             },
         )])),
         reads: Mutex::new(HashMap::new()),

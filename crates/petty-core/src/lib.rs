@@ -28,11 +28,11 @@ pub use error::CoreError;
 pub use manager::{ManagerConfig, SandboxInfo, SandboxManager};
 pub use metrics::{GuestMemory, HostUsage, ManagerStats, NetUsage, SandboxMetrics, StartKind};
 pub use petty_agent_client::{
-    ClientError, ExecEvent, ExecOutput, ExecStream, StdinHandle, Violation,
+    ClientError, ExecEvent, ExecOutput, ExecStream, StdinHandle, Violation, WatchStream,
 };
 pub use petty_protocol::{
     Command as ExecCommand, ErrorKind as GuestErrorKind, ExecRequest, ExitStatus, FileEntry,
-    FileStat, FileType,
+    FileStat, FileType, PtySize, WatchEvent,
 };
 pub use petty_vmm::BackendKind;
 pub use pool::{PoolConfig, PoolStats, SandboxPool, DEFAULT_WARMUP};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use petty_agent_client::{AgentClient, ClientError, ExecStream};
+use petty_agent_client::{AgentClient, ClientError, ExecStream, WatchStream};
 use petty_protocol::{ExecRequest, FileEntry, FileStat, Pong};
 use petty_vmm::{Vm, VmConfig, Vmm};
 use tokio::sync::Mutex;
@@ -648,6 +648,16 @@ impl Sandbox {
         self.ready()?;
         self.agent
             .rename(from, to)
+            .await
+            .map_err(|e| self.agent_err(e))
+    }
+
+    /// Watches a directory in the guest (and those below it when
+    /// `recursive`); changes after this returns are reported.
+    pub async fn watch(&self, path: &str, recursive: bool) -> Result<WatchStream, CoreError> {
+        self.ready()?;
+        self.agent
+            .watch(path, recursive)
             .await
             .map_err(|e| self.agent_err(e))
     }

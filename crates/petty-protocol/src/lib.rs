@@ -31,8 +31,8 @@ pub use frame::{
     Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD,
 };
 pub use message::{
-    Command, ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, FileType, Pong, Request,
-    Response,
+    Command, ErrorKind, ExecRequest, ExitStatus, FileEntry, FileStat, FileType, Pong, PtySize,
+    Request, Response, WatchEvent,
 };
 
 /// Version of this protocol; the agent reports it in [`Pong`] and the host
@@ -40,7 +40,8 @@ pub use message::{
 /// `follow`, the file type in `FileStat`, the `not_a_regular_file` and
 /// `no_space` error kinds, and writes through a temporary file. 5: `user`
 /// in `ExecRequest`, and a working directory of `/` when `/root` is missing.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: `pty` in `ExecRequest`, `resize`, and `watch` with its `WatchEvent`s.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The vsock port the agent listens on under Firecracker.
 pub const VSOCK_PORT: u32 = 52;

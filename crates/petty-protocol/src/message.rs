@@ -34,6 +34,22 @@ pub struct ExecRequest {
     /// by the guest's `/etc/passwd` and `/etc/group`); root when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Run on a pseudo-terminal of this size rather than pipes: the command
+    /// is a session leader whose controlling terminal it is, stdin, stdout
+    /// and stderr are the terminal, and everything it prints arrives as
+    /// `Stdout` frames (a terminal has one output). Stdin frames are what
+    /// is typed; [`Request::Resize`] changes the size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtySize>,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    /// Rows (lines).
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 impl ExecRequest {
@@ -59,6 +75,7 @@ impl ExecRequest {
             stdin: false,
             timeout_ms: None,
             user: None,
+            pty: None,
         }
     }
 }
@@ -84,6 +101,28 @@ pub enum Request {
         exec_id: u32,
         /// Signal number (e.g. 15 for SIGTERM).
         signal: i32,
+    },
+    /// Resize the terminal of the exec with frame id `exec_id` (one started
+    /// with a `pty`); its foreground process group gets `SIGWINCH`.
+    Resize {
+        /// Frame id of the running exec.
+        exec_id: u32,
+        /// The new size.
+        size: PtySize,
+    },
+    /// Watch a directory (and, when `recursive`, every directory below it,
+    /// those made later included) for changes: `Data` frames follow, each
+    /// one JSON [`WatchEvent`], the first [`WatchEvent::Started`] once the
+    /// watch is in place. It runs until [`Request::Cancel`] names it (then
+    /// nothing more is sent) or the directory itself goes, which ends it
+    /// with [`Response::Ok`]. A path that is not a directory is refused
+    /// with an error before anything else.
+    Watch {
+        /// Absolute path in the guest.
+        path: String,
+        /// Also watch the directories below it.
+        #[serde(default)]
+        recursive: bool,
     },
     /// Read a regular file: `Data` frames stream, then [`Response::Done`]
     /// with its size. Symlinks are followed; anything else the path
@@ -189,6 +228,42 @@ pub enum Request {
     Sync,
     /// Flush disks and power the guest off.
     Shutdown,
+}
+
+/// What changed in a watched directory (after [`Request::Watch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// The watch is in place: changes from now on are reported.
+    Started,
+    /// `name` appeared: made, or renamed to this name.
+    Create {
+        /// Path relative to the watched directory.
+        name: String,
+    },
+    /// `name` was written to.
+    Write {
+        /// Path relative to the watched directory.
+        name: String,
+    },
+    /// `name` was removed.
+    Remove {
+        /// Path relative to the watched directory.
+        name: String,
+    },
+    /// `name` was renamed away (its new name, if inside, comes as a
+    /// `Create`).
+    Rename {
+        /// Path relative to the watched directory.
+        name: String,
+    },
+    /// `name`'s permissions, owner or times changed.
+    Chmod {
+        /// Path relative to the watched directory.
+        name: String,
+    },
+    /// Events were lost: the guest kernel's queue overflowed.
+    Overflow,
 }
 
 /// How a command ended.

@@ -390,6 +390,14 @@ impl Conn {
                     ),
                 }
             }
+            // Terminals and watches need a real guest: the fake has neither.
+            Request::Resize { .. } | Request::Watch { .. } => self.reply(
+                id,
+                error(
+                    ErrorKind::InvalidRequest,
+                    "the fake agent has no terminals or directory watches".to_string(),
+                ),
+            ),
             Request::WriteFile { path, mode } => {
                 self.uploads.insert(
                     id,

@@ -362,3 +362,174 @@ fn data_frames_fit_one_port_write() {
         }
     }
 }
+
+/// Output of a terminal exec until `want` shows up (or it ends).
+async fn read_until(stream: &mut petty_agent_client::ExecStream, seen: &mut String, want: &str) {
+    while !seen.contains(want) {
+        match tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} on the terminal; it showed {seen:?}"))
+            .unwrap()
+        {
+            ExecEvent::Stdout(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+            ExecEvent::Stderr(b) => panic!("a terminal has one output; stderr got {b:?}"),
+            ExecEvent::Exit(s) => panic!("ended ({s:?}) before {want:?}; it showed {seen:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pty_exec_is_a_terminal_session_that_resizes_and_takes_typing() {
+    let (_child, c) = client();
+    let mut req = ExecRequest::shell(
+        "tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-terminals; \
+         echo sid=$(ps -o sid= -p $$ | tr -d ' ') pid=$$; stty size; \
+         read line; echo got:$line; stty size; exit 7",
+    );
+    req.pty = Some(petty_protocol::PtySize {
+        rows: 30,
+        cols: 100,
+    });
+    req.stdin = true;
+    let mut stream = c.exec(req).await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "30 100").await;
+    assert!(seen.contains("/dev/pts/"), "{seen}");
+    assert!(seen.contains("all-terminals"), "{seen}");
+    // Its own session: the shell leads it.
+    let sid = seen
+        .split("sid=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let pid = seen
+        .split("pid=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(sid, pid, "{seen}");
+    stream
+        .stdin()
+        .resize(petty_protocol::PtySize { rows: 12, cols: 40 })
+        .await
+        .unwrap();
+    stream.write_stdin(b"typed\r").await.unwrap();
+    read_until(&mut stream, &mut seen, "12 40").await;
+    // The terminal echoes what was typed, and the shell read it.
+    assert!(seen.contains("got:typed"), "{seen}");
+    loop {
+        if let ExecEvent::Exit(status) = stream.next().await.unwrap() {
+            assert_eq!(status.code, 7);
+            break;
+        }
+    }
+    // A piped exec has no terminal to resize.
+    let mut req = ExecRequest::shell("sleep 5");
+    req.stdin = true;
+    let piped = c.exec(req).await.unwrap();
+    let err = piped
+        .stdin()
+        .resize(petty_protocol::PtySize { rows: 1, cols: 1 })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has no terminal"), "{err}");
+}
+
+#[tokio::test]
+async fn a_watch_reports_creates_writes_renames_removes_and_new_subdirectories() {
+    use petty_protocol::WatchEvent as E;
+    let (_child, c) = client();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap().to_string();
+    std::fs::create_dir(dir.path().join("old")).unwrap();
+    let mut watch = c.watch(&root, true).await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .expect("the watch runs")
+    };
+    std::fs::write(dir.path().join("a.txt"), b"1").unwrap();
+    assert_eq!(
+        next().await,
+        E::Create {
+            name: "a.txt".into()
+        }
+    );
+    assert_eq!(
+        next().await,
+        E::Write {
+            name: "a.txt".into()
+        }
+    );
+    std::fs::rename(dir.path().join("a.txt"), dir.path().join("b.txt")).unwrap();
+    assert_eq!(
+        next().await,
+        E::Rename {
+            name: "a.txt".into()
+        }
+    );
+    assert_eq!(
+        next().await,
+        E::Create {
+            name: "b.txt".into()
+        }
+    );
+    // A directory that was there, and one made since, are watched too.
+    std::fs::write(dir.path().join("old/x"), b"").unwrap();
+    assert_eq!(
+        next().await,
+        E::Create {
+            name: "old/x".into()
+        }
+    );
+    std::fs::create_dir(dir.path().join("new")).unwrap();
+    assert_eq!(next().await, E::Create { name: "new".into() });
+    std::fs::write(dir.path().join("new/y"), b"").unwrap();
+    assert_eq!(
+        next().await,
+        E::Create {
+            name: "new/y".into()
+        }
+    );
+    std::fs::remove_file(dir.path().join("b.txt")).unwrap();
+    assert_eq!(
+        next().await,
+        E::Remove {
+            name: "b.txt".into()
+        }
+    );
+    drop(watch);
+
+    // Not a directory, or nothing there: refused at once.
+    let err = c
+        .watch(&format!("{root}/old/x"), false)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("is not a directory"), "{err}");
+    let err = c.watch(&format!("{root}/none"), false).await.err().unwrap();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    // The watched directory going ends the watch.
+    let sub = dir.path().join("gone");
+    std::fs::create_dir(&sub).unwrap();
+    let mut watch = c.watch(sub.to_str().unwrap(), false).await.unwrap();
+    std::fs::remove_dir(&sub).unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if watch.next().await.unwrap().is_none() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the watch of a removed directory did not end");
+}

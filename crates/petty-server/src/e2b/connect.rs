@@ -143,24 +143,51 @@ where
 /// The one message of a server-streaming request: its body's first
 /// envelope (a JSON body without an envelope is taken too).
 pub fn request_message(body: &[u8]) -> Result<Value, RpcError> {
-    let payload = match body.first() {
-        Some(&flags) if body.len() >= 5 && (flags == 0 || flags == COMPRESSED) => {
-            if flags == COMPRESSED {
-                return Err(RpcError::invalid(
-                    "compressed messages are not accepted; send them uncompressed",
-                ));
-            }
-            let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-            body.get(5..5 + len)
-                .ok_or_else(|| RpcError::invalid("the request's envelope is cut short"))?
+    Ok(request_messages(body)?
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| json!({})))
+}
+
+/// Every message of a streaming request's body, in order: its envelopes
+/// up to the end-of-stream one (a JSON body without an envelope is one
+/// message).
+pub fn request_messages(body: &[u8]) -> Result<Vec<Value>, RpcError> {
+    let parse = |payload: &[u8]| -> Result<Value, RpcError> {
+        if payload.is_empty() {
+            return Ok(json!({}));
         }
-        _ => body,
+        serde_json::from_slice(payload)
+            .map_err(|e| RpcError::invalid(format!("the request is not JSON: {e}")))
     };
-    if payload.is_empty() {
-        return Ok(json!({}));
+    let enveloped =
+        matches!(body.first(), Some(&f) if body.len() >= 5 && f & !(COMPRESSED | END_STREAM) == 0);
+    if !enveloped {
+        return Ok(vec![parse(body)?]);
     }
-    serde_json::from_slice(payload)
-        .map_err(|e| RpcError::invalid(format!("the request is not JSON: {e}")))
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest.len() < 5 {
+            return Err(RpcError::invalid("the request's envelope is cut short"));
+        }
+        let flags = rest[0];
+        if flags & COMPRESSED != 0 {
+            return Err(RpcError::invalid(
+                "compressed messages are not accepted; send them uncompressed",
+            ));
+        }
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let payload = rest
+            .get(5..5 + len)
+            .ok_or_else(|| RpcError::invalid("the request's envelope is cut short"))?;
+        if flags & END_STREAM != 0 {
+            break;
+        }
+        out.push(parse(payload)?);
+        rest = &rest[5 + len..];
+    }
+    Ok(out)
 }
 
 /// A unary request's JSON body (`{}` when empty).
@@ -196,5 +223,11 @@ mod tests {
         assert_eq!(request_message(b"").unwrap(), json!({}));
         assert!(request_message(&[0, 0, 0, 0, 9, b'{']).is_err());
         assert!(request_message(&[1, 0, 0, 0, 0]).is_err());
+        // A client stream: several envelopes, then its end.
+        let mut body = envelope(&json!({"start": 1})).to_vec();
+        body.extend_from_slice(&envelope(&json!({"data": 2})));
+        body.extend_from_slice(&end_of_stream(None));
+        let all = request_messages(&body).unwrap();
+        assert_eq!(all, vec![json!({"start": 1}), json!({"data": 2})]);
     }
 }

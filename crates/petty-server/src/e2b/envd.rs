@@ -1,8 +1,10 @@
 //! envd, E2B's in-sandbox API, served by the daemon for every sandbox:
 //! `/health`, `/files` (multipart and raw uploads, downloads), and the
-//! Connect services `process.Process` (Start, Connect, List, SendSignal,
-//! SendInput, CloseStdin) and `filesystem.Filesystem` (Stat, ListDir,
-//! MakeDir, Move, Remove), each onto the sandbox's guest agent. The user
+//! Connect services `process.Process` (Start with or without a PTY,
+//! Connect, List, SendSignal, SendInput, StreamInput, CloseStdin, Update)
+//! and `filesystem.Filesystem` (Stat, ListDir, MakeDir, Move, Remove,
+//! WatchDir, CreateWatcher, GetWatcherEvents, RemoveWatcher), each onto
+//! the sandbox's guest agent. The user
 //! is root unless the call names one (HTTP Basic, or `username`); relative
 //! paths are under that user's home.
 
@@ -18,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use petty_core::{ExecRequest, FileStat, FileType};
+use petty_core::{ExecRequest, FileStat, FileType, PtySize};
 use serde_json::{json, Value};
 
 use super::connect::{self, RpcError};
@@ -175,16 +177,18 @@ async fn upload(
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-        if gzip {
-            return E2bError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "gzip uploads are not supported by Petty's envd yet; send the bytes as they are",
-            )
-            .into_response();
-        }
-        match Bytes::from_request(req, &()).await {
-            Ok(b) => files.push((path.clone(), b.to_vec())),
+        let body = match Bytes::from_request(req, &()).await {
+            Ok(b) => b.to_vec(),
             Err(e) => return bad(format!("reading the body: {e}")),
+        };
+        if gzip {
+            let limit = e2b.service.config().limits.max_upload_mib << 20;
+            match gunzip(&body, limit) {
+                Ok(data) => files.push((path.clone(), data)),
+                Err(r) => return *r,
+            }
+        } else {
+            files.push((path.clone(), body));
         }
     }
     let mut written = Vec::new();
@@ -197,6 +201,37 @@ async fn upload(
         written.push(json!({"name": name, "type": "file", "path": path}));
     }
     Json(Value::Array(written)).into_response()
+}
+
+/// A gzip body, decoded, of at most `limit` bytes (a bigger one is a 413
+/// naming `limits.max_upload_mib`).
+fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, Box<Response>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            E2bError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid gzip ({e}); send it as it is, or gzip it whole"),
+            )
+            .into_response()
+        })
+        .map_err(Box::new)?;
+    if out.len() as u64 > limit {
+        return Err(Box::new(
+            E2bError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the upload unpacks to more than {} MiB (limits.max_upload_mib)",
+                    limit >> 20
+                ),
+            )
+            .into_response(),
+        ));
+    }
+    Ok(out)
 }
 
 /// `/process.Process/{method}`.
@@ -213,9 +248,8 @@ async fn process(
         "SendSignal" => send_signal(&e2b, &headers, &body).await,
         "SendInput" => send_input(&e2b, &headers, &body).await,
         "CloseStdin" => close_stdin(&e2b, &headers, &body).await,
-        "Update" | "StreamInput" => Err(RpcError::unimplemented(&format!(
-            "process.Process/{method}"
-        ))),
+        "Update" => update(&e2b, &headers, &body).await,
+        "StreamInput" => stream_input(&e2b, &headers, &body).await,
         other => Err(RpcError::new(
             "unimplemented",
             format!("process.Process has no method {other}"),
@@ -231,9 +265,10 @@ async fn process(
 async fn start(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
     let id = sandbox_of(headers)?;
     let msg = connect::request_message(body)?;
-    if msg.get("pty").is_some_and(|p| !p.is_null()) {
-        return Err(RpcError::unimplemented("a PTY (pty in Start)"));
-    }
+    let pty = match msg.get("pty") {
+        None | Some(Value::Null) => None,
+        Some(p) => Some(pty_size(p)?),
+    };
     let config = msg.get("process").cloned().unwrap_or_else(|| json!({}));
     let cmd = config
         .get("cmd")
@@ -257,7 +292,8 @@ async fn start(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
             env.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
         }
     }
-    let with_stdin = msg.get("stdin").and_then(Value::as_bool).unwrap_or(false);
+    // A terminal always takes input: it is what is typed.
+    let with_stdin = pty.is_some() || msg.get("stdin").and_then(Value::as_bool).unwrap_or(false);
     let mut req = ExecRequest::argv(argv);
     req.env = env.into_iter().collect();
     req.cwd = Some(
@@ -268,6 +304,7 @@ async fn start(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
             .unwrap_or_else(|| home_of(user.as_deref())),
     );
     req.stdin = with_stdin;
+    req.pty = pty;
     req.user = user.filter(|u| u != "root");
     let tag = msg.get("tag").and_then(Value::as_str).map(str::to_string);
     // Each keeps up to 8 MiB of output: a bound on what one sandbox's
@@ -284,11 +321,17 @@ async fn start(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
     let started = Instant::now();
     let stream = e2b.service.start_process(&id, req).await?;
     let service = e2b.service.clone();
-    let proc = e2b
-        .processes
-        .spawn(&id, stream, config, tag, with_stdin, move |ended| {
+    let proc = e2b.processes.spawn(
+        &id,
+        stream,
+        config,
+        tag,
+        with_stdin,
+        pty.is_some(),
+        move |ended| {
             let _ = service.exec_stream_done(started, ended);
-        });
+        },
+    );
     Ok(follow(proc))
 }
 
@@ -403,19 +446,78 @@ async fn send_signal(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcRes
     Ok(connect::unary(json!({})))
 }
 
-/// `SendInput`: bytes (`input.stdin`, base64) to a process started with
-/// `stdin: true`.
+/// A `PTY` message's size (`{"size": {"rows", "cols"}}`).
+fn pty_size(pty: &Value) -> Result<PtySize, RpcError> {
+    let dim = |key: &str| {
+        pty.pointer(&format!("/size/{key}"))
+            .and_then(Value::as_u64)
+            .filter(|n| (1..=u16::MAX as u64).contains(n))
+            .map(|n| n as u16)
+            .ok_or_else(|| {
+                RpcError::invalid(format!("pty.size.{key} must be a number from 1 to 65535"))
+            })
+    };
+    Ok(PtySize {
+        rows: dim("rows")?,
+        cols: dim("cols")?,
+    })
+}
+
+/// The bytes of a `ProcessInput` (`{"stdin": b64}` or `{"pty": b64}`).
+fn input_bytes(input: Option<&Value>) -> Result<Vec<u8>, RpcError> {
+    let b64 = input
+        .and_then(|i| i.get("stdin").or_else(|| i.get("pty")))
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid("input needs stdin or pty (base64 bytes)"))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| RpcError::invalid(format!("input is not base64: {e}")))
+}
+
+/// `SendInput`: bytes (`input.stdin` or, to a terminal, `input.pty`,
+/// base64) to a process started with `stdin: true` or a PTY.
 async fn send_input(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
     let msg = connect::unary_message(body)?;
     let proc = find(e2b, headers, &msg)?;
-    let data = msg
-        .pointer("/input/stdin")
-        .and_then(Value::as_str)
-        .map(|b| base64::engine::general_purpose::STANDARD.decode(b))
-        .transpose()
-        .map_err(|e| RpcError::invalid(format!("input.stdin is not base64: {e}")))?
-        .ok_or_else(|| RpcError::unimplemented("input other than stdin (a PTY's)"))?;
+    let data = input_bytes(msg.get("input"))?;
     proc.write_stdin(&data)
+        .await
+        .map_err(|e| RpcError::new("failed_precondition", e))?;
+    Ok(connect::unary(json!({})))
+}
+
+/// `StreamInput`: a client stream, `start` naming the process then `data`
+/// events (and keepalives), answered once all of it was written.
+async fn stream_input(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
+    let mut proc = None;
+    for msg in connect::request_messages(body)? {
+        if let Some(start) = msg.get("start") {
+            proc = Some(find(e2b, headers, start)?);
+        } else if let Some(data) = msg.get("data") {
+            let p = proc
+                .as_ref()
+                .ok_or_else(|| RpcError::invalid("the input stream must begin with start"))?;
+            let bytes = input_bytes(data.get("input"))?;
+            p.write_stdin(&bytes)
+                .await
+                .map_err(|e| RpcError::new("failed_precondition", e))?;
+        }
+    }
+    let frames = [
+        Ok(connect::envelope(&json!({}))),
+        Ok(connect::end_of_stream(None)),
+    ];
+    Ok(connect::stream(tokio_stream::iter(frames)))
+}
+
+/// `Update`: a new size for a process's terminal.
+async fn update(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
+    let msg = connect::unary_message(body)?;
+    let proc = find(e2b, headers, &msg)?;
+    let Some(pty) = msg.get("pty").filter(|p| !p.is_null()) else {
+        return Ok(connect::unary(json!({})));
+    };
+    proc.resize(pty_size(pty)?)
         .await
         .map_err(|e| RpcError::new("failed_precondition", e))?;
     Ok(connect::unary(json!({})))
@@ -438,6 +540,11 @@ async fn filesystem(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == "WatchDir" {
+        return watch_dir(&e2b, &headers, &body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
     let out = async {
         let id = sandbox_of(&headers)?;
         let msg = connect::unary_message(&body)?;
@@ -528,6 +635,50 @@ async fn filesystem(
                     .map_err(not_found_or)?;
                 Ok(connect::unary(json!({})))
             }
+            "CreateWatcher" => {
+                let path = path_of("path")?;
+                let recursive = msg
+                    .get("recursive")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                if e2b.watchers.count(&id) >= super::watch::MAX_PER_SANDBOX {
+                    return Err(RpcError::new(
+                        "resource_exhausted",
+                        format!(
+                            "sandbox {id} has {} watchers already; stop some first",
+                            super::watch::MAX_PER_SANDBOX
+                        ),
+                    ));
+                }
+                let stream = s
+                    .with_sandbox(&id, |sb| async move { sb.watch(&path, recursive).await })
+                    .await
+                    .map_err(RpcError::from)?;
+                let watcher = e2b.watchers.add(&id, stream);
+                Ok(connect::unary(json!({ "watcherId": watcher })))
+            }
+            "GetWatcherEvents" => {
+                let watcher = msg
+                    .get("watcherId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let events = e2b.watchers.take(&id, watcher).ok_or_else(|| {
+                    RpcError::not_found(format!("no watcher {watcher:?} in sandbox {id}"))
+                })?;
+                Ok(connect::unary(json!({ "events": events })))
+            }
+            "RemoveWatcher" => {
+                let watcher = msg
+                    .get("watcherId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !e2b.watchers.remove(&id, watcher) {
+                    return Err(RpcError::not_found(format!(
+                        "no watcher {watcher:?} in sandbox {id}"
+                    )));
+                }
+                Ok(connect::unary(json!({})))
+            }
             other => Err(RpcError::unimplemented(&format!(
                 "filesystem.Filesystem/{other}"
             ))),
@@ -535,6 +686,61 @@ async fn filesystem(
     }
     .await;
     out.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `WatchDir`: a stream answering `start` once the watch is in place,
+/// then each change as a `filesystem` event (a keepalive every 30 s of
+/// quiet), until the client goes or the directory does.
+async fn watch_dir(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
+    let id = sandbox_of(headers)?;
+    let msg = connect::request_message(body)?;
+    let user = user_of(headers, None);
+    let path = msg
+        .get("path")
+        .and_then(Value::as_str)
+        .map(|p| absolute(p, user.as_deref()))
+        .ok_or_else(|| RpcError::invalid("path is required"))?;
+    let recursive = msg
+        .get("recursive")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut stream = e2b
+        .service
+        .with_sandbox(&id, |sb| async move { sb.watch(&path, recursive).await })
+        .await
+        .map_err(RpcError::from)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let send = |m: Value| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(connect::envelope(&m))).await.is_ok() }
+        };
+        if !send(json!({"start": {}})).await {
+            return;
+        }
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+                Ok(Ok(Some(e))) => {
+                    if let Some(v) = super::watch::event_json(&e) {
+                        if !send(json!({ "filesystem": v })).await {
+                            return;
+                        }
+                    }
+                }
+                Ok(Ok(None)) => break None,
+                Ok(Err(e)) => break Some(RpcError::new("unavailable", e.to_string())),
+                Err(_) => {
+                    if !send(json!({"keepalive": {}})).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tx.send(Ok(connect::end_of_stream(end.as_ref()))).await;
+    });
+    Ok(connect::stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
 }
 
 fn not_found_or(e: crate::error::ApiError) -> RpcError {

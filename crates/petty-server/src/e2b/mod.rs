@@ -20,6 +20,7 @@ mod control;
 mod envd;
 mod interpreter;
 mod process;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,6 +64,7 @@ pub(crate) struct E2b {
     extras: Arc<Mutex<BTreeMap<String, Extra>>>,
     processes: process::Processes,
     contexts: interpreter::Contexts,
+    watchers: watch::Watchers,
 }
 
 impl E2b {
@@ -78,6 +80,7 @@ impl E2b {
             extras: Arc::new(Mutex::new(BTreeMap::new())),
             processes: process::Processes::default(),
             contexts: interpreter::Contexts::default(),
+            watchers: watch::Watchers::default(),
         })
     }
 
@@ -139,6 +142,7 @@ impl E2b {
         let _ = std::fs::remove_file(self.extra_path(id));
         self.processes.forget(id);
         self.contexts.forget(id);
+        self.watchers.forget(id);
     }
 }
 

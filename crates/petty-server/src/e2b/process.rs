@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use petty_core::{ExecEvent, ExecStream, StdinHandle};
+use petty_core::{ExecEvent, ExecStream, PtySize, StdinHandle};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -26,6 +26,8 @@ pub(super) const MAX_PER_SANDBOX: usize = 64;
 pub(super) enum Event {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
+    /// A terminal's output (a process started with a PTY has only this).
+    Pty(Vec<u8>),
     End {
         exit_code: i32,
         status: String,
@@ -40,6 +42,7 @@ impl Event {
         match self {
             Self::Stdout(b) => json!({"event": {"data": {"stdout": b64(b)}}}),
             Self::Stderr(b) => json!({"event": {"data": {"stderr": b64(b)}}}),
+            Self::Pty(b) => json!({"event": {"data": {"pty": b64(b)}}}),
             Self::End {
                 exit_code,
                 status,
@@ -56,7 +59,7 @@ impl Event {
 
     fn len(&self) -> usize {
         match self {
-            Self::Stdout(b) | Self::Stderr(b) => b.len(),
+            Self::Stdout(b) | Self::Stderr(b) | Self::Pty(b) => b.len(),
             Self::End { .. } => 0,
         }
     }
@@ -70,6 +73,8 @@ pub(super) struct Proc {
     pub config: Value,
     stdin: StdinHandle,
     with_stdin: bool,
+    /// Started on a terminal.
+    pty: bool,
     log: Mutex<Log>,
     live: broadcast::Sender<Event>,
 }
@@ -111,6 +116,17 @@ impl Proc {
         self.stdin.signal(signal).await
     }
 
+    /// Resizes its terminal.
+    pub(super) async fn resize(&self, size: PtySize) -> Result<(), String> {
+        if !self.pty {
+            return Err(format!(
+                "process {} has no terminal; start it with a pty to resize it",
+                self.pid
+            ));
+        }
+        self.stdin.resize(size).await.map_err(|e| e.to_string())
+    }
+
     pub(super) async fn write_stdin(&self, data: &[u8]) -> Result<(), String> {
         if !self.with_stdin {
             return Err(format!(
@@ -139,6 +155,7 @@ pub(super) struct Processes {
 impl Processes {
     /// Takes over `stream` (started with `config`) as a new process of
     /// `sandbox`; `done` is called with its end once it ends.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn(
         &self,
         sandbox: &str,
@@ -146,6 +163,7 @@ impl Processes {
         config: Value,
         tag: Option<String>,
         with_stdin: bool,
+        pty: bool,
         done: impl FnOnce(Result<(), petty_core::ClientError>) + Send + 'static,
     ) -> Arc<Proc> {
         let pid = 1000 + self.next.fetch_add(1, Ordering::Relaxed);
@@ -156,6 +174,7 @@ impl Processes {
             config,
             stdin: stream.stdin(),
             with_stdin,
+            pty,
             log: Mutex::new(Log::default()),
             live,
         });
@@ -164,6 +183,7 @@ impl Processes {
         tokio::spawn(async move {
             let ended = loop {
                 match stream.next().await {
+                    Ok(ExecEvent::Stdout(b)) if pty => p.push(Event::Pty(b)),
                     Ok(ExecEvent::Stdout(b)) => p.push(Event::Stdout(b)),
                     Ok(ExecEvent::Stderr(b)) => p.push(Event::Stderr(b)),
                     Ok(ExecEvent::Exit(s)) => {

@@ -66,6 +66,43 @@ try:
 except NotFoundException:
     pass
 
+# A PTY: a real terminal (bash -i), typed input, a resize the shell sees.
+from e2b.sandbox.commands.command_handle import PtySize
+
+term = sbx.pty.create(PtySize(rows=24, cols=80))
+sbx.pty.send_stdin(term.pid, b"stty size; tty\n")
+sbx.pty.resize(term.pid, PtySize(rows=40, cols=120))
+sbx.pty.send_stdin(term.pid, b"stty size; exit 5\n")
+seen = bytearray()
+try:
+    term.wait(on_pty=seen.extend)
+    raise AssertionError("a PTY that exits 5 raises")
+except CommandExitException as e:
+    assert e.exit_code == 5, e
+text = seen.decode(errors="replace")
+# (Typed ahead, both lines may run after the resize: the agent's own
+# tests check the first size.)
+assert "40 120" in text and "/dev/pts/" in text, text
+
+# watch_dir: creates, writes, removes in the watched directory and below.
+sbx.files.make_dir("/root/watched/inner")
+w = sbx.files.watch_dir("/root/watched", recursive=True)
+sbx.files.write("/root/watched/new.txt", "x")
+sbx.commands.run("echo more >> /root/watched/new.txt; touch /root/watched/inner/deep; rm /root/watched/new.txt")
+events = []
+for _ in range(50):
+    events += [(e.name, e.type.name) for e in w.get_new_events()]
+    if ("new.txt", "REMOVE") in events and ("inner/deep", "CREATE") in events:
+        break
+    time.sleep(0.1)
+assert ("new.txt", "CREATE") in events and ("new.txt", "WRITE") in events, events
+assert ("new.txt", "REMOVE") in events and ("inner/deep", "CREATE") in events, events
+w.stop()
+
+# A gzip upload arrives unpacked.
+sbx.files.write("/root/zipped.txt", "squeezed " * 1000, gzip=True)
+assert sbx.files.read("/root/zipped.txt") == "squeezed " * 1000
+
 # The control plane: info, list by metadata and state, timeout, metrics.
 i = sbx.get_info()
 assert (i.state.value, i.metadata, i.cpu_count) == ("running", {"owner": "alice", "job": "t1"}, 2), i

@@ -424,6 +424,8 @@ impl AgentClient {
     }
 
     /// Starts a command; read its output and status from the returned stream.
+    /// A detached one is [`exec_detached`](Self::exec_detached)'s: here its
+    /// answer would read as a protocol error.
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecStream, ClientError> {
         let (id, rx) = self.start(&Request::Exec(req)).await?;
         Ok(ExecStream {
@@ -433,6 +435,18 @@ impl AgentClient {
             done: false,
             guard: None,
         })
+    }
+
+    /// Starts a command detached ([`ExecRequest::detach`]): it runs on
+    /// `/dev/null` in a session of its own and outlives this connection.
+    /// Returns its pid in the guest once it started (a command that cannot
+    /// start fails with the agent's error). `stdin` and `pty` must be unset.
+    pub async fn exec_detached(&self, mut req: ExecRequest) -> Result<u32, ClientError> {
+        req.detach = true;
+        match self.call("exec", &Request::Exec(req)).await? {
+            Response::Started { pid } => Ok(pid),
+            other => Err(unexpected("a detached exec", other)),
+        }
     }
 
     /// Watches directory `path` (and the directories below it when

@@ -1,6 +1,8 @@
 //! Running commands: fork/exec in a new process group, stream stdout and
 //! stderr as they come, feed stdin, enforce the timeout by killing the whole
-//! group, and report a shell-style exit status.
+//! group, and report a shell-style exit status. A detached command is
+//! started in a session of its own on `/dev/null`, answered with its pid
+//! and left to the reaper.
 //!
 //! The agent spawns by hand rather than through `std::process::Command`: as
 //! PID 1 it reaps every child itself, and std's own `waitpid` calls on failed
@@ -20,6 +22,7 @@ use petty_protocol::{
     Command, ErrorKind, ExecRequest, ExitStatus, Frame, FrameKind, PtySize, Response,
 };
 
+use crate::files;
 use crate::reaper::reaper;
 use crate::server::{Conn, Writer};
 
@@ -53,6 +56,19 @@ fn forget(conn: &Conn, id: u32) {
 
 fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Receiver<Vec<u8>>>) {
     let w = &conn.writer;
+    let io = match (req.detach, req.pty) {
+        (true, None) if !req.stdin => Io::Detached,
+        (true, _) => {
+            w.error(
+                id,
+                ErrorKind::InvalidRequest,
+                "a detached exec runs on /dev/null: it takes neither stdin nor a pty",
+            );
+            return;
+        }
+        (false, Some(size)) => Io::Terminal(size),
+        (false, None) => Io::Pipes,
+    };
     // Another user: resolved in the guest's own tables, its HOME and USER
     // the defaults the request's variables may still override.
     let creds = match req.user.as_deref().filter(|u| !u.is_empty()) {
@@ -100,6 +116,15 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
         .find_map(|(k, v)| (k == "PATH").then_some(v.as_str()))
         .unwrap_or(DEFAULT_PATH);
     let Some(program) = resolve(&argv[0], path_var, &cwd) else {
+        if req.detach {
+            // Nothing streams for a detached exec: the answer says it.
+            w.error(
+                id,
+                ErrorKind::NotFound,
+                format!("{}: command not found in the sandbox", argv[0]),
+            );
+            return;
+        }
         let msg = format!("petty-agent: {}: command not found\n", argv[0]);
         w.send(&Frame::new(FrameKind::Stderr, id, msg.into_bytes()));
         w.respond(id, &Response::Exited(not_run(127)));
@@ -121,8 +146,12 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
             (PathBuf::from("/proc/self/exe"), wrapped)
         }
     };
-    let child = match spawn(&program, &argv, &env, &cwd, req.stdin, req.pty) {
+    let child = match spawn(&program, &argv, &env, &cwd, req.stdin, io) {
         Ok(c) => c,
+        Err(e) if req.detach => {
+            files::send_io_error(w, id, &format!("start {}", argv[0]), &e);
+            return;
+        }
         Err(e) => {
             let code = match e.raw_os_error() {
                 Some(libc::ENOENT) => 127,
@@ -135,6 +164,14 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
         }
     };
     let pid = child.pid;
+    if req.detach {
+        // The pid is unsigned on the wire; a spawned child's always is.
+        w.respond(id, &Response::Started { pid: pid as u32 });
+        if let (Some(ms), Some(pidfd)) = (req.timeout_ms, child.pidfd) {
+            end_at_deadline(pid, pidfd, Duration::from_millis(ms));
+        }
+        return;
+    }
 
     if let (Some(stdin), Some(rx)) = (child.stdin, stdin_rx) {
         std::thread::spawn(move || feed_stdin(stdin, rx));
@@ -148,6 +185,10 @@ fn run(conn: &Arc<Conn>, id: u32, req: ExecRequest, stdin_rx: Option<mpsc::Recei
         Some(slot) => {
             slot.pgid = Some(pid);
             slot.terminal = child.terminal;
+            for signal in slot.pending_signals.drain(..) {
+                // SAFETY: kill only sends a signal to the command's own group.
+                unsafe { libc::kill(-pid, signal) };
+            }
         }
         // Its client went away (or a new one said hello) while it started.
         // SAFETY: kill only sends a signal to the command's own group.
@@ -241,12 +282,26 @@ fn is_executable(p: &Path) -> bool {
 
 struct Child {
     pid: libc::pid_t,
+    /// A detached command's pidfd, opened before anything could reap it.
+    pidfd: Option<OwnedFd>,
     stdin: Option<File>,
     /// What the command prints: stdout and stderr, or a terminal's one
     /// output.
     output: Vec<(File, FrameKind)>,
     /// A terminal's controlling side, for resizes.
     terminal: Option<Arc<OwnedFd>>,
+}
+
+/// Where a command's stdin, stdout and stderr are.
+#[derive(Clone, Copy)]
+enum Io {
+    /// Pipes to the agent (stdin one only when the host sends stdin, else
+    /// `/dev/null`), in a process group of its own.
+    Pipes,
+    /// A new pseudo-terminal of this size, in a session of its own.
+    Terminal(PtySize),
+    /// `/dev/null` for all three, in a session of its own, unwatched.
+    Detached,
 }
 
 /// A pseudo-terminal: the controlling side, and the path of the
@@ -336,7 +391,8 @@ fn cstring(s: impl AsRef<[u8]>) -> std::io::Result<CString> {
     })
 }
 
-/// Starts `program` in a new process group with piped output, through
+/// Starts `program` in a new process group with piped output (or on a
+/// terminal, or detached: see [`Io`]), through
 /// glibc's `posix_spawn` (a `CLONE_VFORK` child: no copy of the agent's page
 /// tables, which under software emulation is most of the cost of a fork).
 /// Errors from `chdir` or `execve` in the child come back as the return
@@ -347,7 +403,7 @@ fn spawn(
     env: &[(String, String)],
     cwd: &str,
     stdin_piped: bool,
-    pty: Option<PtySize>,
+    io: Io,
 ) -> std::io::Result<Child> {
     let c_prog = cstring(program.as_os_str().as_bytes())?;
     let c_argv: Vec<CString> = argv.iter().map(cstring).collect::<Result<_, _>>()?;
@@ -363,7 +419,24 @@ fn spawn(
         c_env.iter().map(|c| c.as_ptr().cast_mut()).collect();
     env_ptrs.push(std::ptr::null_mut());
 
-    if let Some(size) = pty {
+    if let Io::Detached = io {
+        let null = OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?,
+        );
+        let attrs = SpawnAttrs::new(Stdio::Detached(&null), &c_cwd)?;
+        let (pid, pidfd) = spawn_detached(&c_prog, &attrs, &argv_ptrs, &env_ptrs)?;
+        return Ok(Child {
+            pid,
+            pidfd,
+            stdin: None,
+            output: Vec::new(),
+            terminal: None,
+        });
+    }
+    if let Io::Terminal(size) = io {
         let pty = open_pty(size)?;
         let attrs = SpawnAttrs::new(Stdio::Terminal(&pty.path), &c_cwd)?;
         let pid = posix_spawn(&c_prog, &attrs, &argv_ptrs, &env_ptrs)?;
@@ -373,6 +446,7 @@ fn spawn(
         let master = pty.master;
         return Ok(Child {
             pid,
+            pidfd: None,
             stdin: stdin_piped
                 .then(|| master.try_clone().map(File::from))
                 .transpose()?,
@@ -397,6 +471,7 @@ fn spawn(
     drop(err_w);
     Ok(Child {
         pid,
+        pidfd: None,
         stdin: in_w.map(File::from),
         output: vec![
             (File::from(out_r), FrameKind::Stdout),
@@ -413,26 +488,94 @@ fn posix_spawn(
     argv_ptrs: &[*mut libc::c_char],
     env_ptrs: &[*mut libc::c_char],
 ) -> std::io::Result<libc::pid_t> {
-    let (pid, ()) = reaper().spawn_watched(|| {
-        let mut pid: libc::pid_t = 0;
-        // SAFETY: every pointer is valid for the call: NUL-terminated strings
-        // and NULL-terminated arrays that outlive it, initialised attributes.
-        let rc = unsafe {
-            libc::posix_spawn(
-                &mut pid,
-                c_prog.as_ptr(),
-                &attrs.actions,
-                &attrs.attr,
-                argv_ptrs.as_ptr(),
-                env_ptrs.as_ptr(),
-            )
-        };
-        match rc {
-            0 => Ok((pid, ())),
-            e => Err(std::io::Error::from_raw_os_error(e)),
-        }
-    })?;
+    let (pid, ()) = reaper()
+        .spawn_watched(|| raw_spawn(c_prog, attrs, argv_ptrs, env_ptrs).map(|p| (p, ())))?;
     Ok(pid)
+}
+
+/// Starts a detached program: nobody waits for it, so the reaper reaps it
+/// whenever it ends. Its pidfd (for a timeout) is opened while the reaper
+/// is held off, so it names this process even if it ended at once.
+fn spawn_detached(
+    c_prog: &CString,
+    attrs: &SpawnAttrs,
+    argv_ptrs: &[*mut libc::c_char],
+    env_ptrs: &[*mut libc::c_char],
+) -> std::io::Result<(libc::pid_t, Option<OwnedFd>)> {
+    reaper().spawn_unwatched(|| {
+        let pid = raw_spawn(c_prog, attrs, argv_ptrs, env_ptrs)?;
+        Ok((pid, pidfd_open(pid)))
+    })
+}
+
+/// `posix_spawn(3)`: the new process's pid.
+fn raw_spawn(
+    c_prog: &CString,
+    attrs: &SpawnAttrs,
+    argv_ptrs: &[*mut libc::c_char],
+    env_ptrs: &[*mut libc::c_char],
+) -> std::io::Result<libc::pid_t> {
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: every pointer is valid for the call: NUL-terminated strings
+    // and NULL-terminated arrays that outlive it, initialised attributes.
+    let rc = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            c_prog.as_ptr(),
+            &attrs.actions,
+            &attrs.attr,
+            argv_ptrs.as_ptr(),
+            env_ptrs.as_ptr(),
+        )
+    };
+    match rc {
+        0 => Ok(pid),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// A pidfd for `pid`, if the kernel has them.
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; the result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    // SAFETY: a non-negative result is an fd we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A detached command's timeout: if it still runs after `after`, its
+/// session's process group (whose id is its pid) is killed. Watched on a
+/// thread of its own through the pidfd, which turns readable when it ends.
+fn end_at_deadline(pid: libc::pid_t, pidfd: OwnedFd, after: Duration) {
+    let watch = move || {
+        let deadline = Instant::now() + after;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fd = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd.
+            match unsafe { libc::poll(&mut fd, 1, ms) } {
+                // Ended before its deadline.
+                n if n > 0 => return,
+                0 if Instant::now() >= deadline => {
+                    // SAFETY: kill only sends a signal to the command's group.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    return;
+                }
+                // Woken early (EINTR, or a poll cut short): wait again.
+                _ => {}
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name(format!("detached-{pid}"))
+        .spawn(watch)
+    {
+        eprintln!("petty-agent: no thread for detached exec {pid}'s timeout: {e}");
+    }
 }
 
 /// Where a command's stdin, stdout and stderr go.
@@ -442,6 +585,9 @@ enum Stdio<'a> {
     /// A terminal's path, opened by the command after `setsid` (which
     /// makes it the controlling terminal) as 0, then dup'd onto 1 and 2.
     Terminal(&'a CString),
+    /// `/dev/null`, dup'd onto 0, 1 and 2, in a session of its own (so no
+    /// terminal's hang-up and no signal to the agent's group reaches it).
+    Detached(&'a OwnedFd),
 }
 
 /// `posix_spawn` attributes and file actions, destroyed on drop.
@@ -486,6 +632,16 @@ impl SpawnAttrs {
                         check(libc::posix_spawn_file_actions_adddup2(
                             &mut me.actions,
                             fd.as_raw_fd(),
+                            target,
+                        ))?;
+                    }
+                }
+                Stdio::Detached(null) => {
+                    flags |= libc::POSIX_SPAWN_SETSID as libc::c_int;
+                    for target in [0, 1, 2] {
+                        check(libc::posix_spawn_file_actions_adddup2(
+                            &mut me.actions,
+                            null.as_raw_fd(),
                             target,
                         ))?;
                     }
@@ -548,10 +704,7 @@ fn supervise(
         // SAFETY: kill only sends a signal to the command's own group.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     };
-    // SAFETY: pidfd_open takes a pid and flags; the result is a new fd or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
-    // SAFETY: a non-negative result is an fd we now own.
-    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    let pidfd = pidfd_open(pid);
     // A terminal's reads fail (EIO) once nobody holds its other side:
     // that is its end-of-file.
     let mut pipes: Vec<(Option<File>, FrameKind)> =

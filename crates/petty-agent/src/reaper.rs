@@ -148,6 +148,23 @@ impl Reaper {
         Ok((pid, v))
     }
 
+    /// Runs `spawn` (which forks) under the reaper's lock, without
+    /// registering the child: nobody waits for it, and the reaper reaps it
+    /// whenever it ends, as it does an orphan. Until `spawn` returns the
+    /// child cannot be reaped, so what it does with the pid (open a pidfd)
+    /// names this child.
+    pub fn spawn_unwatched<T>(
+        &self,
+        spawn: impl FnOnce() -> std::io::Result<(libc::pid_t, T)>,
+    ) -> std::io::Result<(libc::pid_t, T)> {
+        let mut st = self.lock();
+        let spawned = spawn()?;
+        // An idle reaper (no children before) must look again.
+        st.generation += 1;
+        self.cv.notify_all();
+        Ok(spawned)
+    }
+
     /// Waits for `pid`'s raw wait status until `deadline`; `None` on timeout
     /// (the child stays registered).
     pub fn wait(&self, pid: libc::pid_t, deadline: Option<Instant>) -> Option<libc::c_int> {

@@ -89,6 +89,9 @@ pub struct ExecSlot {
     pub stdin: Option<mpsc::Sender<Vec<u8>>>,
     /// The controlling side of its terminal, when it runs on one.
     pub terminal: Option<Arc<std::os::fd::OwnedFd>>,
+    /// Signals the host sent before it was spawned: delivered as soon as
+    /// its group exists (a kill right after the start is not lost).
+    pub pending_signals: Vec<i32>,
 }
 
 /// State shared by the threads of one connection.
@@ -286,6 +289,12 @@ fn handle_request(
         Request::Ping => {
             w.respond(id, &pong());
         }
+        Request::Exec(req) if req.detach => {
+            // Tied to no connection: no slot, so neither this connection's
+            // end nor a new client's hello ends it; nor can stdin or a
+            // signal reach it through the protocol.
+            exec::start(conn.clone(), id, req, None);
+        }
         Request::Exec(req) => {
             let (tx, rx) = if req.stdin {
                 let (tx, rx) = mpsc::channel();
@@ -299,23 +308,26 @@ fn handle_request(
                     pgid: None,
                     stdin: tx,
                     terminal: None,
+                    pending_signals: Vec::new(),
                 },
             );
             exec::start(conn.clone(), id, req, rx);
         }
         Request::Signal { exec_id, signal } => {
-            let pgid = conn
-                .execs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&exec_id)
-                .and_then(|s| s.pgid);
-            match pgid {
+            let mut execs = conn.execs.lock().unwrap_or_else(|e| e.into_inner());
+            match execs.get_mut(&exec_id) {
                 // SAFETY: kill only sends a signal.
-                Some(pgid) => match unsafe { libc::kill(-pgid, signal) } {
+                Some(ExecSlot {
+                    pgid: Some(pgid), ..
+                }) => match unsafe { libc::kill(-*pgid, signal) } {
                     0 => w.respond(id, &Response::Ok),
                     _ => files::send_io_error(w, id, "signal", &std::io::Error::last_os_error()),
                 },
+                // Still being spawned: it gets the signal once it exists.
+                Some(slot) => {
+                    slot.pending_signals.push(signal);
+                    w.respond(id, &Response::Ok)
+                }
                 None => w.error(
                     id,
                     ErrorKind::InvalidRequest,
@@ -502,6 +514,7 @@ fn warm_exec_path() {
                 pgid: None,
                 stdin: None,
                 terminal: None,
+                pending_signals: Vec::new(),
             },
         )])),
         reads: Mutex::new(HashMap::new()),

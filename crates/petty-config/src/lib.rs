@@ -110,6 +110,12 @@ impl Settings {
                 ));
             }
         }
+        if let Some(why) = bad_domain(&self.e2b.domain) {
+            return bad(format!(
+                "e2b.domain = {:?} {why}; give a DNS name alone, such as sandbox.example.com",
+                self.e2b.domain
+            ));
+        }
         if self.server.api_keys.iter().any(|k| k.len() < 16) {
             return bad("server.api_keys: every key must be at least 16 characters".into());
         }
@@ -204,3 +210,39 @@ impl Settings {
 
 #[cfg(test)]
 mod tests;
+
+/// What is wrong with `e2b.domain`, if anything (empty is none set): it is
+/// a DNS name, lower case, of at least two labels, without a scheme, port,
+/// path or wildcard.
+fn bad_domain(domain: &str) -> Option<&'static str> {
+    if domain.is_empty() {
+        return None;
+    }
+    if domain.contains('*') {
+        return Some("is a wildcard");
+    }
+    if domain.contains("://") || domain.contains('/') {
+        return Some("is a URL");
+    }
+    if domain.contains(':') {
+        return Some("has a port");
+    }
+    if domain.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some("is an IP address; sandboxes are named under a DNS name");
+    }
+    let labels_ok = domain.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    });
+    if !labels_ok || domain.len() > 253 {
+        return Some("is not a lower-case DNS name");
+    }
+    if !domain.contains('.') {
+        return Some("has one label; name a domain such as sandbox.example.com");
+    }
+    None
+}

@@ -411,7 +411,7 @@ impl Row {
 }
 
 /// Keys whose values are secrets: shown as how many there are.
-const SECRET_KEYS: &[&str] = &["server.api_keys"];
+const SECRET_KEYS: &[&str] = &["server.api_keys", "gateway.api_keys", "gateway.node_key"];
 
 impl Loaded {
     /// Every key, its value and where it came from, in the order of

@@ -34,6 +34,9 @@ pub struct Settings {
     /// E2B's API, for E2B's own SDKs.
     #[serde(default)]
     pub e2b: E2bSection,
+    /// `petty gateway`: one endpoint over many `petty serve` nodes.
+    #[serde(default)]
+    pub gateway: GatewaySection,
 }
 
 /// `[paths]`. Defaults follow the XDG base directories.
@@ -422,6 +425,57 @@ pub struct E2bSection {
     /// served). Beyond loopback it needs `server.api_keys`, which are then
     /// E2B's API keys (`X-API-KEY`).
     pub listen: String,
+    /// The domain E2B's SDKs name sandboxes under (`E2B_DOMAIN`), e.g.
+    /// `sandbox.example.com` (default empty: none). Set, the listener also
+    /// takes `Host: <port>-<sandboxID>.<domain>` (port 49983 envd, 49999
+    /// the code interpreter) and `api.<domain>`, and creates answer it as
+    /// their `domain`.
+    pub domain: String,
+}
+
+/// `[gateway]`: `petty gateway`, which serves Petty's REST API over any
+/// number of `petty serve` nodes, placing creates and routing every
+/// request for a sandbox to its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Address the gateway listens on (default `127.0.0.1:8090`).
+    pub listen: String,
+    /// The nodes' base URLs, e.g. `http://10.0.0.2:8080`.
+    pub nodes: Vec<String>,
+    /// Nodes found by DNS as well: `dns:NAME` (its A/AAAA records, at
+    /// `discover_port`) or `srv:NAME` (its SRV records), re-resolved every
+    /// `health_interval_secs`; a Kubernetes headless Service publishes
+    /// both. Empty: only `nodes`.
+    pub discover: String,
+    /// The port of nodes found by `dns:` (default 8080).
+    pub discover_port: u16,
+    /// Keys clients must send the gateway (`Authorization: Bearer`); beyond
+    /// loopback at least one is required.
+    pub api_keys: Vec<String>,
+    /// The key the gateway sends its nodes (one of their
+    /// `server.api_keys`); empty: none.
+    pub node_key: String,
+    /// How often each node's health and capacity are read (default 2 s).
+    pub health_interval_secs: u64,
+    /// Placement looks at this many nodes at random and takes the least
+    /// loaded (best of K; default 2; 0: all of them).
+    pub best_of: usize,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8090".into(),
+            nodes: Vec::new(),
+            discover: String::new(),
+            discover_port: 8080,
+            api_keys: Vec::new(),
+            node_key: String::new(),
+            health_interval_secs: 2,
+            best_of: 2,
+        }
+    }
 }
 
 /// `[image]`: Petty's own image, and the OCI images templates are made
@@ -613,6 +667,15 @@ pub const KEYS: &[&str] = &[
     "server.per_sandbox_metrics",
     "mcp.session_idle_secs",
     "e2b.listen",
+    "e2b.domain",
+    "gateway.listen",
+    "gateway.nodes",
+    "gateway.discover",
+    "gateway.discover_port",
+    "gateway.api_keys",
+    "gateway.node_key",
+    "gateway.health_interval_secs",
+    "gateway.best_of",
     "image.debian_mirror",
     "image.default_registry",
     "image.insecure_registries",
@@ -647,4 +710,6 @@ pub(crate) const LIST_KEYS: &[&str] = &[
     "image.insecure_registries",
     "templates.warm",
     "templates.host_paths",
+    "gateway.nodes",
+    "gateway.api_keys",
 ];

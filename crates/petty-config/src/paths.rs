@@ -121,6 +121,7 @@ pub(crate) fn defaults(env: &Env) -> (Settings, BTreeMap<String, String>) {
         server: ServerSection::default(),
         mcp: McpSection::default(),
         e2b: Default::default(),
+        gateway: Default::default(),
         image: ImageSection {
             auth_file,
             ..ImageSection::default()

@@ -342,3 +342,27 @@ fn without_home_the_cache_is_the_password_database_home_never_a_shared_directory
         None => assert_eq!(*cache, Path::new("/var/cache/petty")),
     }
 }
+
+#[test]
+fn e2b_domain_comes_from_its_variable_and_must_be_a_dns_name() {
+    let l = load_with(
+        env(&[("PETTY_E2B_DOMAIN", "sandbox.example.com")]),
+        None,
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(l.settings.e2b.domain, "sandbox.example.com");
+    for bad in [
+        "https://sandbox.example.com",
+        "sandbox.example.com:443",
+        "*.example.com",
+        "localhost",
+        "Sandbox.Example.com",
+        "127.0.0.1",
+    ] {
+        let mut s = l.settings.clone();
+        s.e2b.domain = bad.into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("e2b.domain"), "{bad}: {e}");
+    }
+}

@@ -32,7 +32,7 @@ pub use petty_agent_client::{
 };
 pub use petty_protocol::{
     Command as ExecCommand, ErrorKind as GuestErrorKind, ExecRequest, ExitStatus, FileEntry,
-    FileStat, FileType, PtySize, WatchEvent,
+    FileStat, FileType, PtySize, WatchEvent, PROTOCOL_VERSION,
 };
 pub use petty_vmm::BackendKind;
 pub use pool::{PoolConfig, PoolStats, SandboxPool, DEFAULT_WARMUP};

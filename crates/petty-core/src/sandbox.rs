@@ -535,6 +535,19 @@ impl Sandbox {
         }))
     }
 
+    /// Starts a command detached (`docker exec -d`): on `/dev/null`, in a
+    /// session of its own, outliving this connection and every later one.
+    /// Returns its pid in the guest once it started; counted as a command
+    /// that took as long as its start.
+    pub async fn exec_detached(&self, req: ExecRequest) -> Result<u32, CoreError> {
+        self.ready()?;
+        let req = self.config.exec_defaults.apply(req);
+        let started = std::time::Instant::now();
+        let pid = self.agent.exec_detached(req).await;
+        self.usage.add(started.elapsed());
+        pid.map_err(|e| self.agent_err(e))
+    }
+
     /// Commands this connection ran that the store has not counted yet.
     pub(crate) fn usage(&self) -> &Usage {
         &self.usage

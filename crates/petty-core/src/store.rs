@@ -63,6 +63,10 @@ pub struct SandboxRecord {
     pub idle_timeout: Option<Duration>,
     /// What its idle timeout does (`None`: the manager's default).
     pub on_idle: Option<crate::IdleAction>,
+    /// What its TTL does when it ends (`None`: destroys it). A stop or a
+    /// hibernation spends the TTL: it is cleared, so the sandbox comes back
+    /// with none.
+    pub on_expiry: Option<crate::IdleAction>,
     /// Why it is stopped or failed.
     pub reason: Option<String>,
     /// The snapshot it was restored from (its disk layers on that one's).
@@ -314,6 +318,7 @@ impl Store {
             ("sandboxes", "execs", "execs INTEGER NOT NULL DEFAULT 0"),
             ("sandboxes", "exec_us", "exec_us INTEGER NOT NULL DEFAULT 0"),
             ("sandboxes", "on_idle", "on_idle TEXT"),
+            ("sandboxes", "on_expiry", "on_expiry TEXT"),
         ] {
             if !has_column(&conn, table, column).map_err(|e| db_err(path, e))? {
                 // Another process may add it between the check and here.
@@ -433,9 +438,10 @@ impl Store {
             "INSERT INTO sandboxes (id, name, state, memory_mib, vcpus, kernel, rootfs, backend,
                 vmm_pid, run_dir, owner_pid, pooled, created_at, updated_at,
                 last_used_at, ttl_ms, idle_ms, reason, from_snapshot, disk_size_mib, owner,
-                bound_to_owner, network, start_kind, startup_ms, execs, exec_us, on_idle)
+                bound_to_owner, network, start_kind, startup_ms, execs, exec_us, on_idle,
+                on_expiry)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
+                ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
             params![
                 r.id.to_string(),
                 r.name,
@@ -465,6 +471,7 @@ impl Store {
                 r.execs as i64,
                 r.exec_us as i64,
                 r.on_idle.map(|a| a.as_str()),
+                r.on_expiry.map(|a| a.as_str()),
             ],
         );
         match res {
@@ -655,6 +662,21 @@ impl Store {
                     idle_timeout.map(|d| d.as_millis() as i64),
                     now_ms()
                 ],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Sets what a sandbox's TTL does when it ends (`None`: destroys it).
+    pub fn set_on_expiry(
+        &self,
+        id: SandboxId,
+        action: Option<crate::IdleAction>,
+    ) -> Result<(), CoreError> {
+        self.write(|c| {
+            c.execute(
+                "UPDATE sandboxes SET on_expiry = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id.to_string(), action.map(|a| a.as_str()), now_ms()],
             )
         })?;
         Ok(())
@@ -1022,6 +1044,10 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
         on_idle: r
             .get::<_, Option<String>>("on_idle")?
             .and_then(|v| v.parse().ok()),
+        // Likewise: destroyed, as a TTL always did.
+        on_expiry: r
+            .get::<_, Option<String>>("on_expiry")?
+            .and_then(|v| v.parse().ok()),
     })
 }
 
@@ -1050,6 +1076,7 @@ mod tests {
             ttl: Some(Duration::from_secs(2)),
             idle_timeout: None,
             on_idle: None,
+            on_expiry: None,
             reason: None,
             from_snapshot: None,
             disk_size_mib: Some(2048),

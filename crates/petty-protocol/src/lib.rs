@@ -41,7 +41,10 @@ pub use message::{
 /// `no_space` error kinds, and writes through a temporary file. 5: `user`
 /// in `ExecRequest`, and a working directory of `/` when `/root` is missing.
 /// 6: `pty` in `ExecRequest`, `resize`, and `watch` with its `WatchEvent`s.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: `detach` in `ExecRequest`, answered with `Response::Started` (an
+/// older agent would ignore the field and run the command attached, to be
+/// killed when its client goes).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The vsock port the agent listens on under Firecracker.
 pub const VSOCK_PORT: u32 = 52;

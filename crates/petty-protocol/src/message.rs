@@ -41,6 +41,15 @@ pub struct ExecRequest {
     /// is typed; [`Request::Resize`] changes the size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pty: Option<PtySize>,
+    /// Start the command detached, as `docker exec -d` does, and answer at
+    /// once with [`Response::Started`] and its pid: it runs in a session of
+    /// its own with stdin, stdout and stderr on `/dev/null`, is tied to no
+    /// connection (the agent does not end it when its client goes or a new
+    /// one says hello) and is reaped by the agent when it ends. Env, cwd,
+    /// user and `timeout_ms` (which kills its session's process group if
+    /// still running then) apply; `stdin` and `pty` are refused with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detach: bool,
 }
 
 /// A terminal's size in characters.
@@ -76,6 +85,7 @@ impl ExecRequest {
             timeout_ms: None,
             user: None,
             pty: None,
+            detach: false,
         }
     }
 }
@@ -94,6 +104,8 @@ pub enum Request {
     /// disconnect.
     Hello,
     /// Run a command; `Stdout`/`Stderr` frames stream, then [`Response::Exited`].
+    /// A detached one ([`ExecRequest::detach`]) is answered with
+    /// [`Response::Started`] alone.
     Exec(ExecRequest),
     /// Send a signal to the process group of the exec with frame id `exec_id`.
     Signal {
@@ -401,6 +413,13 @@ pub enum Response {
     Pong(Pong),
     /// The command ended.
     Exited(ExitStatus),
+    /// A detached command ([`ExecRequest::detach`]) is running; nothing
+    /// more is sent about it.
+    Started {
+        /// Its process id in the guest (also its session's and process
+        /// group's id).
+        pid: u32,
+    },
     /// A file read or write finished; `size` bytes moved.
     Done {
         /// Bytes read or written.
@@ -448,6 +467,10 @@ mod tests {
                 follow: true,
             },
             Request::Cancel { request_id: 7 },
+            Request::Exec(ExecRequest {
+                detach: true,
+                ..ExecRequest::argv(["sleep", "30"])
+            }),
         ];
         for r in reqs {
             let json = serde_json::to_string(&r).unwrap();
@@ -475,6 +498,21 @@ mod tests {
         assert_eq!(st.file_type, FileType::Unknown);
         let json = serde_json::to_string(&ErrorKind::NotARegularFile).unwrap();
         assert_eq!(json, r#""not_a_regular_file""#);
+    }
+
+    #[test]
+    fn an_attached_exec_says_nothing_of_detach_and_an_older_one_still_parses() {
+        let json = serde_json::to_string(&Request::Exec(ExecRequest::argv(["true"]))).unwrap();
+        assert!(!json.contains("detach"), "{json}");
+        let old = r#"{"op":"exec","command":{"argv":["true"]}}"#;
+        match serde_json::from_str::<Request>(old).unwrap() {
+            Request::Exec(req) => assert!(!req.detach),
+            other => panic!("{other:?}"),
+        }
+        let started = Response::Started { pid: 42 };
+        let json = serde_json::to_string(&started).unwrap();
+        assert_eq!(json, r#"{"result":"started","pid":42}"#);
+        assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), started);
     }
 
     #[test]

@@ -250,6 +250,23 @@ pub struct Guard {
     origins: Vec<String>,
     /// E2B's API: its routes' media types ([`e2b_content_types`]).
     e2b: bool,
+    /// E2B's `e2b.domain`, if set: the hosts under it E2B's SDKs name
+    /// ([`e2b_host_form`] and `api.<domain>`) are this server too.
+    e2b_domain: Option<String>,
+}
+
+/// `(port, sandbox id)` of a host E2B's SDKs name a sandbox's port by,
+/// `<port>-<sandboxID>.<domain>` (`name` without a port, lower case), when
+/// it is under `domain`.
+pub fn e2b_host_form<'a>(name: &'a str, domain: &str) -> Option<(&'a str, &'a str)> {
+    let label = name.strip_suffix(domain)?.strip_suffix('.')?;
+    let (port, id) = label.split_once('-')?;
+    let ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && !id.is_empty()
+        && !id.contains('.');
+    ok.then_some((port, id))
 }
 
 /// The media types a request to E2B's API may declare, if it must declare
@@ -287,13 +304,21 @@ impl Guard {
                 .filter_map(|o| parse_origin(o.trim()).ok())
                 .collect(),
             e2b: false,
+            e2b_domain: None,
         }
     }
 
     /// This guard for E2B's API: the same Host and Origin rules, its own
-    /// media types.
-    pub fn for_e2b(self) -> Self {
-        Self { e2b: true, ..self }
+    /// media types; with `domain` (`e2b.domain`), the hosts E2B's SDKs name
+    /// under it too.
+    pub fn for_e2b(self, domain: Option<&str>) -> Self {
+        Self {
+            e2b: true,
+            e2b_domain: domain
+                .filter(|d| !d.is_empty())
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase()),
+            ..self
+        }
     }
 
     /// Whether a request may name `host`.
@@ -305,7 +330,13 @@ impl Guard {
                     || *ip == self.listen
                     || self.hosts.contains(host)
             }
-            HostName::Name(name) => name == "localhost" || self.hosts.contains(host),
+            HostName::Name(name) => {
+                name == "localhost"
+                    || self.hosts.contains(host)
+                    || self.e2b_domain.as_deref().is_some_and(|d| {
+                        name.strip_prefix("api.") == Some(d) || e2b_host_form(name, d).is_some()
+                    })
+            }
         }
     }
 
@@ -634,6 +665,40 @@ mod tests {
             assert!(g.host_allowed(&ip("2001:db8::7")), "{listen}");
             assert!(!g.host_allowed(&name("evil.example")), "{listen}");
         }
+    }
+
+    #[test]
+    fn e2bs_host_forms_are_allowed_under_its_domain_only() {
+        let g = guard("127.0.0.1:3000", &[], &[]).for_e2b(Some("sb.example.com"));
+        for ok in [
+            "49983-abc-123.sb.example.com:3000",
+            "49999-abc.SB.example.com",
+            "8080-abc.sb.example.com",
+            "api.sb.example.com",
+            "127.0.0.1:3000",
+        ] {
+            assert!(g.host_allowed(&parse_host(ok).unwrap()), "{ok}");
+        }
+        for no in [
+            "49983-abc.evil.example",
+            "49983-abc.sb.example.com.evil.example",
+            "49983-abc.xsb.example.com",
+            "49983-a.b.sb.example.com",
+            "sb.example.com",
+            "x-abc.sb.example.com",
+            "123456-abc.sb.example.com",
+            "49983-.sb.example.com",
+            "api.evil.example",
+        ] {
+            assert!(!g.host_allowed(&parse_host(no).unwrap()), "{no}");
+        }
+        // No domain configured: no host form.
+        let g = guard("127.0.0.1:3000", &[], &[]).for_e2b(None);
+        assert!(!g.host_allowed(&name("49983-abc.sb.example.com")));
+        assert_eq!(
+            e2b_host_form("49999-ab-cd.sb.example.com", "sb.example.com"),
+            Some(("49999", "ab-cd"))
+        );
     }
 
     #[test]

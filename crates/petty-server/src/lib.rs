@@ -14,11 +14,14 @@
 
 #![warn(missing_docs)]
 
+pub mod background;
 pub mod e2b;
 pub mod error;
 pub mod guard;
 pub mod mcp;
 pub mod metrics;
+pub mod node;
+mod processes;
 pub mod rest;
 pub mod service;
 pub mod stats;

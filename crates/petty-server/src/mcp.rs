@@ -207,6 +207,66 @@ pub struct ExecuteCommandParams {
     pub timeout_secs: Option<f64>,
 }
 
+/// `start_process` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct StartProcessParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// Shell command line, run with /bin/sh -c (e.g. "python3 -m http.server 8000", or "bash" with a terminal).
+    pub command: String,
+    /// Extra environment variables for the command.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory (default /root).
+    pub cwd: Option<String>,
+    /// Keep its standard input open for send_process_input (a terminal always takes input).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run it on a pseudo-terminal of this size, for interactive programs (shells, REPLs, editors).
+    pub pty: Option<crate::background::TerminalSize>,
+    /// Kill it after this many seconds (default: it runs until it ends or kill_process).
+    pub timeout_secs: Option<f64>,
+}
+
+/// `read_process_output` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct ReadProcessParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// The process's pid, as start_process or list_processes gave it.
+    pub pid: u32,
+    /// Read from this byte offset: 0 (the default) for everything kept, the last answer's next_offset for what is new.
+    pub offset: Option<u64>,
+    /// Wait up to this many seconds (at most 60, default 1) for output when there is none new yet.
+    pub wait_secs: Option<f64>,
+}
+
+/// `send_process_input` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct ProcessInputParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// The process's pid.
+    pub pid: u32,
+    /// Text to send to its standard input (on a terminal, what is typed: end a line with "\n").
+    #[serde(default)]
+    pub input: String,
+    /// Close its standard input after (end of input).
+    #[serde(default)]
+    pub close_stdin: bool,
+}
+
+/// `kill_process` and `list_processes` arguments.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct ProcessParams {
+    /// The sandbox's id or name.
+    pub sandbox: String,
+    /// The process's pid (kill_process only).
+    pub pid: Option<u32>,
+    /// The signal for kill_process: a name (TERM, KILL, INT, HUP…) or number; default KILL.
+    pub signal: Option<serde_json::Value>,
+}
+
 /// `execute_code` arguments.
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 pub struct ExecuteCodeParams {
@@ -600,6 +660,114 @@ impl PettyMcp {
             &format!("execute_command in sandbox {}", p.sandbox),
             self.service.exec(&p.sandbox, spec).await,
         )
+    }
+
+    #[tool(
+        description = "Start a command in a sandbox in the background (a server, a watcher, a long build, or an interactive program on a terminal with `pty`) and return at once with its pid. It runs until it ends or kill_process, keeping its last 8 MiB of output for read_process_output; send_process_input types into it."
+    )]
+    async fn start_process(
+        &self,
+        Parameters(p): Parameters<StartProcessParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let spec = crate::background::ProcessSpec {
+            command: Some(p.command),
+            env: p.env,
+            cwd: p.cwd,
+            stdin: p.stdin,
+            pty: p.pty,
+            timeout_secs: p.timeout_secs,
+            ..Default::default()
+        };
+        respond(
+            &format!("start_process in sandbox {}", p.sandbox),
+            self.service.start_background(&p.sandbox, spec).await,
+        )
+    }
+
+    #[tool(
+        description = "List a sandbox's background processes (running ones and the last few that ended): pid, command, whether it runs, exit code."
+    )]
+    async fn list_processes(
+        &self,
+        Parameters(p): Parameters<ProcessParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!("list_processes of sandbox {}", p.sandbox),
+            self.service
+                .list_background(&p.sandbox)
+                .await
+                .map(|processes| serde_json::json!({ "processes": processes })),
+        )
+    }
+
+    #[tool(
+        description = "Read a background process's output (stdout and stderr together) from an offset on, waiting up to wait_secs for new output. Returns output, next_offset (pass it as offset next time for only what is new), whether it still runs, and its exit code once it ended."
+    )]
+    async fn read_process_output(
+        &self,
+        Parameters(p): Parameters<ReadProcessParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        respond(
+            &format!(
+                "read_process_output of process {} in sandbox {}",
+                p.pid, p.sandbox
+            ),
+            self.service
+                .read_background(
+                    &p.sandbox,
+                    &p.pid.to_string(),
+                    p.offset.unwrap_or(0),
+                    p.wait_secs.unwrap_or(1.0),
+                    false,
+                )
+                .await,
+        )
+    }
+
+    #[tool(
+        description = "Send text to a background process's standard input (started with stdin or pty), and optionally close it."
+    )]
+    async fn send_process_input(
+        &self,
+        Parameters(p): Parameters<ProcessInputParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let input = crate::background::InputSpec {
+            data: (!p.input.is_empty()).then_some(p.input),
+            data_base64: None,
+            close: p.close_stdin,
+        };
+        respond(
+            &format!(
+                "send_process_input to process {} in sandbox {}",
+                p.pid, p.sandbox
+            ),
+            self.service
+                .write_background(&p.sandbox, &p.pid.to_string(), input)
+                .await,
+        )
+    }
+
+    #[tool(
+        description = "Stop a background process: a signal (default KILL) to its whole process group. Returns the process; read_process_output still gives its last output."
+    )]
+    async fn kill_process(
+        &self,
+        Parameters(p): Parameters<ProcessParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let what = format!("kill_process in sandbox {}", p.sandbox);
+        let r = async {
+            let pid = p.pid.ok_or_else(|| {
+                ApiError::bad_request("give pid: the process to stop (list_processes lists them)")
+            })?;
+            let signal = match &p.signal {
+                Some(s) => crate::background::signal_number(s)?,
+                None => libc::SIGKILL,
+            };
+            self.service
+                .signal_background(&p.sandbox, &pid.to_string(), signal)
+                .await
+        };
+        respond(&what, r.await)
     }
 
     #[tool(

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use crate::background;
 use crate::error::{ApiError, ErrorKind};
 use crate::service::{
     BranchView, CreateSpec, EntryView, ExecSpec, ExecView, LifetimeSpec, PoolView, PublishSpec,
@@ -316,12 +317,15 @@ pub struct Health {
         create_sandbox, list_sandboxes, get_sandbox, delete_sandbox, set_lifetime,
         publish_port, network_status,
         exec, exec_stream, run_code,
+        background::start_process, background::list_processes, background::get_process,
+        background::kill_process, background::process_output, background::follow_process,
+        background::process_input, background::resize_process, background::signal_process,
         list_files, remove_file, download_file, upload_file, make_dir,
         snapshot_sandbox, fork_sandbox, branch_sandbox, list_snapshots, get_snapshot, delete_snapshot,
         restore_snapshot, fork_snapshot,
         list_templates, build_template, get_template, delete_template,
         pool_stats, sandbox_metrics, release_sandbox, stop_sandbox, start_sandbox,
-        hibernate_sandbox, resume_sandbox, stats,
+        hibernate_sandbox, resume_sandbox, stats, crate::node::node_info, crate::node::drain,
         healthz, readyz, metrics,
     ),
     modifiers(&BearerAuth),
@@ -368,6 +372,34 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         .route("/v1/sandboxes/{id}/exec/stream", post(exec_stream))
         .route("/v1/sandboxes/{id}/code", post(run_code))
         .route(
+            "/v1/sandboxes/{id}/processes",
+            post(background::start_process).get(background::list_processes),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}",
+            get(background::get_process).delete(background::kill_process),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/output",
+            get(background::process_output),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/stream",
+            get(background::follow_process),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/input",
+            post(background::process_input),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/resize",
+            post(background::resize_process),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/signal",
+            post(background::signal_process),
+        )
+        .route(
             "/v1/sandboxes/{id}/files",
             get(list_files).delete(remove_file),
         )
@@ -393,6 +425,8 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         )
         .route("/v1/pool", get(pool_stats))
         .route("/v1/stats", get(stats))
+        .route("/v1/node", get(crate::node::node_info))
+        .route("/v1/node/drain", post(crate::node::drain))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

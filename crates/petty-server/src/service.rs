@@ -426,6 +426,8 @@ pub(crate) struct Inner {
     pub(crate) builds: crate::templates::Builds,
     /// The warm pools of `templates.warm`.
     pub(crate) warm: crate::templates::WarmPools,
+    /// Background processes, REST's, MCP's and E2B's.
+    processes: crate::processes::Processes,
 }
 
 impl Service {
@@ -461,6 +463,7 @@ impl Service {
                 sessions: tokio_util::task::TaskTracker::new(),
                 builds: crate::templates::Builds::new(builder),
                 warm: crate::templates::WarmPools::new(warm),
+                processes: crate::processes::Processes::default(),
             }),
         }
     }
@@ -845,12 +848,13 @@ impl Service {
     /// Destroys a sandbox: its VM, its files and its record.
     #[tracing::instrument(skip(self))]
     pub async fn destroy(&self, sandbox: &str) -> ApiResult<()> {
-        self.get(sandbox).await?;
+        let id = self.get(sandbox).await?.id;
         self.inner
             .manager
             .destroy(sandbox)
             .await
             .map_err(|e| self.fail(e))?;
+        self.inner.processes.forget(&id);
         self.inner.metrics.destroys.fetch_add(1, Ordering::Relaxed);
         tracing::info!("destroyed");
         Ok(())
@@ -983,6 +987,76 @@ impl Service {
             )
             .await
             .map_err(|e| self.fail(e))
+    }
+
+    /// Every sandbox's background processes.
+    pub(crate) fn processes(&self) -> &crate::processes::Processes {
+        &self.inner.processes
+    }
+
+    /// Starts `req` in `sandbox` as a background process: it runs in a
+    /// task of its own until it ends (or is signalled), whoever started it
+    /// gone or not, and its end is counted as an exec's.
+    pub(crate) async fn spawn_process(
+        &self,
+        sandbox: &str,
+        req: ExecRequest,
+        tag: Option<String>,
+        config: serde_json::Value,
+    ) -> ApiResult<Arc<crate::processes::Proc>> {
+        let id = self.record(sandbox).await?.id.to_string();
+        let running = self.inner.processes.running(&id).len();
+        if running >= crate::processes::MAX_PER_SANDBOX {
+            return Err(ApiError::new(
+                ErrorKind::Capacity,
+                format!(
+                    "sandbox {id} runs {running} background processes already; wait for or kill some"
+                ),
+            ));
+        }
+        let argv = match &req.command {
+            petty_core::ExecCommand::Argv(a) => a.clone(),
+            petty_core::ExecCommand::Shell(line) => {
+                vec!["/bin/sh".into(), "-c".into(), line.clone()]
+            }
+        };
+        let started = crate::processes::Started {
+            argv,
+            tag,
+            config,
+            stdin: req.stdin,
+            pty: req.pty.is_some(),
+        };
+        let at = Instant::now();
+        let stream = self.start_process(&id, req).await?;
+        let service = self.clone();
+        Ok(self
+            .inner
+            .processes
+            .spawn(&id, stream, started, move |ended| {
+                let _ = service.exec_stream_done(at, ended);
+            }))
+    }
+
+    /// The process of `sandbox` that `which` names (its pid, or its tag:
+    /// a running one first), running or recently ended; or a 404 that
+    /// says how to list them.
+    pub(crate) async fn process(
+        &self,
+        sandbox: &str,
+        which: &str,
+    ) -> ApiResult<Arc<crate::processes::Proc>> {
+        let id = self.record(sandbox).await?.id.to_string();
+        let found = match which.parse::<u32>() {
+            Ok(pid) => self.inner.processes.get(&id, pid),
+            Err(_) => self.inner.processes.by_tag(&id, which),
+        };
+        found.ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("sandbox {id} has no process {which}; list its processes to see which run"),
+            )
+        })
     }
 
     /// Runs `f` on sandbox `sandbox` (a warm pool's is not found), counted

@@ -373,6 +373,15 @@ impl Conn {
                     (guest.power_off)();
                 });
             }
+            // A detached exec outlives its connection in a real guest; the
+            // fake's execs are its connection's tasks.
+            Request::Exec(req) if req.detach => self.reply(
+                id,
+                error(
+                    ErrorKind::InvalidRequest,
+                    "the fake agent runs no detached execs".to_string(),
+                ),
+            ),
             Request::Exec(req) => self.exec(id, req),
             Request::Signal { exec_id, signal } => {
                 let running = lock(&self.execs).remove(&exec_id);

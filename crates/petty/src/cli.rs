@@ -28,7 +28,8 @@ enum Cmd {
     Run(RunArgs),
     /// Create a sandbox that keeps running after this command returns; prints its name.
     Create(crate::manage::CreateArgs),
-    /// Run a command in a running sandbox, streaming its output; exits with its exit code.
+    /// Run a command in a running sandbox, streaming its output; exits with
+    /// its exit code (-it: on a terminal, as typed into; -d: detached).
     Exec(crate::manage::ExecArgs),
     /// Copy a regular file between the host and a sandbox: `petty cp ./a NAME:/root/a` or `petty cp NAME:/root/a ./a`.
     Cp(crate::manage::CpArgs),
@@ -144,6 +145,10 @@ enum Cmd {
     Serve(ServerArgs),
     /// Serve MCP over stdin/stdout, for a desktop or IDE agent to launch.
     Mcp(ServerArgs),
+    /// One REST (/v1) and MCP (/mcp) endpoint over many `petty serve`
+    /// nodes: creates placed by load and template, every request routed to
+    /// its sandbox's node. `petty gateway nodes` shows the nodes.
+    Gateway(crate::gateway::GatewayArgs),
     /// Say what this host has and lacks for running sandboxes, and how to fix each gap.
     Doctor,
     /// A sandbox's network: what it may reach, its published ports, what it
@@ -260,6 +265,12 @@ pub struct ServerArgs {
     /// On SIGTERM, keep sandboxes running or destroy them (server.on_shutdown).
     #[arg(long, value_name = "keep|destroy")]
     pub on_shutdown: Option<String>,
+    /// State directory (paths.data_dir): one per node when several run on a host.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Run directory (paths.run_dir): one per node when several run on a host.
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
@@ -292,6 +303,14 @@ impl ServerArgs {
                 text(v),
                 "--on-shutdown",
             ));
+        }
+        for (key, dir, flag) in [
+            ("paths.data_dir", &self.data_dir, "--data-dir"),
+            ("paths.run_dir", &self.run_dir, "--run-dir"),
+        ] {
+            if let Some(d) = dir {
+                out.push(Override::new(key, text(&d.display().to_string()), flag));
+            }
         }
         for (key, values, flag) in [
             ("server.api_keys", &self.api_keys, "--api-key"),
@@ -465,7 +484,7 @@ pub struct ExecOpts {
     #[arg(long, short = 'u', value_name = "USER")]
     pub user: Option<String>,
     /// Forward this process's stdin to the command.
-    #[arg(long, short = 'i')]
+    #[arg(long, short = 'i', visible_alias = "interactive")]
     pub stdin: bool,
 }
 
@@ -518,6 +537,7 @@ impl Cli {
     pub fn load_settings(&self) -> anyhow::Result<Loaded> {
         let flags = match &self.cmd {
             Cmd::Serve(a) | Cmd::Mcp(a) => a.overrides(),
+            Cmd::Gateway(a) => a.overrides(),
             _ => Vec::new(),
         };
         let loaded = petty::settings::load(self.config.clone(), flags)?;
@@ -549,6 +569,7 @@ pub async fn dispatch(cli: Cli, loaded: Loaded) -> anyhow::Result<ExitCode> {
             petty_server::serve_stdio(service).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Gateway(args) => crate::gateway::gateway(args, s).await,
         Cmd::Config {
             cmd: ConfigCmd::Show { json },
         } => config_show(&loaded, json),

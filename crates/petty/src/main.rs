@@ -3,11 +3,13 @@
 
 mod cli;
 mod doctor;
+mod gateway;
 mod manage;
 mod partial;
 mod run;
 mod stats;
 mod template;
+mod terminal;
 
 use std::process::ExitCode;
 

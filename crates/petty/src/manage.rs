@@ -88,6 +88,21 @@ pub async fn create(args: CreateArgs, s: &Settings) -> anyhow::Result<ExitCode> 
 pub struct ExecArgs {
     #[command(flatten)]
     pub exec: ExecOpts,
+    /// Run the command on a terminal in the sandbox, of this terminal's
+    /// size (following it when it is resized); its output comes as stdout.
+    /// With -i (`-it`), what you type goes to it, this terminal raw
+    /// meanwhile, as with `docker exec -it`.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Start the command detached and return at once, printing its pid in
+    /// the sandbox: it keeps running after this command exits, in a session
+    /// of its own, with stdin, stdout and stderr on /dev/null (redirect
+    /// inside the command to keep its output). --timeout still ends it.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// With -d: print {"pid": N} instead of the bare pid, for scripts.
+    #[arg(long, requires = "detach")]
+    pub json: bool,
     /// The sandbox's name or id.
     pub sandbox: String,
     /// The command and its arguments, after `--`.
@@ -95,13 +110,75 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+/// How `petty exec` runs its command.
+#[derive(Clone, Copy)]
+enum ExecMode {
+    /// Pipes: stdout and stderr apart, stdin with -i.
+    Attached,
+    /// On a guest terminal (-t), typed into with -i.
+    Terminal { interactive: bool },
+    /// Started and left running (-d); its pid printed.
+    Detached { json: bool },
+}
+
+impl ExecArgs {
+    /// The mode the flags ask for, refusing what does not go together
+    /// before anything starts.
+    fn mode(&self) -> anyhow::Result<ExecMode> {
+        let interactive = self.exec.stdin;
+        if self.detach {
+            if interactive || self.tty {
+                bail!(
+                    "petty exec -d starts the command detached, with stdin, stdout and stderr on /dev/null: it takes neither -i nor -t\n\
+                     hint: drop -d to run the command attached (petty exec -it {} -- ...), or drop -i/-t",
+                    self.sandbox
+                );
+            }
+            return Ok(ExecMode::Detached { json: self.json });
+        }
+        if self.tty {
+            crate::terminal::check(interactive)?;
+            return Ok(ExecMode::Terminal { interactive });
+        }
+        Ok(ExecMode::Attached)
+    }
+}
+
+/// Runs the command as `mode` says; the exit code for this process.
+async fn run_exec(
+    sandbox: &petty_core::Sandbox,
+    req: petty_core::ExecRequest,
+    mode: ExecMode,
+) -> anyhow::Result<u8> {
+    match mode {
+        ExecMode::Attached => crate::run::stream(sandbox, req).await,
+        ExecMode::Terminal { interactive } => {
+            let timeout_ms = req.timeout_ms;
+            let status = crate::terminal::run(sandbox, req, interactive).await?;
+            Ok(crate::run::exit_code(&status, timeout_ms))
+        }
+        ExecMode::Detached { json } => {
+            let pid = sandbox.exec_detached(req).await?;
+            if json {
+                println!("{}", serde_json::json!({ "pid": pid }));
+            } else {
+                println!("{pid}");
+            }
+            Ok(0)
+        }
+    }
+}
+
 pub async fn exec(args: ExecArgs, s: &Settings) -> anyhow::Result<ExitCode> {
+    let mode = args.mode()?;
     let req = args.exec.request(args.command)?;
     let manager = manager(s).await?;
     let sandbox = manager.get(&args.sandbox).await?;
     let id = sandbox.id().to_string();
+    // A signal ends the command's stream (and with it any raw mode of the
+    // local terminal) before this returns its exit code.
     let outcome = tokio::select! {
-        r = crate::run::stream(&sandbox, req) => r,
+        r = run_exec(&sandbox, req, mode) => r,
         code = crate::run::interrupted() => Ok(code),
     };
     // Record the use for idle timeouts, or the VM's end if it ended.

@@ -156,24 +156,30 @@ pub(crate) async fn stream(sandbox: &Sandbox, req: ExecRequest) -> anyhow::Resul
                 err.write_all(&b).await?;
                 err.flush().await?;
             }
-            ExecEvent::Exit(status) => {
-                if status.timed_out {
-                    eprintln!(
-                        "petty: command timed out after {} s; its process group was killed",
-                        timeout_ms.unwrap_or_default() as f64 / 1000.0
-                    );
-                    return Ok(EXIT_TIMEOUT);
-                }
-                return Ok(status.code.clamp(0, 255) as u8);
-            }
+            ExecEvent::Exit(status) => return Ok(exit_code(&status, timeout_ms)),
         }
     }
 }
 
+/// This process's exit code for how the command ended: its own, or
+/// [`EXIT_TIMEOUT`] (saying so on stderr) when `--timeout` killed it.
+pub(crate) fn exit_code(status: &petty_core::ExitStatus, timeout_ms: Option<u64>) -> u8 {
+    if status.timed_out {
+        eprintln!(
+            "petty: command timed out after {} s; its process group was killed",
+            timeout_ms.unwrap_or_default() as f64 / 1000.0
+        );
+        return EXIT_TIMEOUT;
+    }
+    status.code.clamp(0, 255) as u8
+}
+
 /// Waits for SIGINT, SIGTERM or SIGHUP; the shell's 128 + n exit code.
+/// Says nothing: the caller says what it does about it (`petty exec` only
+/// exits, and a message now would land on a terminal `-it` still has raw).
 pub(crate) async fn interrupted() -> u8 {
     match Signals::new() {
-        Ok(mut s) => s.recv().await,
+        Ok(mut s) => s.recv_quietly().await,
         Err(_) => std::future::pending().await,
     }
 }

@@ -533,3 +533,131 @@ async fn a_watch_reports_creates_writes_renames_removes_and_new_subdirectories()
     .await;
     assert!(end.is_ok(), "the watch of a removed directory did not end");
 }
+
+/// Waits (at most 20 s, else fails) until `done` holds.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A process's state letter from `/proc/PID/stat` (`None` once it is gone).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses, which may hold anything.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[tokio::test]
+async fn a_detached_exec_answers_with_its_pid_and_outlives_its_connection() {
+    let (mut first, c) = client();
+    c.handshake(Duration::from_secs(10)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env");
+    // The shell writes what it was given, then becomes `sleep`: the pid
+    // answered is the sleep's.
+    let mut req = ExecRequest::shell(format!(
+        "echo \"$DETACHED $(pwd)\" > {}; exec sleep 30",
+        out.display()
+    ));
+    req.env = vec![("DETACHED".into(), "yes".into())];
+    req.cwd = Some(dir.path().display().to_string());
+    let pid = c.exec_detached(req).await.unwrap();
+    assert!(pid > 1, "{pid}");
+    wait_for("the detached command to write its file", || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        format!("yes {}\n", dir.path().display())
+    );
+
+    // The connection ends: the agent ends its attached execs, not this one.
+    c.abort("the test is done with this connection");
+    drop(c);
+    wait_for("the first agent to see its connection end", || {
+        first.try_wait().unwrap().is_some()
+    })
+    .await;
+
+    // A second connection (a new client saying hello) sees it running, on
+    // /dev/null, leading a session of its own.
+    let (_second, c) = client();
+    c.handshake(Duration::from_secs(10)).await.unwrap();
+    let probe = format!(
+        "cat /proc/{pid}/comm; readlink /proc/{pid}/fd/0 /proc/{pid}/fd/1 /proc/{pid}/fd/2; \
+         cut -d' ' -f6 /proc/{pid}/stat"
+    );
+    let seen = c
+        .exec_collect(ExecRequest::shell(probe), None, 1 << 20)
+        .await
+        .unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+    assert_eq!(
+        seen,
+        format!("sleep\n/dev/null\n/dev/null\n/dev/null\n{pid}\n"),
+        "the detached command, seen from a second connection"
+    );
+    assert_eq!(proc_state(pid).map(|s| s != 'Z'), Some(true));
+    // SAFETY: signalling the sleep this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+
+    // Its timeout still ends it (the agent reaps it then).
+    let mut req = ExecRequest::argv(["sleep", "30"]);
+    req.timeout_ms = Some(300);
+    let timed = c.exec_detached(req).await.unwrap();
+    wait_for("the detached command's timeout to end it", || {
+        proc_state(timed).is_none_or(|s| s == 'Z')
+    })
+    .await;
+
+    // What cannot start is an error, not a pid.
+    match c
+        .exec_detached(ExecRequest::argv(["no-such-command-xyz"]))
+        .await
+    {
+        Err(ClientError::Remote {
+            kind: ErrorKind::NotFound,
+            message,
+        }) => assert!(message.contains("command not found"), "{message}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let mut req = ExecRequest::argv(["cat"]);
+    req.stdin = true;
+    match c.exec_detached(req).await {
+        Err(ClientError::Remote {
+            kind: ErrorKind::InvalidRequest,
+            message,
+        }) => assert!(message.contains("neither stdin nor a pty"), "{message}"),
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_signal_sent_right_after_the_start_is_not_lost() {
+    let (_child, c) = client();
+    // The signal follows the exec request at once, so it often reaches the
+    // agent while the command is still being spawned: it must wait for
+    // the command's group rather than be refused.
+    for _ in 0..20 {
+        let mut stream = c.exec(ExecRequest::argv(["sleep", "30"])).await.unwrap();
+        stream.signal(libc::SIGKILL).await.unwrap();
+        let status = loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("the killed command ends")
+                .unwrap()
+            {
+                ExecEvent::Exit(s) => break s,
+                _ => continue,
+            }
+        };
+        assert_eq!(status.signal, Some(libc::SIGKILL), "{status:?}");
+    }
+}

@@ -80,6 +80,23 @@ impl SandboxManager {
         self.info(&id.to_string()).await
     }
 
+    /// Sets what sandbox `key`'s TTL does when it ends: `None` (or
+    /// [`IdleAction::Destroy`](crate::IdleAction::Destroy)) destroys it,
+    /// as always; `Stop` and `Hibernate` put it away and clear the spent
+    /// TTL, so it comes back (`start`, `resume`) with none until one is set
+    /// again. E2B's `autoPause`.
+    pub async fn set_on_expiry(
+        &self,
+        key: &str,
+        action: Option<crate::IdleAction>,
+    ) -> Result<SandboxInfo, CoreError> {
+        let r = self.info(key).await?;
+        let id = r.id;
+        self.db(move |s| s.set_on_expiry(id, action)).await?;
+        tracing::info!(sandbox = %id, ?action, "on expiry set");
+        self.info(&id.to_string()).await
+    }
+
     /// Freezes a sandbox's guest.
     pub async fn pause(&self, key: &str) -> Result<(), CoreError> {
         let sb = self.get(key).await?;

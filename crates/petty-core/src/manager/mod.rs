@@ -134,6 +134,11 @@ impl SandboxManager {
         self.inner.store.stats()
     }
 
+    /// The backend sandboxes get when a create names none.
+    pub fn default_backend(&self) -> BackendKind {
+        self.inner.vmm.kind()
+    }
+
     /// The backend called `name` (`None` or `auto`: the default), made on
     /// first use with its run directories beside the default's. An error
     /// says why the backend cannot run here.

@@ -121,8 +121,14 @@ impl SandboxManager {
             let action = if idled {
                 r.on_idle.unwrap_or(self.inner.config.on_idle)
             } else {
-                IdleAction::Destroy
+                r.on_expiry.unwrap_or(IdleAction::Destroy)
             };
+            if !idled && action != IdleAction::Destroy {
+                // Put away, not ended: its TTL is spent, so what brings it
+                // back does not find it expired at once.
+                let (id, idle) = (r.id, r.idle_timeout);
+                self.db(move |s| s.set_limits(id, None, idle)).await?;
+            }
             match action {
                 IdleAction::Hibernate => {
                     tracing::info!(sandbox = %r.id, %reason, "reaper hibernates sandbox");

@@ -174,3 +174,63 @@ async fn a_command_still_running_is_not_idle() {
     m.destroy_all().await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_ttl_whose_expiry_hibernates_or_stops_puts_the_sandbox_away_and_is_spent() {
+    use petty_core::{IdleAction, SandboxState};
+    let env = Env::new();
+    let m = env.manager(env.config()).await;
+    for (name, action) in [
+        ("nap", Some(IdleAction::Hibernate)),
+        ("halt", Some(IdleAction::Stop)),
+        ("gone", None),
+    ] {
+        let c = env.sandbox().name(name).ttl(minutes(60)).build().unwrap();
+        m.create(c).await.unwrap();
+        let info = m.set_on_expiry(name, action).await.unwrap();
+        assert_eq!(info.on_expiry, action);
+    }
+    advance(minutes(59)).await;
+    m.reap_now().await.unwrap();
+    for name in ["nap", "halt", "gone"] {
+        assert_eq!(m.info(name).await.unwrap().state, SandboxState::Ready);
+    }
+    advance(minutes(2)).await;
+    m.reap_now().await.unwrap();
+    // The default still destroys; the others are put away, their TTL gone.
+    assert!(!m.exists("gone").await.unwrap());
+    assert_eq!(removed_because(&m, "gone").await, "ttl expired (3600 s)");
+    let nap = m.info("nap").await.unwrap();
+    assert_eq!((nap.state, nap.ttl), (SandboxState::Hibernated, None));
+    assert!(
+        nap.reason.as_deref().unwrap_or("").contains("ttl expired"),
+        "{:?}",
+        nap.reason
+    );
+    let halt = m.info("halt").await.unwrap();
+    assert_eq!((halt.state, halt.ttl), (SandboxState::Stopped, None));
+    // (The fake backend keeps no disk to start it again on.)
+    m.destroy("halt").await.unwrap();
+    // Brought back, it is not found expired at once; a new TTL counts
+    // from the time it is set, and its expiry puts it away again.
+    m.resume("nap").await.unwrap();
+    advance(minutes(600)).await;
+    m.reap_now().await.unwrap();
+    assert_eq!(m.info("nap").await.unwrap().state, SandboxState::Ready);
+    m.set_lifetime("nap", Some(Some(minutes(5))), None)
+        .await
+        .unwrap();
+    advance(minutes(6)).await;
+    m.reap_now().await.unwrap();
+    assert_eq!(m.info("nap").await.unwrap().state, SandboxState::Hibernated);
+    // Back to the default: the next expiry destroys.
+    m.resume("nap").await.unwrap();
+    m.set_on_expiry("nap", None).await.unwrap();
+    m.set_lifetime("nap", Some(Some(minutes(5))), None)
+        .await
+        .unwrap();
+    advance(minutes(6)).await;
+    m.reap_now().await.unwrap();
+    assert!(!m.exists("nap").await.unwrap());
+    env.assert_clean();
+}

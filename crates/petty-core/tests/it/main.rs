@@ -145,6 +145,7 @@ impl Env {
             ttl: None,
             idle_timeout: None,
             on_idle: None,
+            on_expiry: None,
             reason: None,
             from_snapshot: None,
             disk_size_mib: None,

@@ -3,7 +3,10 @@
 //! its Petty id; `templateID` is `base` (and E2B's own template names,
 //! which mean Petty's image), a Petty template or a snapshot (restored, as
 //! E2B's snapshots are used); `timeout` is its TTL from now; `pause` is a
-//! hibernation and `connect` resumes it (or starts a stopped one).
+//! hibernation and `connect` resumes it (or starts a stopped one), with a
+//! fresh timeout. `autoPause` makes the TTL's expiry a hibernation (with
+//! `autoPauseMemory: false`, a stop that keeps the disk) rather than a
+//! destroy: the core's per-sandbox `on_expiry`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +20,11 @@ use serde_json::{json, Value};
 
 use super::{E2b, E2bError, Extra, ENVD_VERSION};
 use crate::service::{CreateSpec, LifetimeSpec, Requester, SandboxView};
+use petty_core::IdleAction;
+
+/// The timeout E2B gives a sandbox that names none (create, and a connect
+/// that brings one back).
+const DEFAULT_TIMEOUT: u64 = 300;
 
 type Result<T> = std::result::Result<T, E2bError>;
 
@@ -63,7 +71,7 @@ fn sandbox_json(e2b: &E2b, view: &SandboxView, template_id: &str) -> Value {
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": e2b.token(&view.id),
         "trafficAccessToken": e2b.token(&view.id),
-        "domain": null,
+        "domain": e2b.domain(),
     })
 }
 
@@ -120,6 +128,11 @@ fn detail_json(e2b: &E2b, view: &SandboxView) -> Value {
         "state": e2b_state(&view.state).unwrap_or("paused"),
         "metadata": extra.metadata,
         "allowInternetAccess": view.network.as_ref().is_some_and(|n| n.mode == "public"),
+        "domain": e2b.domain(),
+        "lifecycle": {
+            "onTimeout": if extra.auto_pause { "pause" } else { "kill" },
+            "autoResume": extra.auto_resume,
+        },
     })
 }
 
@@ -168,6 +181,70 @@ fn string_map(v: Option<&Value>, what: &str) -> Result<BTreeMap<String, String>>
     }
 }
 
+/// A sandbox put away: hibernated or stopped (no VM: no lifetime to set
+/// until it is brought back).
+fn put_away(view: &SandboxView) -> bool {
+    matches!(view.state.as_str(), "hibernated" | "stopped")
+}
+
+/// A boolean field of a create's body, if given.
+fn flag(body: &Value, name: &str) -> Result<Option<bool>> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(E2bError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{name} must be true or false, not {other}"),
+        )),
+    }
+}
+
+/// What a create's `autoPause` asks the TTL's expiry to do: hibernate
+/// (memory kept), or with `autoPauseMemory: false` stop (the disk kept, a
+/// cold boot on connect); `None`: destroy, as without it.
+fn on_expiry_of(body: &Value) -> Result<Option<IdleAction>> {
+    let memory = flag(body, "autoPauseMemory")?.unwrap_or(true);
+    Ok(match flag(body, "autoPause")? {
+        Some(true) if memory => Some(IdleAction::Hibernate),
+        Some(true) => Some(IdleAction::Stop),
+        _ => None,
+    })
+}
+
+/// `autoResume`: `{"enabled": bool}` (or a bare bool).
+fn auto_resume_of(body: &Value) -> Result<bool> {
+    match body.get("autoResume") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::Object(m)) => match m.get("enabled") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(E2bError::new(
+                StatusCode::BAD_REQUEST,
+                format!("autoResume.enabled must be true or false, not {other}"),
+            )),
+        },
+        Some(other) => Err(E2bError::new(
+            StatusCode::BAD_REQUEST,
+            format!("autoResume must be {{\"enabled\": true|false}}, not {other}"),
+        )),
+    }
+}
+
+/// Sets what `id`'s TTL does at its end, then the TTL itself (`secs` from
+/// now), in that order so the reaper never sees the one without the
+/// other.
+async fn arm(e2b: &E2b, id: &str, on_expiry: Option<IdleAction>, secs: u64) -> Result<SandboxView> {
+    if on_expiry.is_some() {
+        e2b.service
+            .manager()
+            .set_on_expiry(id, on_expiry)
+            .await
+            .map_err(|e| e2b.service.fail(e))?;
+    }
+    live_for(e2b, id, secs, true).await
+}
+
 fn timeout_of(body: &Value) -> Result<Option<u64>> {
     match body.get("timeout") {
         None | Some(Value::Null) => Ok(None),
@@ -188,9 +265,17 @@ async fn create(State(e2b): State<Arc<E2b>>, body: Option<Json<Value>>) -> Resul
         .and_then(Value::as_str)
         .unwrap_or("base")
         .to_string();
-    let timeout = timeout_of(&body)?.unwrap_or(300);
+    let timeout = timeout_of(&body)?.unwrap_or(DEFAULT_TIMEOUT);
     let metadata = string_map(body.get("metadata"), "metadata")?;
     let env_vars = string_map(body.get("envVars"), "envVars")?;
+    let on_expiry = on_expiry_of(&body)?;
+    let auto_resume = auto_resume_of(&body)?;
+    if auto_resume && on_expiry.is_none() {
+        return Err(E2bError::new(
+            StatusCode::BAD_REQUEST,
+            "autoResume needs autoPause: only a sandbox its timeout pauses can be resumed",
+        ));
+    }
     let network = match body.get("allow_internet_access").and_then(Value::as_bool) {
         Some(true) => Some("public".to_string()),
         Some(false) => Some("none".to_string()),
@@ -199,13 +284,13 @@ async fn create(State(e2b): State<Arc<E2b>>, body: Option<Json<Value>>) -> Resul
     let who = e2b_requester();
     let service = &e2b.service;
     let is_snapshot = !is_base(&template) && service.get_snapshot(&template).await.is_ok();
-    let view = if is_snapshot {
-        let v = service.restore(&template, None, &who).await?;
-        live_for(&e2b, &v.id, timeout, true).await?
+    let made = if is_snapshot {
+        service.restore(&template, None, &who).await?
     } else {
         let spec = CreateSpec {
             template: (!is_base(&template)).then(|| template.clone()),
-            ttl_secs: Some(timeout),
+            // With autoPause the TTL is set once its expiry's action is.
+            ttl_secs: Some(if on_expiry.is_some() { 0 } else { timeout }),
             idle_timeout_secs: Some(0),
             network,
             ..CreateSpec::default()
@@ -223,12 +308,27 @@ async fn create(State(e2b): State<Arc<E2b>>, body: Option<Json<Value>>) -> Resul
             }
         })?
     };
+    let view = if is_snapshot || on_expiry.is_some() {
+        match arm(&e2b, &made.id, on_expiry, timeout).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Not left behind with no lifetime.
+                let _ = service.destroy(&made.id).await;
+                return Err(e);
+            }
+        }
+    } else {
+        made
+    };
     e2b.set_extra(
         &view.id,
         Extra {
             template_id: template.clone(),
             metadata,
             env_vars,
+            auto_pause: on_expiry.is_some(),
+            auto_resume,
+            timeout_secs: Some(timeout),
         },
     )?;
     Ok((
@@ -335,8 +435,9 @@ async fn kill(State(e2b): State<Arc<E2b>>, Path(id): Path<String>) -> Result<Sta
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /sandboxes/{id}/timeout` `{"timeout": SECS}`: it ends that long
-/// from now.
+/// `POST /sandboxes/{id}/timeout` `{"timeout": SECS}`: it ends (or, with
+/// `autoPause`, is paused) that long from now. A sandbox that is paused has
+/// no timeout running: it keeps SECS for when a connect brings it back.
 async fn set_timeout(
     State(e2b): State<Arc<E2b>>,
     Path(id): Path<String>,
@@ -349,12 +450,19 @@ async fn set_timeout(
         )
     })?;
     let v = view(&e2b, &id).await?;
-    live_for(&e2b, &v.id, secs, false).await?;
+    if !put_away(&v) {
+        live_for(&e2b, &v.id, secs, false).await?;
+    }
+    let mut extra = e2b.extra(&v.id);
+    extra.timeout_secs = Some(secs);
+    e2b.set_extra(&v.id, extra)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /sandboxes/{id}/pause`: a hibernation (memory, processes and
-/// files kept, its VM ended); 409 when it is put away already.
+/// files kept, its VM ended); 409 when it is put away already. As in E2B,
+/// a paused sandbox's timeout does not run: its TTL goes, and a connect
+/// gives it a fresh one.
 async fn pause(State(e2b): State<Arc<E2b>>, Path(id): Path<String>) -> Result<StatusCode> {
     let v = view(&e2b, &id).await?;
     if e2b_state(&v.state) == Some("paused") {
@@ -363,27 +471,98 @@ async fn pause(State(e2b): State<Arc<E2b>>, Path(id): Path<String>) -> Result<St
             format!("sandbox {id} is already paused"),
         ));
     }
-    e2b.service.hibernate(&v.id).await?;
+    let left = v
+        .expires_at_ms
+        .map(|at| ((at - petty_core::store::now_ms()) / 1000).max(1) as u64);
+    let no_ttl = LifetimeSpec {
+        ttl_secs: Some(0),
+        idle_timeout_secs: None,
+    };
+    e2b.service.set_lifetime(&v.id, no_ttl).await?;
+    if let Err(e) = e2b.service.hibernate(&v.id).await {
+        // It runs on, with the time it had.
+        if let Some(secs) = left {
+            let _ = live_for(&e2b, &v.id, secs, false).await;
+        }
+        return Err(e.into());
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Brings `id` back if it is put away, and lets it live `timeout` more
-/// seconds when that is longer than it has left.
+/// Brings `id` back if it is put away (hibernated, paused or stopped,
+/// whether by `pause` or by its `autoPause` timeout) with a fresh timeout:
+/// the one asked, else the one it was last given (E2B's sandboxes; one
+/// made through Petty's own API keeps its lifetime). A running one lives
+/// `timeout` more seconds when that is longer than it has left.
 async fn bring_back(e2b: &E2b, id: &str, body: &Value) -> Result<SandboxView> {
-    let mut v = view(e2b, id).await?;
-    match v.state.as_str() {
-        "hibernated" | "paused" => v = e2b.service.resume(&v.id).await?,
-        "stopped" => v = e2b.service.start(&v.id).await?,
-        _ => {}
-    }
-    if let Some(secs) = timeout_of(body)? {
+    let asked = timeout_of(body)?;
+    let mut v = settled(e2b, id).await?;
+    let was_away = match v.state.as_str() {
+        "hibernated" | "paused" => {
+            v = e2b.service.resume(&v.id).await?;
+            true
+        }
+        "stopped" => {
+            v = e2b.service.start(&v.id).await?;
+            true
+        }
+        _ => false,
+    };
+    let mut extra = e2b.extra(&v.id);
+    if was_away {
+        if let Some(secs) = asked.or(extra.timeout_secs) {
+            v = live_for(e2b, &v.id, secs, false).await?;
+        }
+    } else if let Some(secs) = asked {
         let now = petty_core::store::now_ms();
         let wanted = now + (secs as i64) * 1000;
         if v.expires_at_ms.is_some_and(|at| at < wanted) {
             v = live_for(e2b, &v.id, secs, false).await?;
         }
     }
+    if asked.is_some() && asked != extra.timeout_secs {
+        extra.timeout_secs = asked;
+        e2b.set_extra(&v.id, extra)?;
+    }
     Ok(v)
+}
+
+/// The view of `id` once it is not between states (a hibernation its
+/// timeout began, a create or resume under way): polled, at most a minute.
+async fn settled(e2b: &E2b, id: &str) -> Result<SandboxView> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v = view(e2b, id).await?;
+        if !matches!(v.state.as_str(), "stopping" | "creating")
+            || std::time::Instant::now() >= deadline
+        {
+            return Ok(v);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Serialises the wakes `autoResume` makes: two calls into a sandbox put
+/// away bring it back once.
+static WAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `autoResume`: brings sandbox `id` back, with a fresh timeout, when it is
+/// put away and was made with `autoResume` on (a call into it arrived).
+pub(super) async fn wake_for_traffic(e2b: &E2b, id: &str) -> Result<()> {
+    if !e2b.extra(id).auto_resume {
+        return Ok(());
+    }
+    let away = |v: &SandboxView| put_away(v) || v.state == "paused";
+    // Running (the common case): no wait on another sandbox's wake.
+    match settled(e2b, id).await {
+        Ok(v) if away(&v) => {}
+        _ => return Ok(()),
+    }
+    let _one = WAKING.lock().await;
+    match settled(e2b, id).await {
+        Ok(v) if away(&v) => bring_back(e2b, &v.id, &json!({})).await.map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// `POST /v2/sandboxes/{id}/connect`: 200 with the sandbox, resumed first
@@ -446,16 +625,22 @@ async fn fork(
 ) -> Result<Response> {
     let body = body.map(|Json(b)| b).unwrap_or_else(|| json!({}));
     let count = body.get("count").and_then(Value::as_u64).unwrap_or(1) as usize;
-    let timeout = timeout_of(&body)?.unwrap_or(300);
+    let timeout = timeout_of(&body)?.unwrap_or(DEFAULT_TIMEOUT);
     let parent = view(&e2b, &id).await?;
-    let extra = e2b.extra(&parent.id);
+    let mut extra = e2b.extra(&parent.id);
+    extra.timeout_secs = Some(timeout);
+    // A child's timeout does what its parent's does.
+    let on_expiry = match e2b.service.manager().info(&parent.id).await {
+        Ok(r) => r.on_expiry,
+        Err(e) => return Err(e2b.service.fail(e).into()),
+    };
     let children = e2b
         .service
         .fork(&parent.id, count, &e2b_requester())
         .await?;
     let mut out = Vec::new();
     for child in children {
-        let child = live_for(&e2b, &child.id, timeout, true).await?;
+        let child = arm(&e2b, &child.id, on_expiry, timeout).await?;
         e2b.set_extra(&child.id, extra.clone())?;
         out.push(json!({"sandbox": sandbox_json(&e2b, &child, &extra.template_id)}));
     }
@@ -549,5 +734,26 @@ mod tests {
         );
         assert_eq!(e2b_state("hibernated"), Some("paused"));
         assert_eq!(e2b_state("failed"), None);
+    }
+
+    #[test]
+    fn auto_pause_asks_a_hibernation_or_with_no_memory_a_stop() {
+        let of = |b: Value| on_expiry_of(&b).ok().flatten();
+        assert_eq!(of(json!({})), None);
+        assert_eq!(of(json!({"autoPause": false})), None);
+        assert_eq!(of(json!({"autoPause": true})), Some(IdleAction::Hibernate));
+        assert_eq!(
+            of(json!({"autoPause": true, "autoPauseMemory": false})),
+            Some(IdleAction::Stop)
+        );
+        assert!(on_expiry_of(&json!({"autoPause": "yes"})).is_err());
+        let resume = |b: Value| auto_resume_of(&b).ok();
+        assert_eq!(resume(json!({"autoResume": {"enabled": true}})), Some(true));
+        assert_eq!(
+            resume(json!({"autoResume": {"enabled": false}})),
+            Some(false)
+        );
+        assert_eq!(resume(json!({})), Some(false));
+        assert!(auto_resume_of(&json!({"autoResume": 1})).is_err());
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Query, Request, State};
@@ -24,8 +24,8 @@ use petty_core::{ExecRequest, FileStat, FileType, PtySize};
 use serde_json::{json, Value};
 
 use super::connect::{self, RpcError};
-use super::process::Event;
 use super::{envd_target, E2b, E2bError};
+use crate::processes::{Event, Proc};
 
 type RpcResult = Result<Response, RpcError>;
 
@@ -307,31 +307,7 @@ async fn start(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResult {
     req.pty = pty;
     req.user = user.filter(|u| u != "root");
     let tag = msg.get("tag").and_then(Value::as_str).map(str::to_string);
-    // Each keeps up to 8 MiB of output: a bound on what one sandbox's
-    // caller can make the daemon hold.
-    if e2b.processes.list(&id).len() >= super::process::MAX_PER_SANDBOX {
-        return Err(RpcError::new(
-            "resource_exhausted",
-            format!(
-                "sandbox {id} runs {} processes started through envd already; wait for or kill some",
-                super::process::MAX_PER_SANDBOX
-            ),
-        ));
-    }
-    let started = Instant::now();
-    let stream = e2b.service.start_process(&id, req).await?;
-    let service = e2b.service.clone();
-    let proc = e2b.processes.spawn(
-        &id,
-        stream,
-        config,
-        tag,
-        with_stdin,
-        pty.is_some(),
-        move |ended| {
-            let _ = service.exec_stream_done(started, ended);
-        },
-    );
+    let proc = e2b.service.spawn_process(&id, req, tag, config).await?;
     Ok(follow(proc))
 }
 
@@ -341,7 +317,7 @@ async fn reconnect(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResul
     let id = sandbox_of(headers)?;
     let msg = connect::request_message(body)?;
     let selector = msg.get("process").cloned().unwrap_or_default();
-    let proc = e2b.processes.find(&id, &selector).ok_or_else(|| {
+    let proc = find_in(e2b, &id, &selector).ok_or_else(|| {
         RpcError::not_found(format!("no process {selector} runs in sandbox {id}"))
     })?;
     Ok(follow(proc))
@@ -349,7 +325,7 @@ async fn reconnect(e2b: &Arc<E2b>, headers: &HeaderMap, body: &[u8]) -> RpcResul
 
 /// The Connect stream of `proc`: `start`, every event so far and each
 /// that follows, a keepalive every 30 s of silence, and the end.
-fn follow(proc: Arc<super::process::Proc>) -> Response {
+fn follow(proc: Arc<Proc>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
         let send = |m: Value| {
@@ -362,8 +338,8 @@ fn follow(proc: Arc<super::process::Proc>) -> Response {
         let (past, live) = proc.attach();
         let mut ended = false;
         for e in past {
-            ended |= matches!(e, Event::End { .. });
-            if !send(e.to_json()).await {
+            ended |= matches!(e, Event::End(_));
+            if !send(event_json(&e)).await {
                 return;
             }
         }
@@ -371,8 +347,8 @@ fn follow(proc: Arc<super::process::Proc>) -> Response {
             loop {
                 match tokio::time::timeout(Duration::from_secs(30), live.recv()).await {
                     Ok(Ok(e)) => {
-                        let end = matches!(e, Event::End { .. });
-                        if !send(e.to_json()).await {
+                        let end = matches!(e, Event::End(_));
+                        if !send(event_json(&e)).await {
                             return;
                         }
                         if end {
@@ -399,12 +375,13 @@ fn follow(proc: Arc<super::process::Proc>) -> Response {
 fn list(e2b: &Arc<E2b>, headers: &HeaderMap) -> RpcResult {
     let id = sandbox_of(headers)?;
     let processes: Vec<Value> = e2b
-        .processes
-        .list(&id)
+        .service
+        .processes()
+        .running(&id)
         .into_iter()
         .map(|p| {
-            let mut v = json!({"pid": p.pid, "config": p.config});
-            if let Some(t) = &p.tag {
+            let mut v = json!({"pid": p.pid, "config": p.started.config});
+            if let Some(t) = &p.started.tag {
                 v["tag"] = json!(t);
             }
             v
@@ -413,16 +390,47 @@ fn list(e2b: &Arc<E2b>, headers: &HeaderMap) -> RpcResult {
     Ok(connect::unary(json!({ "processes": processes })))
 }
 
-fn find(
-    e2b: &Arc<E2b>,
-    headers: &HeaderMap,
-    msg: &Value,
-) -> Result<Arc<super::process::Proc>, RpcError> {
+fn find(e2b: &Arc<E2b>, headers: &HeaderMap, msg: &Value) -> Result<Arc<Proc>, RpcError> {
     let id = sandbox_of(headers)?;
     let selector = msg.get("process").cloned().unwrap_or_default();
-    e2b.processes
-        .find(&id, &selector)
+    find_in(e2b, &id, &selector)
         .ok_or_else(|| RpcError::not_found(format!("no process {selector} runs in sandbox {id}")))
+}
+
+/// The process of sandbox `id` that `selector` (`{"pid": N}` or
+/// `{"tag": "…"}`) names.
+fn find_in(e2b: &E2b, id: &str, selector: &Value) -> Option<Arc<Proc>> {
+    let processes = e2b.service.processes();
+    match selector.get("pid").and_then(Value::as_u64) {
+        Some(pid) => processes.get(id, u32::try_from(pid).ok()?),
+        None => processes.by_tag(id, selector.get("tag").and_then(Value::as_str)?),
+    }
+}
+
+/// One event of a process as envd's `ProcessEvent` JSON carries it.
+fn event_json(e: &Event) -> Value {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    match e {
+        Event::Stdout(b) => json!({"event": {"data": {"stdout": b64(b)}}}),
+        Event::Stderr(b) => json!({"event": {"data": {"stderr": b64(b)}}}),
+        Event::Pty(b) => json!({"event": {"data": {"pty": b64(b)}}}),
+        Event::End(end) => {
+            let status = match (&end.error, end.signal) {
+                (Some(_), None) if !end.timed_out => "error".to_string(),
+                (_, Some(9)) => "signal: killed".to_string(),
+                (_, Some(n)) => format!("signal: {n}"),
+                (_, None) => format!("exit status {}", end.code),
+            };
+            // envd reports a signalled process's code as -1.
+            let exit_code = if end.signal.is_some() { -1 } else { end.code };
+            let mut v = json!({"exitCode": exit_code, "exited": true, "status": status});
+            if let Some(e) = &end.error {
+                v["error"] = json!(e);
+            }
+            json!({"event": {"end": v}})
+        }
+    }
 }
 
 /// `SendSignal`: `SIGNAL_SIGKILL` or `SIGNAL_SIGTERM` (or their numbers)

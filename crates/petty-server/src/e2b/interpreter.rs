@@ -1,9 +1,11 @@
 //! E2B's code interpreter (the port 49999 of `e2b-code-interpreter`):
 //! `POST /execute` runs a cell in a code context and streams its output
 //! as NDJSON; `/contexts` makes, lists, restarts and removes contexts.
-//! A context is one persistent Python process in the guest (`kernel.py`,
-//! fed cells on its stdin), so variables live between calls; each sandbox
-//! has a default one, made at its first cell. Python only, for now.
+//! A context is one persistent kernel process in the guest, fed cells on
+//! its stdin, so variables live between calls: Python (`kernel.py`) or
+//! bash (`kernel_bash.py`, one bash whose variables and working directory
+//! carry over; a non-zero status is the cell's error). Each sandbox has a
+//! default context per language, made at its first cell in it.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +23,9 @@ use serde_json::{json, Value};
 use super::{envd_target, E2b, E2bError, PerSandbox};
 
 const KERNEL: &str = include_str!("kernel.py");
+const BASH_KERNEL: &str = include_str!("kernel_bash.py");
+/// The languages a context may be in.
+const LANGUAGES: &str = "python, bash";
 /// Longest line a kernel may write (one output chunk or result).
 const MAX_LINE: usize = 16 << 20;
 
@@ -76,20 +81,31 @@ fn sandbox_of(headers: &HeaderMap) -> Result<String, E2bError> {
 }
 
 fn check_language(language: Option<&str>) -> Result<String, E2bError> {
-    match language {
+    match language.map(str::to_ascii_lowercase).as_deref() {
         None | Some("python") | Some("python3") => Ok("python".into()),
+        Some("bash") => Ok("bash".into()),
         Some(other) => Err(E2bError::new(
             StatusCode::BAD_REQUEST,
             format!(
-                "language {other} is not supported by Petty's code interpreter yet; use python"
+                "language {other} is not supported by Petty's code interpreter; it runs {LANGUAGES}"
             ),
         )),
     }
 }
 
-/// Starts a kernel in `sandbox` working in `cwd`.
-async fn start_kernel(e2b: &E2b, sandbox: &str, cwd: &str) -> Result<ExecStream, E2bError> {
-    let mut req = ExecRequest::argv(["python3", "-u", "-c", KERNEL]);
+/// Starts a kernel for `language` in `sandbox` working in `cwd`.
+async fn start_kernel(
+    e2b: &E2b,
+    sandbox: &str,
+    cwd: &str,
+    language: &str,
+) -> Result<ExecStream, E2bError> {
+    let kernel = if language == "bash" {
+        BASH_KERNEL
+    } else {
+        KERNEL
+    };
+    let mut req = ExecRequest::argv(["python3", "-u", "-c", kernel]);
     req.stdin = true;
     req.cwd = Some(cwd.to_string());
     req.env = e2b.extra(sandbox).env_vars.into_iter().collect();
@@ -103,7 +119,7 @@ async fn new_context(
     language: String,
     cwd: String,
 ) -> Result<Arc<Context>, E2bError> {
-    let stream = start_kernel(e2b, sandbox, &cwd).await?;
+    let stream = start_kernel(e2b, sandbox, &cwd, &language).await?;
     let c = Arc::new(Context {
         id,
         language,
@@ -180,7 +196,7 @@ async fn restart_context(
         .contexts
         .get(&sandbox, &id)
         .ok_or_else(|| E2bError::new(StatusCode::NOT_FOUND, format!("no context {id}")))?;
-    let fresh = start_kernel(&e2b, &sandbox, &c.cwd).await?;
+    let fresh = start_kernel(&e2b, &sandbox, &c.cwd, &c.language).await?;
     // The old kernel is killed as its stream drops.
     *c.io.lock().await = Some(fresh);
     Ok(StatusCode::NO_CONTENT)

@@ -19,7 +19,6 @@ mod connect;
 mod control;
 mod envd;
 mod interpreter;
-mod process;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -36,6 +35,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ErrorKind};
+pub(crate) use crate::processes::{lock, PerSandbox};
 use crate::service::Service;
 
 /// The envd version Petty's envd answers as: the features of E2B's SDKs
@@ -53,6 +53,18 @@ struct Extra {
     template_id: String,
     metadata: BTreeMap<String, String>,
     env_vars: BTreeMap<String, String>,
+    /// `autoPause`: its timeout puts it away (the core's `on_expiry`)
+    /// rather than killing it.
+    #[serde(default)]
+    auto_pause: bool,
+    /// `autoResume.enabled`: a call into it while it is put away brings
+    /// it back.
+    #[serde(default)]
+    auto_resume: bool,
+    /// The timeout it was last given (create, `set_timeout`, connect): what
+    /// a connect that names none gives it when it comes back.
+    #[serde(default)]
+    timeout_secs: Option<u64>,
 }
 
 /// The state E2B's routes share.
@@ -62,7 +74,6 @@ pub(crate) struct E2b {
     secret: Arc<[u8; 32]>,
     dir: PathBuf,
     extras: Arc<Mutex<BTreeMap<String, Extra>>>,
-    processes: process::Processes,
     contexts: interpreter::Contexts,
     watchers: watch::Watchers,
 }
@@ -78,7 +89,6 @@ impl E2b {
             secret: Arc::new(secret),
             dir,
             extras: Arc::new(Mutex::new(BTreeMap::new())),
-            processes: process::Processes::default(),
             contexts: interpreter::Contexts::default(),
             watchers: watch::Watchers::default(),
         })
@@ -137,80 +147,20 @@ impl E2b {
         Ok(())
     }
 
+    /// `e2b.domain`, if set: what creates answer as their `domain`, and
+    /// the domain of the host form.
+    fn domain(&self) -> Option<String> {
+        let d = &self.service.config().e2b.domain;
+        (!d.is_empty()).then(|| d.clone())
+    }
+
     fn forget(&self, id: &str) {
         lock(&self.extras).remove(id);
         let _ = std::fs::remove_file(self.extra_path(id));
-        self.processes.forget(id);
+        self.service.processes().forget(id);
         self.contexts.forget(id);
         self.watchers.forget(id);
     }
-}
-
-/// What each sandbox has of one kind (its processes, its code
-/// contexts), by key.
-pub(super) struct PerSandbox<K, V>(Arc<Mutex<BySandbox<K, V>>>);
-
-/// Sandbox id -> key -> value.
-type BySandbox<K, V> = BTreeMap<String, BTreeMap<K, Arc<V>>>;
-
-impl<K, V> Clone for PerSandbox<K, V> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<K, V> Default for PerSandbox<K, V> {
-    fn default() -> Self {
-        Self(Arc::default())
-    }
-}
-
-impl<K: Ord + Clone, V> PerSandbox<K, V> {
-    fn insert(&self, sandbox: &str, key: K, value: Arc<V>) {
-        lock(&self.0)
-            .entry(sandbox.to_string())
-            .or_default()
-            .insert(key, value);
-    }
-
-    fn get(&self, sandbox: &str, key: &K) -> Option<Arc<V>> {
-        lock(&self.0).get(sandbox)?.get(key).cloned()
-    }
-
-    /// The first of `sandbox`'s that `matches`.
-    fn find(&self, sandbox: &str, matches: impl Fn(&V) -> bool) -> Option<Arc<V>> {
-        lock(&self.0)
-            .get(sandbox)?
-            .values()
-            .find(|v| matches(v))
-            .cloned()
-    }
-
-    fn remove(&self, sandbox: &str, key: &K) -> Option<Arc<V>> {
-        let mut all = lock(&self.0);
-        let of = all.get_mut(sandbox)?;
-        let gone = of.remove(key);
-        if of.is_empty() {
-            all.remove(sandbox);
-        }
-        gone
-    }
-
-    fn list(&self, sandbox: &str) -> Vec<Arc<V>> {
-        lock(&self.0)
-            .get(sandbox)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Drops what is known of `sandbox`'s (it was removed).
-    fn forget(&self, sandbox: &str) {
-        lock(&self.0).remove(sandbox);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reads the secret envd tokens are made under, making it (mode 0600) the
@@ -273,8 +223,9 @@ impl IntoResponse for E2bError {
     }
 }
 
-/// The sandbox an envd request is for: `E2b-Sandbox-Id`, else the host
-/// form `<port>-<id>.<domain>`; and the port it names.
+/// The sandbox an envd request is for, `E2b-Sandbox-Id` (which
+/// [`authorize`] sets from the host form `<port>-<id>.<domain>` when that
+/// named it), and the port it names.
 fn envd_target(headers: &HeaderMap) -> Option<(String, String)> {
     let header = |name: &str| {
         headers
@@ -282,22 +233,84 @@ fn envd_target(headers: &HeaderMap) -> Option<(String, String)> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    if let Some(id) = header("e2b-sandbox-id") {
-        let port = header("e2b-sandbox-port").unwrap_or_else(|| ENVD_PORT.into());
-        return Some((id, port));
+    let id = header("e2b-sandbox-id")?;
+    let port = header("e2b-sandbox-port").unwrap_or_else(|| ENVD_PORT.into());
+    Some((id, port))
+}
+
+/// The port E2B's SDKs name the code interpreter by.
+const INTERPRETER_PORT: &str = "49999";
+
+/// `(sandbox id, port)` of a request whose `Host` is E2B's host form
+/// `<port>-<id>.<domain>` under `domain` (`e2b.domain`); the guard admitted
+/// no other domain's.
+fn host_target(headers: &HeaderMap, domain: &str) -> Option<(String, String)> {
+    let host = headers.get(axum::http::header::HOST)?.to_str().ok()?;
+    let crate::guard::HostName::Name(name) = crate::guard::parse_host(host)? else {
+        return None;
+    };
+    let (port, id) = crate::guard::e2b_host_form(&name, domain)?;
+    Some((id.to_string(), port.to_string()))
+}
+
+/// The code interpreter's routes (port 49999).
+fn interpreter_path(path: &str) -> bool {
+    path == "/execute" || path == "/contexts" || path.starts_with("/contexts/")
+}
+
+/// envd's routes (port 49983).
+fn envd_path(path: &str) -> bool {
+    matches!(path, "/health" | "/files")
+        || path.starts_with("/process.Process/")
+        || path.starts_with("/filesystem.Filesystem/")
+}
+
+/// Whether a host-form request for `port` may go to `path`: 49983 is envd,
+/// 49999 the code interpreter (and its `/health`); any other port is one
+/// Petty does not proxy into the guest: 502, as E2B's proxy answers a port
+/// nothing listens on.
+fn port_serves(id: &str, port: &str, path: &str) -> Result<(), E2bError> {
+    match port {
+        ENVD_PORT if envd_path(path) => Ok(()),
+        INTERPRETER_PORT if interpreter_path(path) || path == "/health" => Ok(()),
+        ENVD_PORT | INTERPRETER_PORT => Err(E2bError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{path} is not served at port {port} of sandbox {id}: envd is at {ENVD_PORT}, the code interpreter (/execute, /contexts) at {INTERPRETER_PORT}"
+            ),
+        )),
+        other => Err(E2bError::new(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "port {other} of sandbox {id} is not served: Petty answers only envd ({ENVD_PORT}) and the code interpreter ({INTERPRETER_PORT}) by the host form"
+            ),
+        )),
     }
-    let host = header("host")?;
-    let label = host.split('.').next()?;
-    let (port, id) = label.split_once('-')?;
-    (port.len() == 5 && port.bytes().all(|b| b.is_ascii_digit()) && host.contains('.'))
-        .then(|| (id.to_string(), port.to_string()))
 }
 
 /// Keys: the control plane wants one of `server.api_keys` in `X-API-KEY`
 /// (when any are set); envd wants the sandbox's token in `X-Access-Token`.
-async fn authorize(e2b: Arc<E2b>, req: Request, next: Next) -> Response {
+async fn authorize(e2b: Arc<E2b>, mut req: Request, next: Next) -> Response {
+    // The host form (E2B_DOMAIN without E2B_SANDBOX_URL) names the sandbox
+    // and port in `Host`: made the headers the routes read.
+    if envd_target(req.headers()).is_none() {
+        if let Some((id, port)) = e2b.domain().and_then(|d| host_target(req.headers(), &d)) {
+            if let Err(e) = port_serves(&id, &port, req.uri().path()) {
+                return e.into_response();
+            }
+            for (name, value) in [("e2b-sandbox-id", id), ("e2b-sandbox-port", port)] {
+                if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                    req.headers_mut().insert(name, v);
+                }
+            }
+        }
+    }
     let headers = req.headers();
-    if let Some((id, _port)) = envd_target(headers) {
+    // A sandbox's token reaches its envd and code interpreter, never the
+    // control plane (which wants the API key whatever else is sent).
+    let path = req.uri().path();
+    let into_sandbox = envd_path(path) || interpreter_path(path);
+    if let Some((id, _port)) = envd_target(headers).filter(|_| into_sandbox) {
         // The code interpreter's context calls carry only the traffic
         // token; create answers the same token as both.
         let token = |name: &str| {
@@ -316,6 +329,10 @@ async fn authorize(e2b: Arc<E2b>, req: Request, next: Next) -> Response {
                 format!("missing or wrong X-Access-Token for sandbox {id}: use the envdAccessToken its create or connect answered"),
             )
             .into_response();
+        }
+        // autoResume: a call into a sandbox put away brings it back.
+        if let Err(e) = control::wake_for_traffic(&e2b, &id).await {
+            return e.into_response();
         }
         return next.run(req).await;
     }
@@ -353,7 +370,9 @@ pub fn app(service: Service) -> std::io::Result<Router> {
         .flatten()
         .map(|a| a.ip())
         .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-    let guard = Arc::new(crate::guard::Guard::new(&config.server, listen).for_e2b());
+    let guard = Arc::new(
+        crate::guard::Guard::new(&config.server, listen).for_e2b(Some(&config.e2b.domain)),
+    );
     let max_body = usize::try_from(config.server.max_body_mib.saturating_mul(1024 * 1024))
         .unwrap_or(usize::MAX);
     let e2b = Arc::new(E2b::new(service)?);
@@ -384,10 +403,35 @@ mod tests {
         assert_eq!(envd_target(&h), Some(("abc".into(), "49983".into())));
         let mut h = HeaderMap::new();
         h.insert("host", "49999-1b2c-3d.sandbox.local:3000".parse().unwrap());
-        assert_eq!(envd_target(&h), Some(("1b2c-3d".into(), "49999".into())));
+        assert_eq!(envd_target(&h), None, "the host form is authorize's");
+        assert_eq!(
+            host_target(&h, "sandbox.local"),
+            Some(("1b2c-3d".into(), "49999".into()))
+        );
+        assert_eq!(host_target(&h, "other.local"), None);
         let mut h = HeaderMap::new();
         h.insert("host", "api-x.example.com".parse().unwrap());
-        assert_eq!(envd_target(&h), None);
+        assert_eq!(host_target(&h, "example.com"), None);
+        assert!(port_serves("x", "49983", "/files").is_ok());
+        assert!(port_serves("x", "49999", "/execute").is_ok());
+        assert!(port_serves("x", "49999", "/contexts/c1/restart").is_ok());
+        assert_eq!(
+            port_serves("x", "49983", "/execute").unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            port_serves("x", "49999", "/files").unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            port_serves("x", "49983", "/sandboxes").unwrap_err().0,
+            StatusCode::NOT_FOUND,
+            "no control plane by a sandbox's host"
+        );
+        assert_eq!(
+            port_serves("x", "8080", "/").unwrap_err().0,
+            StatusCode::BAD_GATEWAY
+        );
     }
 
     #[test]

@@ -29,5 +29,27 @@ sbx.restart_code_context(ctx)
 assert sbx.run_code("y", context=ctx).error.name == "NameError", "a restart forgets"
 sbx.remove_code_context(ctx)
 assert ctx.id not in [c.id for c in sbx.list_code_contexts()]
+
+# Bash: one shell per context, its variables and cwd kept between cells.
+ex = sbx.run_code("X=41; cd /tmp", language="bash")
+assert (ex.logs.stdout, ex.error) == ([], None), ex
+ex = sbx.run_code("echo $((X+1)); pwd; echo to-stderr >&2", language="bash")
+assert ex.logs.stdout == ["42\n", "/tmp\n"] or "".join(ex.logs.stdout) == "42\n/tmp\n", ex.logs
+assert ex.logs.stderr == ["to-stderr\n"] and ex.error is None, ex
+ex = sbx.run_code("echo before; false", language="bash")
+assert "".join(ex.logs.stdout) == "before\n" and ex.error is not None, ex
+assert ex.error.value == "1", ex.error
+assert sbx.run_code("echo $B", language="bash", envs={"B": "from envs"}).logs.stdout == ["from envs\n"]
+assert sbx.run_code("echo ${B-unset}", language="bash").logs.stdout == ["unset\n"], "envs are the cell's"
+bash = sbx.create_code_context(language="bash")
+assert sbx.run_code("echo ${X-none}", context=bash).logs.stdout == ["none\n"], "a context of its own"
+sbx.remove_code_context(bash)
+# Python's variables are not bash's.
+assert sbx.run_code("x").text == "41"
+try:
+    sbx.run_code("1", language="r")
+    raise AssertionError("an unsupported language is refused")
+except Exception as e:
+    assert "python, bash" in str(e), e
 sbx.kill()
 print("ok")

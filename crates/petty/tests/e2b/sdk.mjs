@@ -1,8 +1,8 @@
 // E2B's JavaScript SDK against `petty serve --e2b-listen`: create, run,
-// files, fork, kill. Run by tests/it/e2b.rs with Node 20 and E2B_API_URL,
+// files, watchDir, fork, kill. Run by tests/it/e2b.rs with Node 20 and E2B_API_URL,
 // E2B_SANDBOX_URL, E2B_API_KEY set; prints "ok".
 import assert from 'node:assert/strict'
-import { Sandbox, CommandExitError } from 'e2b'
+import { Sandbox, CommandExitError, FilesystemEventType } from 'e2b'
 
 const sbx = await Sandbox.create({ timeoutMs: 300_000, metadata: { from: 'js' }, envs: { WHO: 'node' } })
 const r = await sbx.commands.run('echo hello $WHO; echo warn >&2')
@@ -18,6 +18,25 @@ assert.equal(await sbx.files.read('/root/js.txt'), 'from js')
 const names = (await sbx.files.list('/root')).map((e) => e.name)
 assert.ok(names.includes('js.txt'), names)
 assert.equal(await sbx.files.exists('/root/none'), false)
+
+// watchDir: envd's streamed WatchDir (not the polled watchers Python uses).
+await sbx.files.makeDir('/root/seen')
+const events = []
+const watch = await sbx.files.watchDir('/root/seen', (e) => events.push([e.name, e.type]))
+await sbx.files.write('/root/seen/w.txt', 'watched')
+await sbx.commands.run('rm /root/seen/w.txt')
+const has = (name, type) => events.some(([n, t]) => n === name && t === type)
+for (let i = 0; i < 100 && !has('w.txt', FilesystemEventType.REMOVE); i++) {
+  await new Promise((r) => setTimeout(r, 100))
+}
+assert.ok(has('w.txt', FilesystemEventType.CREATE), JSON.stringify(events))
+assert.ok(has('w.txt', FilesystemEventType.REMOVE), JSON.stringify(events))
+await watch.stop()
+// Stopped: later changes are not reported.
+const before = events.length
+await sbx.files.write('/root/seen/after.txt', 'unseen')
+await sbx.commands.run('sleep 0.5')
+assert.ok(!events.slice(before).some(([n]) => n === 'after.txt'), JSON.stringify(events))
 
 const info = await sbx.getInfo()
 assert.equal(info.metadata.from, 'js')

@@ -10,6 +10,28 @@ from e2b.sandbox.commands.command_handle import CommandExitException
 sbx = Sandbox.create(timeout=300, metadata={"owner": "alice", "job": "t1"}, envs={"GREETING": "hi"})
 other = Sandbox.create(metadata={"owner": "bob"})
 
+# A custom template: built through Petty's own API (PETTY_API_URL) from a
+# Dockerfile, then created by name as an E2B template is.
+import json
+import os
+import urllib.request
+
+dockerfile = "FROM base\nRUN echo custom > /etc/petty-marker\nENV MARK=yes\n"
+build = urllib.request.Request(
+    os.environ["PETTY_API_URL"] + "/v1/templates",
+    data=json.dumps({"name": "e2b-custom", "dockerfile": dockerfile}).encode(),
+    headers={"content-type": "application/json"},
+    method="POST",
+)
+with urllib.request.urlopen(build, timeout=600) as resp:
+    lines = [json.loads(l) for l in resp.read().decode().splitlines() if l.strip()]
+assert lines and lines[-1]["type"] == "done", lines
+custom = Sandbox.create(template="e2b-custom", timeout=120)
+assert custom.files.read("/etc/petty-marker") == "custom\n"
+assert custom.commands.run("echo $MARK").stdout == "yes\n"
+assert custom.get_info().template_id == "e2b-custom"
+custom.kill()
+
 # Commands: output, the sandbox's variables and the call's, cwd, codes.
 r = sbx.commands.run("echo $GREETING $EXTRA; pwd; echo oops >&2", envs={"EXTRA": "there"}, cwd="/tmp")
 assert (r.stdout, r.stderr, r.exit_code) == ("hi there\n/tmp\n", "oops\n", 0), r

@@ -182,3 +182,279 @@ fn on_idle_hibernate_puts_an_idle_sandbox_away_and_its_next_command_brings_it_ba
     env.ok(&["rm", "-f", "nap"]);
     env.assert_clean();
 }
+
+#[test]
+fn exec_d_starts_a_command_that_outlives_the_cli_and_prints_its_pid() {
+    let env = Env::new();
+    env.ok(&["create", "--name", "bg"]);
+    let out = env.ok(&[
+        "exec",
+        "-d",
+        "bg",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1; echo done > /tmp/d",
+    ]);
+    let pid: u32 = out
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("petty exec -d printed {out:?}, not a pid"));
+    assert!(pid > 1, "{pid}");
+    // It finishes on its own, after this CLI and its connection are gone
+    // (and after later ones said hello to the agent).
+    let mut seen = String::new();
+    for _ in 0..30 {
+        let r = env.run(&["exec", "bg", "--", "cat", "/tmp/d"]);
+        seen = String::from_utf8_lossy(&r.stdout).into_owned();
+        if r.status.success() && seen == "done\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(seen, "done\n", "the detached command never wrote /tmp/d");
+
+    let json = env.ok(&["exec", "-d", "--json", "bg", "--", "sleep", "60"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let pid = v["pid"].as_u64().unwrap_or_else(|| panic!("{json}"));
+    let alive = env.ok(&["exec", "bg", "--", "cat", &format!("/proc/{pid}/comm")]);
+    assert_eq!(alive, "sleep\n");
+
+    for flags in [&["-d", "-i"][..], &["-d", "-t"], &["-dit"]] {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["bg", "--", "true"]);
+        let refused = env.run(&args);
+        assert!(!refused.status.success(), "{flags:?}");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("takes neither -i nor -t"), "{flags:?}: {err}");
+    }
+    env.ok(&["rm", "-f", "bg"]);
+    env.assert_clean();
+}
+
+/// A local pseudo-terminal: the test holds the controlling side and
+/// `petty` runs on the other, as if typed into.
+struct LocalPty {
+    master: std::fs::File,
+    /// The terminal's own side, kept to read its settings.
+    slave: std::os::fd::OwnedFd,
+    /// What the terminal showed, read by a thread as it comes.
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl LocalPty {
+    /// A terminal of `rows` by `cols`, and `cmd` started on it as the
+    /// leader of a new session whose controlling terminal it is (so it gets
+    /// SIGWINCH when the size changes).
+    fn spawn(mut cmd: std::process::Command, rows: u16, cols: u16) -> (Self, std::process::Child) {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes two new descriptors; the rest are inputs.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both are new descriptors this test alone owns.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::os::fd::OwnedFd::from_raw_fd(slave),
+            )
+        };
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap());
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(cmd);
+        let (tx, output) = std::sync::mpsc::channel();
+        let mut reader = master.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut reader, &mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        let pty = Self {
+            master,
+            slave,
+            output,
+            seen: String::new(),
+        };
+        (pty, child)
+    }
+
+    fn type_in(&mut self, keys: &str) {
+        std::io::Write::write_all(&mut self.master, keys.as_bytes()).unwrap();
+    }
+
+    /// Reads until `want` shows (failing after `secs` seconds, or if the
+    /// terminal ends first); what showed since the last call.
+    fn read_until(&mut self, want: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let start = self.seen.len();
+        while !self.seen[start..].contains(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(b) => self.seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(e) => panic!(
+                    "no {want:?} on the terminal ({e}); it showed {:?}",
+                    &self.seen[start..]
+                ),
+            }
+        }
+        self.seen[start..].to_string()
+    }
+
+    /// Whether the terminal echoes and edits lines (cooked, as a shell
+    /// leaves it) rather than being raw.
+    fn cooked(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: termios is plain data that tcgetattr fills in.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid termios pointer and an open terminal.
+        let rc = unsafe { libc::tcgetattr(self.slave.as_raw_fd(), &mut t) };
+        assert_eq!(rc, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+        t.c_lflag & (libc::ECHO | libc::ICANON) == libc::ECHO | libc::ICANON
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize; the kernel then signals the
+        // terminal's foreground process group (petty) with SIGWINCH.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// How `child` ended, waiting at most a minute (then it is killed and the
+/// test fails, showing the terminal).
+fn wait_with_deadline(child: &mut std::process::Child, pty: &LocalPty) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!(
+                "petty exec -it did not exit; the terminal showed {:?}",
+                pty.seen
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn exec_it_is_a_guest_terminal_of_the_local_one_s_size_that_follows_its_resizes() {
+    let env = Env::new();
+    env.ok(&["create", "--name", "term"]);
+    let mut cmd = env.cmd();
+    cmd.args(["exec", "-it", "term", "--", "sh"]);
+    let (mut pty, mut child) = LocalPty::spawn(cmd, 30, 100);
+    assert!(pty.cooked());
+    // Enter sends a carriage return, as on a real terminal. The marker is
+    // computed by the shell, so its echo of the typed line does not match.
+    pty.type_in("stty size; tty; echo E$((40+2))\r");
+    let shown = pty.read_until("E42", 120);
+    assert!(shown.contains("30 100"), "{shown:?}");
+    assert!(shown.contains("/dev/pts/"), "{shown:?}");
+
+    // The local terminal is resized; petty hears SIGWINCH and resizes the
+    // guest's. The resize and the typing travel apart, so ask until the
+    // guest terminal has the new size (a bounded number of times).
+    pty.resize(40, 120);
+    let mut resized = false;
+    for i in 0..20 {
+        let typed = format!("stty size; echo R$(({i}+1000))");
+        pty.type_in(&format!("{typed}\r"));
+        let shown = pty.read_until(&format!("R{}", i + 1000), 60);
+        // Echoed once, by the guest's terminal: the local one is raw.
+        assert_eq!(shown.matches(&typed).count(), 1, "{shown:?}");
+        if shown.contains("40 120") {
+            resized = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        resized,
+        "the guest terminal never took the new size: {:?}",
+        pty.seen
+    );
+
+    pty.type_in("exit 3\r");
+    let status = wait_with_deadline(&mut child, &pty);
+    assert_eq!(status.code(), Some(3), "{:?}", pty.seen);
+    assert!(pty.cooked(), "petty left the local terminal raw");
+    drop(pty);
+
+    // Ended by a signal, it gives the terminal back as it found it too.
+    let mut cmd = env.cmd();
+    cmd.args(["exec", "-it", "term", "--", "sh"]);
+    let (mut pty, mut child) = LocalPty::spawn(cmd, 30, 100);
+    pty.type_in("echo S$((1+1))\r");
+    pty.read_until("S2", 120);
+    assert!(!pty.cooked(), "raw while the guest shell runs");
+    // SAFETY: signalling the petty this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_with_deadline(&mut child, &pty);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{:?}", pty.seen);
+    assert!(
+        pty.cooked(),
+        "petty left the local terminal raw after SIGTERM"
+    );
+    drop(pty);
+
+    // -t without a terminal still gives the command one (of the classic
+    // size), as docker exec -t does; -it then needs a terminal to type on.
+    let out = env.run(&["exec", "-t", "term", "--", "sh", "-c", "tty; stty size"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("/dev/pts/") && text.contains("24 80"),
+        "{text:?}"
+    );
+    let refused = env.run(&["exec", "-it", "term", "--", "sh"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("the input device is not a TTY"), "{err}");
+    env.ok(&["rm", "-f", "term"]);
+    env.assert_clean();
+}

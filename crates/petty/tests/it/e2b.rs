@@ -48,6 +48,11 @@ struct E2bDaemon {
 
 impl E2bDaemon {
     fn start(env: &Env, args: &[&str]) -> Self {
+        Self::start_with(env, args, &[])
+    }
+
+    /// [`start`](Self::start) with variables `vars` set for the daemon.
+    fn start_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Self {
         let log = env.data.path().join("e2b-daemon.log");
         let mut child = env
             .cmd()
@@ -60,6 +65,11 @@ impl E2bDaemon {
             ])
             .args(["--pool-size", "0"])
             .args(args)
+            // Template builds (sdk.py makes one) need no network, and with
+            // the memory creates get they restore from the base template.
+            .env("PETTY_TEMPLATES_BUILD_NETWORK", "false")
+            .env("PETTY_TEMPLATES_BUILD_MEMORY_MB", "256")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -86,6 +96,8 @@ impl E2bDaemon {
             .env("E2B_API_URL", &self.e2b)
             .env("E2B_SANDBOX_URL", &self.e2b)
             .env("E2B_API_KEY", key)
+            // Petty's own API, where sdk.py builds a template.
+            .env("PETTY_API_URL", &self.base)
             .env_remove("E2B_DOMAIN")
             .env_remove("E2B_DEBUG")
             .output()
@@ -129,6 +141,15 @@ fn e2bs_code_interpreter_keeps_state_in_python_contexts() {
     let env = Env::new();
     let d = E2bDaemon::start(&env, &[]);
     d.ok("interpreter.py", "any-key");
+    drop(d);
+    env.assert_clean();
+}
+
+#[test]
+fn e2bs_auto_pause_pauses_at_the_timeout_and_connect_or_a_call_brings_it_back() {
+    let env = Env::new();
+    let d = E2bDaemon::start(&env, &[]);
+    d.ok("lifecycle.py", "any-key");
     drop(d);
     env.assert_clean();
 }
@@ -234,6 +255,127 @@ async fn e2bs_api_wants_the_key_and_each_sandbox_its_own_token() {
         .await
         .unwrap();
     assert!(r.status().is_success());
+    drop(d);
+    env.assert_clean();
+}
+
+/// The host form E2B's SDKs use with `E2B_DOMAIN` (and no
+/// `E2B_SANDBOX_URL`): `<port>-<sandboxID>.<domain>` in `Host`, with no
+/// `E2b-Sandbox-Id` header, sent by a real HTTP client whose resolver maps
+/// the names onto the daemon's loopback address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2bs_host_form_reaches_envd_and_the_interpreter_under_its_domain_only() {
+    let env = Env::new();
+    let domain = "sb.petty.test";
+    let d = E2bDaemon::start_with(&env, &[], &[("PETTY_E2B_DOMAIN", domain)]);
+    let addr: std::net::SocketAddr = d.e2b.trim_start_matches("http://").parse().unwrap();
+    let port = addr.port();
+    let made: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v2/sandboxes", d.e2b))
+        .json(&json!({"templateID": "base", "timeout": 120}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(made["domain"], domain, "{made}");
+    let id = made["sandboxID"].as_str().unwrap().to_string();
+    let token = made["envdAccessToken"].as_str().unwrap().to_string();
+    let host = |p: u16| format!("{p}-{id}.{domain}");
+    let evil = format!("49983-{id}.evil.example");
+    let mut http = reqwest::Client::builder();
+    for name in [
+        host(49983),
+        host(49999),
+        host(8080),
+        evil.clone(),
+        format!("api.{domain}"),
+    ] {
+        http = http.resolve(&name, addr);
+    }
+    let http = http.build().unwrap();
+    let url = |h: &str, path: &str| format!("http://{h}:{port}{path}");
+    // envd, by the host alone.
+    let r = http
+        .get(url(&host(49983), "/health"))
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .get(url(&host(49983), "/files?path=/etc/os-release"))
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Debian"));
+    // Its token is still wanted.
+    let r = http.get(url(&host(49983), "/health")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // The code interpreter at 49999; not at envd's port.
+    let r = http
+        .post(url(&host(49999), "/execute"))
+        .header("x-access-token", &token)
+        .json(&json!({"code": "print(6 * 7)"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out = r.text().await.unwrap();
+    let printed = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|l| l["type"] == "stdout" && l["text"] == "42\n");
+    assert!(printed, "{out}");
+    let r = http
+        .post(url(&host(49983), "/execute"))
+        .header("x-access-token", &token)
+        .json(&json!({"code": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // A port Petty does not serve: 502 in E2B's shape.
+    let r = http
+        .get(url(&host(8080), "/"))
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 502, "{body}");
+    // The same form under another domain is refused before anything runs.
+    let r = http
+        .get(url(&evil, "/health"))
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 421);
+    // The control plane by api.<domain>; no sandbox's host reaches it.
+    let r = http
+        .get(url(&format!("api.{domain}"), "/v2/sandboxes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(url(&host(49983), "/v2/sandboxes"))
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .delete(url(&format!("api.{domain}"), &format!("/sandboxes/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     drop(d);
     env.assert_clean();
 }

@@ -12,6 +12,7 @@ mod cli_manage;
 mod e2b;
 mod egress;
 mod firecracker;
+mod gateway;
 mod hardening;
 mod manager;
 mod metrics;

@@ -14,6 +14,7 @@ use crate::Env;
 
 mod guard;
 mod network;
+mod processes;
 mod sessions;
 mod templates;
 
@@ -729,6 +730,11 @@ const TOOLS: &[&str] = &[
     "start_sandbox",
     "hibernate_sandbox",
     "resume_sandbox",
+    "start_process",
+    "list_processes",
+    "read_process_output",
+    "send_process_input",
+    "kill_process",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

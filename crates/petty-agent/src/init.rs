@@ -7,7 +7,10 @@
 //! `petty.mode=poweroff`, which powers off right after mounting (the
 //! bare-boot baseline of `petty bench boot` uses it), and
 //! `petty.transport=vsock`, which serves vsock port 52 without first looking
-//! for the virtio-serial port (Firecracker).
+//! for the virtio-serial port (Firecracker), or `petty.transport=tcp` with
+//! `petty.port`, `petty.token` and `petty.net`, which configures the
+//! interface `petty.net` names and serves TCP to hosts that give the token
+//! first ([`petty_protocol::tcp`]; the Flintlock backend).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -15,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use petty_protocol::{SERIAL_PORT_NAME, VSOCK_PORT};
+use petty_protocol::{tcp, SERIAL_PORT_NAME, VSOCK_PORT};
 
 use crate::reaper::reaper;
 use crate::server::{self, End, Writer};
@@ -87,8 +90,6 @@ fn setup_filesystems() {
     // SAFETY: name is valid for its length.
     unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
     loopback_up();
-    // A VM given a network has eth0: its fixed address, route and resolver.
-    crate::net::configure();
 }
 
 /// Brings `lo` up so programs can talk to themselves over 127.0.0.1.
@@ -180,6 +181,26 @@ pub fn run_as_init() -> ExitCode {
     {
         power_off();
     }
+    let arg = |key: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    };
+    let tcp = arg(tcp::TRANSPORT_ARG) == Some(tcp::TRANSPORT_TCP);
+    let guest_net = if tcp {
+        let net = arg(tcp::NET_ARG).and_then(tcp::GuestNet::parse);
+        if net.is_none() {
+            log(&format!(
+                "{} is missing or malformed: no network configured",
+                tcp::NET_ARG
+            ));
+        }
+        net
+    } else {
+        None
+    };
+    // A VM given a network: the interface's address, route (and resolver).
+    crate::net::configure(guest_net.as_ref());
     // A root disk larger than the image: grow `/` to fill it before the
     // host's first request.
     crate::disk::grow_root(None, Duration::ZERO);
@@ -187,9 +208,26 @@ pub fn run_as_init() -> ExitCode {
     reaper();
     // Firecracker says `petty.transport=vsock`: no virtio-serial port will
     // appear there, so do not wait for one.
-    let vsock_only = cmdline
-        .split_whitespace()
-        .any(|w| w == "petty.transport=vsock");
+    if tcp {
+        let port = arg(tcp::PORT_ARG)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(tcp::DEFAULT_PORT);
+        match arg(tcp::TOKEN_ARG) {
+            Some(token) if token.len() >= tcp::MIN_TOKEN_LEN => crate::tcp::serve(
+                (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+                token.into(),
+                || power_off(),
+            ),
+            _ => log(&format!(
+                "{}=tcp without a {} of at least {} characters: not serving",
+                tcp::TRANSPORT_ARG,
+                tcp::TOKEN_ARG,
+                tcp::MIN_TOKEN_LEN
+            )),
+        }
+        power_off();
+    }
+    let vsock_only = arg(tcp::TRANSPORT_ARG) == Some("vsock");
     match (!vsock_only)
         .then(|| find_serial_port(Duration::from_secs(2)))
         .flatten()

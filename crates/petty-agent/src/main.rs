@@ -9,6 +9,9 @@
 //!
 //! `petty-agent --stdio` serves one connection on stdin/stdout instead; the
 //! host-side tests run it that way to feed it hostile input without a VM.
+//! `petty-agent --tcp ADDR` serves TCP on `ADDR` (port 0: any) as a VM
+//! reached over its network does, the token read from stdin's first line;
+//! it prints `listening on <address>` once bound. Tests only.
 //!
 //! It depends only on `petty-protocol` and is linked statically, so it runs on
 //! any root filesystem.
@@ -22,6 +25,7 @@ mod init;
 mod net;
 mod reaper;
 mod server;
+mod tcp;
 mod user;
 mod watch;
 mod workers;
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("--stdio") => server::serve_stdio(),
         Some("--run-as") => user::run_as(&args[1..]),
+        Some("--tcp") => serve_tcp_here(args.get(1).map(String::as_str)),
         Some("--version") => {
             println!("petty-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -46,4 +51,33 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--tcp ADDR`: the TCP transport on this host, for tests. A power-off
+/// request ends the process (never the host).
+fn serve_tcp_here(addr: Option<&str>) -> ExitCode {
+    use std::io::{BufRead, Write};
+    let Some(addr) = addr.and_then(|a| a.parse::<std::net::SocketAddr>().ok()) else {
+        eprintln!("petty-agent: --tcp takes an address, e.g. 127.0.0.1:0");
+        return ExitCode::from(2);
+    };
+    let mut token = String::new();
+    if std::io::stdin().lock().read_line(&mut token).is_err() {
+        return ExitCode::from(2);
+    }
+    let listener = match std::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("petty-agent: listening on {addr}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on {bound}").and_then(|()| out.flush());
+    tcp::serve_listener(listener, token.trim().to_string(), || std::process::exit(0));
+    ExitCode::SUCCESS
 }

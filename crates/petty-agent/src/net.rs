@@ -17,13 +17,20 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use petty_protocol::net::{netmask, GATEWAY_IP, GUEST_IFACE, GUEST_IP, PREFIX_LEN};
+use petty_protocol::tcp::GuestNet;
 
 fn log(msg: &str) {
     eprintln!("petty-agent: {msg}");
 }
 
-/// Configures [`GUEST_IFACE`] if the VM has it.
-pub fn configure() {
+/// Configures the VM's interface: the one `tcp` names by MAC (a VM whose
+/// agent is reached over its network, [`petty_protocol::tcp`]), else
+/// [`GUEST_IFACE`] with the sandbox's fixed address if the VM has it.
+pub fn configure(tcp: Option<&GuestNet>) {
+    if let Some(net) = tcp {
+        configure_named(net);
+        return;
+    }
     if !Path::new("/sys/class/net").join(GUEST_IFACE).exists() {
         return;
     }
@@ -39,6 +46,38 @@ pub fn configure() {
     if let Err(e) = write_resolv_conf(Path::new("/etc"), GATEWAY_IP) {
         log(&format!("writing /etc/resolv.conf: {e}"));
     }
+}
+
+/// Gives the interface whose MAC is `net.mac` its address and a default
+/// route via its gateway. `/etc/resolv.conf` is left as the image has it.
+fn configure_named(net: &GuestNet) {
+    let Some(name) = interface_with_mac(Path::new("/sys/class/net"), &net.mac) else {
+        log(&format!("no network interface has MAC {}", net.mac));
+        return;
+    };
+    if let Err(e) = interface_up(&name, net.ip, net.netmask()) {
+        log(&format!(
+            "configuring {name} as {}/{}: {e}",
+            net.ip, net.prefix
+        ));
+        return;
+    }
+    if let Err(e) = add_default_route(net.gateway) {
+        log(&format!(
+            "adding the default route via {}: {e}",
+            net.gateway
+        ));
+    }
+}
+
+/// The interface under `sys_class_net` whose `address` is `mac` (lower
+/// case).
+fn interface_with_mac(sys_class_net: &Path, mac: &str) -> Option<String> {
+    fs::read_dir(sys_class_net).ok()?.flatten().find_map(|e| {
+        let addr = fs::read_to_string(e.path().join("address")).ok()?;
+        (addr.trim().eq_ignore_ascii_case(mac))
+            .then(|| e.file_name().to_string_lossy().into_owned())
+    })
 }
 
 /// A `struct sockaddr` holding an IPv4 address (a `sockaddr_in`, port 0).
@@ -169,6 +208,20 @@ fn write_resolv_conf(etc: &Path, nameserver: Ipv4Addr) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interface_is_found_by_its_mac() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mac) in [("eth0", "06:00:ac:10:00:02"), ("eth1", "02:ab:cd:00:00:05")] {
+            fs::create_dir(dir.path().join(name)).unwrap();
+            fs::write(dir.path().join(name).join("address"), format!("{mac}\n")).unwrap();
+        }
+        assert_eq!(
+            interface_with_mac(dir.path(), "02:AB:cd:00:00:05").as_deref(),
+            Some("eth1")
+        );
+        assert_eq!(interface_with_mac(dir.path(), "02:00:00:00:00:09"), None);
+    }
 
     #[test]
     fn rtentry_has_the_kernel_layout() {

@@ -166,6 +166,53 @@ pub fn serve(mut input: impl Read, writer: Arc<Writer>) -> End {
     end
 }
 
+/// Largest first frame a connection that must authenticate may send: an
+/// auth request is a few dozen bytes, and nothing bigger is read from a
+/// peer not known yet.
+const MAX_AUTH_FRAME: usize = 4096;
+
+/// Reads exactly one frame from `input` (nothing after it, so the
+/// connection's next frame is [`serve`]'s first) and answers it: true when
+/// it is [`Request::Auth`] carrying `token` (compared in constant time).
+/// Anything else, a frame over [`MAX_AUTH_FRAME`] or a read error, is a
+/// refusal, which says no more than that whatever was wrong.
+pub fn authenticate(input: &mut impl Read, w: &Writer, token: &str) -> bool {
+    let mut len = [0u8; 4];
+    if input.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if !(5..=MAX_AUTH_FRAME).contains(&n) {
+        w.error(0, ErrorKind::PermissionDenied, "authenticate first");
+        return false;
+    }
+    let mut bytes = len.to_vec();
+    bytes.resize(4 + n, 0);
+    if input.read_exact(&mut bytes[4..]).is_err() {
+        return false;
+    }
+    let mut decoder = FrameDecoder::new();
+    decoder.push(&bytes);
+    let Ok(Some(frame)) = decoder.next_frame() else {
+        return false;
+    };
+    let given = match (frame.kind, frame.parse::<Request>()) {
+        (FrameKind::Request, Ok(Request::Auth { token })) => Some(token),
+        _ => None,
+    };
+    let ok = given.is_some_and(|g| petty_protocol::tcp::token_matches(token, &g));
+    if ok {
+        w.respond(frame.id, &Response::Ok);
+    } else {
+        w.error(
+            frame.id,
+            ErrorKind::PermissionDenied,
+            "this channel needs the VM's token first (an auth request)",
+        );
+    }
+    ok
+}
+
 /// Kills every exec the connection still runs.
 fn kill_execs(conn: &Conn) {
     for (_, slot) in conn.execs.lock().unwrap_or_else(|e| e.into_inner()).drain() {
@@ -288,6 +335,11 @@ fn handle_request(
         }
         Request::Ping => {
             w.respond(id, &pong());
+        }
+        // Checked before anything else (see `serve`); again later, or on a
+        // channel that needs none, it is a no-op.
+        Request::Auth { .. } => {
+            w.respond(id, &Response::Ok);
         }
         Request::Exec(req) if req.detach => {
             // Tied to no connection: no slot, so neither this connection's

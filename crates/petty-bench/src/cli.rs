@@ -67,6 +67,20 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         per_client: usize,
     },
+    /// Three nodes (`petty serve`) behind a gateway: exec round trip
+    /// through the gateway beside the same sent to the node, many clients'
+    /// throughput and balance, and how soon a lost node is noticed.
+    Gateway {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Concurrent clients in the throughput measurement.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Commands each client runs.
+        #[arg(long, default_value_t = 10)]
+        per_client: usize,
+    },
     /// How soon a guest's power-off ends the command in flight, beside how
     /// soon an ordinary command's exit reaches the host.
     Halt {
@@ -123,6 +137,11 @@ pub async fn dispatch(cli: Cli, s: &Settings) -> anyhow::Result<ExitCode> {
             clients,
             per_client,
         } => crate::serve::serve(runs, clients, per_client, s).await,
+        BenchCmd::Gateway {
+            runs,
+            clients,
+            per_client,
+        } => crate::gateway::gateway(runs, clients, per_client, s).await,
         BenchCmd::Halt { runs } => crate::bench::halt(runs, s).await,
         BenchCmd::Network {
             iterations,

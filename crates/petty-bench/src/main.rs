@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod gateway;
 mod network;
 mod serve;
 

@@ -204,6 +204,20 @@ impl Settings {
                     .into(),
             );
         }
+        if self.backend.kind == BackendKind::Flintlock
+            && self
+                .backend
+                .flintlock
+                .endpoint
+                .as_deref()
+                .unwrap_or("")
+                .is_empty()
+        {
+            return bad(
+                "backend.kind = \"flintlock\" but backend.flintlock.endpoint is not set; give Flintlock's gRPC endpoint (http://HOST:PORT)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }

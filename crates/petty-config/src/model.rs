@@ -62,7 +62,8 @@ pub struct PathsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct BackendSection {
     /// `auto` (Firecracker where its binary and a KVM that boots its
-    /// guests exist, else QEMU), `qemu` or `firecracker`.
+    /// guests exist, else QEMU), `qemu`, `firecracker` or `flintlock`
+    /// (never chosen by `auto`).
     pub kind: BackendKind,
     /// Guest kernel (default: the one `petty image build` made).
     pub kernel: Option<PathBuf>,
@@ -77,6 +78,8 @@ pub struct BackendSection {
     pub qemu: QemuSection,
     /// Firecracker.
     pub firecracker: FirecrackerSection,
+    /// Flintlock hosts.
+    pub flintlock: FlintlockSection,
 }
 
 impl Default for BackendSection {
@@ -89,6 +92,7 @@ impl Default for BackendSection {
             standby: true,
             qemu: QemuSection::default(),
             firecracker: FirecrackerSection::default(),
+            flintlock: FlintlockSection::default(),
         }
     }
 }
@@ -103,6 +107,8 @@ pub enum BackendKind {
     Qemu,
     /// Firecracker (needs KVM).
     Firecracker,
+    /// MicroVMs on a Flintlock host (`[backend.flintlock]`).
+    Flintlock,
 }
 
 /// `[backend.qemu]`.
@@ -198,6 +204,55 @@ impl Default for FirecrackerSection {
             jailer_gid: None,
             jailer_chroot_base: None,
             jailer_cgroups: None,
+        }
+    }
+}
+
+/// `[backend.flintlock]`: MicroVMs on a Flintlock host, through its gRPC
+/// API. Checked when the backend is made (`petty-flintlock`), naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlintlockSection {
+    /// Flintlock's gRPC endpoint, `http://HOST:PORT` (unset: the backend is
+    /// not configured).
+    pub endpoint: Option<String>,
+    /// The Flintlock namespace Petty's MicroVMs go in (default `petty`).
+    pub namespace: String,
+    /// OCI reference of the image holding the guest kernel (vmlinux).
+    pub kernel_image: Option<String>,
+    /// The kernel's file inside that image (default: Flintlock's).
+    pub kernel_filename: Option<String>,
+    /// OCI reference of the image whose file system is Petty's rootfs.
+    pub root_image: Option<String>,
+    /// The IPv4 network guests get addresses in, e.g. `10.100.0.0/24`;
+    /// this host must reach it.
+    pub guest_cidr: Option<String>,
+    /// The guests' default gateway (default: the network's first address).
+    pub gateway: Option<String>,
+    /// `tap` (default) or `macvtap`.
+    pub interface_type: String,
+    /// The bridge Flintlock attaches TAP devices to (default: Flintlock's).
+    pub bridge: Option<String>,
+    /// The TCP port the guest agent listens on (default 52).
+    pub agent_port: u16,
+    /// Flintlock's provider (default: its own default).
+    pub provider: Option<String>,
+}
+
+impl Default for FlintlockSection {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            namespace: "petty".into(),
+            kernel_image: None,
+            kernel_filename: None,
+            root_image: None,
+            guest_cidr: None,
+            gateway: None,
+            interface_type: "tap".into(),
+            bridge: None,
+            agent_port: 52,
+            provider: None,
         }
     }
 }
@@ -450,6 +505,10 @@ pub struct GatewaySection {
     pub discover: String,
     /// The port of nodes found by `dns:` (default 8080).
     pub discover_port: u16,
+    /// The DNS server discovery asks, `IP[:PORT]` (default empty: the
+    /// system's resolver for `dns:`, `/etc/resolv.conf`'s first
+    /// nameserver for `srv:`).
+    pub dns_server: String,
     /// Keys clients must send the gateway (`Authorization: Bearer`); beyond
     /// loopback at least one is required.
     pub api_keys: Vec<String>,
@@ -470,6 +529,7 @@ impl Default for GatewaySection {
             nodes: Vec::new(),
             discover: String::new(),
             discover_port: 8080,
+            dns_server: String::new(),
             api_keys: Vec::new(),
             node_key: String::new(),
             health_interval_secs: 2,
@@ -638,6 +698,17 @@ pub const KEYS: &[&str] = &[
     "backend.firecracker.jailer_gid",
     "backend.firecracker.jailer_chroot_base",
     "backend.firecracker.jailer_cgroups",
+    "backend.flintlock.endpoint",
+    "backend.flintlock.namespace",
+    "backend.flintlock.kernel_image",
+    "backend.flintlock.kernel_filename",
+    "backend.flintlock.root_image",
+    "backend.flintlock.guest_cidr",
+    "backend.flintlock.gateway",
+    "backend.flintlock.interface_type",
+    "backend.flintlock.bridge",
+    "backend.flintlock.agent_port",
+    "backend.flintlock.provider",
     "limits.max_concurrent_sandboxes",
     "limits.max_concurrent_boots",
     "limits.default_ttl_secs",
@@ -672,6 +743,7 @@ pub const KEYS: &[&str] = &[
     "gateway.nodes",
     "gateway.discover",
     "gateway.discover_port",
+    "gateway.dns_server",
     "gateway.api_keys",
     "gateway.node_key",
     "gateway.health_interval_secs",

@@ -130,9 +130,9 @@ impl From<petty_vmm::VmmError> for CoreError {
     fn from(e: petty_vmm::VmmError) -> Self {
         use petty_vmm::VmmError;
         match e {
-            VmmError::BinaryMissing { .. } | VmmError::Unavailable { .. } => {
-                Self::BackendUnavailable(e)
-            }
+            VmmError::BinaryMissing { .. }
+            | VmmError::Unavailable { .. }
+            | VmmError::NotSupported { .. } => Self::BackendUnavailable(e),
             e => Self::Vm(e),
         }
     }

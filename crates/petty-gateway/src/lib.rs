@@ -678,6 +678,22 @@ pub fn app(g: Gateway, settings: &Settings, listen: SocketAddr) -> Router {
         }))
 }
 
+/// `gateway.dns_server` as an address (`None`: the system's resolver).
+fn dns_server(settings: &Settings) -> Result<Option<SocketAddr>, GatewayError> {
+    let v = settings.gateway.dns_server.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse::<SocketAddr>()
+        .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map(Some)
+        .map_err(|_| {
+            GatewayError::Config(format!(
+                "gateway.dns_server = {v:?} is not an address; use IP or IP:PORT such as 10.96.0.10:53"
+            ))
+        })
+}
+
 /// `gateway.listen` as an address, refused beyond loopback without keys.
 pub fn listen_addr(settings: &Settings) -> Result<SocketAddr, GatewayError> {
     let g = &settings.gateway;
@@ -712,9 +728,10 @@ pub async fn run(settings: &Settings) -> Result<(), GatewayError> {
     let local = listener.local_addr().map_err(GatewayError::Serve)?;
     let discover = settings.gateway.discover.clone();
     let port = settings.gateway.discover_port;
+    let dns_server = dns_server(settings)?;
     if !discover.is_empty() {
         // A bad discovery name is said at once.
-        match nodes::resolve(&discover, port).await {
+        match nodes::resolve(&discover, port, dns_server).await {
             Ok(urls) => g.nodes.discovered(&discover, &urls),
             Err(e) if e.contains("is not a discovery") => return Err(GatewayError::Config(e)),
             Err(e) => tracing::warn!(error = %e, "discovery"),
@@ -738,7 +755,7 @@ pub async fn run(settings: &Settings) -> Result<(), GatewayError> {
             loop {
                 tokio::time::sleep(interval).await;
                 if !discover.is_empty() {
-                    match nodes::resolve(&discover, port).await {
+                    match nodes::resolve(&discover, port, dns_server).await {
                         Ok(urls) => g.nodes.discovered(&discover, &urls),
                         Err(e) => tracing::warn!(error = %e, "discovery"),
                     }

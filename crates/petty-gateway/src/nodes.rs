@@ -5,9 +5,11 @@
 //! nodes' own state is the truth, read again after a restart.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use petty_net::dns;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -298,26 +300,129 @@ pub fn describe(e: &reqwest::Error) -> String {
     s
 }
 
-/// Resolves `discover` (`dns:NAME` or `dns:NAME:PORT`) to node URLs.
-pub async fn resolve(discover: &str, default_port: u16) -> Result<Vec<String>, String> {
-    let Some(name) = discover.strip_prefix("dns:") else {
+/// Resolves `discover` to node URLs: `dns:NAME[:PORT]` is NAME's A and
+/// AAAA records at PORT (default `default_port`), `srv:NAME` its SRV
+/// records (each target's addresses at the record's port). Queries go to
+/// `server` when given (`gateway.dns_server`), else `dns:` uses the
+/// system's resolver and `srv:` the first `nameserver` of
+/// `/etc/resolv.conf`.
+pub async fn resolve(
+    discover: &str,
+    default_port: u16,
+    server: Option<SocketAddr>,
+) -> Result<Vec<String>, String> {
+    let mut urls: Vec<String> = if let Some(name) = discover.strip_prefix("dns:") {
+        let (name, port) = match name.rsplit_once(':') {
+            Some((n, p)) if p.parse::<u16>().is_ok() => (n, p.parse().expect("checked")),
+            _ => (name, default_port),
+        };
+        match server {
+            Some(server) => addresses(server, name)
+                .await?
+                .into_iter()
+                .map(|ip| url(ip, port))
+                .collect(),
+            None => tokio::net::lookup_host((name, port))
+                .await
+                .map_err(|e| format!("resolving {name}: {e}"))?
+                .map(|a| url(a.ip(), a.port()))
+                .collect(),
+        }
+    } else if let Some(name) = discover.strip_prefix("srv:") {
+        let server = match server {
+            Some(s) => s,
+            None => system_nameserver()?,
+        };
+        let answer = query(server, name, dns::TYPE_SRV).await?;
+        let mut urls = Vec::new();
+        for srv in answer.srvs {
+            for ip in addresses(server, &srv.target).await? {
+                urls.push(url(ip, srv.port));
+            }
+        }
+        urls
+    } else {
         return Err(format!(
-            "gateway.discover = {discover:?} is not a discovery; use dns:NAME (its A/AAAA records at gateway.discover_port)"
+            "gateway.discover = {discover:?} is not a discovery; use dns:NAME (its A/AAAA records at gateway.discover_port) or srv:NAME (its SRV records)"
         ));
     };
-    let target = if name
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        name.to_string()
-    } else {
-        format!("{name}:{default_port}")
-    };
-    let addrs = tokio::net::lookup_host(target.clone())
-        .await
-        .map_err(|e| format!("resolving {target}: {e}"))?;
-    let mut urls: Vec<String> = addrs.map(|a| format!("http://{a}")).collect();
     urls.sort();
     urls.dedup();
     Ok(urls)
+}
+
+fn url(ip: IpAddr, port: u16) -> String {
+    format!("http://{}", SocketAddr::new(ip, port))
+}
+
+/// `name`'s A and AAAA records, asked of `server`: an error only when
+/// neither question was answered (a server may refuse the type a name
+/// has no records of).
+async fn addresses(server: SocketAddr, name: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    let mut failed = None;
+    for qtype in [dns::TYPE_A, dns::TYPE_AAAA] {
+        match query(server, name, qtype).await {
+            Ok(r) => out.extend(r.addrs.into_iter().map(|(ip, _)| ip)),
+            Err(e) => failed = Some(e),
+        }
+    }
+    match failed {
+        Some(e) if out.is_empty() => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// The first `nameserver` of `/etc/resolv.conf`.
+fn system_nameserver() -> Result<SocketAddr, String> {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    conf.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|v| v.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .ok_or_else(|| "no nameserver in /etc/resolv.conf; set gateway.dns_server".to_string())
+}
+
+/// One question to `server` over UDP: three tries, 2 s each.
+async fn query(server: SocketAddr, name: &str, qtype: u16) -> Result<dns::Response, String> {
+    let name = name.trim_end_matches('.');
+    if name.is_empty() || name.len() > 253 || name.split('.').any(|l| l.is_empty() || l.len() > 63)
+    {
+        return Err(format!("{name:?} is not a DNS name"));
+    }
+    let bind: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("a socket for DNS: {e}"))?;
+    sock.connect(server)
+        .await
+        .map_err(|e| format!("DNS server {server}: {e}"))?;
+    let id = (now_ms() as u16) ^ (qtype << 3);
+    let msg = dns::build_query(id, name, qtype);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..3 {
+        sock.send(&msg)
+            .await
+            .map_err(|e| format!("asking {server}: {e}"))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(got) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+            let n = got.map_err(|e| format!("asking {server}: {e}"))?;
+            let Ok(r) = dns::parse_response(&buf[..n]) else {
+                continue;
+            };
+            if r.id != id {
+                continue;
+            }
+            return match r.rcode {
+                0 => Ok(r),
+                3 => Err(format!("{server} knows no {name}")),
+                code => Err(format!("{server} answered {name} with error code {code}")),
+            };
+        }
+    }
+    Err(format!("{server} did not answer for {name}"))
 }

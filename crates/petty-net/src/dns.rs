@@ -33,6 +33,8 @@ pub const TYPE_A: u16 = 1;
 pub const TYPE_AAAA: u16 = 28;
 /// Record type CNAME: the canonical name for an alias.
 pub const TYPE_CNAME: u16 = 5;
+/// Record type SRV: where a service runs (RFC 2782).
+pub const TYPE_SRV: u16 = 33;
 /// Class IN, the internet.
 pub const CLASS_IN: u16 = 1;
 
@@ -169,6 +171,8 @@ pub struct Response {
     /// Every class-IN CNAME target in the answer section, in order,
     /// lowercase, no final dot.
     pub cnames: Vec<String>,
+    /// Every class-IN SRV record in the answer section, in order.
+    pub srvs: Vec<Srv>,
     /// The TC bit: the answer did not fit (ask again over TCP). The answer
     /// section may then end early: the records that fit are returned.
     pub truncated: bool,
@@ -401,6 +405,7 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, DnsError> {
     let (name, _, _, mut pos) = read_question(msg)?;
     let mut addrs = Vec::new();
     let mut cnames = Vec::new();
+    let mut srvs = Vec::new();
     for _ in 0..header.ancount {
         let record = match read_record(msg, pos) {
             Ok(record) => record,
@@ -436,6 +441,23 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, DnsError> {
                 }
                 cnames.push(target);
             }
+            TYPE_SRV => {
+                let field = |at: usize| be16(msg, record.data + at).map_err(|_| bad.clone());
+                if data.len() < 7 {
+                    return Err(bad);
+                }
+                let (priority, weight, port) = (field(0)?, field(2)?, field(4)?);
+                let (target, end) = read_name(msg, record.data + 6)?;
+                if end != record.end {
+                    return Err(bad);
+                }
+                srvs.push(Srv {
+                    priority,
+                    weight,
+                    port,
+                    target,
+                });
+            }
             _ => {}
         }
     }
@@ -445,8 +467,21 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, DnsError> {
         name,
         addrs,
         cnames,
+        srvs,
         truncated,
     })
+}
+
+/// An SRV record's data (RFC 2782): where one instance of a service runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Srv {
+    /// Lower is tried first.
+    pub priority: u16,
+    /// Among equal priorities, the share of the load.
+    pub weight: u16,
+    pub port: u16,
+    /// The host, lowercase, no final dot.
+    pub target: String,
 }
 
 /// For DNS over TCP: `msg` prefixed with its length, two bytes big-endian
@@ -482,6 +517,8 @@ pub enum RecordData {
     Aaaa(Ipv6Addr),
     /// A CNAME record, with its target.
     Cname(String),
+    /// An SRV record.
+    Srv(Srv),
 }
 
 /// Appends `name` in wire form, uncompressed, its case kept; a final dot is
@@ -512,7 +549,7 @@ fn put_name(out: &mut Vec<u8>, name: &str) {
     out.push(0);
 }
 
-/// For tests: a query with RD set, one class-IN question for `name` (a
+/// A query with RD set, one class-IN question for `name` (a
 /// final dot optional, case kept), no other records.
 ///
 /// # Panics
@@ -554,6 +591,7 @@ pub fn build_response(query: &[u8], answers: &[(&str, RecordData, u32)]) -> Vec<
             RecordData::A(_) => TYPE_A,
             RecordData::Aaaa(_) => TYPE_AAAA,
             RecordData::Cname(_) => TYPE_CNAME,
+            RecordData::Srv(_) => TYPE_SRV,
         };
         out.extend_from_slice(&rtype.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
@@ -563,6 +601,12 @@ pub fn build_response(query: &[u8], answers: &[(&str, RecordData, u32)]) -> Vec<
             RecordData::A(ip) => rdata.extend_from_slice(&ip.octets()),
             RecordData::Aaaa(ip) => rdata.extend_from_slice(&ip.octets()),
             RecordData::Cname(target) => put_name(&mut rdata, target),
+            RecordData::Srv(srv) => {
+                for n in [srv.priority, srv.weight, srv.port] {
+                    rdata.extend_from_slice(&n.to_be_bytes());
+                }
+                put_name(&mut rdata, &srv.target);
+            }
         }
         // A name is at most 255 bytes, an address 16.
         out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());

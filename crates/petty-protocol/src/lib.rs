@@ -26,6 +26,7 @@
 mod frame;
 mod message;
 pub mod net;
+pub mod tcp;
 
 pub use frame::{
     Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD,
@@ -43,7 +44,9 @@ pub use message::{
 /// 6: `pty` in `ExecRequest`, `resize`, and `watch` with its `WatchEvent`s.
 /// 7: `detach` in `ExecRequest`, answered with `Response::Started` (an
 /// older agent would ignore the field and run the command attached, to be
-/// killed when its client goes).
+/// killed when its client goes). `auth` came within 7: it is sent only
+/// over TCP ([`tcp`]), which no agent before it serves, and an agent on
+/// another channel answers it `ok`, so no agent misreads it.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The vsock port the agent listens on under Firecracker.

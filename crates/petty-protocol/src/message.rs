@@ -97,6 +97,17 @@ impl ExecRequest {
 pub enum Request {
     /// Liveness and version check; answered with [`Response::Pong`].
     Ping,
+    /// The host's credential, sent first on a channel anyone on a network
+    /// could open (the agent listening on TCP, [`crate::tcp`]): the
+    /// per-VM token the guest was given at create. An agent serving such a
+    /// channel answers [`Response::Ok`] to the right token and closes the
+    /// connection on anything else, before reading another frame; on
+    /// virtio-serial and vsock (only the host reaches those) it is never
+    /// sent.
+    Auth {
+        /// The token, as the guest was given it.
+        token: String,
+    },
     /// The first request of every host connection; answered with
     /// [`Response::Pong`]. On a channel that outlives its clients (a
     /// virtio-serial port), the agent ends whatever execs an earlier client

@@ -355,7 +355,8 @@ impl Conn {
                     }),
                 );
             }
-            Request::SetTime { .. }
+            Request::Auth { .. }
+            | Request::SetTime { .. }
             | Request::Refresh { .. }
             | Request::BeforeSnapshot
             | Request::Sync => {

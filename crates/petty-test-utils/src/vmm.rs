@@ -431,10 +431,10 @@ impl Vm for FakeVm {
             {
                 return Err(refused(std::io::ErrorKind::ConnectionRefused.into()));
             }
-            let (host, theirs) = AgentStream::pair().map_err(refused)?;
+            let (host, theirs) = tokio::net::UnixStream::pair().map_err(refused)?;
             let exec = lock(&self.shared.exec).clone();
             tokio::spawn(agent::serve(theirs, guest.clone(), exec));
-            Ok(host)
+            Ok(AgentStream::from(host))
         })
     }
 

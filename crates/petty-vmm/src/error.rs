@@ -150,6 +150,28 @@ pub enum VmmError {
     /// A Firecracker API call failed; Firecracker's own words are kept.
     #[error(transparent)]
     Firecracker(#[from] crate::firecracker::ApiError),
+    /// A remote backend's host (Flintlock's API) refused or failed a call;
+    /// its own words are kept.
+    #[error("the {backend} host ({endpoint}): {op}: {message}")]
+    Remote {
+        /// The backend.
+        backend: &'static str,
+        /// Where its API is.
+        endpoint: String,
+        /// What was asked, e.g. `CreateMicroVM petty/abc`.
+        op: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// What this backend cannot do at all (no snapshots on Flintlock):
+    /// the message says which backend can.
+    #[error("the {backend} backend {message}")]
+    NotSupported {
+        /// The backend.
+        backend: &'static str,
+        /// What it lacks, and what to use instead.
+        message: String,
+    },
     /// Talking to QMP failed at the I/O level.
     #[error("QMP connection")]
     QmpIo(#[source] std::io::Error),

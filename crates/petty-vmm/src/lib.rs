@@ -1,6 +1,8 @@
 //! The VMM layer: start, supervise and kill the process that runs one VM.
 //!
-//! [`Vmm`] is the swappable backend (QEMU, or Firecracker), [`Vm`] one
+//! [`Vmm`] is the swappable backend (QEMU, Firecracker, or one made
+//! outside this crate and handed in through [`BackendOptions::flintlock`]:
+//! Flintlock's, in `petty-flintlock`), [`Vm`] one
 //! running machine. A backend gives back a byte stream to the guest agent and
 //! guarantees teardown: [`Vm::stop`] on the normal path, and `Drop` (kill the
 //! VMM, remove its sockets and disk overlay) on every other one, panics
@@ -17,6 +19,8 @@ pub mod qemu;
 pub mod qmp;
 mod runclock;
 mod rundir;
+mod stream;
+pub mod tcp;
 mod turns;
 pub mod vsock;
 mod watch;
@@ -47,8 +51,7 @@ fn standard_path() -> Vec<PathBuf> {
 /// A boxed future, so the traits stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The stream to the guest agent.
-pub type AgentStream = tokio::net::UnixStream;
+pub use stream::AgentStream;
 
 /// Everything a backend needs to start one VM.
 #[derive(Debug, Clone)]
@@ -392,16 +395,23 @@ pub enum BackendKind {
     Qemu,
     /// Firecracker (KVM only).
     Firecracker,
+    /// MicroVMs on a remote host, made and deleted through Flintlock's
+    /// gRPC API (`petty-flintlock`); no snapshots. Never chosen by `auto`.
+    Flintlock,
 }
 
 impl BackendKind {
-    /// Its name: `qemu` or `firecracker`.
+    /// Its name: `qemu`, `firecracker` or `flintlock`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Qemu => "qemu",
             Self::Firecracker => "firecracker",
+            Self::Flintlock => "flintlock",
         }
     }
+
+    /// Every backend, in the order `petty doctor` reports them.
+    pub const ALL: [BackendKind; 3] = [Self::Qemu, Self::Firecracker, Self::Flintlock];
 }
 
 impl std::fmt::Display for BackendKind {
@@ -417,9 +427,10 @@ impl std::str::FromStr for BackendKind {
         match s {
             "qemu" => Ok(Self::Qemu),
             "firecracker" => Ok(Self::Firecracker),
+            "flintlock" => Ok(Self::Flintlock),
             other => Err(VmmError::Unavailable {
                 backend: other.into(),
-                reason: "no such backend; use qemu, firecracker or auto".into(),
+                reason: "no such backend; use qemu, firecracker, flintlock or auto".into(),
             }),
         }
     }
@@ -450,6 +461,24 @@ pub struct BackendOptions {
     /// Run Firecracker under the jailer; `Err`: its settings are wrong
     /// (every Firecracker start then says so).
     pub jailer: Result<Option<firecracker::JailerConfig>, String>,
+    /// Makes the Flintlock backend (`petty-flintlock` implements it; this
+    /// crate cannot name it, since that crate implements this one's
+    /// traits); `None`: not configured (`backend.flintlock.endpoint`).
+    pub flintlock: Option<BackendMaker>,
+}
+
+/// Makes a backend defined outside this crate, given the run root (see
+/// [`BackendOptions::flintlock`]). `Err` says why it cannot be made.
+#[derive(Clone)]
+pub struct BackendMaker(pub std::sync::Arc<MakeBackend>);
+
+/// What a [`BackendMaker`] calls.
+pub type MakeBackend = dyn Fn(PathBuf) -> Result<Box<dyn Vmm>, VmmError> + Send + Sync;
+
+impl std::fmt::Debug for BackendMaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendMaker(..)")
+    }
 }
 
 impl Default for BackendOptions {
@@ -464,6 +493,7 @@ impl Default for BackendOptions {
             firecracker_tap: None,
             firecracker_diff_snapshots: false,
             jailer: Ok(None),
+            flintlock: None,
         }
     }
 }
@@ -514,8 +544,9 @@ impl BackendOptions {
 
 /// Makes the backend `choice` asks for (`None`: auto: Firecracker when its
 /// binary and a KVM that boots its guests are present, else QEMU with KVM,
-/// else QEMU with TCG), with its run directories under `root`. The string
-/// says which was chosen and why.
+/// else QEMU with TCG; never Flintlock, which puts sandboxes on another
+/// host and only when asked for), with its run directories under `root`.
+/// The string says which was chosen and why.
 pub fn choose_backend(
     choice: Option<BackendKind>,
     root: PathBuf,
@@ -536,6 +567,18 @@ pub fn choose_backend(
                 }),
             }
         }
+        Some(BackendKind::Flintlock) => match &options.flintlock {
+            Some(make) => {
+                let vmm = (make.0)(root)?;
+                Ok((vmm, "petty: using Flintlock".into()))
+            }
+            None => Err(VmmError::Unavailable {
+                backend: "flintlock".into(),
+                reason: "it is not configured: set backend.flintlock.endpoint (and its \
+                         kernel_image, root_image and guest_cidr)"
+                    .into(),
+            }),
+        },
         None => {
             let fc = options.firecracker(root.clone());
             match fc.availability() {

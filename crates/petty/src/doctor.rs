@@ -85,6 +85,7 @@ pub async fn doctor(s: &Settings) -> anyhow::Result<ExitCode> {
         },
         fix: None,
     });
+    lines.extend(flintlock_lines(s).await);
     let auto = match (fc.is_ok(), qemu.is_ok()) {
         (true, _) => "firecracker",
         (false, true) => "qemu",
@@ -95,7 +96,7 @@ pub async fn doctor(s: &Settings) -> anyhow::Result<ExitCode> {
         needed: true,
         name: format!("backend chosen (auto): {auto}"),
         detail: format!(
-            "backend.kind = {} (PETTY_BACKEND_KIND=qemu|firecracker|auto overrides)",
+            "backend.kind = {} (PETTY_BACKEND_KIND=qemu|firecracker|flintlock|auto overrides; auto never picks flintlock)",
             petty::settings::configured_backend(s).map_or("auto", |k| k.as_str())
         ),
         fix: (auto == "none").then(|| "apt-get install qemu-system-x86".into()),
@@ -212,6 +213,72 @@ pub async fn doctor(s: &Settings) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The Flintlock backend: configured or not, its endpoint answering a
+/// `ListMicroVMs`, and what it lacks.
+async fn flintlock_lines(s: &Settings) -> Vec<Line> {
+    let Some(endpoint) = s.backend.flintlock.endpoint.clone() else {
+        return vec![Line {
+            ok: true,
+            needed: false,
+            name: "backend: flintlock".into(),
+            detail:
+                "not configured (backend.flintlock.endpoint puts sandboxes on a Flintlock host)"
+                    .into(),
+            fix: None,
+        }];
+    };
+    let config = match petty::settings::flintlock_config(s) {
+        Ok(c) => c,
+        Err(why) => {
+            return vec![Line {
+                ok: false,
+                needed: false,
+                name: "backend: flintlock".into(),
+                detail: format!("misconfigured: {why}"),
+                fix: Some(
+                    "set the [backend.flintlock] keys (petty.example.toml lists them)".into(),
+                ),
+            }]
+        }
+    };
+    let vmm = petty_flintlock::FlintlockVmm::new(config, s.paths.run_dir.clone());
+    let listed = tokio::time::timeout(std::time::Duration::from_secs(10), vmm.list()).await;
+    let namespace = &vmm.config().namespace;
+    let (ok, detail) = match listed {
+        Ok(Ok(vms)) => (
+            true,
+            format!(
+                "{endpoint} answers (ListMicroVMs: {} MicroVM(s) in namespace {namespace})",
+                vms.len()
+            ),
+        ),
+        Ok(Err(e)) => (false, format!("unreachable: {e}")),
+        Err(_) => (
+            false,
+            format!("{endpoint} did not answer ListMicroVMs within 10 s"),
+        ),
+    };
+    vec![
+        Line {
+            ok,
+            needed: false,
+            name: "backend: flintlock".into(),
+            detail,
+            fix: (!ok).then(|| {
+                "start flintlockd there, or fix backend.flintlock.endpoint (and the network to it)"
+                    .into()
+            }),
+        },
+        Line {
+            ok: false,
+            needed: false,
+            name: "flintlock: snapshots".into(),
+            detail: "none: no snapshots, forks, hibernation, templates, pause or stop/start on this backend (use qemu or firecracker for them)".into(),
+            fix: None,
+        },
+    ]
 }
 
 /// What the Firecracker backend would do with its settings: snapshots,

@@ -58,7 +58,52 @@ pub fn backend_options(s: &Settings) -> BackendOptions {
         firecracker_tap: fc.tap.clone(),
         firecracker_diff_snapshots: fc.diff_snapshots,
         jailer,
+        flintlock: s
+            .backend
+            .flintlock
+            .endpoint
+            .is_some()
+            .then(|| petty_flintlock::maker(flintlock_config(s))),
     }
+}
+
+/// `[backend.flintlock]` as the Flintlock backend takes it; `Err` names
+/// the key that is missing or wrong.
+pub fn flintlock_config(s: &Settings) -> Result<petty_flintlock::FlintlockConfig, String> {
+    let f = &s.backend.flintlock;
+    let need = |key: &str, v: &Option<String>| {
+        v.clone().filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+            format!("backend.flintlock.{key} is not set; the flintlock backend needs it")
+        })
+    };
+    let guest_cidr = need("guest_cidr", &f.guest_cidr)?
+        .parse()
+        .map_err(|e| format!("backend.flintlock.guest_cidr: {e}"))?;
+    let gateway = match &f.gateway {
+        None => None,
+        Some(g) => Some(
+            g.parse()
+                .map_err(|_| format!("backend.flintlock.gateway {g:?} is not an IPv4 address"))?,
+        ),
+    };
+    let config = petty_flintlock::FlintlockConfig {
+        endpoint: need("endpoint", &f.endpoint)?,
+        namespace: f.namespace.clone(),
+        kernel_image: need("kernel_image", &f.kernel_image)?,
+        kernel_filename: f.kernel_filename.clone(),
+        root_image: need("root_image", &f.root_image)?,
+        guest_cidr,
+        gateway,
+        interface_type: f
+            .interface_type
+            .parse()
+            .map_err(|e| format!("backend.flintlock.interface_type: {e}"))?,
+        bridge: f.bridge.clone(),
+        agent_port: f.agent_port,
+        provider: f.provider.clone(),
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 /// `backend.kind` as a choice (`None`: auto).
@@ -67,6 +112,7 @@ pub fn configured_backend(s: &Settings) -> Option<BackendKind> {
         KindSetting::Auto => None,
         KindSetting::Qemu => Some(BackendKind::Qemu),
         KindSetting::Firecracker => Some(BackendKind::Firecracker),
+        KindSetting::Flintlock => Some(BackendKind::Flintlock),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod hostile;
 mod rpc;
+mod tcp;
 mod vsock;
 
 use std::os::fd::OwnedFd;

@@ -51,6 +51,7 @@ fn compressed_response_parsed(truncated: bool) -> Response {
             (v6("2001:db8::1"), 60),
         ],
         cnames: vec!["web.example.com".into()],
+        srvs: vec![],
         truncated,
     }
 }
@@ -262,6 +263,7 @@ fn a_built_response_parses_back() {
             name: "www.example.com".into(),
             addrs: vec![(v4("203.0.113.5"), 30), (v6("2001:db8::5"), 45)],
             cnames: vec!["edge.example.net".into(), "x.test".into()],
+            srvs: vec![],
             truncated: false,
         }
     );
@@ -564,4 +566,28 @@ fn random_bytes_never_panic_either_parser() {
     }
     // The mutations keep many messages valid, so the parsers' insides ran.
     assert!(parsed > 1_000, "only {parsed} parsed");
+}
+
+#[test]
+fn srv_records_parse_with_their_target() {
+    let query = build_query(7, "_petty._tcp.nodes.test", TYPE_SRV);
+    let srv = Srv {
+        priority: 10,
+        weight: 5,
+        port: 8080,
+        target: "node-a.nodes.test".into(),
+    };
+    let msg = build_response(
+        &query,
+        &[("_petty._tcp.nodes.test", RecordData::Srv(srv.clone()), 30)],
+    );
+    let r = parse_response(&msg).unwrap();
+    assert_eq!(r.srvs, vec![srv]);
+    assert!(r.addrs.is_empty());
+    // Rdata shorter than its fixed fields is refused.
+    let mut short = msg.clone();
+    let len_at = short.len() - (6 + 19) - 2;
+    short[len_at..len_at + 2].copy_from_slice(&4u16.to_be_bytes());
+    short.truncate(len_at + 2 + 4);
+    assert!(parse_response(&short).is_err());
 }

@@ -397,14 +397,16 @@ fn find(e2b: &Arc<E2b>, headers: &HeaderMap, msg: &Value) -> Result<Arc<Proc>, R
         .ok_or_else(|| RpcError::not_found(format!("no process {selector} runs in sandbox {id}")))
 }
 
-/// The process of sandbox `id` that `selector` (`{"pid": N}` or
-/// `{"tag": "…"}`) names.
+/// The running process of sandbox `id` that `selector` (`{"pid": N}` or
+/// `{"tag": "…"}`) names: to envd an ended process is gone (the SDK's
+/// `kill` of one answers false), though Petty's own API still shows it.
 fn find_in(e2b: &E2b, id: &str, selector: &Value) -> Option<Arc<Proc>> {
     let processes = e2b.service.processes();
-    match selector.get("pid").and_then(Value::as_u64) {
+    let found = match selector.get("pid").and_then(Value::as_u64) {
         Some(pid) => processes.get(id, u32::try_from(pid).ok()?),
         None => processes.by_tag(id, selector.get("tag").and_then(Value::as_str)?),
-    }
+    }?;
+    found.ended().is_none().then_some(found)
 }
 
 /// One event of a process as envd's `ProcessEvent` JSON carries it.

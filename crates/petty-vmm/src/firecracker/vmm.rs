@@ -946,6 +946,7 @@ impl Vm for FcVm {
             let path = self.cwd.join(VSOCK_SOCKET);
             crate::vsock::connect(&path, VSOCK_PORT, Duration::from_secs(10))
                 .await
+                .map(AgentStream::from)
                 .map_err(|e| VmmError::AgentConnect {
                     path,
                     source: std::io::Error::other(e),

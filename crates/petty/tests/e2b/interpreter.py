@@ -1,5 +1,5 @@
 # E2B's code-interpreter SDK against `petty serve --e2b-listen`: stateful
-# Python contexts, streamed output, errors, variables. Prints "ok".
+# Python and bash contexts, streamed output, errors, variables. Prints "ok".
 import time
 
 from e2b_code_interpreter import Sandbox

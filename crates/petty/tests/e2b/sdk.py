@@ -51,6 +51,11 @@ cat = sbx.commands.run("cat", background=True, stdin=True)
 sbx.commands.send_stdin(cat.pid, "fed through stdin\n")
 sbx.commands.close_stdin(cat.pid)
 assert cat.wait().stdout == "fed through stdin\n"
+# StreamInput: a client stream of chunks into stdin, then close it.
+rev = sbx.commands.run("cat", background=True, stdin=True)
+sbx.commands.stream_input(rev.pid, ["one ", b"two ", "three\n"])
+sbx.commands.close_stdin(rev.pid)
+assert rev.wait().stdout == "one two three\n", "streamed stdin arrived whole, in order"
 counter = sbx.commands.run("for i in $(seq 5); do echo tick$i; sleep 0.2; done", background=True)
 counter.disconnect()
 again = sbx.commands.connect(counter.pid)
@@ -94,7 +99,7 @@ from e2b.sandbox.commands.command_handle import PtySize
 term = sbx.pty.create(PtySize(rows=24, cols=80))
 sbx.pty.send_stdin(term.pid, b"stty size; tty\n")
 sbx.pty.resize(term.pid, PtySize(rows=40, cols=120))
-sbx.pty.send_stdin(term.pid, b"stty size; exit 5\n")
+sbx.pty.stream_input(term.pid, [b"stty size; ", b"exit 5\n"])
 seen = bytearray()
 try:
     term.wait(on_pty=seen.extend)

@@ -2,7 +2,9 @@
 //! `e2b-code-interpreter` Python packages (pinned, installed by
 //! `scripts/install-deps` into Petty's cache) run the scripts in
 //! `tests/e2b/` with `E2B_API_URL` and `E2B_SANDBOX_URL` set to the
-//! daemon, against real VMs.
+//! daemon, against real VMs (E2B's JavaScript SDK too, when Node 20 is
+//! here); the host form `E2B_DOMAIN` makes the SDKs send is driven with a
+//! real HTTP client, since it needs TLS in front.
 
 use std::io::BufRead as _;
 use std::path::PathBuf;
@@ -137,7 +139,7 @@ fn e2bs_python_sdk_drives_sandboxes_commands_files_pause_and_connect() {
 }
 
 #[test]
-fn e2bs_code_interpreter_keeps_state_in_python_contexts() {
+fn e2bs_code_interpreter_keeps_state_in_python_and_bash_contexts() {
     let env = Env::new();
     let d = E2bDaemon::start(&env, &[]);
     d.ok("interpreter.py", "any-key");
@@ -402,7 +404,7 @@ fn node_20() -> Result<PathBuf, String> {
 }
 
 #[test]
-fn e2bs_javascript_sdk_creates_runs_files_forks_and_kills() {
+fn e2bs_javascript_sdk_creates_runs_files_watches_forks_and_kills() {
     let node = match node_20() {
         Ok(n) => n,
         Err(why) => {

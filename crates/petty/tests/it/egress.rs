@@ -38,7 +38,7 @@ pub(crate) fn can_run() -> bool {
     true
 }
 
-fn ip_tool() -> PathBuf {
+pub(crate) fn ip_tool() -> PathBuf {
     petty::settings::net_settings(crate::settings()).ip
 }
 

@@ -1,10 +1,12 @@
-//! `petty gateway` over three real `petty serve` nodes on one host (each
-//! its own data and run directories and port), with real VMs behind them,
-//! driven by reqwest and the rmcp client: placement spreads creates,
+//! `petty gateway` over three real `petty serve` nodes, each in a network
+//! namespace of its own (a veth pair, its own address, data and run
+//! directories, a node key), with real VMs behind them, driven by reqwest
+//! and the rmcp client through the gateway's key: placement spreads creates,
 //! every request for a sandbox reaches its node, a snapshot's routes reach
 //! the node holding it, a drained node takes no creates, a SIGKILLed
 //! node's sandboxes are `lost` (fast 503s) while creates go elsewhere, and
-//! once it is back they answer again.
+//! once it is back they answer again. Discovery reads SRV and A records
+//! from a real DNS server (dnsmasq) on loopback, and re-reads them.
 
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
@@ -14,24 +16,19 @@ use std::time::{Duration, Instant};
 use rmcp::ServiceExt as _;
 use serde_json::{json, Value};
 
+use petty_net::netns::Netns;
+
 use crate::{processes_mentioning, run_root};
 
-/// A free loopback port (a node keeps its port across a restart, as the
-/// gateway's static list names it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const NODE_KEY: &str = "node-key-0123456789abcdef";
+const GW_KEY: &str = "gateway-key-0123456789ab";
 
-/// Spawns `petty ARGS` and reads its first stdout line (its address).
-fn spawn(args: &[&str], log: &std::path::Path) -> (Child, String) {
+/// Starts `cmd` (a `petty` command) and reads its first stdout line (its
+/// address); its stderr goes to `log`.
+fn spawn(mut cmd: std::process::Command, log: &std::path::Path) -> (Child, String) {
     crate::assets();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_petty"))
+    let mut child = cmd
         .env("PETTY_NO_CONFIG", "1")
-        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
@@ -54,42 +51,69 @@ fn spawn(args: &[&str], log: &std::path::Path) -> (Child, String) {
     (child, url)
 }
 
+/// A namespace with a veth pair: the node's address is 10.210.N.2, the
+/// host's side 10.210.N.1.
+fn node_ns(n: u8) -> (Netns, std::net::Ipv4Addr) {
+    let ip = crate::egress::ip_tool();
+    let name = format!("petty-t-gw{}-{n}", std::process::id());
+    let mut ns = Netns::create(&ip, &name).unwrap();
+    let host_if = format!("pg{}h{n}", std::process::id() % 100_000);
+    let addr = std::net::Ipv4Addr::new(10, 210, n, 2);
+    ns.veth(
+        &host_if,
+        "eth0",
+        std::net::Ipv4Addr::new(10, 210, n, 1),
+        addr,
+    )
+    .unwrap();
+    (ns, addr)
+}
+
 struct Node {
     child: Child,
-    port: u16,
+    addr: std::net::Ipv4Addr,
     run: std::path::PathBuf,
     log: std::path::PathBuf,
 }
 
 impl Node {
-    fn start(port: u16, data: &std::path::Path, run: &std::path::Path) -> Self {
+    /// `petty serve` inside `ns`, on its address, with the node key.
+    fn start(
+        ns: &Netns,
+        addr: std::net::Ipv4Addr,
+        data: &std::path::Path,
+        run: &std::path::Path,
+    ) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = data.join(format!("node-{n}.log"));
-        let (child, _) = spawn(
-            &[
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                &data.display().to_string(),
-                "--run-dir",
-                &run.display().to_string(),
-                "--pool-size",
-                "0",
-            ],
-            &log,
-        );
+        let mut cmd = ns
+            .command_inside(std::path::Path::new(env!("CARGO_BIN_EXE_petty")))
+            .unwrap();
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("{addr}:8080"),
+            "--api-key",
+            NODE_KEY,
+            "--data-dir",
+            &data.display().to_string(),
+            "--run-dir",
+            &run.display().to_string(),
+            "--pool-size",
+            "0",
+        ]);
+        let (child, _) = spawn(cmd, &log);
         Self {
             child,
-            port,
+            addr,
             run: run.to_path_buf(),
             log,
         }
     }
 
     fn name(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:8080", self.addr)
     }
 
     /// SIGKILLs the daemon, leaving its VMs running (as a crash does).
@@ -110,7 +134,7 @@ impl Drop for Node {
         if std::thread::panicking() {
             eprintln!(
                 "--- node {} log ---\n{}",
-                self.port,
+                self.addr,
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
         }
@@ -128,6 +152,7 @@ impl Gw {
         let mut r = self
             .http
             .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(GW_KEY)
             .timeout(Duration::from_secs(120));
         match body {
             Some(b) => r = r.json(&b),
@@ -175,30 +200,60 @@ impl Drop for Gw {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_places_routes_and_survives_a_lost_node() {
-    let logs = tempfile::tempdir().unwrap();
-    let datas: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let runs: Vec<tempfile::TempDir> = (0..3).map(|_| run_root()).collect();
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| Node::start(free_port(), datas[i].path(), runs[i].path()))
-        .collect();
-    let mut args = vec![
-        "gateway".to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-    ];
-    for n in &nodes {
-        args.push("--node".into());
-        args.push(format!("http://{}", n.name()));
+/// `petty gateway` over `nodes` (and `args`), with the keys.
+fn start_gateway(
+    nodes: &[String],
+    args: &[&str],
+    vars: &[(&str, &str)],
+    log: &std::path::Path,
+) -> Gw {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_petty"));
+    cmd.args([
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        GW_KEY,
+        "--node-key",
+        NODE_KEY,
+    ])
+    .args(args)
+    .envs(vars.iter().copied());
+    for n in nodes {
+        cmd.args(["--node", &format!("http://{n}")]);
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (child, base) = spawn(&args, &logs.path().join("gateway.log"));
-    let gw = Gw {
+    let (child, base) = spawn(cmd, log);
+    Gw {
         child,
         base,
         http: reqwest::Client::new(),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_places_routes_and_survives_a_lost_node() {
+    if !crate::egress::can_run() {
+        return;
+    }
+    let _turn = crate::egress::turn();
+    let logs = tempfile::tempdir().unwrap();
+    let nss: Vec<(Netns, std::net::Ipv4Addr)> = (1..=3).map(node_ns).collect();
+    let datas: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let runs: Vec<tempfile::TempDir> = (0..3).map(|_| run_root()).collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(&nss[i].0, nss[i].1, datas[i].path(), runs[i].path()))
+        .collect();
+    let names: Vec<String> = nodes.iter().map(Node::name).collect();
+    let gw = start_gateway(&names, &[], &[], &logs.path().join("gateway.log"));
+    // Without the gateway's key nothing is served.
+    let status = gw
+        .http
+        .get(format!("{}/v1/sandboxes", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
     for n in &nodes {
         gw.node_state(&n.name(), "up").await;
     }
@@ -238,6 +293,7 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
     let text = gw
         .http
         .post(format!("{}/v1/sandboxes/g1/exec/stream", gw.base))
+        .bearer_auth(GW_KEY)
         .json(&json!({"command": "for i in 1 2 3; do echo $i; done"}))
         .send()
         .await
@@ -245,10 +301,17 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
         .text()
         .await
         .unwrap();
-    assert!(
-        text.contains(r#""type":"exit""#) && text.contains(r#""data":"1\n""#),
-        "{text}"
-    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let out: String = lines
+        .iter()
+        .filter(|l| l["type"] == "stdout")
+        .map(|l| l["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(out, "1\n2\n3\n", "{text}");
+    assert_eq!(lines.last().unwrap()["type"], "exit", "{text}");
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let resp = gw
         .http
@@ -256,6 +319,7 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
             "{}/v1/sandboxes/g2/files/content?path=/root/blob",
             gw.base
         ))
+        .bearer_auth(GW_KEY)
         .header("content-type", "application/octet-stream")
         .body(data.clone())
         .send()
@@ -268,6 +332,7 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
             "{}/v1/sandboxes/g2/files/content?path=/root/blob",
             gw.base
         ))
+        .bearer_auth(GW_KEY)
         .send()
         .await
         .unwrap()
@@ -339,7 +404,8 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
         use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
         use rmcp::transport::StreamableHttpClientTransport;
         let transport = StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", gw.base)),
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", gw.base))
+                .auth_header(GW_KEY),
         );
         let client = ().serve(transport).await.expect("MCP handshake through the gateway");
         let mut p = rmcp::model::CallToolRequestParams::new("create_sandbox");
@@ -370,7 +436,7 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
             .env("PETTY_NO_CONFIG", "1")
             .args(["gateway"])
             .args(args)
-            .args(["--listen", &gw_listen])
+            .args(["--listen", &gw_listen, "--api-key", GW_KEY])
             .output()
             .unwrap();
         assert!(
@@ -414,7 +480,6 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
         .find(|s| s["node"] == lost.as_str())
         .map(|s| s["name"].as_str().unwrap().to_string())
         .expect("the node has a sandbox");
-    let port = nodes[lost_i].port;
     nodes.remove(lost_i).crash();
     let (status, v) = gw
         .call(
@@ -447,7 +512,12 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
 
     // Back on its port and directories, it recovers its VMs and the
     // gateway routes to them again.
-    let back = Node::start(port, datas[lost_i].path(), runs[lost_i].path());
+    let back = Node::start(
+        &nss[lost_i].0,
+        nss[lost_i].1,
+        datas[lost_i].path(),
+        runs[lost_i].path(),
+    );
     gw.node_state(&back.name(), "up").await;
     let v = gw
         .ok(
@@ -474,6 +544,316 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
     gw.ok("DELETE", "/v1/snapshots/gs", None).await;
     assert_eq!(gw.ok("GET", "/v1/sandboxes", None).await, json!([]));
     drop(nodes);
+    for r in &runs {
+        let r = r.path().display().to_string();
+        assert!(processes_mentioning(&r).is_empty(), "a VMM of {r} is left");
+    }
+}
+
+/// The nodes the gateway has up, sorted.
+async fn up_nodes(gw: &Gw) -> Vec<String> {
+    let mut v: Vec<String> = gw
+        .ok("GET", "/v1/gateway/nodes", None)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["state"] == "up")
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits (at most 60 s) until the gateway has exactly `want` up.
+async fn until_up(gw: &Gw, want: Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = up_nodes(gw).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes up {got:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// dnsmasq on 127.0.0.1:`port` answering only from its own records.
+fn dnsmasq(port: u16, records: &[String], log: &std::path::Path) -> Child {
+    let mut cmd = std::process::Command::new("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--conf-file=/dev/null",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--user=root",
+        "--pid-file=",
+        &format!("--port={port}"),
+        "--log-queries",
+        &format!("--log-facility={}", log.display()),
+    ])
+    .args(records)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
+    let child = cmd
+        .spawn()
+        .expect("run dnsmasq (scripts/install-deps installs dnsmasq-base)");
+    // Answering within a bounded wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let q = petty_net::dns::build_query(1, "probe.nodes.petty.test", petty_net::dns::TYPE_A);
+        sock.send_to(&q, ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 512];
+        if sock.recv(&mut buf).is_ok() {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "dnsmasq did not answer");
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_discovers_nodes_by_srv_and_a_records_and_follows_their_changes() {
+    if !crate::egress::can_run() {
+        return;
+    }
+    let _turn = crate::egress::turn();
+    let logs = tempfile::tempdir().unwrap();
+    let nss: Vec<(Netns, std::net::Ipv4Addr)> = (4..=6).map(node_ns).collect();
+    let datas: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let runs: Vec<tempfile::TempDir> = (0..3).map(|_| run_root()).collect();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(&nss[i].0, nss[i].1, datas[i].path(), runs[i].path()))
+        .collect();
+    let names: Vec<String> = nodes.iter().map(Node::name).collect();
+    let port = free_udp_port();
+    // SRV names two of the three nodes at first, then all three.
+    let records = |n: usize| -> Vec<String> {
+        let mut r = Vec::new();
+        for (i, node) in nodes.iter().enumerate().take(n) {
+            r.push(format!(
+                "--host-record=node{i}.nodes.petty.test,{}",
+                node.addr
+            ));
+            r.push(format!(
+                "--srv-host=_petty._tcp.nodes.petty.test,node{i}.nodes.petty.test,8080"
+            ));
+            r.push(format!("--address=/all.nodes.petty.test/{}", node.addr));
+        }
+        r
+    };
+    let mut dns = dnsmasq(port, &records(2), &logs.path().join("dnsmasq.log"));
+    let server = format!("127.0.0.1:{port}");
+    let vars = [
+        ("PETTY_GATEWAY_DNS_SERVER", server.as_str()),
+        ("PETTY_GATEWAY_HEALTH_INTERVAL_SECS", "1"),
+    ];
+    let gw = start_gateway(
+        &[],
+        &["--discover", "srv:_petty._tcp.nodes.petty.test"],
+        &vars,
+        &logs.path().join("gw-srv.log"),
+    );
+    let want = |n: usize| {
+        let mut v: Vec<String> = names[..n].to_vec();
+        v.sort();
+        v
+    };
+    until_up(&gw, want(2)).await;
+    // A create through it lands on a discovered node.
+    let v = gw
+        .ok("POST", "/v1/sandboxes", Some(json!({"name": "found"})))
+        .await;
+    assert!(
+        names[..2].contains(&v["node"].as_str().unwrap().to_string()),
+        "{v}"
+    );
+    // The records change: the gateway reads them again and follows.
+    let _ = dns.kill();
+    let _ = dns.wait();
+    dns = dnsmasq(port, &records(3), &logs.path().join("dnsmasq2.log"));
+    until_up(&gw, want(3)).await;
+    drop(gw);
+
+    // `dns:NAME`: every A record of the name, at gateway.discover_port.
+    let gw = start_gateway(
+        &[],
+        &["--discover", "dns:all.nodes.petty.test"],
+        &vars,
+        &logs.path().join("gw-a.log"),
+    );
+    until_up(&gw, want(3)).await;
+    gw.ok("DELETE", "/v1/sandboxes/found", None).await;
+    drop(gw);
+
+    // A discovery that is no discovery is refused, naming the key.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_petty"))
+        .env("PETTY_NO_CONFIG", "1")
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--discover",
+            "consul:nodes",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gateway.discover") && err.contains("srv:NAME"),
+        "{err}"
+    );
+    let _ = dns.kill();
+    let _ = dns.wait();
+    drop(nodes);
+    for r in &runs {
+        let r = r.path().display().to_string();
+        assert!(processes_mentioning(&r).is_empty(), "a VMM of {r} is left");
+    }
+}
+
+/// Waits (at most 60 s) until `url` answers 200.
+async fn answers(url: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} did not answer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_gateway_example_runs_as_written() {
+    crate::assets();
+    let mut lines = Vec::new();
+    let mut in_sh = false;
+    for line in crate::readme_section("### Many hosts: the gateway").lines() {
+        match line.trim() {
+            "```sh" => in_sh = true,
+            "```" => in_sh = false,
+            l if in_sh && !l.is_empty() && !l.starts_with('#') => lines.push(l.to_string()),
+            _ => {}
+        }
+    }
+    assert!(lines.len() >= 7, "{lines:?}");
+    // As written, but on free ports and in this test's directories.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (p1, p2, pg) = (free(), free(), free());
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let runs: Vec<tempfile::TempDir> = (0..2).map(|_| run_root()).collect();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_petty"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut background = Vec::new();
+    for line in &lines {
+        let cmd = match line.find("  #") {
+            Some(i) => line[..i].trim_end(),
+            None => line.as_str(),
+        }
+        .replace(
+            "/tmp/petty-node1-run",
+            &runs[0].path().display().to_string(),
+        )
+        .replace(
+            "/tmp/petty-node2-run",
+            &runs[1].path().display().to_string(),
+        )
+        .replace("/tmp/petty-node1", &dirs[0].path().display().to_string())
+        .replace("/tmp/petty-node2", &dirs[1].path().display().to_string())
+        .replace(":8081", &format!(":{p1}"))
+        .replace(":8082", &format!(":{p2}"))
+        .replace(":8090", &format!(":{pg}"));
+        let mut c = std::process::Command::new("sh");
+        c.env("PETTY_NO_CONFIG", "1")
+            .env("PATH", &path)
+            .stdin(Stdio::null());
+        if let Some(daemon) = cmd.strip_suffix('&') {
+            let port = [p1, p2, pg]
+                .into_iter()
+                .find(|p| daemon.contains(&format!("--listen 127.0.0.1:{p}")))
+                .expect("a daemon line listens on one of the ports");
+            let child = c
+                .arg("-c")
+                .arg(format!("exec {daemon}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            background.push(child);
+            let ready = if port == pg { "/readyz" } else { "/healthz" };
+            answers(&format!("http://127.0.0.1:{port}{ready}")).await;
+            continue;
+        }
+        // Every node must be up before the first create is placed.
+        if cmd.starts_with("curl") {
+            for p in [p1, p2] {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let nodes: Value =
+                        reqwest::get(format!("http://127.0.0.1:{pg}/v1/gateway/nodes"))
+                            .await
+                            .unwrap()
+                            .json()
+                            .await
+                            .unwrap();
+                    let up = nodes.as_array().unwrap().iter().any(|n| {
+                        n["name"] == format!("127.0.0.1:{p}").as_str() && n["state"] == "up"
+                    });
+                    if up {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "node {p} never came up: {nodes}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        // curl reports a 4xx/5xx as a failure, as in the daemon's README test.
+        let script = format!("curl() {{ command curl --fail-with-body -sS \"$@\"; }}\n{cmd}\n");
+        let out = c.arg("-c").arg(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "README line failed: {line}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for mut child in background.into_iter().rev() {
+        // SAFETY: signalling a daemon this test spawned.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+    }
     for r in &runs {
         let r = r.path().display().to_string();
         assert!(processes_mentioning(&r).is_empty(), "a VMM of {r} is left");

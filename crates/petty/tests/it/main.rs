@@ -9,6 +9,7 @@
 mod bench;
 mod cli;
 mod cli_manage;
+mod deploy;
 mod e2b;
 mod egress;
 mod firecracker;

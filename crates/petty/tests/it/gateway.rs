@@ -8,6 +8,10 @@
 //! once it is back they answer again. Discovery reads SRV and A records
 //! from a real DNS server (dnsmasq) on loopback, and re-reads them.
 
+// The namespace tests take turns across awaits (as serve/network.rs does):
+// a std mutex, held by one test at a time on purpose.
+#![allow(clippy::await_holding_lock)]
+
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::process::{Child, Stdio};
@@ -600,23 +604,32 @@ fn dnsmasq(port: u16, records: &[String], log: &std::path::Path) -> Child {
     .args(records)
     .stdin(Stdio::null())
     .stdout(Stdio::null());
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .expect("run dnsmasq (scripts/install-deps installs dnsmasq-base)");
     // Answering within a bounded wait.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let q = petty_net::dns::build_query(1, "probe.nodes.petty.test", petty_net::dns::TYPE_A);
-        sock.send_to(&q, ("127.0.0.1", port)).unwrap();
-        let mut buf = [0u8; 512];
-        if sock.recv(&mut buf).is_ok() {
-            return child;
+    while !answers_dns(port) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dnsmasq did not answer");
         }
-        assert!(Instant::now() < deadline, "dnsmasq did not answer");
     }
+    child
+}
+
+/// Whether a DNS server on 127.0.0.1:`port` answers a question (200 ms).
+fn answers_dns(port: u16) -> bool {
+    let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let q = petty_net::dns::build_query(1, "probe.nodes.petty.test", petty_net::dns::TYPE_A);
+    let mut buf = [0u8; 512];
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .is_ok()
+        && sock.send_to(&q, ("127.0.0.1", port)).is_ok()
+        && sock.recv(&mut buf).is_ok()
 }
 
 fn free_udp_port() -> u16 {

@@ -19,7 +19,7 @@ mod state;
 pub mod store;
 mod template;
 
-pub use catalog::{ImageDefaults, TemplateRecord, BASE_TEMPLATE};
+pub use catalog::{check_template_name, ImageDefaults, TemplateRecord, BASE_TEMPLATE};
 pub use config::{
     backend_choice, host_cpus, host_memory_mib, IdleAction, SandboxConfig, SandboxConfigBuilder,
     DEFAULT_DISK_FREE_MIB,

@@ -209,6 +209,86 @@ impl Gateway {
         ))
     }
 
+    /// Copies template `name` from node `from` to node `to`: its image
+    /// streamed from one to the other (never held here), the record and
+    /// checksum in the headers; `to` checks both and refuses an image whose
+    /// agent speaks another protocol.
+    pub async fn copy_template(&self, from: &Node, to: &Node, name: &str) -> Result<(), ApiError> {
+        let t = std::time::Instant::now();
+        let fail = |what: String| ApiError::new(ErrorKind::Unavailable, what);
+        let src = self
+            .nodes
+            .request(
+                Method::GET,
+                &format!("{}/v1/templates/{name}/image", from.url),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "reading template {name} from node {}: {}",
+                    from.name,
+                    describe(&e)
+                ))
+            })?;
+        if !src.status().is_success() {
+            let status = src.status();
+            let body = src.text().await.unwrap_or_default();
+            return Err(fail(format!(
+                "node {} answered {status} for template {name}'s image: {body}",
+                from.name
+            )));
+        }
+        let mut put = self
+            .nodes
+            .request(
+                Method::PUT,
+                &format!("{}/v1/templates/{name}/image", to.url),
+            )
+            .header(header::CONTENT_TYPE, petty_server::node::SPARSE_TYPE);
+        for h in [
+            petty_server::node::TEMPLATE_HEADER,
+            petty_server::node::PROTOCOL_HEADER,
+        ] {
+            if let Some(v) = src.headers().get(h) {
+                put = put.header(h, v);
+            }
+        }
+        let resp = put
+            .body(reqwest::Body::wrap_stream(src.bytes_stream()))
+            .send()
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "writing template {name} to node {}: {}",
+                    to.name,
+                    describe(&e)
+                ))
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let message = body["message"]
+                .as_str()
+                .map_or_else(|| body.to_string(), str::to_string);
+            let kind = if status == StatusCode::CONFLICT {
+                ErrorKind::Conflict
+            } else {
+                ErrorKind::Unavailable
+            };
+            return Err(ApiError::new(
+                kind,
+                format!(
+                    "copying template {name} from node {} to node {}: {message}",
+                    from.name, to.name
+                ),
+            ));
+        }
+        tracing::info!(template = name, from = %from.name, to = %to.name, ms = t.elapsed().as_millis() as u64, "template copied");
+        self.nodes.refresh().await;
+        Ok(())
+    }
+
     /// The error for a request to `node`, which is down.
     fn lost(node: &Node, what: &str) -> ApiError {
         ApiError::new(
@@ -327,6 +407,22 @@ async fn place(State(g): State<Gateway>, req: Request) -> Response {
     }
     let template = spec.get("template").and_then(Value::as_str);
     let candidates = g.placement(template);
+    // A template no placeable node holds is copied from a node that does
+    // to the first choice (streamed, checked by SHA-256 on arrival).
+    if let (Some(t), Some(first)) = (template, candidates.first()) {
+        if t != "base" && !first.holds("templates", t) && parts.uri.path() == "/v1/sandboxes" {
+            let holder = g
+                .nodes
+                .list()
+                .into_iter()
+                .find(|n| n.state == NodeState::Up && n.holds("templates", t));
+            if let Some(from) = holder {
+                if let Err(e) = g.copy_template(&from, first, t).await {
+                    return e.into_response();
+                }
+            }
+        }
+    }
     if candidates.is_empty() {
         let why = g
             .nodes

@@ -223,15 +223,14 @@ pub fn required_content_type(method: &Method, path: &str) -> Option<&'static str
     if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         return None;
     }
-    let upload = *method == Method::PUT
-        && matches!(
-            path.split('/').collect::<Vec<_>>().as_slice(),
-            ["", "v1", "sandboxes", id, "files", "content"] if !id.is_empty()
-        );
-    Some(if upload {
-        "application/octet-stream"
-    } else {
-        "application/json"
+    let parts = path.split('/').collect::<Vec<_>>();
+    let put = *method == Method::PUT;
+    Some(match parts.as_slice() {
+        ["", "v1", "sandboxes", id, "files", "content"] if put && !id.is_empty() => {
+            "application/octet-stream"
+        }
+        ["", "v1", "templates", id, "image"] if put && !id.is_empty() => crate::node::SPARSE_TYPE,
+        _ => "application/json",
     })
 }
 

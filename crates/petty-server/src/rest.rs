@@ -325,7 +325,7 @@ pub struct Health {
         restore_snapshot, fork_snapshot,
         list_templates, build_template, get_template, delete_template,
         pool_stats, sandbox_metrics, release_sandbox, stop_sandbox, start_sandbox,
-        hibernate_sandbox, resume_sandbox, stats, crate::node::node_info, crate::node::drain,
+        hibernate_sandbox, resume_sandbox, stats, crate::node::node_info, crate::node::drain, crate::node::export_template, crate::node::import_template,
         healthz, readyz, metrics,
     ),
     modifiers(&BearerAuth),
@@ -427,6 +427,10 @@ pub fn routes(state: AppState, max_body: usize) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/node", get(crate::node::node_info))
         .route("/v1/node/drain", post(crate::node::drain))
+        .route(
+            "/v1/templates/{name}/image",
+            get(crate::node::export_template).put(crate::node::import_template),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -24,6 +24,8 @@ use petty_net::netns::Netns;
 
 use crate::{processes_mentioning, run_root};
 
+/// Creates the placement check makes.
+const CREATES: usize = 30;
 const NODE_KEY: &str = "node-key-0123456789abcdef";
 const GW_KEY: &str = "gateway-key-0123456789ab";
 
@@ -106,7 +108,8 @@ impl Node {
             &run.display().to_string(),
             "--pool-size",
             "0",
-        ]);
+        ])
+        .env("PETTY_TEMPLATES_BUILD_NETWORK", "false");
         let (child, _) = spawn(cmd, &log);
         Self {
             child,
@@ -262,9 +265,9 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
         gw.node_state(&n.name(), "up").await;
     }
 
-    // Placement: six creates over three nodes, none above half.
+    // Placement: thirty creates over three nodes, none above half.
     let mut on: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for i in 0..6 {
+    for i in 0..CREATES {
         let v = gw
             .ok(
                 "POST",
@@ -276,7 +279,11 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
             .or_default()
             .push(v["id"].as_str().unwrap().to_string());
     }
-    assert!(on.values().all(|s| s.len() <= 3), "unbalanced: {on:?}");
+    let counts: Vec<usize> = on.values().map(Vec::len).collect();
+    assert!(
+        on.len() == 3 && counts.iter().all(|&n| n <= CREATES / 2),
+        "unbalanced: {counts:?}"
+    );
     let (status, v) = gw
         .call("POST", "/v1/sandboxes", Some(json!({"name": "g0"})))
         .await;
@@ -347,7 +354,7 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
 
     // A listing has every node's, each naming its node.
     let all = gw.ok("GET", "/v1/sandboxes", None).await;
-    assert_eq!(all.as_array().unwrap().len(), 6, "{all}");
+    assert_eq!(all.as_array().unwrap().len(), CREATES, "{all}");
     let node_of = |name: &str| -> String {
         all.as_array()
             .unwrap()
@@ -432,6 +439,141 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
         client.cancel().await.unwrap();
     }
 
+    // A template built through the gateway, on one node, serves a create
+    // placed on another: the gateway copies it there first.
+    let text = gw
+        .http
+        .post(format!("{}/v1/templates", gw.base))
+        .bearer_auth(GW_KEY)
+        .json(&json!({"name": "gwt", "dockerfile": "FROM base\nRUN echo from-template > /etc/gw-marker\nENV GWT=yes"}))
+        .timeout(Duration::from_secs(600))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .last()
+            .unwrap_or("")
+            .contains(r#""type":"done""#),
+        "{text}"
+    );
+    let builder = gw.ok("GET", "/v1/templates", None).await;
+    let builder: Vec<String> = builder
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "gwt")
+        .map(|t| t["node"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(builder.len(), 1, "built on one node: {builder:?}");
+    let builder = builder[0].clone();
+    gw.ok(
+        "POST",
+        &format!("/v1/gateway/nodes/{builder}/drain"),
+        Some(json!({"draining": true})),
+    )
+    .await;
+    let v = gw
+        .ok(
+            "POST",
+            "/v1/sandboxes",
+            Some(json!({"name": "from-gwt", "template": "gwt"})),
+        )
+        .await;
+    assert_ne!(v["node"], builder.as_str(), "{v}");
+    let out = gw
+        .ok(
+            "POST",
+            "/v1/sandboxes/from-gwt/exec",
+            Some(json!({"command": "cat /etc/gw-marker; echo $GWT"})),
+        )
+        .await;
+    assert_eq!(out["stdout"], "from-template\nyes\n", "{out}");
+    gw.ok(
+        "POST",
+        &format!("/v1/gateway/nodes/{builder}/drain"),
+        Some(json!({"draining": false})),
+    )
+    .await;
+    let holders = gw.ok("GET", "/v1/templates", None).await;
+    let holders = holders
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "gwt")
+        .count();
+    assert_eq!(holders, 2, "the copy is a template of its own there");
+    // A node refuses an image that is not what its headers say, or whose
+    // agent speaks another protocol, and keeps nothing of it.
+    let node_url = format!("http://{}", v["node"].as_str().unwrap());
+    let image = reqwest::Client::new()
+        .get(format!("{node_url}/v1/templates/gwt/image"))
+        .bearer_auth(NODE_KEY)
+        .send()
+        .await
+        .unwrap();
+    let headers = image.headers().clone();
+    let stream = image.bytes().await.unwrap().to_vec();
+    let put = |protocol: String, body: Vec<u8>| {
+        let (url, headers) = (node_url.clone(), headers.clone());
+        async move {
+            reqwest::Client::new()
+                .put(format!("{url}/v1/templates/bad/image"))
+                .bearer_auth(NODE_KEY)
+                .header("content-type", "application/vnd.petty.sparse")
+                .header("x-petty-template", headers["x-petty-template"].clone())
+                .header("x-petty-protocol", protocol)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let protocol = headers["x-petty-protocol"].to_str().unwrap().to_string();
+    let mut damaged = stream.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 0x40;
+    for (protocol, body, status) in [
+        (protocol.clone(), damaged, 400),
+        (protocol.clone(), stream[..stream.len() / 3].to_vec(), 400),
+        ("1".to_string(), stream.clone(), 409),
+    ] {
+        let resp = put(protocol, body).await;
+        assert_eq!(
+            resp.status().as_u16(),
+            status,
+            "{}",
+            resp.text().await.unwrap()
+        );
+    }
+    let names: Vec<String> = gw
+        .ok("GET", "/v1/templates", None)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!names.contains(&"bad".to_string()), "{names:?}");
+    for d in &datas {
+        let images = d.path().join("images");
+        let partial = std::fs::read_dir(&images)
+            .map(|r| {
+                r.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains("partial"))
+            })
+            .unwrap_or(false);
+        assert!(
+            !partial,
+            "an import left a partial file in {}",
+            images.display()
+        );
+    }
+    gw.ok("DELETE", "/v1/sandboxes/from-gwt", None).await;
+
     // A drained node takes no creates; `petty gateway nodes` shows it.
     let drained = nodes[0].name();
     let cli = |args: &[&str]| {
@@ -484,6 +626,54 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
         .find(|s| s["node"] == lost.as_str())
         .map(|s| s["name"].as_str().unwrap().to_string())
         .expect("the node has a sandbox");
+    // Traffic runs on while it dies: creates (some placed on it before the
+    // gateway knows) and execs on the other nodes' sandboxes all succeed.
+    let survivor = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node"] != lost.as_str())
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (base, stop, survivor) = (gw.base.clone(), stop.clone(), survivor.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut failures = Vec::new();
+            let mut made = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 40 {
+                let r = http
+                    .post(format!("{base}/v1/sandboxes"))
+                    .bearer_auth(GW_KEY)
+                    .json(&json!({"name": format!("mid{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if status == 201 {
+                    made.push(v["node"].as_str().unwrap_or("").to_string());
+                } else {
+                    failures.push(format!("create: {status} {v}"));
+                }
+                let r = http
+                    .post(format!("{base}/v1/sandboxes/{survivor}/exec"))
+                    .bearer_auth(GW_KEY)
+                    .json(&json!({"command": "true"}))
+                    .send()
+                    .await
+                    .unwrap();
+                if !r.status().is_success() {
+                    failures.push(format!("exec: {}", r.status()));
+                }
+                i += 1;
+            }
+            (made, failures)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
     nodes.remove(lost_i).crash();
     let (status, v) = gw
         .call(
@@ -495,6 +685,14 @@ async fn a_gateway_places_routes_and_survives_a_lost_node() {
     assert_eq!(status, 503, "{v}");
     assert!(v["message"].as_str().unwrap().contains(&lost), "{v}");
     gw.node_state(&lost, "down").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (made, failures) = traffic.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "traffic failed while a node died: {failures:?}"
+    );
+    assert!(!made.is_empty());
     let listed = gw.ok("GET", "/v1/sandboxes", None).await;
     let row = listed
         .as_array()

@@ -267,7 +267,6 @@ pub mod sparse {
                 at += take;
             }
         }
-        drop(emit);
         let mut tail = u64::MAX.to_be_bytes().to_vec();
         tail.extend_from_slice(&32u64.to_be_bytes());
         tail.extend_from_slice(&h.finalize());

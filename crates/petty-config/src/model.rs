@@ -496,6 +496,9 @@ pub struct E2bSection {
 pub struct GatewaySection {
     /// Address the gateway listens on (default `127.0.0.1:8090`).
     pub listen: String,
+    /// Also serve E2B's API over the nodes' (those with `e2b.listen`)
+    /// here, e.g. `127.0.0.1:3000` (default empty: not served).
+    pub e2b_listen: String,
     /// The nodes' base URLs, e.g. `http://10.0.0.2:8080`.
     pub nodes: Vec<String>,
     /// Nodes found by DNS as well: `dns:NAME` (its A/AAAA records, at
@@ -526,6 +529,7 @@ impl Default for GatewaySection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8090".into(),
+            e2b_listen: String::new(),
             nodes: Vec::new(),
             discover: String::new(),
             discover_port: 8080,
@@ -740,6 +744,7 @@ pub const KEYS: &[&str] = &[
     "e2b.listen",
     "e2b.domain",
     "gateway.listen",
+    "gateway.e2b_listen",
     "gateway.nodes",
     "gateway.discover",
     "gateway.discover_port",

@@ -18,6 +18,7 @@
 //!   each live MCP session is on): a restarted gateway reads it all again.
 //!   Draining is kept on the node (`POST /v1/node/drain`).
 
+mod e2b;
 mod nodes;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,8 @@ pub struct Gateway {
     sessions: Arc<Mutex<BTreeMap<String, String>>>,
     /// Seed of the placement's random picks.
     seed: Arc<std::sync::atomic::AtomicU64>,
+    /// `e2b.domain`: the hosts E2B's SDKs name sandboxes by.
+    e2b_domain: Option<String>,
 }
 
 impl Gateway {
@@ -97,6 +100,13 @@ impl Gateway {
             best_of: g.best_of,
             sessions: Arc::default(),
             seed: Arc::new(seed.into()),
+            e2b_domain: (!settings.e2b.domain.is_empty()).then(|| {
+                settings
+                    .e2b
+                    .domain
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase()
+            }),
         })
     }
 
@@ -120,7 +130,7 @@ impl Gateway {
     /// The nodes to try a create on, best first: the best of K placeable
     /// ones picked at random (those holding `template` when any does),
     /// then every other placeable one as a fallback.
-    fn placement(&self, template: Option<&str>) -> Vec<Node> {
+    pub(crate) fn placement(&self, template: Option<&str>) -> Vec<Node> {
         let mut ok: Vec<Node> = self
             .nodes
             .list()
@@ -155,7 +165,7 @@ impl Gateway {
 
     /// The node sandbox `key` (an id or a name) is on, reading the
     /// listings again on a miss.
-    async fn node_of_sandbox(&self, key: &str) -> Result<Node, ApiError> {
+    pub(crate) async fn node_of_sandbox(&self, key: &str) -> Result<Node, ApiError> {
         for attempt in 0..2 {
             let holders: Vec<Node> = self
                 .nodes
@@ -290,7 +300,7 @@ impl Gateway {
     }
 
     /// The error for a request to `node`, which is down.
-    fn lost(node: &Node, what: &str) -> ApiError {
+    pub(crate) fn lost(node: &Node, what: &str) -> ApiError {
         ApiError::new(
             ErrorKind::Unavailable,
             format!(
@@ -309,12 +319,48 @@ impl Gateway {
         parts: &axum::http::request::Parts,
         body: reqwest::Body,
     ) -> Result<Response, ApiError> {
+        self.forward_via(Api::Rest, node, parts, body).await
+    }
+
+    /// [`Gateway::forward`] to `api` of `node`: Petty's REST API (the node
+    /// key as the bearer), or E2B's (the node key as `X-API-KEY`, the
+    /// client's `Authorization` kept: envd reads the user from it).
+    pub(crate) async fn forward_via(
+        &self,
+        api: Api,
+        node: &Node,
+        parts: &axum::http::request::Parts,
+        body: reqwest::Body,
+    ) -> Result<Response, ApiError> {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut r = self
-            .nodes
-            .request(parts.method.clone(), &format!("{}{path}", node.url));
+        let mut r = match api {
+            Api::Rest => self
+                .nodes
+                .request(parts.method.clone(), &format!("{}{path}", node.url)),
+            Api::E2b => {
+                let base = node.e2b_url().ok_or_else(|| {
+                    ApiError::new(
+                        ErrorKind::Unavailable,
+                        format!("node {} does not serve E2B's API (e2b.listen)", node.name),
+                    )
+                })?;
+                let mut r = self
+                    .nodes
+                    .plain_request(parts.method.clone(), &format!("{base}{path}"));
+                if let Some(k) = self.nodes.node_key() {
+                    r = r.header("x-api-key", k);
+                }
+                r
+            }
+        };
         for (name, value) in &parts.headers {
-            if passes(name) {
+            let keep = match api {
+                Api::Rest => passes(name),
+                Api::E2b => {
+                    (passes(name) || name == header::AUTHORIZATION) && name.as_str() != "x-api-key"
+                }
+            };
+            if keep {
                 r = r.header(name, value);
             }
         }
@@ -354,6 +400,13 @@ impl Gateway {
     }
 }
 
+/// Which of a node's APIs a request goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Rest,
+    E2b,
+}
+
 /// Whether a header passes through the gateway: not hop-by-hop ones, not
 /// the client's key (the node gets the node key), not `Host` (the node's
 /// own), not `Origin` (the gateway's guard judged it).
@@ -375,7 +428,7 @@ fn passes(name: &HeaderName) -> bool {
 }
 
 /// Reads a body of at most [`MAX_PLACED_BODY`] bytes.
-async fn small_body(body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn small_body(body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_PLACED_BODY)
         .await
         .map_err(|e| {
@@ -860,6 +913,33 @@ pub async fn run(settings: &Settings) -> Result<(), GatewayError> {
             }
         })
     };
+    let e2b_task = match settings.gateway.e2b_listen.trim() {
+        "" => None,
+        listen => {
+            let addr: SocketAddr = listen.parse().map_err(|_| {
+                GatewayError::Config(format!(
+                    "gateway.e2b_listen = {listen:?} is not an address; use IP:PORT such as 127.0.0.1:3000"
+                ))
+            })?;
+            if !addr.ip().is_loopback() && settings.gateway.api_keys.is_empty() {
+                return Err(GatewayError::Config(format!(
+                    "gateway.e2b_listen = {addr} is beyond loopback and no key is set; set gateway.api_keys, or listen on 127.0.0.1"
+                )));
+            }
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::Bind { addr, source })?;
+            let local = l.local_addr().map_err(GatewayError::Serve)?;
+            {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "petty: gateway's E2B API on http://{local}: set E2B_API_URL and E2B_SANDBOX_URL to it");
+                let _ = out.flush();
+            }
+            let app = e2b::app(g.clone(), settings, local);
+            Some(tokio::spawn(async move { axum::serve(l, app).await }))
+        }
+    };
     let app = app(g, settings, local);
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -874,6 +954,9 @@ pub async fn run(settings: &Settings) -> Result<(), GatewayError> {
         .with_graceful_shutdown(stop)
         .await;
     health.abort();
+    if let Some(t) = e2b_task {
+        t.abort();
+    }
     served.map_err(GatewayError::Serve)
 }
 

@@ -77,6 +77,18 @@ impl Node {
             .unwrap_or(0)
     }
 
+    /// Its E2B API's base URL, when it serves one: its host at the port
+    /// its info names.
+    pub fn e2b_url(&self) -> Option<String> {
+        let port = self.info.as_ref()?.get("e2b_port")?.as_u64()?;
+        let (scheme, rest) = self.url.split_once("://")?;
+        let host = match rest.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h,
+            _ => rest,
+        };
+        Some(format!("{scheme}://{host}:{port}"))
+    }
+
     /// Sandboxes with a VM on it, as it last said.
     pub fn running(&self) -> u64 {
         self.info_u64("sandboxes")
@@ -185,6 +197,16 @@ impl Nodes {
             .values()
             .find(|n| n.name == name || n.url == name.trim_end_matches('/'))
             .cloned()
+    }
+
+    /// A request with no key of its own.
+    pub fn plain_request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, url)
+    }
+
+    /// The key the nodes take, if any.
+    pub fn node_key(&self) -> Option<&str> {
+        self.node_key.as_deref()
     }
 
     /// A request to node `url`, with the node key.

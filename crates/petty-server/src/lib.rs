@@ -263,6 +263,10 @@ pub async fn serve(listener: tokio::net::TcpListener, service: Service) -> Resul
                 what: "reading E2B's listening address",
                 source: e.into(),
             })?;
+            service
+                .inner()
+                .e2b_port
+                .store(local.port(), Ordering::Relaxed);
             let app = e2b::app(service.clone()).map_err(|e| ServerError::Serve {
                 what: "setting up E2B's API",
                 source: e.into(),

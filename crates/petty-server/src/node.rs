@@ -44,6 +44,8 @@ pub struct NodeInfo {
     /// Set by `POST /v1/node/drain`: a gateway places no creates here
     /// (kept in the data directory, so it outlives a restart).
     pub draining: bool,
+    /// The port E2B's API listens on, when it is served (`e2b.listen`).
+    pub e2b_port: Option<u16>,
 }
 
 /// Body of `POST /v1/node/drain`.
@@ -90,6 +92,14 @@ impl Service {
             snapshots,
             ready,
             draining: self.draining_file().exists(),
+            e2b_port: match self
+                .inner()
+                .e2b_port
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                0 => None,
+                p => Some(p),
+            },
         })
     }
 

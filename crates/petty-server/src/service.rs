@@ -428,6 +428,8 @@ pub(crate) struct Inner {
     pub(crate) warm: crate::templates::WarmPools,
     /// Background processes, REST's, MCP's and E2B's.
     processes: crate::processes::Processes,
+    /// The port E2B's API listens on (0: not served), for `/v1/node`.
+    pub(crate) e2b_port: std::sync::atomic::AtomicU16,
 }
 
 impl Service {
@@ -464,6 +466,7 @@ impl Service {
                 builds: crate::templates::Builds::new(builder),
                 warm: crate::templates::WarmPools::new(warm),
                 processes: crate::processes::Processes::default(),
+                e2b_port: std::sync::atomic::AtomicU16::new(0),
             }),
         }
     }

@@ -14,6 +14,9 @@ pub struct GatewayArgs {
     /// Address to listen on (gateway.listen), e.g. 127.0.0.1:8090; port 0 picks a free one.
     #[arg(long, value_name = "ADDR", global = true)]
     pub listen: Option<String>,
+    /// Also serve E2B's API here, over the nodes' (gateway.e2b_listen), e.g. 127.0.0.1:3000.
+    #[arg(long = "e2b-listen", value_name = "ADDR")]
+    pub e2b_listen: Option<String>,
     /// A node's base URL, e.g. http://10.0.0.2:8080 (gateway.nodes; repeatable).
     #[arg(long = "node", value_name = "URL")]
     pub nodes: Vec<String>,
@@ -59,6 +62,9 @@ impl GatewayArgs {
         let mut out = Vec::new();
         if let Some(v) = &self.listen {
             out.push(Override::new("gateway.listen", text(v), "--listen"));
+        }
+        if let Some(v) = &self.e2b_listen {
+            out.push(Override::new("gateway.e2b_listen", text(v), "--e2b-listen"));
         }
         if !self.nodes.is_empty() {
             out.push(Override::new("gateway.nodes", list(&self.nodes), "--node"));

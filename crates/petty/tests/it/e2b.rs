@@ -23,7 +23,7 @@ fn cache() -> PathBuf {
 }
 
 /// The Python of the environment `scripts/install-deps` made for E2B's SDKs.
-fn sdk_python() -> PathBuf {
+pub(crate) fn sdk_python() -> PathBuf {
     let python = cache().join("e2b-sdk/bin/python");
     assert!(
         python.is_file(),

@@ -1070,3 +1070,115 @@ async fn the_readmes_gateway_example_runs_as_written() {
         assert!(processes_mentioning(&r).is_empty(), "a VMM of {r} is left");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2bs_sdk_works_through_the_gateway_over_two_nodes() {
+    use std::io::BufRead as _;
+    crate::assets();
+    let logs = tempfile::tempdir().unwrap();
+    let datas: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let runs: Vec<tempfile::TempDir> = (0..2).map(|_| run_root()).collect();
+    let mut nodes = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..2 {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_petty"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--e2b-listen",
+            "127.0.0.1:0",
+            "--pool-size",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(datas[i].path())
+        .arg("--run-dir")
+        .arg(runs[i].path());
+        let (child, url) = spawn(cmd, &logs.path().join(format!("node-{i}.log")));
+        nodes.push(child);
+        urls.push(url);
+    }
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_petty"));
+    cmd.args([
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--e2b-listen",
+        "127.0.0.1:0",
+    ]);
+    for u in &urls {
+        cmd.args(["--node", u]);
+    }
+    let mut child = cmd
+        .env("PETTY_NO_CONFIG", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(logs.path().join("gateway.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut addr = || {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("http://"))
+            .map(|a| format!("http://{}", a.trim_end_matches(':')))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    };
+    let (base, e2b) = (addr(), addr());
+    let gw = Gw {
+        child,
+        base: base.clone(),
+        http: reqwest::Client::new(),
+    };
+    // Each node's E2B port is known once it is read.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = gw.ok("GET", "/v1/gateway/nodes", None).await;
+        let ready = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["state"] == "up" && n["info"]["e2b_port"].as_u64().is_some())
+            .count();
+        if ready == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes not up with E2B: {nodes}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let python = crate::e2b::sdk_python();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2b/gateway.py");
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .env("E2B_API_URL", &e2b)
+            .env("E2B_SANDBOX_URL", &e2b)
+            .env("E2B_API_KEY", "any-key-on-loopback")
+            .env("PETTY_API_URL", &base)
+            .env_remove("E2B_DOMAIN")
+            .env_remove("E2B_DEBUG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let gw_log = std::fs::read_to_string(logs.path().join("gateway.log")).unwrap_or_default();
+    assert!(
+        run.status.success() && stdout.trim_end().ends_with("ok"),
+        "gateway.py: {stdout}\n{}\n--- gateway log ---\n{gw_log}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    drop(gw);
+    for mut n in nodes {
+        // SAFETY: signalling the daemon this test spawned.
+        unsafe { libc::kill(n.id() as i32, libc::SIGTERM) };
+        let _ = n.wait();
+    }
+    for r in &runs {
+        let r = r.path().display().to_string();
+        assert!(processes_mentioning(&r).is_empty(), "a VMM of {r} is left");
+    }
+}

@@ -1,6 +1,6 @@
-//! `petty bench gateway`: three nodes (each a daemon on loopback with its
-//! own data and run directories, in this process) behind a gateway (in
-//! this process too): an exec round trip through the gateway beside the
+//! `petty bench gateway`: three nodes (each a `petty serve` process on
+//! loopback with its own data and run directories) behind a gateway in
+//! this process: an exec round trip through the gateway beside the
 //! same one sent to the node directly, interleaved in one run; the
 //! throughput and balance of many concurrent clients through the gateway;
 //! and how long the gateway takes to notice a lost node, and to answer a
@@ -156,7 +156,7 @@ async fn measure(
             .push(v["name"].as_str().unwrap_or_default().to_string());
     }
     let placed: Vec<usize> = on.values().map(Vec::len).collect();
-    println!("gateway over {NODES} nodes (QEMU, in this process, loopback)");
+    println!("gateway (in this process) over {NODES} nodes (petty serve processes on loopback, QEMU)");
     println!("  placement of {} creates: {placed:?} per node", NODES * 4);
 
     // Round trip: the same sandbox, through the gateway and directly,

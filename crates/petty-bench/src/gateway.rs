@@ -156,7 +156,9 @@ async fn measure(
             .push(v["name"].as_str().unwrap_or_default().to_string());
     }
     let placed: Vec<usize> = on.values().map(Vec::len).collect();
-    println!("gateway (in this process) over {NODES} nodes (petty serve processes on loopback, QEMU)");
+    println!(
+        "gateway (in this process) over {NODES} nodes (petty serve processes on loopback, QEMU)"
+    );
     println!("  placement of {} creates: {placed:?} per node", NODES * 4);
 
     // Round trip: the same sandbox, through the gateway and directly,

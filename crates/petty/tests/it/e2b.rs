@@ -46,6 +46,8 @@ struct E2bDaemon {
     base: String,
     /// E2B's.
     e2b: String,
+    /// Its stderr.
+    log: PathBuf,
 }
 
 impl E2bDaemon {
@@ -88,7 +90,12 @@ impl E2bDaemon {
         };
         let base = addr();
         let e2b = addr();
-        Self { child, base, e2b }
+        Self {
+            child,
+            base,
+            e2b,
+            log,
+        }
     }
 
     /// Runs `script` with E2B's SDK pointed here, with API key `key`.
@@ -125,6 +132,12 @@ impl Drop for E2bDaemon {
         // SAFETY: signalling the daemon this test spawned.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
     }
 }
 

@@ -360,8 +360,16 @@ impl SandboxManager {
     ) -> Result<(), CoreError> {
         let stopped = self.stop_vm(record, false).await;
         let (id, why) = (record.id, why.to_string());
-        self.db(move |s| s.transition(id, SandboxState::Hibernated, Some(&why), false))
+        let moved = self
+            .db(move |s| s.transition(id, SandboxState::Hibernated, Some(&why), false))
             .await?;
+        // Its row moved on meanwhile (its VM was seen ending on its own and
+        // it was marked failed): not hibernated, whatever was saved.
+        if let Err(e) = refused(&record.name, SandboxState::Hibernated, moved) {
+            let _ = std::fs::remove_dir_all(dir);
+            tracing::warn!(sandbox = %id, "not hibernated: {e}");
+            return Err(e);
+        }
         tracing::info!(sandbox = %id, bytes = crate::metrics::disk_bytes(dir), "sandbox hibernated");
         stopped
     }

@@ -783,8 +783,18 @@ async fn until_up(gw: &Gw, want: Vec<String>) {
     }
 }
 
+/// A dnsmasq this test started: killed when dropped, a failed test's too.
+struct Dns(Child);
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// dnsmasq on 127.0.0.1:`port` answering only from its own records.
-fn dnsmasq(port: u16, records: &[String], log: &std::path::Path) -> Child {
+fn dnsmasq(port: u16, records: &[String], log: &std::path::Path) -> Dns {
     let mut cmd = std::process::Command::new("dnsmasq");
     cmd.args([
         "--keep-in-foreground",
@@ -814,7 +824,7 @@ fn dnsmasq(port: u16, records: &[String], log: &std::path::Path) -> Child {
             panic!("dnsmasq did not answer");
         }
     }
-    child
+    Dns(child)
 }
 
 /// Whether a DNS server on 127.0.0.1:`port` answers a question (200 ms).
@@ -868,7 +878,7 @@ async fn a_gateway_discovers_nodes_by_srv_and_a_records_and_follows_their_change
         }
         r
     };
-    let mut dns = dnsmasq(port, &records(2), &logs.path().join("dnsmasq.log"));
+    let dns = dnsmasq(port, &records(2), &logs.path().join("dnsmasq.log"));
     let server = format!("127.0.0.1:{port}");
     let vars = [
         ("PETTY_GATEWAY_DNS_SERVER", server.as_str()),
@@ -895,9 +905,8 @@ async fn a_gateway_discovers_nodes_by_srv_and_a_records_and_follows_their_change
         "{v}"
     );
     // The records change: the gateway reads them again and follows.
-    let _ = dns.kill();
-    let _ = dns.wait();
-    dns = dnsmasq(port, &records(3), &logs.path().join("dnsmasq2.log"));
+    drop(dns);
+    let dns = dnsmasq(port, &records(3), &logs.path().join("dnsmasq2.log"));
     until_up(&gw, want(3)).await;
     drop(gw);
 
@@ -930,8 +939,7 @@ async fn a_gateway_discovers_nodes_by_srv_and_a_records_and_follows_their_change
         err.contains("gateway.discover") && err.contains("srv:NAME"),
         "{err}"
     );
-    let _ = dns.kill();
-    let _ = dns.wait();
+    drop(dns);
     drop(nodes);
     for r in &runs {
         let r = r.path().display().to_string();

@@ -960,13 +960,22 @@ pub async fn run(settings: &Settings) -> Result<(), GatewayError> {
     served.map_err(GatewayError::Serve)
 }
 
-/// `GET /v1/gateway/nodes` of the gateway at `base` (for `petty gateway
-/// nodes`), with `key` as the bearer when given.
-pub async fn fetch_nodes(base: &str, key: Option<&str>) -> Result<Vec<Value>, String> {
+/// One call of `petty gateway`'s own subcommands to the gateway at
+/// `base`: `path` with `body` (JSON, POST) or none (GET), `key` as the
+/// bearer when given; the answer's JSON (Null when it has none).
+async fn call_gateway(
+    base: &str,
+    key: Option<&str>,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let http = reqwest::Client::new();
-    let mut r = http
-        .get(format!("{}/v1/gateway/nodes", base.trim_end_matches('/')))
-        .timeout(Duration::from_secs(10));
+    let mut r = match &body {
+        Some(b) => http.post(url).json(b),
+        None => http.get(url),
+    }
+    .timeout(Duration::from_secs(10));
     if let Some(k) = key {
         r = r.bearer_auth(k);
     }
@@ -977,10 +986,17 @@ pub async fn fetch_nodes(base: &str, key: Option<&str>) -> Result<Vec<Value>, St
         )
     })?;
     let status = resp.status();
-    let body: Value = resp.json().await.map_err(|e| describe(&e))?;
+    let text = resp.text().await.map_err(|e| describe(&e))?;
     if !status.is_success() {
-        return Err(format!("the gateway at {base} answered {status}: {body}"));
+        return Err(format!("the gateway at {base} answered {status}: {text}"));
     }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// `GET /v1/gateway/nodes` of the gateway at `base` (for `petty gateway
+/// nodes`), with `key` as the bearer when given.
+pub async fn fetch_nodes(base: &str, key: Option<&str>) -> Result<Vec<Value>, String> {
+    let body = call_gateway(base, key, "/v1/gateway/nodes", None).await?;
     Ok(body.as_array().cloned().unwrap_or_default())
 }
 
@@ -991,26 +1007,8 @@ pub async fn drain_node(
     node: &str,
     draining: bool,
 ) -> Result<(), String> {
-    let mut r = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/gateway/nodes/{node}/drain",
-            base.trim_end_matches('/')
-        ))
-        .json(&json!({ "draining": draining }))
-        .timeout(Duration::from_secs(10));
-    if let Some(k) = key {
-        r = r.bearer_auth(k);
-    }
-    let resp = r.send().await.map_err(|e| {
-        format!(
-            "asking the gateway at {base}: {}; is `petty gateway` running there?",
-            describe(&e)
-        )
-    })?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
-        return Err(format!("the gateway at {base} answered {status}: {body}"));
-    }
-    Ok(())
+    let path = format!("/v1/gateway/nodes/{node}/drain");
+    call_gateway(base, key, &path, Some(json!({ "draining": draining })))
+        .await
+        .map(drop)
 }

@@ -428,25 +428,47 @@ pub(crate) async fn import_template(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let protocol = get(PROTOCOL_HEADER).ok_or_else(|| {
-        bad(format!(
-            "no {PROTOCOL_HEADER} header: send what GET /v1/templates/{{name}}/image answered with"
-        ))
-    })?;
-    if protocol != petty_core::PROTOCOL_VERSION.to_string() {
-        return Err(crate::error::ApiError::new(
-            crate::error::ErrorKind::Conflict,
-            format!(
-                "template {name}'s image has an agent of protocol {protocol}, this node's guests speak {}: rebuild the template here, or upgrade the older node",
-                petty_core::PROTOCOL_VERSION
-            ),
-        ));
-    }
-    let header: TemplateHeader = get(TEMPLATE_HEADER)
-        .and_then(|h| base64::engine::general_purpose::STANDARD.decode(h).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| bad(format!("no readable {TEMPLATE_HEADER} header")))?;
-    petty_core::check_template_name(&name).map_err(|e| s.service.fail(e))?;
+    let checked = (|| {
+        let protocol = get(PROTOCOL_HEADER).ok_or_else(|| {
+            bad(format!(
+                "no {PROTOCOL_HEADER} header: send what GET /v1/templates/{{name}}/image answered with"
+            ))
+        })?;
+        if protocol != petty_core::PROTOCOL_VERSION.to_string() {
+            return Err(crate::error::ApiError::new(
+                crate::error::ErrorKind::Conflict,
+                format!(
+                    "template {name}'s image has an agent of protocol {protocol}, this node's guests speak {}: rebuild the template here, or upgrade the older node",
+                    petty_core::PROTOCOL_VERSION
+                ),
+            ));
+        }
+        let header: TemplateHeader = get(TEMPLATE_HEADER)
+            .and_then(|h| base64::engine::general_purpose::STANDARD.decode(h).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| bad(format!("no readable {TEMPLATE_HEADER} header")))?;
+        petty_core::check_template_name(&name).map_err(|e| s.service.fail(e))?;
+        Ok(header)
+    })();
+    let header: TemplateHeader = match checked {
+        Ok(h) => h,
+        Err(e) => {
+            // Read (and drop) what the client is still sending, so it reads
+            // the refusal rather than meets a closed connection; bounded.
+            let mut body = req.into_body().into_data_stream();
+            let drain = async {
+                let mut n = 0usize;
+                while let Some(Ok(chunk)) = body.next().await {
+                    n += chunk.len();
+                    if n > 256 << 20 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+            return Err(e);
+        }
+    };
     let dir = s.service.manager().images_dir();
     std::fs::create_dir_all(&dir).map_err(|e| internal("making the images directory", e))?;
     let stamp = std::time::SystemTime::now()
